@@ -1,0 +1,66 @@
+"""batchrun's exceptions: a small tree, each branch with one meaning for the user.
+
+    BatchrunError                 anything batchrun raises on purpose; str() is one sentence
+    ├── UserError                 exit 2: the job or its input is wrong; nothing was sent
+    │   ├── JobError              the job file or a --set override
+    │   └── InputError            the input table: missing file, column, bad CSV, duplicate ids
+    ├── RunStopped                exit 3: a run-wide stop; committed progress is kept
+    │   ├── BadKey                the gateway rejected the key (401, 403, codes 900)
+    │   ├── QuotaExhausted        the quota did not come back within quota_wait_s
+    │   ├── BudgetReached         the next request could take spend past budget_usd
+    │   └── SystematicFailure     the first rows all failed the same way (bad model, parameter)
+    └── Interrupted               exit 130: Ctrl-C or SIGTERM; committed progress is kept
+
+Per-row failures are not exceptions: they are outcomes (`batchrun.outcome`) recorded in the
+row's `error` column. Transport errors are translated into outcomes in `batchrun.wire`.
+"""
+
+from __future__ import annotations
+
+
+class BatchrunError(Exception):
+    """Base of every error batchrun raises on purpose."""
+
+    exit_code = 1
+
+
+class UserError(BatchrunError):
+    """The job or its input is wrong; nothing was sent."""
+
+    exit_code = 2
+
+
+class JobError(UserError):
+    """The job file, or an override of it, is invalid."""
+
+
+class InputError(UserError):
+    """The input table cannot be used as it is."""
+
+
+class RunStopped(BatchrunError):
+    """A run-wide condition stopped the run; committed rows are kept."""
+
+    exit_code = 3
+
+
+class BadKey(RunStopped):
+    """The gateway rejected the API key."""
+
+
+class QuotaExhausted(RunStopped):
+    """The account's quota did not come back in time."""
+
+
+class BudgetReached(RunStopped):
+    """Starting another request could take spend past the budget."""
+
+
+class SystematicFailure(RunStopped):
+    """The first rows all failed with the same client error."""
+
+
+class Interrupted(BatchrunError):
+    """The user interrupted the run; committed rows are kept."""
+
+    exit_code = 130

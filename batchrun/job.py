@@ -1,0 +1,246 @@
+"""The job file: TOML turned into validated, immutable configuration.
+
+`load_job` is the only place that reads the job file and the environment (the key variable
+and `OPENAI_BASE_URL`); everything below it receives a `Job`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import JobError
+
+SIM = "sim"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class InputSpec(_Section):
+    path: str
+    id_column: str | None = None
+
+
+class PromptSpec(_Section):
+    system: str | None = None
+    user: str | None = None
+    messages_column: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptSpec:
+        if self.messages_column is not None and (self.user is not None or self.system):
+            raise ValueError("give either messages_column or system/user templates, not both")
+        if self.messages_column is None and self.user is None:
+            raise ValueError("needs a user template (user = ...) or a messages_column")
+        return self
+
+
+class EndpointSpec(_Section):
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class LimitsSpec(_Section):
+    requests_per_minute: float = Field(600, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    concurrency: int = Field(64, ge=1, le=100_000)
+    max_attempts: int = Field(6, ge=1, le=100)
+    request_timeout_s: float = Field(120, gt=0)
+    quota_wait_s: float = Field(600, ge=0)
+
+
+class OutputSpec(_Section):
+    path: str
+
+
+class CostSpec(_Section):
+    budget_usd: float | None = Field(None, gt=0)
+
+
+class _JobModel(_Section):
+    name: str | None = None
+    input: InputSpec
+    prompt: PromptSpec
+    request: dict[str, Any]
+    endpoint: EndpointSpec = EndpointSpec()
+    limits: LimitsSpec = LimitsSpec()
+    output: OutputSpec
+    cost: CostSpec = CostSpec()
+    sim: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _has_model(self) -> _JobModel:
+        if not isinstance(self.request.get("model"), str) or not self.request["model"]:
+            raise ValueError('[request] needs model = "..."')
+        if "messages" in self.request:
+            raise ValueError("[request] must not hold messages: they come from [prompt]")
+        return self
+
+
+class Secret:
+    """An API key that never shows itself in a repr, a log line or an exception."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The key itself, for the Authorization header only."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job: every path absolute, every default filled in."""
+
+    path: Path
+    name: str
+    input: InputSpec
+    prompt: PromptSpec
+    request: Mapping[str, Any]
+    endpoint: EndpointSpec
+    limits: LimitsSpec
+    output: OutputSpec
+    cost: CostSpec
+    sim: Mapping[str, Any]
+    input_path: str
+    output_path: Path
+    base_url: str
+
+    @property
+    def uses_sim(self) -> bool:
+        return self.base_url == SIM
+
+    def api_key(self, environ: Mapping[str, str]) -> Secret | None:
+        """The key from the variable the job names; required unless the simulator serves."""
+        value = environ.get(self.endpoint.api_key_env, "").strip()
+        if value:
+            return Secret(value)
+        if self.uses_sim:
+            return None
+        raise JobError(
+            f"The variable {self.endpoint.api_key_env} is not set: export your API key in it "
+            f"(or name another variable with endpoint.api_key_env)."
+        )
+
+
+def load_job(
+    path: str | Path, overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None
+) -> Job:
+    """Read, override and validate a job file."""
+    environ = {} if environ is None else environ
+    job_path = Path(path)
+    try:
+        raw = tomllib.loads(job_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobError(f"The job file {job_path} does not exist: check the path.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobError(f"The job file {job_path} cannot be read ({exc}).") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise JobError(f"The job file {job_path} is not valid TOML: {exc}.") from None
+    for override in overrides:
+        _apply_override(raw, override, job_path)
+    try:
+        model = _JobModel.model_validate(raw)
+    except ValidationError as exc:
+        raise JobError(_describe(exc, job_path)) from None
+    base = job_path.resolve().parent
+    base_url = model.endpoint.base_url or environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    return Job(
+        path=job_path.resolve(),
+        name=model.name or job_path.stem,
+        input=model.input,
+        prompt=model.prompt,
+        request=types.MappingProxyType(dict(model.request)),
+        endpoint=model.endpoint,
+        limits=model.limits,
+        output=model.output,
+        cost=model.cost,
+        sim=types.MappingProxyType(dict(model.sim)),
+        input_path=os.path.normpath(base / model.input.path),
+        output_path=(base / model.output.path).resolve(),
+        base_url=base_url.rstrip("/"),
+    )
+
+
+def _apply_override(raw: dict[str, Any], override: str, job_path: Path) -> None:
+    """Apply one `section.key=value` to the raw TOML tree, typed like the file's value."""
+    dotted, sep, text = override.partition("=")
+    keys = [k.strip() for k in dotted.split(".")]
+    if not sep or len(keys) < 2 or not all(keys):
+        raise JobError(
+            f"--set {override!r} is not of the form section.key=value "
+            f"(e.g. --set limits.concurrency=8)."
+        )
+    table = raw
+    for key in keys[:-1]:
+        table = table.setdefault(key, {})
+        if not isinstance(table, dict):
+            raise JobError(f"--set {override!r}: {key} in {job_path} is not a table.")
+    leaf = keys[-1]
+    if isinstance(table.get(leaf), str) or _is_text_field(keys):
+        table[leaf] = text
+    else:
+        table[leaf] = _parse_value(text)
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML literal (8, 0.5, true, [..], {..}, "..."), or else the text itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _is_text_field(keys: list[str]) -> bool:
+    """Whether the job schema declares this key as text."""
+    model: Any = _JobModel
+    for key in keys:
+        fields = getattr(model, "model_fields", None)
+        if not fields or key not in fields:
+            return False
+        model = fields[key].annotation
+    args = set(typing.get_args(model)) if isinstance(model, types.UnionType) else {model}
+    return str in args
+
+
+def _describe(exc: ValidationError, job_path: Path) -> str:
+    """One sentence naming the first problem's key and the file."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else (loc[0] if loc else "")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{job_path}: unknown key {where}; remove it or check its spelling."
+    if kind == "missing":
+        return f"{job_path}: missing key {where}; add it to the job file."
+    if kind == "value_error":
+        message = str(err["msg"]).removeprefix("Value error, ")
+        return f"{job_path}: {where + ' ' if where else ''}{message}."
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a table"
+    if isinstance(value, float) and math.isnan(value):
+        shown = "nan"
+    return f"{job_path}: {where} {err['msg'][0].lower()}{err['msg'][1:]} (got {shown})."
+
+
+Mode = Literal["resume", "fresh", "retry_failed"]

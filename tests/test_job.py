@@ -1,0 +1,128 @@
+"""The job file: validation, defaults, overrides, the key and the base URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batchrun.errors import JobError
+from batchrun.job import DEFAULT_BASE_URL, load_job
+
+MINIMAL = """
+[input]
+path = "data/in.csv"
+[prompt]
+user = "Say {x}"
+[request]
+model = "gpt-4o-mini"
+max_tokens = 8
+[output]
+path = "../out/o.parquet"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "jobs" / "j.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_and_paths_relative_to_the_job_file(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, MINIMAL))
+    assert job.name == "j"
+    assert job.input_path == str(tmp_path / "jobs" / "data" / "in.csv")
+    assert job.output_path == (tmp_path / "out" / "o.parquet").resolve()
+    assert job.limits.concurrency == 64 and job.limits.max_attempts == 6
+    assert job.base_url == DEFAULT_BASE_URL
+    assert dict(job.request) == {"model": "gpt-4o-mini", "max_tokens": 8}
+
+
+def test_openai_base_url_is_honoured_when_the_job_names_none(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, MINIMAL), environ={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1/"})
+    assert job.base_url == "http://127.0.0.1:9/v1"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("[limits]\nconcurency = 8\n", "unknown key [limits] concurency"),
+        ("[limits]\nconcurrency = \"eight\"\n", "[limits] concurrency"),
+        ("[limits]\nconcurrency = 0\n", "[limits] concurrency"),
+        ("colour = 1\n", "unknown key colour"),
+        ("[cost]\nbudget_usd = -1\n", "[cost] budget_usd"),
+    ],
+)
+def test_wrong_keys_and_types_name_the_key_and_the_file(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    text = extra + MINIMAL if not extra.startswith("[") else MINIMAL + extra
+    path = write(tmp_path, text)
+    with pytest.raises(JobError) as caught:
+        load_job(path)
+    assert message in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_missing_section_and_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match=r"missing key output"):
+        load_job(write(tmp_path, MINIMAL.replace('[output]\npath = "../out/o.parquet"', "")))
+    with pytest.raises(JobError, match="not valid TOML"):
+        load_job(write(tmp_path, "[input\n"))
+    with pytest.raises(JobError, match="does not exist"):
+        load_job(tmp_path / "nope.toml")
+
+
+def test_overrides_are_typed_like_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    job = load_job(
+        path,
+        [
+            "limits.concurrency=8",
+            "request.temperature=0.5",
+            "request.model=gpt-4-gizmo-g-B3hgivKK9",
+            "prompt.user=Translate {x}",
+            "request.stop=[\"\\n\"]",
+            "output.path=elsewhere.parquet",
+        ],
+    )
+    assert job.limits.concurrency == 8
+    assert job.request["temperature"] == 0.5
+    assert job.request["model"] == "gpt-4-gizmo-g-B3hgivKK9"
+    assert job.prompt.user == "Translate {x}"
+    assert job.request["stop"] == ["\n"]
+    assert job.output_path.name == "elsewhere.parquet"
+
+
+def test_bad_overrides_say_what_to_write(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(JobError, match="section.key=value"):
+        load_job(path, ["concurrency=8"])
+    with pytest.raises(JobError, match=r"\[limits\] concurrency"):
+        load_job(path, ["limits.concurrency=lots"])
+    with pytest.raises(JobError, match="unknown key"):
+        load_job(path, ["limits.speed=3"])
+
+
+def test_the_key_comes_from_the_named_variable_and_never_shows(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, MINIMAL + '[endpoint]\napi_key_env = "MY_KEY"\n'))
+    key = job.api_key({"MY_KEY": "sk-secret-value-123456"})
+    assert key is not None and key.reveal() == "sk-secret-value-123456"
+    assert "sk-secret" not in repr(key) and "sk-secret" not in str(key)
+    with pytest.raises(JobError, match="MY_KEY is not set"):
+        job.api_key({})
+
+
+def test_the_simulator_needs_no_key(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, MINIMAL + '[endpoint]\nbase_url = "sim"\n'))
+    assert job.uses_sim and job.api_key({}) is None
+
+
+def test_prompt_needs_user_or_messages_column_but_not_both(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match="user template"):
+        load_job(write(tmp_path, MINIMAL.replace('user = "Say {x}"', 'system = "x"')))
+    with pytest.raises(JobError, match="either messages_column"):
+        load_job(write(tmp_path, MINIMAL.replace('user = "Say {x}"', 'user = "a"\nmessages_column = "m"')))
+    with pytest.raises(JobError, match="needs model"):
+        load_job(write(tmp_path, MINIMAL.replace('model = "gpt-4o-mini"', "")))

@@ -1,0 +1,134 @@
+"""The pacer on a fake clock: even pacing, token metering, FIFO, cool-downs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from batchrun.limits import Pacer
+
+
+class FakeClock:
+    """A clock that only moves when someone sleeps on it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)
+
+
+def start_times(pacer: Pacer, clock: FakeClock, costs: list[int]) -> list[float]:
+    async def go() -> list[float]:
+        times: list[float] = []
+
+        async def one(cost: int) -> None:
+            await pacer.acquire(cost)
+            times.append(clock.now)
+
+        await asyncio.gather(*(one(c) for c in costs))
+        return times
+
+    return asyncio.run(go())
+
+
+def per_second(times: list[float]) -> Counter[int]:
+    return Counter(int(t) for t in times)
+
+
+def test_600_rpm_never_puts_more_than_a_second_share_in_any_second() -> None:
+    clock = FakeClock()
+    pacer = Pacer(600, clock=clock, sleep=clock.sleep)
+    times = start_times(pacer, clock, [0] * 300)
+    assert max(per_second(times).values()) <= 11
+    # Evenly: 300 starts at 10 a second take about 30 s, not fewer (no initial burst).
+    assert 29.0 <= times[-1] - times[0] <= 30.5
+    # and every 1-second sliding window holds at most 11 starts
+    for i, t in enumerate(times):
+        assert sum(1 for u in times[i:] if u < t + 1.0) <= 11
+
+
+def test_high_rates_allow_a_tenth_of_a_second_share_of_catch_up() -> None:
+    clock = FakeClock()
+    pacer = Pacer(30_000, clock=clock, sleep=clock.sleep)  # 500 a second
+    times = start_times(pacer, clock, [0] * 5000)
+    busiest = max(per_second(times).values())
+    assert busiest <= 1.1 * 500 + 1
+    assert 9.5 <= times[-1] - times[0] <= 10.1
+
+
+def test_tokens_per_minute_paces_by_estimated_tokens() -> None:
+    clock = FakeClock()
+    pacer = Pacer(60_000, tokens_per_minute=6000, clock=clock, sleep=clock.sleep)  # 100 tok/s
+    times = start_times(pacer, clock, [50] * 41)
+    # 2 requests a second by tokens, although 1,000 a second are allowed by count
+    assert 19.5 <= times[-1] - times[0] <= 20.5
+
+
+def test_a_request_larger_than_a_second_of_tokens_waits_instead_of_raising() -> None:
+    clock = FakeClock()
+    pacer = Pacer(600, tokens_per_minute=600, clock=clock, sleep=clock.sleep)  # 10 tok/s
+    times = start_times(pacer, clock, [100, 100])
+    assert times[1] - times[0] == pytest.approx(10.0, abs=0.2)
+
+
+def test_starts_are_first_come_first_served_whatever_their_size() -> None:
+    clock = FakeClock()
+    pacer = Pacer(60_000, tokens_per_minute=600, clock=clock, sleep=clock.sleep)
+
+    async def go() -> list[str]:
+        order: list[str] = []
+
+        async def one(name: str, cost: int) -> None:
+            await pacer.acquire(cost)
+            order.append(name)
+
+        tasks = [asyncio.create_task(one("first", 5))]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(one("big", 200)))
+        await asyncio.sleep(0)
+        tasks += [asyncio.create_task(one(f"small{i}", 1)) for i in range(5)]
+        await asyncio.gather(*tasks)
+        return order
+
+    order = asyncio.run(go())
+    assert order[:2] == ["first", "big"]
+
+
+def test_reconcile_gives_back_an_overestimate() -> None:
+    clock = FakeClock()
+    pacer = Pacer(60_000, tokens_per_minute=600, clock=clock, sleep=clock.sleep)  # 10 tok/s
+
+    async def go() -> float:
+        await pacer.acquire(100)  # estimated 100 tokens: the next waits 10 s ...
+        pacer.reconcile(100, 10)  # ... but only 10 were used: the next waits 1 s
+        start = clock.now
+        await pacer.acquire(10)
+        return clock.now - start
+
+    assert asyncio.run(go()) <= 1.1
+
+
+def test_cool_down_pauses_everyone_once_and_lowers_the_pace() -> None:
+    clock = FakeClock()
+    pacer = Pacer(600, clock=clock, sleep=clock.sleep)
+
+    async def go() -> float:
+        await pacer.acquire()
+        pacer.cool_down(5.0)
+        pacer.cool_down(5.0)  # a second 429 of the same storm does not halve again
+        assert pacer.factor == 0.5
+        start = clock.now
+        await pacer.acquire()
+        return clock.now - start
+
+    assert asyncio.run(go()) == pytest.approx(5.0, abs=0.01)
+    for _ in range(100):
+        pacer.recover()
+    assert pacer.factor == 1.0
