@@ -48,7 +48,7 @@ def test_openai_base_url_is_honoured_when_the_job_names_none(tmp_path: Path) -> 
     ("extra", "message"),
     [
         ("[limits]\nconcurency = 8\n", "unknown key [limits] concurency"),
-        ("[limits]\nconcurrency = \"eight\"\n", "[limits] concurrency"),
+        ('[limits]\nconcurrency = "eight"\n', "[limits] concurrency"),
         ("[limits]\nconcurrency = 0\n", "[limits] concurrency"),
         ("colour = 1\n", "unknown key colour"),
         ("[cost]\nbudget_usd = -1\n", "[cost] budget_usd"),
@@ -83,7 +83,7 @@ def test_overrides_are_typed_like_the_file(tmp_path: Path) -> None:
             "request.temperature=0.5",
             "request.model=gpt-4-gizmo-g-B3hgivKK9",
             "prompt.user=Translate {x}",
-            "request.stop=[\"\\n\"]",
+            'request.stop=["\\n"]',
             "output.path=elsewhere.parquet",
         ],
     )
@@ -97,7 +97,7 @@ def test_overrides_are_typed_like_the_file(tmp_path: Path) -> None:
 
 def test_bad_overrides_say_what_to_write(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL)
-    with pytest.raises(JobError, match="section.key=value"):
+    with pytest.raises(JobError, match=r"section\.key=value"):
         load_job(path, ["concurrency=8"])
     with pytest.raises(JobError, match=r"\[limits\] concurrency"):
         load_job(path, ["limits.concurrency=lots"])
@@ -123,6 +123,10 @@ def test_prompt_needs_user_or_messages_column_but_not_both(tmp_path: Path) -> No
     with pytest.raises(JobError, match="user template"):
         load_job(write(tmp_path, MINIMAL.replace('user = "Say {x}"', 'system = "x"')))
     with pytest.raises(JobError, match="either messages_column"):
-        load_job(write(tmp_path, MINIMAL.replace('user = "Say {x}"', 'user = "a"\nmessages_column = "m"')))
+        load_job(
+            write(
+                tmp_path, MINIMAL.replace('user = "Say {x}"', 'user = "a"\nmessages_column = "m"')
+            )
+        )
     with pytest.raises(JobError, match="needs model"):
         load_job(write(tmp_path, MINIMAL.replace('model = "gpt-4o-mini"', "")))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from email.utils import format_datetime
-from datetime import datetime, timezone
 
 import orjson
 import pytest
@@ -11,12 +11,23 @@ import pytest
 from batchrun.outcome import MAX_RETRY_AFTER_S, Action, classify, retry_after_seconds
 
 OK_BODY = {
-    "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "positive"},
-                 "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 20, "completion_tokens": 1, "total_tokens": 21,
-              "prompt_tokens_details": {"cached_tokens": 16},
-              "completion_tokens_details": {"reasoning_tokens": 0}},
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "model": "gpt-4o-mini",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "positive"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {
+        "prompt_tokens": 20,
+        "completion_tokens": 1,
+        "total_tokens": 21,
+        "prompt_tokens_details": {"cached_tokens": 16},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    },
     "system_fingerprint": "fp_x",
 }
 
@@ -27,20 +38,86 @@ def err(type_: str, code: str | int | None = None, message: str = "m") -> dict[s
 
 # (body, status it normally comes with, action, error)
 CASES = [
-    ({"codes": 900, "mess": "密钥错误或已过期", "data": "token"}, 200, Action.BAD_KEY, "invalid_request"),
+    (
+        {"codes": 900, "mess": "密钥错误或已过期", "data": "token"},
+        200,
+        Action.BAD_KEY,
+        "invalid_request",
+    ),
     ({"codes": 400, "mess": "非法字符。请勿提交", "data": ""}, 200, Action.FAIL, "content_refused"),
-    ({"codes": 402, "mess": "提交问题涉及内容安全，请修改问题", "data": ""}, 200, Action.FAIL, "content_refused"),
-    ({"codes": 300, "mess": "当前额度不足，请充值后继续使用", "data": ""}, 200, Action.QUOTA, "rate_limited"),
-    ({"error": {"code": 502, "message": "Bad gateway.", "param": None, "type": "cf_bad_gateway"}}, 502, Action.RETRY, "server_error"),
-    (err("insufficient_quota", "insufficient_quota", "You exceeded your current quota"), 429, Action.QUOTA, "rate_limited"),
-    (err("requests", "rate_limit_exceeded", "Rate limit reached"), 429, Action.RATE_LIMITED, "rate_limited"),
-    (err("invalid_request_error", "invalid_api_key", "Incorrect API key provided: sk-ab***yz"), 401, Action.BAD_KEY, "invalid_request"),
-    (err("invalid_request_error", "context_length_exceeded", "This model's maximum context length is 128000 tokens"), 400, Action.FAIL, "context_length"),
-    (err("invalid_request_error", "model_not_found", "The model `x` does not exist"), 404, Action.FAIL, "model_not_found"),
-    (err("invalid_request_error", "content_filter", "filtered by content management policy"), 400, Action.FAIL, "content_refused"),
+    (
+        {"codes": 402, "mess": "提交问题涉及内容安全，请修改问题", "data": ""},
+        200,
+        Action.FAIL,
+        "content_refused",
+    ),
+    (
+        {"codes": 300, "mess": "当前额度不足，请充值后继续使用", "data": ""},
+        200,
+        Action.QUOTA,
+        "rate_limited",
+    ),
+    (
+        {
+            "error": {
+                "code": 502,
+                "message": "Bad gateway.",
+                "param": None,
+                "type": "cf_bad_gateway",
+            }
+        },
+        502,
+        Action.RETRY,
+        "server_error",
+    ),
+    (
+        err("insufficient_quota", "insufficient_quota", "You exceeded your current quota"),
+        429,
+        Action.QUOTA,
+        "rate_limited",
+    ),
+    (
+        err("requests", "rate_limit_exceeded", "Rate limit reached"),
+        429,
+        Action.RATE_LIMITED,
+        "rate_limited",
+    ),
+    (
+        err("invalid_request_error", "invalid_api_key", "Incorrect API key provided: sk-ab***yz"),
+        401,
+        Action.BAD_KEY,
+        "invalid_request",
+    ),
+    (
+        err(
+            "invalid_request_error",
+            "context_length_exceeded",
+            "This model's maximum context length is 128000 tokens",
+        ),
+        400,
+        Action.FAIL,
+        "context_length",
+    ),
+    (
+        err("invalid_request_error", "model_not_found", "The model `x` does not exist"),
+        404,
+        Action.FAIL,
+        "model_not_found",
+    ),
+    (
+        err("invalid_request_error", "content_filter", "filtered by content management policy"),
+        400,
+        Action.FAIL,
+        "content_refused",
+    ),
     (err("invalid_request_error", "content_policy_violation"), 400, Action.FAIL, "content_refused"),
     (err("server_error", None, "The server had an error"), 500, Action.RETRY, "server_error"),
-    (err("invalid_request_error", "invalid_value", "temperature too high"), 400, Action.FAIL, "invalid_request"),
+    (
+        err("invalid_request_error", "invalid_value", "temperature too high"),
+        400,
+        Action.FAIL,
+        "invalid_request",
+    ),
 ]
 
 
@@ -69,8 +146,14 @@ def test_html_error_page_is_a_server_error_with_its_title() -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [b'{"id": "x", "choices": [{"message": {"content": "hal', b'{"object": "chat.completion"}',
-             b"[1, 2]", b"plain text", b'{"choices": []}']
+    "body",
+    [
+        b'{"id": "x", "choices": [{"message": {"content": "hal',
+        b'{"object": "chat.completion"}',
+        b"[1, 2]",
+        b"plain text",
+        b'{"choices": []}',
+    ],
 )
 def test_bodies_that_are_not_completions_are_retried_as_malformed(body: bytes) -> None:
     outcome = classify(200, {}, body)
@@ -82,22 +165,40 @@ def test_a_completion_is_parsed_with_detailed_usage() -> None:
     assert outcome.action is Action.OK and outcome.completion is not None
     c = outcome.completion
     assert (c.response, c.finish_reason, c.response_model, c.system_fingerprint) == (
-        "positive", "stop", "gpt-4o-mini", "fp_x")
+        "positive",
+        "stop",
+        "gpt-4o-mini",
+        "fp_x",
+    )
     assert c.usage is not None and (c.usage.cached_tokens, c.usage.reasoning_tokens) == (16, 0)
 
 
 def test_content_filter_finish_reason_fails_the_row() -> None:
-    body = {**OK_BODY, "choices": [{"index": 0, "message": {"role": "assistant", "content": ""},
-                                    "finish_reason": "content_filter"}]}
+    body = {
+        **OK_BODY,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": ""},
+                "finish_reason": "content_filter",
+            }
+        ],
+    }
     outcome = classify(200, {}, orjson.dumps(body))
     assert (outcome.action, outcome.error) == (Action.FAIL, "content_refused")
 
 
-@pytest.mark.parametrize(("status", "action", "error"), [
-    (401, Action.BAD_KEY, "invalid_request"), (403, Action.BAD_KEY, "invalid_request"),
-    (404, Action.FAIL, "model_not_found"), (429, Action.RATE_LIMITED, "rate_limited"),
-    (408, Action.RETRY, "timeout"), (422, Action.FAIL, "invalid_request"),
-])
+@pytest.mark.parametrize(
+    ("status", "action", "error"),
+    [
+        (401, Action.BAD_KEY, "invalid_request"),
+        (403, Action.BAD_KEY, "invalid_request"),
+        (404, Action.FAIL, "model_not_found"),
+        (429, Action.RATE_LIMITED, "rate_limited"),
+        (408, Action.RETRY, "timeout"),
+        (422, Action.FAIL, "invalid_request"),
+    ],
+)
 def test_bare_statuses(status: int, action: Action, error: str) -> None:
     outcome = classify(status, {}, b"")
     assert (outcome.action, outcome.error) == (action, error)
@@ -107,10 +208,12 @@ def test_retry_after_forms_and_cap() -> None:
     now = 1_700_000_000.0
     assert retry_after_seconds({"retry-after-ms": "1500"}, now) == 1.5
     assert retry_after_seconds({"retry-after": "7"}, now) == 7.0
-    date = format_datetime(datetime.fromtimestamp(now + 30, tz=timezone.utc), usegmt=True)
+    date = format_datetime(datetime.fromtimestamp(now + 30, tz=UTC), usegmt=True)
     assert retry_after_seconds({"retry-after": date}, now) == pytest.approx(30, abs=1)
     assert retry_after_seconds({"retry-after": "86400"}, now) == MAX_RETRY_AFTER_S
     assert retry_after_seconds({"retry-after": "soon"}, now) is None
     assert retry_after_seconds({"retry-after-ms": "x", "retry-after": "2"}, now) == 2.0
-    outcome = classify(429, {"retry-after": "3"}, orjson.dumps(err("requests", "rate_limit_exceeded")))
+    outcome = classify(
+        429, {"retry-after": "3"}, orjson.dumps(err("requests", "rate_limit_exceeded"))
+    )
     assert outcome.retry_after_s == 3.0

@@ -12,7 +12,7 @@ REQUEST = {"model": "gpt-4o-mini", "temperature": 0, "max_tokens": 8, "seed": 7}
 
 
 def test_templates_fill_columns_and_keep_escaped_braces() -> None:
-    prompt = PromptSpec(system="Answer as {{\"label\": ...}}", user="Review of {product}: {text}")
+    prompt = PromptSpec(system='Answer as {{"label": ...}}', user="Review of {product}: {text}")
     renderer = Renderer(prompt, REQUEST, ["product", "text", "other"])
     body = renderer.body({"product": "Kettle", "text": "Boils fast {really}", "other": 1})
     assert body == {
@@ -48,9 +48,15 @@ def test_null_or_empty_values_make_the_row_invalid(value: object) -> None:
 
 def test_messages_column_from_json_text_and_from_structs() -> None:
     renderer = Renderer(PromptSpec(messages_column="m"), REQUEST, ["m"])
-    text = '[{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:x"}}]}]'
+    text = (
+        '[{"role": "user", "content": [{"type": "text", "text": "hi"}, '
+        '{"type": "image_url", "image_url": {"url": "data:x"}}]}]'
+    )
     assert renderer.messages({"m": text})[0]["content"][1]["type"] == "image_url"
-    structs = [{"role": "system", "content": "s", "name": None}, {"role": "user", "content": "u", "name": "bob"}]
+    structs = [
+        {"role": "system", "content": "s", "name": None},
+        {"role": "user", "content": "u", "name": "bob"},
+    ]
     assert renderer.messages({"m": structs}) == [
         {"role": "system", "content": "s"},
         {"role": "user", "content": "u", "name": "bob"},

@@ -1,0 +1,164 @@
+"""The command line: parses arguments, runs the command, turns errors into sentences.
+
+Exit codes: 0 every row reached a final state; 2 the job or its input is wrong (nothing was
+sent); 3 a run-wide stop (bad key, quota, budget), progress kept; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import BatchrunError, Interrupted, UserError
+
+_EPILOG = (
+    "exit codes: 0 every row reached a final state (ok or failed); 2 the job or its input is "
+    "wrong, nothing was sent; 3 the run stopped on a run-wide error (bad key, quota, budget), "
+    "progress kept; 130 interrupted, progress kept."
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `batchrun` command; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.log_level:
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    try:
+        code: int = args.handler(args)
+        return code
+    except BatchrunError as exc:
+        _say(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _say(str(Interrupted("Interrupted: finished rows are saved; run again to resume.")))
+        return Interrupted.exit_code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchrun",
+        description=(
+            "Run a table of prompts through an OpenAI-compatible chat-completions endpoint "
+            "into Parquet: paced, retried, resumable, exactly once per row."
+        ),
+        epilog=_EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"batchrun {__version__}")
+    parser.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        choices=["debug", "info", "warning", "error"],
+        help="log to stderr at this level (debug, info, warning, error); keys are never logged",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run or resume a job",
+        description=(
+            "Run the job, or resume it: rows with a committed result for the same request are "
+            "not sent again. Writes output.path in input order when the run ends or stops."
+        ),
+        epilog=_EPILOG,
+    )
+    run.add_argument("job", help="the job file (TOML)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job key, e.g. --set limits.concurrency=8 (repeatable)",
+    )
+    run.add_argument("--limit", type=_positive_int, metavar="N", help="run only the first N rows")
+    run.add_argument(
+        "--fresh", action="store_true", help="ignore the checkpoint and run every row again"
+    )
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also send again the rows whose committed result is a failure",
+    )
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    run.set_defaults(handler=_run)
+
+    sim = commands.add_parser(
+        "sim",
+        help="serve the embedded OpenAI-compatible simulator",
+        description=(
+            "Serve the embedded simulator on loopback: deterministic OpenAI-shaped answers, "
+            "streaming, n, tools and JSON mode, and on request the faults of real gateways."
+        ),
+    )
+    from .sim import add_sim_arguments
+
+    add_sim_arguments(sim)
+    sim.set_defaults(handler=_sim)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .engine import RunOptions, run
+    from .job import load_job
+
+    if args.fresh and args.retry_failed:
+        raise UserError("--fresh already runs every row; drop --retry-failed.")
+    job = load_job(args.job, args.overrides, os.environ)
+    options = RunOptions(
+        fresh=args.fresh, retry_failed=args.retry_failed, limit=args.limit, quiet=args.quiet
+    )
+    summary = asyncio.run(run(job, options, os.environ))
+    parts = [
+        f"{summary.ok:,} ok",
+        f"{summary.failed:,} failed",
+        f"{summary.pending:,} pending",
+    ]
+    print(
+        f"{job.name}: {summary.total:,} rows: {', '.join(parts)} · this run {summary.ran:,} rows, "
+        f"{summary.tokens:,} tokens, ${summary.spend:,.4f}, {summary.elapsed_s:,.1f} s"
+    )
+    if summary.remapped:
+        print(f"note: {summary.remapped:,} responses came from another model than requested")
+    print(f"output: {summary.output_path} ({summary.rows_written:,} rows)")
+    if summary.stopped is not None:
+        raise summary.stopped
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from .sim import config_from_args, serve_forever
+
+    try:
+        config = config_from_args(args)
+    except (TypeError, ValueError) as exc:
+        raise BatchrunError(f"batchrun sim: {exc}.") from None
+    serve_forever(config, args.host, args.port)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _say(message: str) -> None:
+    print(f"batchrun: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

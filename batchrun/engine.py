@@ -1,0 +1,689 @@
+"""The run: pull rows, pace, send, classify, retry, commit, write the output.
+
+Shape of a run: one producer renders input rows into requests and skips rows whose latest
+committed result has the same request fingerprint; `concurrency` workers take requests from
+a bounded queue, wait for the pacer, send, classify and retry; every final result goes to the
+commit buffer, which a ticker and the buffer's size flush into checkpoint segments. Results
+are durable only once flushed (at most `COMMIT_INTERVAL_S` or `COMMIT_ROWS` of them are ever
+unflushed); a row is only ever skipped on the strength of a flushed result.
+
+Run-wide stops (bad key, quota, a systematic client error, an interrupt) set `_stop`: no
+request starts after it is set; requests in flight finish and are committed; rows not
+finished stay pending for the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+
+from . import sink, tokens
+from .checkpoint import Checkpoint, Prior, checkpoint_dir
+from .columns import RowResult, output_columns
+from .completion import Usage
+from .errors import (
+    BadKey,
+    BatchrunError,
+    InputError,
+    Interrupted,
+    JobError,
+    QuotaExhausted,
+    SystematicFailure,
+)
+from .job import Job, Secret
+from .limits import Pacer
+from .outcome import Action, Outcome, classify
+from .pricing import Price, default_table
+from .progress import Progress
+from .render import Renderer, RowInvalid, fingerprint
+from .source import POSITION, ROW_KEY, Source, open_source
+from .wire import TransportFailure, Wire
+
+Sleep = Callable[[float], Awaitable[None]]
+
+COMMIT_INTERVAL_S = 0.5  # longest a finished result waits in memory before it is durable
+COMMIT_ROWS = 2000  # or this many results, whichever comes first
+BATCH_ROWS = 2000  # input rows read and rendered at a time
+INTERRUPT_GRACE_S = 5.0  # how long requests in flight may finish after Ctrl-C
+RATE_LIMIT_COOL_DOWN_S = 2.0  # the shared pause after a 429 that names no Retry-After
+QUOTA_FIRST_PROBE_S = 5.0  # first wait before probing an exhausted quota; doubles each time
+QUOTA_MAX_PROBE_S = 60.0
+SYSTEMATIC_ROWS = 10  # this many first rows failing alike stop the run
+SYSTEMATIC_ERRORS = frozenset({"invalid_request", "model_not_found"})
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How `batchrun run` was asked to run."""
+
+    fresh: bool = False
+    retry_failed: bool = False
+    limit: int | None = None
+    quiet: bool = False
+    interactive: bool | None = None  # None: a bar when stderr is a terminal
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with full jitter, and the bounds of retrying one row."""
+
+    max_attempts: int = 6
+    base_s: float = 0.5
+    cap_s: float = 30.0
+    max_retry_s: float = 600.0  # total time one row may spend being retried
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """How long to wait after failed attempt number `attempt` (1-based)."""
+        backoff = rng.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
+        return max(backoff, retry_after or 0.0)
+
+
+@dataclass
+class RunSummary:
+    """Where a run ended."""
+
+    total: int
+    ok: int
+    failed: int
+    pending: int
+    ran: int  # rows finished by this run
+    tokens: int
+    spend: float
+    elapsed_s: float
+    output_path: Path
+    rows_written: int
+    remapped: int = 0  # responses whose model differs from the requested one
+    stopped: BatchrunError | None = None
+
+
+@dataclass(slots=True)
+class _Item:
+    """One row on its way: its identity, its request and the request's token estimate."""
+
+    key: str
+    position: int
+    fingerprint: str
+    body: dict[str, Any]
+    estimate: int
+
+
+@dataclass
+class _Counts:
+    ok: int = 0
+    failed: int = 0
+    remapped: int = 0
+    early_errors: list[str] = field(default_factory=list)  # errors of rows before the first ok
+
+
+async def run(
+    job: Job,
+    options: RunOptions,
+    environ: Mapping[str, str],
+    *,
+    sleep: Sleep = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+) -> RunSummary:
+    """Run or resume a job; see the module docstring."""
+    if job.cost.budget_usd is not None:
+        raise JobError(
+            f"{job.path}: [cost] budget_usd is not enforced by this version of batchrun; "
+            f"remove it (or use --limit) rather than rely on it."
+        )
+    source = open_source(job.input_path, job.input.id_column)
+    n = job.request.get("n", 1)
+    n = n if isinstance(n, int) else 1
+    response_format = job.request.get("response_format")
+    json_mode = isinstance(response_format, Mapping) and response_format.get("type") in (
+        "json_object",
+        "json_schema",
+    )
+    columns = output_columns(n, json_mode)
+    clash = [c for c in columns if c in source.columns]
+    if clash:
+        raise InputError(
+            f"The input already has a column named {clash[0]!r}, which batchrun writes: "
+            f"rename it in the input."
+        )
+    renderer = Renderer(job.prompt, job.request, source.columns)
+    total = source.check(options.limit)
+    key = job.api_key(environ)
+    checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open(fresh=options.fresh)
+    started = time.monotonic()
+    try:
+        with _endpoint(job) as base_url:
+            engine = _Engine(
+                job,
+                renderer,
+                checkpoint,
+                base_url,
+                key,
+                json_mode,
+                sleep=sleep,
+                clock=clock,
+                rng=rng or random.Random(),
+            )
+            progress = Progress(total, 0, quiet=options.quiet, interactive=options.interactive)
+            engine.progress = progress
+            try:
+                await engine.execute(source, options)
+            finally:
+                progress.close()
+        rows_written = await asyncio.to_thread(
+            sink.write_output,
+            source,
+            checkpoint.segments(),
+            job.output_path,
+            columns,
+            limit=options.limit,
+            exclude=engine.stale,
+        )
+    finally:
+        checkpoint.close()
+    counts = engine.counts
+    return RunSummary(
+        total=total,
+        ok=engine.final_ok,
+        failed=engine.final_failed,
+        pending=max(total - engine.final_ok - engine.final_failed, 0),
+        ran=counts.ok + counts.failed,
+        tokens=progress.tokens,
+        spend=progress.spend,
+        elapsed_s=time.monotonic() - started,
+        output_path=job.output_path,
+        rows_written=rows_written,
+        remapped=counts.remapped,
+        stopped=engine.stop,
+    )
+
+
+@contextlib.contextmanager
+def _endpoint(job: Job) -> Iterator[str]:
+    """The base URL to send to; with `base_url = "sim"`, a simulator started for this run."""
+    if not job.uses_sim:
+        yield job.base_url
+        return
+    from .sim import SimConfig, start_in_thread
+
+    try:
+        config = SimConfig(**dict(job.sim))
+    except (TypeError, ValueError) as exc:
+        raise JobError(f"{job.path}: [sim] {exc}.") from None
+    with start_in_thread(config) as server:
+        yield server.base_url
+
+
+class _Engine:
+    """The async machinery of one run."""
+
+    def __init__(
+        self,
+        job: Job,
+        renderer: Renderer,
+        checkpoint: Checkpoint,
+        base_url: str,
+        key: Secret | None,
+        json_mode: bool,
+        *,
+        sleep: Sleep,
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        limits = job.limits
+        self.job = job
+        self.renderer = renderer
+        self.checkpoint = checkpoint
+        self.wire = Wire(
+            base_url,
+            key,
+            headers=job.endpoint.headers,
+            pool_size=limits.concurrency,
+            timeout_s=limits.request_timeout_s,
+        )
+        self.key = key  # only to redact it from messages
+        self.json_mode = json_mode
+        self.sleep = sleep
+        self.clock = clock
+        self.rng = rng
+        self.policy = RetryPolicy(max_attempts=limits.max_attempts)
+        self.pacer = Pacer(
+            limits.requests_per_minute, limits.tokens_per_minute, clock=clock, sleep=sleep
+        )
+        self.price: Price | None = default_table().lookup(str(job.request["model"]))
+        self.progress = Progress(0, 0, quiet=True)  # replaced by run() before executing
+        self.counts = _Counts()
+        self.final_ok = 0  # rows whose latest result is ok (before and during this run)
+        self.final_failed = 0  # rows whose latest result is failed
+        self.stale: set[str] = set()  # keys whose committed result is for an older request
+        self.stop: BatchrunError | None = None  # the run-wide stop, once one happened
+        self._buffer: list[RowResult] = []  # finished results not yet committed
+        self._flush_lock = asyncio.Lock()  # one segment write at a time
+        self._last_flush = time.monotonic()
+        self.quota = _QuotaGate(limits.quota_wait_s, clock, sleep)
+        self.quota.on_give_up = self._quota_gone
+        self._workers: list[asyncio.Task[None]] = []
+        self._producer: asyncio.Task[None] | None = None
+        self._interrupts = 0
+        self._request_prefix = fingerprint({k: v for k, v in job.request.items()})
+
+    # -- the run as a whole ---------------------------------------------------------------
+
+    async def execute(self, source: Source, options: RunOptions) -> None:
+        index = await asyncio.to_thread(self.checkpoint.index)
+        queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=2 * self.job.limits.concurrency)
+        loop = asyncio.get_running_loop()
+        installed = _install_signals(loop, self.interrupt)
+        async with self.wire:
+            self._producer = asyncio.create_task(
+                self._produce(source, options, index, queue), name="batchrun-producer"
+            )
+            self._workers = [
+                asyncio.create_task(self._work(queue), name=f"batchrun-worker-{i}")
+                for i in range(self.job.limits.concurrency)
+            ]
+            ticker = asyncio.create_task(self._tick(), name="batchrun-ticker")
+            try:
+                results = await asyncio.gather(
+                    self._producer, *self._workers, return_exceptions=True
+                )
+                for result in results:
+                    if isinstance(result, BaseException) and not isinstance(
+                        result, asyncio.CancelledError
+                    ):
+                        raise result
+            finally:
+                ticker.cancel()
+                for sig in installed:
+                    loop.remove_signal_handler(sig)
+                await self._flush()
+
+    def interrupt(self) -> None:
+        """Ctrl-C or SIGTERM: stop starting requests; a second one stops at once."""
+        self._interrupts += 1
+        self._halt(
+            Interrupted("Interrupted: finished rows are saved; run the same command to resume.")
+        )
+        if self._interrupts == 1:
+            asyncio.get_running_loop().call_later(INTERRUPT_GRACE_S, self._cancel)
+        else:
+            self._cancel()
+
+    def _cancel(self) -> None:
+        for task in [self._producer, *self._workers]:
+            if task is not None:
+                task.cancel()
+
+    def _halt(self, error: BatchrunError) -> None:
+        if self.stop is None:
+            self.stop = error
+        self.quota.release()  # wake anyone waiting on the quota so they see the stop
+
+    def _quota_gone(self, message: str) -> None:
+        self._halt(
+            QuotaExhausted(
+                f"The account's quota is exhausted ({self._redact(message)}) and did not come "
+                f"back within {self.job.limits.quota_wait_s:g} s: top it up and run again to "
+                f"resume."
+            )
+        )
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(min(COMMIT_INTERVAL_S, 1.0))
+            if self._buffer and time.monotonic() - self._last_flush >= COMMIT_INTERVAL_S:
+                await self._flush()
+            self.progress.refresh()
+
+    # -- producing requests ---------------------------------------------------------------
+
+    async def _produce(
+        self,
+        source: Source,
+        options: RunOptions,
+        index: dict[str, Prior],
+        queue: asyncio.Queue[_Item | None],
+    ) -> None:
+        batches = source.batches(self.renderer.columns, BATCH_ROWS, options.limit)
+        try:
+            while self.stop is None:
+                batch: pl.DataFrame | None = await asyncio.to_thread(next, batches, None)
+                if batch is None:
+                    break
+                for row in batch.iter_rows(named=True):
+                    if self.stop is not None:
+                        break
+                    item = self._prepare(row, index, options)
+                    if item is not None:
+                        await queue.put(item)
+        finally:
+            batches.close()
+            for _ in self._workers:
+                await queue.put(None)
+
+    def _prepare(
+        self, row: dict[str, Any], index: dict[str, Prior], options: RunOptions
+    ) -> _Item | None:
+        """The row's request, or None when the row is finished already (or cannot be sent)."""
+        key, position = row[ROW_KEY], row[POSITION]
+        prior = index.get(key)
+        try:
+            messages = self.renderer.messages(row)
+        except RowInvalid as exc:
+            fp = fingerprint({"invalid": str(exc), "prefix": self._request_prefix})
+            if prior is not None and prior.fingerprint == fp:
+                self._count_prior(prior)
+                return None
+            self._record(
+                RowResult(
+                    row_key=key,
+                    position=position,
+                    fingerprint=fp,
+                    status="failed",
+                    attempts=0,
+                    finished_at=time.time(),
+                    error="invalid_request",
+                    error_message=str(exc),
+                )
+            )
+            return None
+        fp = fingerprint({"messages": messages, "prefix": self._request_prefix})
+        if prior is not None:
+            if prior.fingerprint != fp:
+                self.stale.add(key)
+            elif prior.status == "ok" or not options.retry_failed:
+                self._count_prior(prior)
+                return None
+        body = {"model": self.job.request["model"], "messages": messages}
+        body.update((k, v) for k, v in self.job.request.items() if k != "model")
+        estimate = tokens.count_chat(messages) + self.renderer.completion_estimate
+        return _Item(key, position, fp, body, estimate)
+
+    def _count_prior(self, prior: Prior) -> None:
+        if prior.status == "ok":
+            self.final_ok += 1
+        else:
+            self.final_failed += 1
+        self.progress.skip()
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def _work(self, queue: asyncio.Queue[_Item | None]) -> None:
+        while (item := await queue.get()) is not None:
+            if self.stop is not None:
+                continue  # drain: rows not started stay pending
+            result = await self._process(item)
+            if result is not None:
+                self._record(result)
+                await self._maybe_flush()
+
+    async def _process(self, item: _Item) -> RowResult | None:
+        """Send one row until it has a final result; None if the run stopped first."""
+        attempts = 0  # requests sent for this row
+        tries = 0  # attempts that count toward max_attempts (quota probes do not)
+        first_start = self.clock()
+        while True:
+            if not self.quota.probing(item):
+                await self.quota.wait_open()
+            if self.stop is not None:
+                return None
+            await self.pacer.acquire(item.estimate)
+            if self.stop is not None:
+                return None
+            attempts += 1
+            tries += 1
+            outcome, latency = await self._send(item.body)
+            action = outcome.action
+            if action is Action.QUOTA:
+                tries -= 1
+                if not await self.quota.exhausted(item, outcome.message):
+                    return None
+                continue
+            self.quota.passed(item)
+            if action is Action.OK:
+                self.pacer.recover()
+                return self._success(item, outcome, attempts, latency)
+            if action is Action.FAIL:
+                return self._failure(item, outcome, attempts)
+            if action is Action.BAD_KEY:
+                message = self._redact(outcome.message or "unauthorized")
+                self._halt(
+                    BadKey(
+                        f"The gateway rejected the API key in {self.job.endpoint.api_key_env} "
+                        f"({message}): set it to a valid key and run again; finished rows are "
+                        f"saved."
+                    )
+                )
+                return None
+            if action is Action.RATE_LIMITED:
+                self.pacer.cool_down(outcome.retry_after_s or RATE_LIMIT_COOL_DOWN_S)
+            exhausted = tries >= self.policy.max_attempts
+            if exhausted or self.clock() - first_start > self.policy.max_retry_s:
+                return self._failure(item, outcome, attempts)
+            if action is Action.RETRY:
+                await self.sleep(self.policy.delay(tries, outcome.retry_after_s, self.rng))
+
+    async def _send(self, body: Mapping[str, Any]) -> tuple[Outcome, float | None]:
+        try:
+            reply = await self.wire.post(body)
+        except TransportFailure as failure:
+            return _transport_outcome(failure), None
+        return classify(reply.status, reply.headers, reply.body), reply.latency_s
+
+    # -- results --------------------------------------------------------------------------
+
+    def _success(
+        self, item: _Item, outcome: Outcome, attempts: int, latency: float | None
+    ) -> RowResult:
+        completion = outcome.completion
+        assert completion is not None
+        usage, estimated = completion.usage, False
+        if usage is None:
+            usage, estimated = self._count_locally(item, completion.choices), True
+        self.pacer.reconcile(item.estimate, usage.total_tokens)
+        if completion.response_model and completion.response_model != item.body["model"]:
+            self.counts.remapped += 1
+        json_valid = None
+        if self.json_mode:
+            json_valid = _is_json(completion.response)
+        return RowResult(
+            row_key=item.key,
+            position=item.position,
+            fingerprint=item.fingerprint,
+            status="ok",
+            attempts=attempts,
+            finished_at=time.time(),
+            response=completion.response,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost_usd=self.price.cost(usage) if self.price else None,
+            latency_s=latency,
+            response_model=completion.response_model,
+            response_id=completion.response_id,
+            system_fingerprint=completion.system_fingerprint,
+            tool_calls=completion.tool_calls,
+            choices=list(completion.choices) if len(completion.choices) > 1 else None,
+            usage_estimated=estimated,
+            json_valid=json_valid,
+        )
+
+    def _failure(self, item: _Item, outcome: Outcome, attempts: int) -> RowResult:
+        result = RowResult(
+            row_key=item.key,
+            position=item.position,
+            fingerprint=item.fingerprint,
+            status="failed",
+            attempts=attempts,
+            finished_at=time.time(),
+            error=outcome.error or "server_error",
+            error_message=self._redact(outcome.message) if outcome.message else None,
+        )
+        completion = outcome.completion
+        if completion is not None and completion.usage is not None:
+            # A filtered answer is still billed: keep what it cost.
+            usage = completion.usage
+            result.prompt_tokens, result.completion_tokens = (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+            )
+            result.total_tokens = usage.total_tokens
+            result.cost_usd = self.price.cost(usage) if self.price else None
+            result.finish_reason = completion.finish_reason
+        return result
+
+    def _count_locally(self, item: _Item, choices: tuple[str | None, ...]) -> Usage:
+        prompt = tokens.count_chat(item.body["messages"])
+        completion = sum(tokens.count_text(c or "") for c in choices)
+        return Usage(prompt, completion, prompt + completion)
+
+    def _record(self, result: RowResult) -> None:
+        self._buffer.append(result)
+        self.stale.discard(result.row_key)
+        ok = result.status == "ok"
+        if ok:
+            self.counts.ok += 1
+            self.final_ok += 1
+        else:
+            self.counts.failed += 1
+            self.final_failed += 1
+            self._watch_systematic(result)
+        self.progress.advance(ok=ok, tokens=result.total_tokens or 0, cost=result.cost_usd)
+
+    def _watch_systematic(self, result: RowResult) -> None:
+        """Stop when the first rows all fail with the same client error."""
+        early = self.counts.early_errors
+        if self.counts.ok or len(early) >= SYSTEMATIC_ROWS or result.attempts == 0:
+            return
+        early.append(result.error or "")
+        if (
+            len(early) == SYSTEMATIC_ROWS
+            and len(set(early)) == 1
+            and early[0] in (SYSTEMATIC_ERRORS)
+        ):
+            self._halt(
+                SystematicFailure(
+                    f"The first {SYSTEMATIC_ROWS} rows all failed with {early[0]} "
+                    f"({result.error_message or 'no message'}): fix the job (model name, "
+                    f"parameters) and run again; use --retry-failed to send those rows again."
+                )
+            )
+
+    async def _maybe_flush(self) -> None:
+        if len(self._buffer) >= COMMIT_ROWS:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._flush_lock:
+            batch, self._buffer = self._buffer, []
+            self._last_flush = time.monotonic()
+            if batch:
+                await asyncio.to_thread(self.checkpoint.commit, batch)
+
+    def _redact(self, text: str) -> str:
+        """The message with the key (and any long prefix of it) masked."""
+        if self.key is None:
+            return text
+        secret = self.key.reveal()
+        for length in range(len(secret), 7, -1):
+            if secret[:length] in text:
+                text = text.replace(secret[:length], "***")
+        return text
+
+
+class _QuotaGate:
+    """The run-wide pause while an exhausted quota is probed.
+
+    The first row to see a quota answer becomes the prober: every other row waits at the gate
+    while the prober re-sends its own request after 5, 10, 20, … 60 s. Any other answer
+    opens the gate and everyone carries on at full speed; `quota_wait_s` without one stops
+    the run.
+    """
+
+    def __init__(self, wait_s: float, clock: Callable[[], float], sleep: Sleep) -> None:
+        self._wait_s = wait_s  # how long the quota may stay exhausted before the run stops
+        self._clock = clock
+        self._sleep = sleep
+        self._open = asyncio.Event()  # set while requests may go
+        self._open.set()
+        self._prober: _Item | None = None  # the row whose request is the probe
+        self._deadline = 0.0  # when waiting stops
+        self._next_wait = QUOTA_FIRST_PROBE_S  # wait before the next probe
+        self.on_give_up: Callable[[str], None] = lambda message: None
+
+    def probing(self, item: _Item) -> bool:
+        return self._prober is item
+
+    async def wait_open(self) -> None:
+        await self._open.wait()
+
+    def release(self) -> None:
+        """Wake every waiter (the run is stopping)."""
+        self._open.set()
+
+    def passed(self, item: _Item) -> None:
+        """`item` got an answer that is not about quota."""
+        if self._prober is item:
+            self._prober = None
+            self._open.set()
+
+    async def exhausted(self, item: _Item, message: str | None) -> bool:
+        """`item` got a quota answer: wait for the next probe; False once time is up."""
+        if self._prober is None and self._open.is_set():
+            self._prober = item
+            self._open.clear()
+            self._deadline = self._clock() + self._wait_s
+            self._next_wait = QUOTA_FIRST_PROBE_S
+        if self._prober is not item:
+            return True  # back to the gate
+        left = self._deadline - self._clock()
+        if left <= 0:
+            self._prober = None
+            self.on_give_up(message or "insufficient quota")
+            return False
+        await self._sleep(min(self._next_wait, left))
+        self._next_wait = min(self._next_wait * 2, QUOTA_MAX_PROBE_S)
+        return True
+
+
+def _transport_outcome(failure: TransportFailure) -> Outcome:
+    if failure.kind == "timeout":
+        return Outcome(Action.RETRY, "timeout", failure.message)
+    if failure.kind == "too_large":
+        return Outcome(Action.RETRY, "malformed_response", failure.message)
+    return Outcome(Action.RETRY, "server_error", failure.message)
+
+
+def _is_json(text: str | None) -> bool:
+    if text is None:
+        return False
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _install_signals(
+    loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
+) -> list[signal.Signals]:
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, handler)
+        except (RuntimeError, ValueError, NotImplementedError):
+            continue  # not the main thread: the caller handles interrupts
+        installed.append(sig)
+    return installed

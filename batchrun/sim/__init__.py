@@ -1,0 +1,31 @@
+"""The embedded simulator: an OpenAI-compatible chat-completions server on loopback.
+
+It answers deterministically (the same body, ignoring `stream`, gets the same id, content and
+usage), labels sentiment like a labeler would, honours `n`, `tools`, `response_format`,
+`max_tokens` and streaming, and on request misbehaves like the seed gateways: their error
+bodies, 429s with Retry-After, quota windows, bad keys, dropped or cut connections, latency.
+
+    with start_in_thread(SimConfig(dialect="bcwhkj")) as sim:
+        ...  # point a client at sim.base_url; inspect sim.requests afterwards
+
+Modules, in the order a request meets them: `server` (aiohttp handlers), `limits` and
+`faults` (refusals and misbehaviour), `request` (checking the body), `answers` with
+`sentiment`, `schema` and `text` (the completion), `stream` (SSE), `records` (the log);
+`config` holds SimConfig, `running` the thread and foreground runners, `cli` the options.
+"""
+
+from .cli import add_sim_arguments, config_from_args
+from .config import FAULT_KINDS, SimConfig
+from .records import RequestRecord
+from .running import SimServer, serve_forever, start_in_thread
+
+__all__ = [
+    "FAULT_KINDS",
+    "RequestRecord",
+    "SimConfig",
+    "SimServer",
+    "add_sim_arguments",
+    "config_from_args",
+    "serve_forever",
+    "start_in_thread",
+]

@@ -1,0 +1,120 @@
+"""The simulator's settings: one immutable object that checks itself when it is made."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Literal, get_args
+
+Dialect = Literal["openai", "302ai", "bcwhkj", "anyapi"]
+LatencyDist = Literal["fixed", "uniform", "lognormal"]
+
+DIALECTS: tuple[str, ...] = get_args(Dialect)
+LATENCY_DISTS: tuple[str, ...] = get_args(LatencyDist)
+
+# Every way the simulator can misbehave, with the one-line explanation `--help` shows.
+# Each kind can be given a per-request rate, or forced with `[[sim:KIND]]` in a prompt.
+FAULT_KINDS: Mapping[str, str] = MappingProxyType(
+    {
+        "server_error": "HTTP 500, 502, 503 and 504 in turn, with an OpenAI error body",
+        "cf_bad_gateway": 'the {"error": {"type": "cf_bad_gateway"}} body, '
+        "at HTTP 200 in bcwhkj and 502 elsewhere",
+        "html_error": "HTTP 502 with an nginx HTML error page",
+        "reset": "the connection is dropped without any response",
+        "hang": "no answer for hang_s seconds, then the connection is dropped",
+        "malformed": "HTTP 200 whose body is not a completion (cut JSON, or no choices)",
+        "truncated_stream": "a stream cut before finish_reason and [DONE]; "
+        "cut JSON when not streaming",
+        "rate_limit": "HTTP 429 rate_limit_exceeded with Retry-After",
+        "content_filter": "a content-safety refusal (bcwhkj codes 402; elsewhere HTTP 400)",
+        "illegal_chars": "an illegal-characters refusal (bcwhkj codes 400; elsewhere HTTP 400)",
+        "slow_stream": "stream chunks 20 times slower than chunk_delay_ms (at least 5 ms)",
+        "bad_json": "JSON-mode content that is not valid JSON",
+        "context_length": "HTTP 400 context_length_exceeded",
+        "model_not_found": "HTTP 404 model_not_found",
+        "quota": "the dialect's quota-exhausted answer",
+    }
+)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """How the simulator answers and misbehaves; every field has a harmless default."""
+
+    dialect: Dialect = "openai"
+    latency_ms: float = 0.0
+    latency_dist: LatencyDist = "fixed"
+    ttft_ms: float = 0.0
+    chunk_delay_ms: float = 0.0
+    seed: int = 0
+    api_key: str | None = field(default=None, repr=False)
+    max_in_flight: int | None = None
+    rpm_limit: int | None = None
+    ratelimit_headers: bool = False
+    quota_window: tuple[float, float] | None = None
+    faults: Mapping[str, float] = field(default_factory=dict)
+    hang_s: float = 300.0
+    no_usage: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {self.dialect!r}")
+        if self.latency_dist not in LATENCY_DISTS:
+            raise ValueError(
+                f"latency_dist must be one of {', '.join(LATENCY_DISTS)}, not {self.latency_dist!r}"
+            )
+        for name in ("latency_ms", "ttft_ms", "chunk_delay_ms"):
+            _require(getattr(self, name) >= 0, f"{name} must be zero or more")
+        _require(self.hang_s > 0, "hang_s must be more than zero")
+        for name in ("max_in_flight", "rpm_limit"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"{name} must be at least 1 (or None)")
+        if self.api_key is not None:
+            _require(bool(self.api_key.strip()), "api_key must not be empty (or None)")
+        if self.quota_window is not None:
+            start, end = (float(x) for x in self.quota_window)
+            _require(0 <= start < end, "quota_window must be (start, end) with 0 <= start < end")
+            object.__setattr__(self, "quota_window", (start, end))
+        faults = {str(kind): float(rate) for kind, rate in self.faults.items()}
+        for kind, rate in faults.items():
+            _require(kind in FAULT_KINDS, f"unknown fault kind {kind!r}; known: {_kinds()}")
+            _require(0 <= rate <= 1, f"the rate of fault {kind!r} must be between 0 and 1")
+        _require(math.fsum(faults.values()) <= 1 + 1e-9, "the fault rates must add up to 1 or less")
+        object.__setattr__(self, "faults", MappingProxyType(faults))
+
+    def __repr__(self) -> str:
+        changed = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "faults":
+                if value:
+                    changed.append(f"faults={dict(value)!r}")
+            elif f.name == "api_key":
+                if value is not None:
+                    changed.append("api_key='***'")
+            elif value != _default(f.name):
+                changed.append(f"{f.name}={value!r}")
+        return f"SimConfig({', '.join(changed)})"
+
+    def __hash__(self) -> int:
+        values = [getattr(self, f.name) for f in fields(self)]
+        return hash(
+            tuple(tuple(sorted(v.items())) if isinstance(v, Mapping) else v for v in values)
+        )
+
+
+def _default(name: str) -> Any:
+    """The default value of one SimConfig field."""
+    f = SimConfig.__dataclass_fields__[name]
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _kinds() -> str:
+    return ", ".join(FAULT_KINDS)

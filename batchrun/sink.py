@@ -1,0 +1,64 @@
+"""Writing the output Parquet: the input's columns, then the result columns, in input order."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import polars as pl
+
+from .checkpoint import fsync_dir
+from .columns import KEY, RESULT_SCHEMA
+from .source import ROW_KEY, Source
+
+
+def write_output(
+    source: Source,
+    segments: Sequence[Path],
+    path: Path,
+    columns: Sequence[str],
+    *,
+    limit: int | None = None,
+    exclude: Collection[str] = (),
+) -> int:
+    """Join the input with its latest committed results and write `path` atomically.
+
+    Rows without a result (or whose result is for an outdated request, `exclude`) are left
+    out, so after an early stop the file holds exactly the rows finished so far. Returns the
+    number of rows written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    inputs = source.keyed(limit)
+    if segments:
+        results = (
+            pl.scan_parquet([str(s) for s in segments])
+            .select(KEY, *columns)
+            .unique(subset=KEY, keep="last", maintain_order=True)
+        )
+    else:
+        results = pl.LazyFrame(schema={KEY: pl.String, **{c: _polars_type(c) for c in columns}})
+    if exclude:
+        stale = pl.LazyFrame({KEY: list(exclude)}, schema={KEY: pl.String})
+        results = results.join(stale, on=KEY, how="anti")
+    joined = inputs.join(
+        results, left_on=ROW_KEY, right_on=KEY, how="inner", maintain_order="left"
+    ).select(*source.columns, *columns)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        joined.sink_parquet(tmp, compression="zstd", row_group_size=100_000)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return pl.scan_parquet(path).select(pl.len()).collect().item()
+
+
+def _polars_type(column: str) -> pl.DataType:
+    empty = pl.from_arrow(RESULT_SCHEMA.empty_table().select([column]))
+    assert isinstance(empty, pl.DataFrame)
+    return empty.schema[column]

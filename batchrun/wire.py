@@ -1,0 +1,133 @@
+"""HTTP to the gateway: one pooled aiohttp session per run.
+
+Why aiohttp and not httpx: measured on this machine against one loopback server
+(`benchmarks/transports.py`, figures in the README), httpx's connection pool rescans every
+connection per request and falls far behind at hundreds of requests in flight; aiohttp kept
+up with the floor. aiohttp never retries on its own, so the engine's retry layer is the only
+one. Every aiohttp and socket error is translated here, in `_translated`, into a
+`TransportFailure`; nothing above this module sees aiohttp's exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+
+from . import __version__
+from .job import Secret
+
+# Caps that turn a misbehaving gateway into a failed row instead of a run out of memory.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+_READ_CHUNK = 64 * 1024
+
+
+class TransportFailure(Exception):
+    """The exchange did not produce an HTTP response we can classify."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # "timeout", "connection" or "too_large"
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A whole HTTP response, read within the caps."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    latency_s: float
+
+
+class Wire:
+    """Sends request bodies to `{base_url}/chat/completions` over one connection pool."""
+
+    def __init__(
+        self,
+        base_url: str,
+        key: Secret | None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        pool_size: int = 64,
+        timeout_s: float = 120.0,
+    ) -> None:
+        self._url = f"{base_url}/chat/completions"
+        self._headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"batchrun/{__version__}",
+            **(headers or {}),
+        }
+        if key is not None:
+            self._headers["Authorization"] = f"Bearer {key.reveal()}"
+        self._pool_size = pool_size  # connections kept alive: one per request in flight
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 30))
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Wire:
+        connector = aiohttp.TCPConnector(
+            limit=self._pool_size, limit_per_host=self._pool_size, ttl_dns_cache=300
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, auto_decompress=True, trust_env=False
+        )
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, body: Mapping[str, Any]) -> Reply:
+        """Send one request body; raise TransportFailure when no response could be read."""
+        assert self._session is not None, "use Wire as an async context manager"
+        data = orjson.dumps(body)
+        started = time.monotonic()
+        with _translated():
+            async with self._session.post(self._url, data=data, headers=self._headers) as resp:
+                payload = await _read_capped(resp)
+                return Reply(resp.status, resp.headers, payload, time.monotonic() - started)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    length = resp.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise TransportFailure("too_large", f"the response body is {length} bytes")
+    if length is not None:
+        return await resp.read()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise TransportFailure("too_large", f"the response body exceeds {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Map aiohttp's and the socket's exceptions to TransportFailure, in this one place."""
+    try:
+        yield
+    except TimeoutError:
+        raise TransportFailure("timeout", "the request timed out") from None
+    except aiohttp.ServerDisconnectedError:
+        raise TransportFailure("connection", "the server closed the connection") from None
+    except aiohttp.ClientPayloadError:
+        raise TransportFailure("connection", "the response was cut off") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise TransportFailure("connection", f"cannot connect ({exc.os_error})") from None
+    except (aiohttp.ClientError, ConnectionError, asyncio.IncompleteReadError) as exc:
+        raise TransportFailure("connection", f"connection error ({type(exc).__name__})") from None

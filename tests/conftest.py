@@ -1,0 +1,125 @@
+"""Shared fixtures: job files on disk, the simulator on loopback, the CLI in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from batchrun.cli import main
+from batchrun.sim import SimConfig, SimServer, start_in_thread
+
+FAKE_KEY = "sk-test-CANARY-0123456789abcdefXYZ"
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(type(value))
+
+
+def toml_dumps(doc: dict[str, Any]) -> str:
+    lines = [f"{k} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
+    for section, table in doc.items():
+        if isinstance(table, dict):
+            lines.append(f"\n[{section}]")
+            lines += [f"{json.dumps(k)} = {toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+class Workspace:
+    """A temporary folder with an input table and a job file pointing at a simulator."""
+
+    def __init__(self, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.root = root
+        self.capsys = capsys
+        self.output = root / "out" / "result.parquet"
+
+    def write_input(self, frame: pl.DataFrame, name: str = "input.parquet") -> Path:
+        path = self.root / name
+        if name.endswith(".csv"):
+            frame.write_csv(path)
+        else:
+            frame.write_parquet(path)
+        return path
+
+    def job(self, base_url: str, *, input_path: str = "input.parquet", **sections: Any) -> Path:
+        doc: dict[str, Any] = {
+            "name": "test-job",
+            "input": {"path": input_path},
+            "prompt": {
+                "system": "Label the review as positive, negative or neutral.",
+                "user": "Review: {text}",
+            },
+            "request": {"model": "gpt-4o-mini", "temperature": 0, "max_tokens": 8},
+            "endpoint": {"base_url": base_url, "api_key_env": "BATCHRUN_TEST_KEY"},
+            "limits": {"requests_per_minute": 60000, "concurrency": 16, "max_attempts": 4},
+            "output": {"path": "out/result.parquet"},
+        }
+        for section, values in sections.items():
+            if values is None:
+                doc.pop(section, None)
+            elif isinstance(values, dict) and isinstance(doc.get(section), dict):
+                doc[section] = {**doc[section], **values}
+                doc[section] = {k: v for k, v in doc[section].items() if v is not None}
+            else:
+                doc[section] = values
+        path = self.root / "job.toml"
+        path.write_text(toml_dumps(doc), encoding="utf-8")
+        return path
+
+    def run(self, *argv: str) -> Result:
+        self.capsys.readouterr()
+        code = main(list(argv))
+        captured = self.capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    def read_output(self) -> pl.DataFrame:
+        return pl.read_parquet(self.output)
+
+
+@pytest.fixture
+def ws(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Workspace:
+    monkeypatch.setenv("BATCHRUN_TEST_KEY", FAKE_KEY)
+    return Workspace(tmp_path, capsys)
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with start_in_thread(SimConfig()) as server:
+        yield server
+
+
+def reviews(n: int) -> pl.DataFrame:
+    """n short reviews with ids, half of them positive."""
+    words = ["I love it, works great", "Broken on arrival, terrible", "It is okay I guess"]
+    return pl.DataFrame(
+        {"id": [f"r{i:04d}" for i in range(n)], "text": [f"{words[i % 3]} #{i}" for i in range(n)]}
+    )
+
+
+def run_async(coro: Any) -> Any:
+    return asyncio.run(coro)
