@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from .errors import UserError
 SEGMENT_GLOB = "seg-*.parquet"
 # More segments than this are merged into one when a checkpoint is opened or closed.
 MERGE_ABOVE = 64
+# While a run goes, this many new segments are merged into one, so a long run leaves few files.
+MERGE_NEW = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,8 @@ class Checkpoint:
         self.folder = folder
         self._lock_file: int | None = None  # fd holding the exclusive lock while open
         self._next = 0  # sequence number of the next segment
+        self._writing = threading.Lock()  # commits come from worker threads, one at a time
+        self._new: list[Path] = []  # segments written since the last merge, oldest first
 
     def open(self, *, fresh: bool = False) -> Checkpoint:
         """Lock the folder, clear what a kill left behind, and (with fresh) forget results."""
@@ -109,14 +114,24 @@ class Checkpoint:
         if not records:
             return 0
         table = pa.Table.from_pylist(records, schema=CHECKPOINT_SCHEMA)
-        name = f"seg-{self._next:012d}.parquet"
-        self._next += 1
-        write_atomic_table(table, self.folder / name)
+        with self._writing:
+            path = self.folder / f"seg-{self._next:012d}.parquet"
+            self._next += 1
+            write_atomic_table(table, path)
+            self._new.append(path)
+            if len(self._new) >= MERGE_NEW:
+                self._merge(self._new)
+                self._new = []
         return len(records)
 
     def merge(self) -> None:
         """Merge every segment into one, atomically, keeping every row (spend stays whole)."""
-        segments = self.segments()
+        with self._writing:
+            self._merge(self.segments())
+            self._new = []
+
+    def _merge(self, segments: list[Path]) -> None:
+        """Merge the newest consecutive `segments` into one file that sorts where they did."""
         if len(segments) < 2:
             return
         table = pq.read_table([str(s) for s in segments], schema=CHECKPOINT_SCHEMA)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import signal
 import time
@@ -42,22 +43,22 @@ from .errors import (
 )
 from .job import Job, Secret
 from .limits import Pacer
-from .outcome import Action, Outcome, classify
+from .outcome import Action, Outcome, classify, classify_failure
 from .pricing import Price, default_table
 from .progress import Progress
 from .render import Renderer, RowInvalid, fingerprint
+from .retry import QuotaGate, RetryPolicy
 from .source import POSITION, ROW_KEY, Source, open_source
 from .wire import TransportFailure, Wire
 
 Sleep = Callable[[float], Awaitable[None]]
+log = logging.getLogger("batchrun")
 
 COMMIT_INTERVAL_S = 0.5  # longest a finished result waits in memory before it is durable
 COMMIT_ROWS = 2000  # or this many results, whichever comes first
 BATCH_ROWS = 2000  # input rows read and rendered at a time
 INTERRUPT_GRACE_S = 5.0  # how long requests in flight may finish after Ctrl-C
 RATE_LIMIT_COOL_DOWN_S = 2.0  # the shared pause after a 429 that names no Retry-After
-QUOTA_FIRST_PROBE_S = 5.0  # first wait before probing an exhausted quota; doubles each time
-QUOTA_MAX_PROBE_S = 60.0
 SYSTEMATIC_ROWS = 10  # this many first rows failing alike stop the run
 SYSTEMATIC_ERRORS = frozenset({"invalid_request", "model_not_found"})
 
@@ -71,21 +72,6 @@ class RunOptions:
     limit: int | None = None
     quiet: bool = False
     interactive: bool | None = None  # None: a bar when stderr is a terminal
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Capped exponential backoff with full jitter, and the bounds of retrying one row."""
-
-    max_attempts: int = 6
-    base_s: float = 0.5
-    cap_s: float = 30.0
-    max_retry_s: float = 600.0  # total time one row may spend being retried
-
-    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        """How long to wait after failed attempt number `attempt` (1-based)."""
-        backoff = rng.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
-        return max(backoff, retry_after or 0.0)
 
 
 @dataclass
@@ -179,15 +165,17 @@ async def run(
                 await engine.execute(source, options)
             finally:
                 progress.close()
-        rows_written = await asyncio.to_thread(
-            sink.write_output,
-            source,
-            checkpoint.segments(),
-            job.output_path,
-            columns,
-            limit=options.limit,
-            exclude=engine.stale,
-        )
+        rows_written = 0
+        if not engine.hurried:
+            rows_written = await asyncio.to_thread(
+                sink.write_output,
+                source,
+                checkpoint.segments(),
+                job.output_path,
+                columns,
+                limit=options.limit,
+                exclude=engine.stale,
+            )
     finally:
         checkpoint.close()
     counts = engine.counts
@@ -255,7 +243,7 @@ class _Engine:
         self.sleep = sleep
         self.clock = clock
         self.rng = rng
-        self.policy = RetryPolicy(max_attempts=limits.max_attempts)
+        self.policy = RetryPolicy(max_attempts=limits.max_attempts, max_retry_s=limits.max_retry_s)
         self.pacer = Pacer(
             limits.requests_per_minute, limits.tokens_per_minute, clock=clock, sleep=sleep
         )
@@ -269,17 +257,25 @@ class _Engine:
         self._buffer: list[RowResult] = []  # finished results not yet committed
         self._flush_lock = asyncio.Lock()  # one segment write at a time
         self._last_flush = time.monotonic()
-        self.quota = _QuotaGate(limits.quota_wait_s, clock, sleep)
-        self.quota.on_give_up = self._quota_gone
+        self.quota = QuotaGate(limits.quota_wait_s, clock, sleep)
         self._workers: list[asyncio.Task[None]] = []
         self._producer: asyncio.Task[None] | None = None
-        self._interrupts = 0
+        self._interrupts = 0  # Ctrl-C / SIGTERM received so far
+        self._in_flight = 0  # requests sent and not yet answered
+        self._in_flight_tokens = 0  # their estimated tokens
         self._request_prefix = fingerprint({k: v for k, v in job.request.items()})
 
     # -- the run as a whole ---------------------------------------------------------------
 
     async def execute(self, source: Source, options: RunOptions) -> None:
         index = await asyncio.to_thread(self.checkpoint.index)
+        log.info(
+            "%s: %d rows committed before; sending to %s with %d in flight at most",
+            self.job.name,
+            len(index),
+            self.wire.url,
+            self.job.limits.concurrency,
+        )
         queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=2 * self.job.limits.concurrency)
         loop = asyncio.get_running_loop()
         installed = _install_signals(loop, self.interrupt)
@@ -317,6 +313,11 @@ class _Engine:
             asyncio.get_running_loop().call_later(INTERRUPT_GRACE_S, self._cancel)
         else:
             self._cancel()
+
+    @property
+    def hurried(self) -> bool:
+        """Interrupted twice: exit at once, without rewriting the output."""
+        return self._interrupts >= 2
 
     def _cancel(self) -> None:
         for task in [self._producer, *self._workers]:
@@ -441,11 +442,12 @@ class _Engine:
                 return None
             attempts += 1
             tries += 1
-            outcome, latency = await self._send(item.body)
+            outcome, latency = await self._send(item)
             action = outcome.action
             if action is Action.QUOTA:
                 tries -= 1
-                if not await self.quota.exhausted(item, outcome.message):
+                if not await self.quota.exhausted(item):
+                    self._quota_gone(outcome.message or "insufficient quota")
                     return None
                 continue
             self.quota.passed(item)
@@ -472,12 +474,27 @@ class _Engine:
             if action is Action.RETRY:
                 await self.sleep(self.policy.delay(tries, outcome.retry_after_s, self.rng))
 
-    async def _send(self, body: Mapping[str, Any]) -> tuple[Outcome, float | None]:
+    async def _send(self, item: _Item) -> tuple[Outcome, float | None]:
+        self._in_flight += 1
+        self._in_flight_tokens += item.estimate
         try:
-            reply = await self.wire.post(body)
+            reply = await self.wire.post(item.body)
         except TransportFailure as failure:
-            return _transport_outcome(failure), None
-        return classify(reply.status, reply.headers, reply.body), reply.latency_s
+            return classify_failure(failure.kind, failure.message), None
+        finally:
+            self._in_flight -= 1
+            self._in_flight_tokens -= item.estimate
+        self.pacer.follow_headers(reply.headers, self._in_flight, self._in_flight_tokens)
+        outcome = classify(reply.status, reply.headers, reply.body)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "HTTP %d in %.3f s: %s %s",
+                reply.status,
+                reply.latency_s,
+                outcome.action.value,
+                outcome.error or "",
+            )
+        return outcome, reply.latency_s
 
     # -- results --------------------------------------------------------------------------
 
@@ -593,77 +610,7 @@ class _Engine:
                 await asyncio.to_thread(self.checkpoint.commit, batch)
 
     def _redact(self, text: str) -> str:
-        """The message with the key (and any long prefix of it) masked."""
-        if self.key is None:
-            return text
-        secret = self.key.reveal()
-        for length in range(len(secret), 7, -1):
-            if secret[:length] in text:
-                text = text.replace(secret[:length], "***")
-        return text
-
-
-class _QuotaGate:
-    """The run-wide pause while an exhausted quota is probed.
-
-    The first row to see a quota answer becomes the prober: every other row waits at the gate
-    while the prober re-sends its own request after 5, 10, 20, … 60 s. Any other answer
-    opens the gate and everyone carries on at full speed; `quota_wait_s` without one stops
-    the run.
-    """
-
-    def __init__(self, wait_s: float, clock: Callable[[], float], sleep: Sleep) -> None:
-        self._wait_s = wait_s  # how long the quota may stay exhausted before the run stops
-        self._clock = clock
-        self._sleep = sleep
-        self._open = asyncio.Event()  # set while requests may go
-        self._open.set()
-        self._prober: _Item | None = None  # the row whose request is the probe
-        self._deadline = 0.0  # when waiting stops
-        self._next_wait = QUOTA_FIRST_PROBE_S  # wait before the next probe
-        self.on_give_up: Callable[[str], None] = lambda message: None
-
-    def probing(self, item: _Item) -> bool:
-        return self._prober is item
-
-    async def wait_open(self) -> None:
-        await self._open.wait()
-
-    def release(self) -> None:
-        """Wake every waiter (the run is stopping)."""
-        self._open.set()
-
-    def passed(self, item: _Item) -> None:
-        """`item` got an answer that is not about quota."""
-        if self._prober is item:
-            self._prober = None
-            self._open.set()
-
-    async def exhausted(self, item: _Item, message: str | None) -> bool:
-        """`item` got a quota answer: wait for the next probe; False once time is up."""
-        if self._prober is None and self._open.is_set():
-            self._prober = item
-            self._open.clear()
-            self._deadline = self._clock() + self._wait_s
-            self._next_wait = QUOTA_FIRST_PROBE_S
-        if self._prober is not item:
-            return True  # back to the gate
-        left = self._deadline - self._clock()
-        if left <= 0:
-            self._prober = None
-            self.on_give_up(message or "insufficient quota")
-            return False
-        await self._sleep(min(self._next_wait, left))
-        self._next_wait = min(self._next_wait * 2, QUOTA_MAX_PROBE_S)
-        return True
-
-
-def _transport_outcome(failure: TransportFailure) -> Outcome:
-    if failure.kind == "timeout":
-        return Outcome(Action.RETRY, "timeout", failure.message)
-    if failure.kind == "too_large":
-        return Outcome(Action.RETRY, "malformed_response", failure.message)
-    return Outcome(Action.RETRY, "server_error", failure.message)
+        return self.key.redact(text) if self.key is not None else text
 
 
 def _is_json(text: str | None) -> bool:

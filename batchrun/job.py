@@ -60,6 +60,7 @@ class LimitsSpec(_Section):
     max_attempts: int = Field(6, ge=1, le=100)
     request_timeout_s: float = Field(120, gt=0)
     quota_wait_s: float = Field(600, ge=0)
+    max_retry_s: float = Field(900, gt=0)
 
 
 class OutputSpec(_Section):
@@ -101,6 +102,13 @@ class Secret:
     def reveal(self) -> str:
         """The key itself, for the Authorization header only."""
         return self._value
+
+    def redact(self, text: str) -> str:
+        """`text` with the key, and any prefix of it of 8 characters or more, masked."""
+        for length in range(len(self._value), 7, -1):
+            if self._value[:length] in text:
+                text = text.replace(self._value[:length], "***")
+        return text
 
     def __repr__(self) -> str:
         return "Secret('***')"

@@ -24,8 +24,9 @@ then recovers step by step with each success.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -36,6 +37,10 @@ BURST_FRACTION = 0.1
 SLOWDOWN_FACTOR = 0.5
 MIN_FACTOR = 0.05
 RECOVERY_STEP = 0.02
+# A reset header asking for longer than this is not trusted further (quota logic handles outages).
+MAX_HEADER_HOLD_S = 60.0
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class _Meter:
@@ -115,7 +120,46 @@ class Pacer:
         """Allow no start before the monotonic time `until` (a gateway's reset header)."""
         self._paused_until = max(self._paused_until, until)
 
+    def follow_headers(
+        self, headers: Mapping[str, str], in_flight: int, in_flight_tokens: int
+    ) -> None:
+        """Hold starts until the gateway's reset when its remaining budget is nearly spent.
+
+        `x-ratelimit-remaining-*` is what was left when this answer was made; the requests
+        still in flight may use that much again, so starts stop once it is no more than
+        them, until `x-ratelimit-reset-*` says the window refills. This avoids the 429.
+        """
+        for kind, using in (("requests", in_flight), ("tokens", in_flight_tokens)):
+            remaining = _int_header(headers.get(f"x-ratelimit-remaining-{kind}"))
+            if remaining is None or remaining > using:
+                continue
+            reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+            if reset:
+                self.hold(self._clock() + min(reset, MAX_HEADER_HOLD_S))
+
     def recover(self) -> None:
         """One success: move the pace a step back towards the configured limits."""
         if self._factor < 1.0:
             self._factor = min(1.0, self._factor + RECOVERY_STEP)
+
+
+def parse_duration(text: str | None) -> float | None:
+    """OpenAI's reset durations: "1s", "6m0s", "20ms", "1h2m3.5s", or plain seconds."""
+    if not text:
+        return None
+    text = text.strip()
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(number) * _UNIT_S[unit] for number, unit in parts)
+
+
+def _int_header(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None

@@ -133,6 +133,15 @@ def classify(
     return _by_status(status, retry_after, f"HTTP {status}")
 
 
+def classify_failure(kind: str, message: str) -> Outcome:
+    """Classify a transport failure (no HTTP response): always worth another attempt."""
+    if kind == "timeout":
+        return Outcome(Action.RETRY, "timeout", message)
+    if kind == "too_large":
+        return Outcome(Action.RETRY, "malformed_response", message)
+    return Outcome(Action.RETRY, "server_error", message)
+
+
 def _by_status(status: int, retry_after: float | None, message: str) -> Outcome:
     if status == 429:
         return Outcome(Action.RATE_LIMITED, "rate_limited", message, retry_after)

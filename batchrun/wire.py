@@ -60,7 +60,7 @@ class Wire:
         pool_size: int = 64,
         timeout_s: float = 120.0,
     ) -> None:
-        self._url = f"{base_url}/chat/completions"
+        self.url = f"{base_url}/chat/completions"
         self._headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
@@ -95,7 +95,7 @@ class Wire:
         data = orjson.dumps(body)
         started = time.monotonic()
         with _translated():
-            async with self._session.post(self._url, data=data, headers=self._headers) as resp:
+            async with self._session.post(self.url, data=data, headers=self._headers) as resp:
                 payload = await _read_capped(resp)
                 return Reply(resp.status, resp.headers, payload, time.monotonic() - started)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import http.client
 import json
 import math
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -31,7 +33,7 @@ from batchrun.sim import (
 )
 from batchrun.sim.latency import Latency
 from batchrun.sim.limits import QuotaWindow, RequestRate, format_duration
-from batchrun.sim.sentiment import score
+from batchrun.sim.sentiment import label, score
 from batchrun.tokens import count_chat, count_text
 
 LABEL_SYSTEM = "Label the review as positive, negative or neutral. Answer with one word."
@@ -172,13 +174,17 @@ def test_labeler_answers_in_the_prompts_label_words(sim: SimServer) -> None:
     assert post(sim, chat("Review: awful", system=binary)).content == "negative"
 
 
-def test_sentiment_handles_negation() -> None:
-    assert score("not good") < 0
-    assert score("not bad") > 0
-    assert score("would not recommend") < 0
-    assert score("不好") < 0
-    assert score("不错") > 0
-    assert score("没有问题") > 0
+def test_sentiment_handles_negation_softeners_and_contrast() -> None:
+    assert score("not good").score < 0
+    assert score("not bad").score > 0
+    assert score("would not recommend").score < 0
+    assert score("no issues at all").score > 0
+    assert score("不好").score < 0
+    assert score("不错").score > 0
+    assert score("没有问题").score > 0
+    assert score("有点重").score == -0.5
+    assert score("Nice colour but it broke").score == -1
+    assert score("Sound is fine.").hedges == 1
 
 
 def test_max_tokens_cuts_the_answer(sim: SimServer) -> None:
@@ -766,3 +772,15 @@ def test_serve_forever_announces_and_stops_on_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_labels_of_the_sample_reviews_look_like_a_labelers() -> None:
+    path = Path(__file__).parent.parent / "sample_data" / "reviews.csv"
+    if not path.exists():
+        pytest.skip("no sample data")
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    agree = sum(
+        label(LABEL_SYSTEM, f"Review: {row['text']}", 0) == row["gold_label"] for row in rows
+    )
+    assert agree / len(rows) >= 0.75

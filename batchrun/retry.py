@@ -1,0 +1,89 @@
+"""How long to wait before trying again: per-row backoff, and the run-wide quota pause."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+Sleep = Callable[[float], Awaitable[None]]
+
+# Probing an exhausted quota: the first wait is a tenth of quota_wait_s (at most this), and
+# each next wait doubles, up to QUOTA_MAX_PROBE_S.
+QUOTA_FIRST_PROBE_S = 5.0
+QUOTA_MAX_PROBE_S = 60.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with full jitter, and the bounds of retrying one row."""
+
+    max_attempts: int = 6
+    base_s: float = 0.5  # the first backoff is drawn from [0, base_s]
+    cap_s: float = 30.0  # no backoff is drawn from a wider range than [0, cap_s]
+    max_retry_s: float = 900.0  # total time one row may spend being retried
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """How long to wait after failed attempt number `attempt` (1-based).
+
+        Full jitter (uniform over [0, min(cap, base * 2^(attempt-1))]) spreads retries of
+        rows that failed together; a gateway's Retry-After is a floor, never shortened.
+        """
+        backoff = rng.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
+        return max(backoff, retry_after or 0.0)
+
+
+class QuotaGate:
+    """The run-wide pause while an exhausted quota is probed.
+
+    The first row to get a quota answer becomes the prober: every other row waits at the
+    gate while the prober re-sends its own request at growing intervals. Any other answer
+    opens the gate and everyone carries on at full speed; no such answer within `wait_s`
+    ends the wait (`exhausted` returns False) and the run stops.
+    """
+
+    def __init__(self, wait_s: float, clock: Callable[[], float], sleep: Sleep) -> None:
+        self._wait_s = wait_s  # how long the quota may stay exhausted
+        self._clock = clock
+        self._sleep = sleep
+        self._open = asyncio.Event()  # set while requests may go
+        self._open.set()
+        self._prober: object | None = None  # the row whose request is the probe
+        self._deadline = 0.0  # when waiting stops
+        self._first_wait = max(0.05, min(QUOTA_FIRST_PROBE_S, wait_s / 10))
+        self._next_wait = self._first_wait  # wait before the next probe
+
+    def probing(self, row: object) -> bool:
+        """Whether `row` is the prober (which does not wait at the gate)."""
+        return self._prober is row
+
+    async def wait_open(self) -> None:
+        await self._open.wait()
+
+    def release(self) -> None:
+        """Wake every waiter (the run is stopping)."""
+        self._open.set()
+
+    def passed(self, row: object) -> None:
+        """`row` got an answer that is not about quota: if it was probing, open the gate."""
+        if self._prober is row:
+            self._prober = None
+            self._open.set()
+
+    async def exhausted(self, row: object) -> bool:
+        """`row` got a quota answer: wait until it should try again; False once time is up."""
+        if self._prober is None and self._open.is_set():
+            self._prober = row
+            self._open.clear()
+            self._deadline = self._clock() + self._wait_s
+            self._next_wait = self._first_wait
+        if self._prober is not row:
+            return True  # back to the gate
+        left = self._deadline - self._clock()
+        if left <= 0:
+            self._prober = None
+            return False
+        await self._sleep(min(self._next_wait, left))
+        self._next_wait = min(self._next_wait * 2, QUOTA_MAX_PROBE_S)
+        return True
