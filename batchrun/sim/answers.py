@@ -26,6 +26,8 @@ _CREATED_SPREAD = 50_000_000
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
+    """One function call in an answer; `arguments` is JSON text, possibly cut short."""
+
     id: str
     name: str
     arguments: str
@@ -40,6 +42,8 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class Choice:
+    """One of an answer's `n` choices: text content, or a tool call."""
+
     index: int
     content: str | None
     tool_call: ToolCall | None
@@ -58,17 +62,16 @@ class Completion:
     choices: tuple[Choice, ...]
     usage: dict[str, Any] | None
 
-    def header(self) -> dict[str, Any]:
-        """The fields every chunk and the whole body share, in OpenAI's order."""
-        fields: dict[str, Any] = {"id": self.id, "object": "", "created": self.created}
+    def header(self, kind: str) -> dict[str, Any]:
+        """The fields the whole body and every chunk share, for `object` = kind."""
+        fields: dict[str, Any] = {"id": self.id, "object": kind, "created": self.created}
         fields["model"] = self.model
         if self.fingerprint is not None:
             fields["system_fingerprint"] = self.fingerprint
         return fields
 
     def to_json(self) -> dict[str, Any]:
-        body = self.header()
-        body["object"] = "chat.completion"
+        body = self.header("chat.completion")
         body["choices"] = [_choice_json(c) for c in self.choices]
         if self.usage is not None:
             body["usage"] = self.usage

@@ -16,7 +16,8 @@ class RequestRecord:
     """One request: when it arrived and what the simulator did with it.
 
     `status` is 0 when no HTTP answer was sent (a reset or hang fault, or a client that
-    went away); `fault` names the fault that shaped the answer, if any.
+    went away); `fault` names the fault that shaped the answer, or the gateway's own refusal
+    (`bad_key`, `quota`, `rate_limit`, `in_flight`), if any.
     """
 
     t: float  # time.monotonic() at arrival

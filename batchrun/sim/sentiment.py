@@ -179,9 +179,13 @@ def review_text(last_user: str, labels: LabelSet) -> str:
     """The part of the last user message to judge, without the label words themselves."""
     parts = _REVIEW_MARKER.split(last_user)
     text = _SIM_MARKER.sub(" ", parts[-1] if parts[-1].strip() else last_user)
-    for word in labels.words():
-        text = _word_regex(word).sub(" ", text)
-    return text
+    return _label_words_regex(labels).sub(" ", text)
+
+
+@functools.cache
+def _label_words_regex(labels: LabelSet) -> re.Pattern[str]:
+    """Any of a label set's words, standing alone."""
+    return re.compile("|".join(_word_regex(w).pattern for w in labels.words()), re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,27 +131,31 @@ class SimHandlers:
         model = body.get("model")
         trace.model = model if isinstance(model, str) else None
         trace.stream = body.get("stream") is True
-        refusal = self._admit(request, arrived, trace.model or "")
+        refusal = self._admit(request, arrived, trace)
         if refusal is not None:
             return self._reply(trace, refusal)
         if not self._in_flight.enter():
+            trace.fault = "in_flight"
             return self._reply(trace, too_many_in_flight(trace.model or ""))
         try:
             return await self._answer(request, body, trace)
         finally:
             self._in_flight.leave()
 
-    def _admit(self, request: web.Request, arrived: float, model: str) -> ErrorReply | None:
-        """The gateway's own refusals, answered before any upstream work."""
+    def _admit(self, request: web.Request, arrived: float, trace: _Trace) -> ErrorReply | None:
+        """The gateway's own refusals, answered before any upstream work; named in the log."""
         refusal = self._check_key(request)
         if refusal is not None:
+            trace.fault = "bad_key"
             return refusal
         if self._quota.exhausted(arrived):
+            trace.fault = "quota"
             return quota_exhausted(self._config.dialect)
         if self._rate is not None:
             wait = self._rate.admit(arrived)
             if wait is not None:
-                return rate_limited(model, self._rate.rpm, wait)
+                trace.fault = "rate_limit"
+                return rate_limited(trace.model or "", self._rate.rpm, wait)
         return None
 
     def _check_key(self, request: web.Request) -> ErrorReply | None:

@@ -24,8 +24,7 @@ class StreamPlan:
 
 def plan_stream(completion: Completion, include_usage: bool) -> StreamPlan:
     """Every event of the stream, in the order they are sent."""
-    header = completion.header()
-    header["object"] = "chat.completion.chunk"
+    header = completion.header("chat.completion.chunk")
     if include_usage:
         # OpenAI sends "usage": null on every chunk but the last once usage is asked for.
         header["usage"] = None

@@ -1,0 +1,141 @@
+"""Retry timing on a fake clock: backoff growth, jitter bounds, Retry-After, caps, quota probes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from batchrun.limits import Pacer, parse_duration
+from batchrun.retry import QUOTA_MAX_PROBE_S, QuotaGate, RetryPolicy
+
+from .test_limits import FakeClock
+
+
+def test_backoff_grows_exponentially_with_full_jitter_up_to_the_cap() -> None:
+    policy = RetryPolicy(base_s=0.5, cap_s=8.0)
+    rng = random.Random(1)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 8.0), (9, 8.0)]:
+        draws = [policy.delay(attempt, None, rng) for _ in range(2000)]
+        assert min(draws) >= 0.0 and max(draws) <= ceiling
+        assert max(draws) > 0.9 * ceiling  # the whole range is used: full jitter
+        assert min(draws) < 0.1 * ceiling
+        assert sum(draws) / len(draws) == pytest.approx(ceiling / 2, rel=0.1)
+
+
+def test_retry_after_is_a_floor_never_shortened() -> None:
+    policy = RetryPolicy(base_s=0.5, cap_s=8.0)
+    rng = random.Random(2)
+    assert all(policy.delay(1, 3.0, rng) == 3.0 for _ in range(100))
+    assert all(3.0 <= policy.delay(4, 3.0, rng) <= 4.0 for _ in range(100))
+
+
+def test_quota_probes_wait_longer_each_time_and_give_up_at_the_deadline() -> None:
+    clock = FakeClock()
+    gate = QuotaGate(600, clock, clock.sleep)
+    prober, other = object(), object()
+
+    async def go() -> list[float]:
+        waits = []
+        start = clock.now
+        while True:
+            before = clock.now
+            if not await gate.exhausted(prober):
+                break
+            waits.append(clock.now - before)
+            assert not gate.probing(other)
+        assert clock.now - start == pytest.approx(600)
+        return waits
+
+    waits = asyncio.run(go())
+    assert waits[:5] == [5.0, 10.0, 20.0, 40.0, QUOTA_MAX_PROBE_S]
+    assert len(waits) < 16  # a handful of probes in ten minutes, not a storm
+
+
+def test_other_rows_wait_at_the_gate_until_the_probe_passes() -> None:
+    clock = FakeClock()
+    gate = QuotaGate(60, clock, clock.sleep)
+    prober, other = object(), object()
+
+    async def go() -> bool:
+        assert await gate.exhausted(prober)  # the prober waited its first interval
+        assert await gate.exhausted(other)  # told to go back to the gate ...
+        waiting = asyncio.create_task(gate.wait_open())
+        await asyncio.sleep(0)
+        assert not waiting.done()  # ... where it waits
+        gate.passed(prober)
+        await asyncio.wait_for(waiting, 1)
+        return gate.probing(prober)
+
+    assert asyncio.run(go()) is False
+
+
+def test_short_quota_waits_probe_proportionally() -> None:
+    clock = FakeClock()
+    gate = QuotaGate(2.0, clock, clock.sleep)
+    row = object()
+
+    async def go() -> int:
+        probes = 0
+        while await gate.exhausted(row):
+            probes += 1
+        return probes
+
+    assert asyncio.run(go()) <= 5  # 0.2, 0.4, 0.8, then what is left
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("20ms", 0.02),
+        ("1h2m3.5s", 3723.5),
+        ("7", 7.0),
+        ("0.5", 0.5),
+        ("soon", None),
+        ("", None),
+        (None, None),
+        ("5x", None),
+    ],
+)
+def test_reset_durations(text: str | None, seconds: float | None) -> None:
+    assert parse_duration(text) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def test_ratelimit_headers_hold_starts_until_the_reset() -> None:
+    clock = FakeClock()
+    pacer = Pacer(60_000, tokens_per_minute=10_000_000, clock=clock, sleep=clock.sleep)
+
+    async def go() -> tuple[float, float]:
+        await pacer.acquire(10)
+        pacer.follow_headers(
+            {"x-ratelimit-remaining-requests": "100", "x-ratelimit-reset-requests": "9s"}, 4, 40
+        )
+        start = clock.now
+        await pacer.acquire(10)
+        assert clock.now - start < 0.01  # plenty left: no hold
+        pacer.follow_headers(
+            {
+                "x-ratelimit-remaining-requests": "3",
+                "x-ratelimit-reset-requests": "2s",
+                "x-ratelimit-remaining-tokens": "999999",
+                "x-ratelimit-reset-tokens": "1m0s",
+            },
+            4,
+            40,
+        )
+        start = clock.now
+        await pacer.acquire(10)
+        held = clock.now - start
+        pacer.follow_headers(
+            {"x-ratelimit-remaining-tokens": "30", "x-ratelimit-reset-tokens": "500ms"}, 2, 40
+        )
+        start = clock.now
+        await pacer.acquire(10)
+        return held, clock.now - start
+
+    held_requests, held_tokens = asyncio.run(go())
+    assert held_requests == pytest.approx(2.0, abs=0.01)
+    assert held_tokens == pytest.approx(0.5, abs=0.01)
