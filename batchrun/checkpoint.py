@@ -23,7 +23,6 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -40,12 +39,8 @@ MERGE_ABOVE = 64
 MERGE_NEW = 128
 
 
-@dataclass(frozen=True, slots=True)
-class Prior:
-    """What the checkpoint holds for a row."""
-
-    fingerprint: str
-    status: str
+# In the index, a failed row's fingerprint carries this mark in front.
+FAILED_MARK = "!"
 
 
 def checkpoint_dir(output_path: Path) -> Path:
@@ -98,15 +93,16 @@ class Checkpoint:
         """Committed segment files, oldest first."""
         return sorted(self.folder.glob(SEGMENT_GLOB), key=_sequence)
 
-    def index(self) -> dict[str, Prior]:
-        """The latest committed result of every row, by key."""
+    def index(self) -> dict[str, str]:
+        """The latest committed result of every row: key -> fingerprint, marked if failed."""
         segments = self.segments()
         if not segments:
             return {}
-        frame = pl.scan_parquet([str(s) for s in segments]).select(KEY, FINGERPRINT, "status")
-        table = frame.collect()
-        keys, fps, statuses = (table[c].to_list() for c in (KEY, FINGERPRINT, "status"))
-        return {k: Prior(f, s) for k, f, s in zip(keys, fps, statuses, strict=True)}
+        ok = pl.col("status") == "ok"
+        marked = pl.when(ok).then(pl.col(FINGERPRINT)).otherwise(FAILED_MARK + pl.col(FINGERPRINT))
+        table = pl.scan_parquet([str(s) for s in segments]).select(KEY, marked.alias("fp"))
+        frame = table.collect()
+        return dict(zip(frame[KEY].to_list(), frame["fp"].to_list(), strict=True))
 
     def commit(self, results: Iterable[RowResult]) -> int:
         """Durably add results as one new segment; returns how many were written."""

@@ -29,7 +29,7 @@ import orjson
 import polars as pl
 
 from . import sink, tokens
-from .checkpoint import Checkpoint, Prior, checkpoint_dir
+from .checkpoint import FAILED_MARK, Checkpoint, checkpoint_dir
 from .columns import RowResult, output_columns
 from .completion import Usage
 from .errors import (
@@ -46,7 +46,7 @@ from .limits import Pacer
 from .outcome import Action, Outcome, classify, classify_failure
 from .pricing import Price, default_table
 from .progress import Progress
-from .render import Renderer, RowInvalid, fingerprint
+from .render import Rendered, Renderer
 from .retry import QuotaGate, RetryPolicy
 from .source import POSITION, ROW_KEY, Source, open_source
 from .wire import TransportFailure, Wire
@@ -263,7 +263,6 @@ class _Engine:
         self._interrupts = 0  # Ctrl-C / SIGTERM received so far
         self._in_flight = 0  # requests sent and not yet answered
         self._in_flight_tokens = 0  # their estimated tokens
-        self._request_prefix = fingerprint({k: v for k, v in job.request.items()})
 
     # -- the run as a whole ---------------------------------------------------------------
 
@@ -351,7 +350,7 @@ class _Engine:
         self,
         source: Source,
         options: RunOptions,
-        index: dict[str, Prior],
+        index: dict[str, str],
         queue: asyncio.Queue[_Item | None],
     ) -> None:
         batches = source.batches(self.renderer.columns, BATCH_ROWS, options.limit)
@@ -360,10 +359,10 @@ class _Engine:
                 batch: pl.DataFrame | None = await asyncio.to_thread(next, batches, None)
                 if batch is None:
                     break
-                for row in batch.iter_rows(named=True):
+                for rendered in self.renderer.render_batch(batch, ROW_KEY, POSITION):
                     if self.stop is not None:
                         break
-                    item = self._prepare(row, index, options)
+                    item = self._prepare(rendered, index, options)
                     if item is not None:
                         await queue.put(item)
         finally:
@@ -372,45 +371,38 @@ class _Engine:
                 await queue.put(None)
 
     def _prepare(
-        self, row: dict[str, Any], index: dict[str, Prior], options: RunOptions
+        self, rendered: Rendered, index: dict[str, str], options: RunOptions
     ) -> _Item | None:
         """The row's request, or None when the row is finished already (or cannot be sent)."""
-        key, position = row[ROW_KEY], row[POSITION]
+        key, position, fp, payload, invalid = rendered
         prior = index.get(key)
-        try:
-            messages = self.renderer.messages(row)
-        except RowInvalid as exc:
-            fp = fingerprint({"invalid": str(exc), "prefix": self._request_prefix})
-            if prior is not None and prior.fingerprint == fp:
-                self._count_prior(prior)
-                return None
-            self._record(
-                RowResult(
-                    row_key=key,
-                    position=position,
-                    fingerprint=fp,
-                    status="failed",
-                    attempts=0,
-                    finished_at=time.time(),
-                    error="invalid_request",
-                    error_message=str(exc),
-                )
-            )
-            return None
-        fp = fingerprint({"messages": messages, "prefix": self._request_prefix})
         if prior is not None:
-            if prior.fingerprint != fp:
+            if prior.removeprefix(FAILED_MARK) != fp:
                 self.stale.add(key)
-            elif prior.status == "ok" or not options.retry_failed:
-                self._count_prior(prior)
+            elif invalid is not None or prior == fp or not options.retry_failed:
+                self._count_prior(ok=prior == fp)
                 return None
+        if invalid is not None:
+            result = RowResult(
+                row_key=key,
+                position=position,
+                fingerprint=fp,
+                status="failed",
+                attempts=0,
+                finished_at=time.time(),
+                error="invalid_request",
+                error_message=invalid,
+            )
+            self._record(result)
+            return None
+        messages = self.renderer.to_messages(payload)
         body = {"model": self.job.request["model"], "messages": messages}
         body.update((k, v) for k, v in self.job.request.items() if k != "model")
         estimate = tokens.count_chat(messages) + self.renderer.completion_estimate
         return _Item(key, position, fp, body, estimate)
 
-    def _count_prior(self, prior: Prior) -> None:
-        if prior.status == "ok":
+    def _count_prior(self, *, ok: bool) -> None:
+        if ok:
             self.final_ok += 1
         else:
             self.final_failed += 1

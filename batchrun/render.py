@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import string
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import polars as pl
 
 from .errors import InputError, JobError
 from .job import PromptSpec
@@ -52,16 +53,20 @@ class _Template:
     def columns(self) -> tuple[str, ...]:
         return tuple(f for _, f in self.pieces if f is not None)
 
-    def render(self, row: Mapping[str, Any]) -> str:
-        out: list[str] = []
+    def expression(self, dtypes: Mapping[str, pl.DataType]) -> pl.Expr:
+        """The rendered text of a whole batch; null where a placeholder's value is null."""
+        parts: list[pl.Expr] = []
         for literal, field in self.pieces:
-            out.append(literal)
+            if literal:
+                parts.append(pl.lit(literal))
             if field is not None:
-                value = row[field]
-                if value is None or (isinstance(value, str) and not value.strip()):
-                    raise RowInvalid(f"the column {field!r} is empty in this row")
-                out.append(str(value))
-        return "".join(out)
+                parts.append(_as_text(field, dtypes[field]))
+        return pl.concat_str(parts, ignore_nulls=False) if parts else pl.lit("")
+
+
+# One rendered row: its key, its position, its request fingerprint, what its messages are
+# made of (system and user text, or the message list), and why it cannot be sent (or None).
+Rendered = tuple[str, int, str, Any, str | None]
 
 
 class Renderer:
@@ -85,33 +90,87 @@ class Renderer:
                 f"(columns: {', '.join(columns)}): fix the template or the input."
             )
         self.columns: tuple[str, ...] = tuple(dict.fromkeys(needed))
+        # Every request of the job shares its parameters: they are hashed once, and each
+        # row's fingerprint hashes them with the row's own messages.
+        self._prefix = fingerprint(self._request).encode()
         max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
         n = request.get("n", 1)
         self.completion_estimate = (
             int(max_tokens) if isinstance(max_tokens, int) else DEFAULT_COMPLETION_ESTIMATE
         ) * (int(n) if isinstance(n, int) and n > 0 else 1)
 
-    def messages(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The message list of one row; raises RowInvalid when the row cannot be sent."""
-        if self._messages_column:
-            return _message_list(row[self._messages_column])
-        messages: list[dict[str, Any]] = []
-        if self._system is not None:
-            messages.append({"role": "system", "content": self._system.render(row)})
-        assert self._user is not None
-        messages.append({"role": "user", "content": self._user.render(row)})
-        return messages
+    def render_batch(self, batch: pl.DataFrame, key: str, position: str) -> Iterator[Rendered]:
+        """Render a batch: templates in polars, fingerprints from the rendered text.
 
-    def body(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """The request body of one row: model and messages first, then [request] as given."""
-        body: dict[str, Any] = {"model": self._request["model"], "messages": self.messages(row)}
-        body.update((k, v) for k, v in self._request.items() if k != "model")
-        return body
+        Rows whose placeholder values are null or blank come out with a reason instead.
+        """
+        keys, positions = batch[key].to_list(), batch[position].to_list()
+        if self._messages_column is not None:
+            values = batch[self._messages_column].to_list()
+            for k, p, value in zip(keys, positions, values, strict=True):
+                try:
+                    messages = _message_list(value)
+                except RowInvalid as exc:
+                    yield k, p, self._digest(str(exc).encode(), b"!"), None, str(exc)
+                    continue
+                yield k, p, self._digest(orjson.dumps(messages)), messages, None
+            return
+        assert self._user is not None
+        dtypes = dict(batch.schema)
+        blank = [
+            pl.when(_as_text(c, dtypes[c]).str.strip_chars().fill_null("") == "").then(pl.lit(c))
+            for c in self.columns
+        ]
+        frame = batch.select(
+            system=self._system.expression(dtypes) if self._system else pl.lit(None, pl.String),
+            user=self._user.expression(dtypes),
+            blank=pl.coalesce(blank) if blank else pl.lit(None, pl.String),
+        )
+        columns = (frame[c].to_list() for c in ("system", "user", "blank"))
+        for k, p, system, user, column in zip(keys, positions, *columns, strict=True):
+            if column is not None:
+                reason = f"the column {column!r} is empty in this row"
+                yield k, p, self._digest(reason.encode(), b"!"), None, reason
+                continue
+            text = (system or "").encode() + b"\x00" + user.encode()
+            kind = b"s" if system is not None else b"u"
+            yield k, p, self._digest(text, kind), (system, user), None
+
+    def to_messages(self, payload: Any) -> list[dict[str, Any]]:
+        """The message list of a rendered row's payload."""
+        if isinstance(payload, tuple):
+            system, user = payload
+            messages = [{"role": "system", "content": system}] if system is not None else []
+            messages.append({"role": "user", "content": user})
+            return messages
+        return list(payload)
+
+    def _digest(self, content: bytes, kind: bytes = b"m") -> str:
+        return hashlib.sha256(self._prefix + kind + content).hexdigest()[:32]
 
 
 def fingerprint(body: Mapping[str, Any]) -> str:
     """A stable digest of a request body: equal bodies, equal fingerprints."""
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+def _as_text(column: str, dtype: pl.DataType) -> pl.Expr:
+    """A column as the text a template puts in: strings as they are, nested values as JSON."""
+    col = pl.col(column)
+    if dtype == pl.String:
+        return col
+    if dtype.is_nested() or dtype == pl.Object:
+        return col.map_batches(_json_texts, return_dtype=pl.String)
+    return col.cast(pl.String)
+
+
+def _json_texts(values: pl.Series) -> pl.Series:
+    """Nested values (lists, structs) as compact JSON; nulls stay null."""
+    option = orjson.OPT_NON_STR_KEYS
+    return pl.Series(
+        [None if v is None else orjson.dumps(v, option=option).decode() for v in values.to_list()],
+        dtype=pl.String,
+    )
 
 
 def _message_list(value: Any) -> list[dict[str, Any]]:

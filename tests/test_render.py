@@ -2,30 +2,49 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import polars as pl
 import pytest
 
 from batchrun.errors import InputError, JobError
 from batchrun.job import PromptSpec
-from batchrun.render import Renderer, RowInvalid, fingerprint
+from batchrun.render import Renderer, fingerprint
 
 REQUEST = {"model": "gpt-4o-mini", "temperature": 0, "max_tokens": 8, "seed": 7}
+
+
+def render(renderer: Renderer, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """(fingerprint, messages or None, reason) of each row, through the batch renderer."""
+    frame = (
+        pl.DataFrame(rows, strict=False)
+        .with_row_index("pos")
+        .with_columns(key=pl.col("pos").cast(pl.String))
+    )
+    return [
+        (fp, renderer.to_messages(payload) if reason is None else None, reason)
+        for _, _, fp, payload, reason in renderer.render_batch(frame, "key", "pos")
+    ]
 
 
 def test_templates_fill_columns_and_keep_escaped_braces() -> None:
     prompt = PromptSpec(system='Answer as {{"label": ...}}', user="Review of {product}: {text}")
     renderer = Renderer(prompt, REQUEST, ["product", "text", "other"])
-    body = renderer.body({"product": "Kettle", "text": "Boils fast {really}", "other": 1})
-    assert body == {
-        "model": "gpt-4o-mini",
-        "messages": [
-            {"role": "system", "content": 'Answer as {"label": ...}'},
-            {"role": "user", "content": "Review of Kettle: Boils fast {really}"},
-        ],
-        "temperature": 0,
-        "max_tokens": 8,
-        "seed": 7,
-    }
+    [(_, messages, reason)] = render(
+        renderer, [{"product": "Kettle", "text": "Boils fast {really}", "other": 1}]
+    )
+    assert reason is None
+    assert messages == [
+        {"role": "system", "content": 'Answer as {"label": ...}'},
+        {"role": "user", "content": "Review of Kettle: Boils fast {really}"},
+    ]
     assert renderer.columns == ("product", "text")
+
+
+def test_values_of_any_type_are_rendered_as_text() -> None:
+    renderer = Renderer(PromptSpec(user="{n} {x} {ok} {tags}"), REQUEST, ["n", "x", "ok", "tags"])
+    [(_, messages, _)] = render(renderer, [{"n": 3, "x": 0.5, "ok": True, "tags": ["a", "b"]}])
+    assert messages == [{"role": "user", "content": '3 0.5 true ["a","b"]'}]
 
 
 def test_a_missing_column_is_an_input_error_naming_it() -> None:
@@ -39,36 +58,57 @@ def test_malformed_templates_say_how_to_write_braces(template: str) -> None:
         Renderer(PromptSpec(user=template), REQUEST, ["text"])
 
 
-@pytest.mark.parametrize("value", [None, "", "   "])
-def test_null_or_empty_values_make_the_row_invalid(value: object) -> None:
-    renderer = Renderer(PromptSpec(user="Review: {text}"), REQUEST, ["text"])
-    with pytest.raises(RowInvalid, match="'text' is empty"):
-        renderer.body({"text": value})
+def test_null_or_empty_values_make_the_row_invalid() -> None:
+    renderer = Renderer(
+        PromptSpec(system="Rate {product}", user="Review: {text}"), REQUEST, ["product", "text"]
+    )
+    rows = [{"product": "p", "text": v} for v in (None, "", "   ", "fine")]
+    rows.append({"product": None, "text": "fine"})
+    reasons = [reason for _, _, reason in render(renderer, rows)]
+    assert reasons == [
+        "the column 'text' is empty in this row",
+        "the column 'text' is empty in this row",
+        "the column 'text' is empty in this row",
+        None,
+        "the column 'product' is empty in this row",
+    ]
 
 
 def test_messages_column_from_json_text_and_from_structs() -> None:
     renderer = Renderer(PromptSpec(messages_column="m"), REQUEST, ["m"])
+
+    def messages(value: Any) -> Any:
+        frame = pl.DataFrame({"key": ["0"], "pos": [0], "m": [value]}, strict=False)
+        [(_, _, _, payload, reason)] = renderer.render_batch(frame, "key", "pos")
+        return payload if reason is None else reason
+
     text = (
         '[{"role": "user", "content": [{"type": "text", "text": "hi"}, '
         '{"type": "image_url", "image_url": {"url": "data:x"}}]}]'
     )
-    assert renderer.messages({"m": text})[0]["content"][1]["type"] == "image_url"
+    assert messages(text)[0]["content"][1]["type"] == "image_url"
     structs = [
         {"role": "system", "content": "s", "name": None},
         {"role": "user", "content": "u", "name": "bob"},
     ]
-    assert renderer.messages({"m": structs}) == [
+    assert messages(structs) == [
         {"role": "system", "content": "s"},
         {"role": "user", "content": "u", "name": "bob"},
     ]
-    for bad in (None, "not json", "[]", '[{"content": "x"}]', '[{"role": "user"}]'):
-        with pytest.raises(RowInvalid):
-            renderer.messages({"m": bad})
+    for bad in ("not json", "[]", '[{"content": "x"}]', '[{"role": "user"}]', "{}"):
+        assert isinstance(messages(bad), str)
 
 
-def test_fingerprints_follow_the_body_not_key_order() -> None:
+def test_fingerprints_follow_the_request_not_key_order() -> None:
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+    prompt = PromptSpec(system="S", user="U {text}")
+    one = render(Renderer(prompt, REQUEST, ["text"]), [{"text": "x"}, {"text": "y"}])
+    again = render(Renderer(prompt, dict(reversed(REQUEST.items())), ["text"]), [{"text": "x"}])
+    other = render(Renderer(prompt, {**REQUEST, "seed": 8}, ["text"]), [{"text": "x"}])
+    moved = render(Renderer(PromptSpec(user="SU {text}"), REQUEST, ["text"]), [{"text": "x"}])
+    assert one[0][0] == again[0][0]
+    assert len({one[0][0], one[1][0], other[0][0], moved[0][0]}) == 4
 
 
 def test_completion_estimate_uses_max_tokens_and_n() -> None:
