@@ -244,8 +244,9 @@ class _Engine:
         self.clock = clock
         self.rng = rng
         self.policy = RetryPolicy(max_attempts=limits.max_attempts, max_retry_s=limits.max_retry_s)
+        self._stopping = asyncio.Event()  # set with `stop`: cuts every wait short
         self.pacer = Pacer(
-            limits.requests_per_minute, limits.tokens_per_minute, clock=clock, sleep=sleep
+            limits.requests_per_minute, limits.tokens_per_minute, clock=clock, sleep=self._nap
         )
         self.price: Price | None = default_table().lookup(str(job.request["model"]))
         self.progress = Progress(0, 0, quiet=True)  # replaced by run() before executing
@@ -257,7 +258,7 @@ class _Engine:
         self._buffer: list[RowResult] = []  # finished results not yet committed
         self._flush_lock = asyncio.Lock()  # one segment write at a time
         self._last_flush = time.monotonic()
-        self.quota = QuotaGate(limits.quota_wait_s, clock, sleep)
+        self.quota = QuotaGate(limits.quota_wait_s, clock, self._nap)
         self._workers: list[asyncio.Task[None]] = []
         self._producer: asyncio.Task[None] | None = None
         self._interrupts = 0  # Ctrl-C / SIGTERM received so far
@@ -326,6 +327,8 @@ class _Engine:
     def _halt(self, error: BatchrunError) -> None:
         if self.stop is None:
             self.stop = error
+        self._stopping.set()
+        self.pacer.close()
         self.quota.release()  # wake anyone waiting on the quota so they see the stop
 
     def _quota_gone(self, message: str) -> None:
@@ -464,7 +467,19 @@ class _Engine:
             if exhausted or self.clock() - first_start > self.policy.max_retry_s:
                 return self._failure(item, outcome, attempts)
             if action is Action.RETRY:
-                await self.sleep(self.policy.delay(tries, outcome.retry_after_s, self.rng))
+                await self._nap(self.policy.delay(tries, outcome.retry_after_s, self.rng))
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep, unless the run stops first: a stop never waits out a backoff or a pause."""
+        if self._stopping.is_set():
+            return
+        napping = asyncio.ensure_future(self.sleep(seconds))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({napping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            napping.cancel()
+            stopping.cancel()
 
     async def _send(self, item: _Item) -> tuple[Outcome, float | None]:
         self._in_flight += 1

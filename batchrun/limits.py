@@ -82,6 +82,7 @@ class Pacer:
         self._lock = asyncio.Lock()  # FIFO queue of waiting starts; the head waits holding it
         self._paused_until = now  # no start before this (a shared 429 cool-down)
         self._factor = 1.0  # current pace as a fraction of the configured limits
+        self._closed = False  # the run is stopping: starts are no longer paced
 
     @property
     def factor(self) -> float:
@@ -92,6 +93,8 @@ class Pacer:
         """Wait until one request estimated at `tokens` tokens may start."""
         async with self._lock:
             while True:
+                if self._closed:
+                    return
                 now = self._clock()
                 ready = max(self._requests.ready_at, self._paused_until)
                 if self._tokens is not None:
@@ -102,6 +105,10 @@ class Pacer:
             self._requests.charge(1, now, self._factor)
             if self._tokens is not None:
                 self._tokens.charge(tokens, now, self._factor)
+
+    def close(self) -> None:
+        """Let every waiter through at once (the run is stopping; they will not send)."""
+        self._closed = True
 
     def reconcile(self, estimated: int, actual: int) -> None:
         """Correct the token meter once a request's real usage is known."""

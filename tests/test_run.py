@@ -235,3 +235,22 @@ def test_every_command_explains_itself(command: list[str]) -> None:
     )
     assert proc.returncode == 0
     assert "usage: batchrun" in proc.stdout and len(proc.stdout) > 300
+
+
+def test_retry_failed_sends_only_the_failed_rows_again(ws: Workspace) -> None:
+    ws.write_input(reviews(40))
+    with start_in_thread(SimConfig(faults={"content_filter": 0.3}, seed=5)) as flaky:
+        assert ws.run("run", str(ws.job(flaky.base_url)), "-q").code == 0
+    failed = ws.read_output().filter(pl.col("status") == "failed")
+    assert 3 <= failed.height < 40 and set(failed["error"]) == {"content_refused"}
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url)
+        assert ws.run("run", str(job), "-q").code == 0
+        assert sim.requests == []  # failures are final results: a plain resume sends nothing
+        result = ws.run("run", str(job), "-q", "--retry-failed")
+        assert result.code == 0
+        sent = sorted(r.body["messages"][-1]["content"] for r in sim.requests if r.body)
+        assert sent == sorted(f"Review: {t}" for t in failed["text"])
+    out = ws.read_output()
+    assert set(out["status"]) == {"ok"} and out.height == 40
+    assert ws.run("run", str(job), "-q", "--retry-failed", "--fresh").code == 2
