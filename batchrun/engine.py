@@ -43,13 +43,13 @@ from .errors import (
 )
 from .job import Job, Secret
 from .limits import Pacer
-from .outcome import Action, Outcome, classify, classify_failure
+from .outcome import Action, Outcome, classify, classify_failure, classify_stream
 from .pricing import Price, default_table
 from .progress import Progress
 from .render import Rendered, Renderer
 from .retry import QuotaGate, RetryPolicy
 from .source import POSITION, ROW_KEY, Source, open_source
-from .wire import TransportFailure, Wire
+from .wire import Reply, TransportFailure, Wire
 
 Sleep = Callable[[float], Awaitable[None]]
 log = logging.getLogger("batchrun")
@@ -237,6 +237,7 @@ class _Engine:
             headers=job.endpoint.headers,
             pool_size=limits.concurrency,
             timeout_s=limits.request_timeout_s,
+            idle_timeout_s=limits.idle_timeout_s,
         )
         self.key = key  # only to redact it from messages
         self.json_mode = json_mode
@@ -248,6 +249,11 @@ class _Engine:
         self.pacer = Pacer(
             limits.requests_per_minute, limits.tokens_per_minute, clock=clock, sleep=self._nap
         )
+        # What every body carries besides model and messages: [request] as given, and for a
+        # stream the usage chunk asked for (gateways send no usage in streams otherwise).
+        self._request = {k: v for k, v in job.request.items() if k != "model"}
+        if self._request.get("stream") is True and "stream_options" not in self._request:
+            self._request["stream_options"] = {"include_usage": True}
         self.price: Price | None = default_table().lookup(str(job.request["model"]))
         self.progress = Progress(0, 0, quiet=True)  # replaced by run() before executing
         self.counts = _Counts()
@@ -399,8 +405,7 @@ class _Engine:
             self._record(result)
             return None
         messages = self.renderer.to_messages(payload)
-        body = {"model": self.job.request["model"], "messages": messages}
-        body.update((k, v) for k, v in self.job.request.items() if k != "model")
+        body = {"model": self.job.request["model"], "messages": messages, **self._request}
         estimate = tokens.count_chat(messages) + self.renderer.completion_estimate
         return _Item(key, position, fp, body, estimate)
 
@@ -437,7 +442,7 @@ class _Engine:
                 return None
             attempts += 1
             tries += 1
-            outcome, latency = await self._send(item)
+            outcome, reply = await self._send(item)
             action = outcome.action
             if action is Action.QUOTA:
                 tries -= 1
@@ -448,7 +453,7 @@ class _Engine:
             self.quota.passed(item)
             if action is Action.OK:
                 self.pacer.recover()
-                return self._success(item, outcome, attempts, latency)
+                return self._success(item, outcome, attempts, reply)
             if action is Action.FAIL:
                 return self._failure(item, outcome, attempts)
             if action is Action.BAD_KEY:
@@ -481,7 +486,7 @@ class _Engine:
             napping.cancel()
             stopping.cancel()
 
-    async def _send(self, item: _Item) -> tuple[Outcome, float | None]:
+    async def _send(self, item: _Item) -> tuple[Outcome, Reply | None]:
         self._in_flight += 1
         self._in_flight_tokens += item.estimate
         try:
@@ -492,7 +497,10 @@ class _Engine:
             self._in_flight -= 1
             self._in_flight_tokens -= item.estimate
         self.pacer.follow_headers(reply.headers, self._in_flight, self._in_flight_tokens)
-        outcome = classify(reply.status, reply.headers, reply.body)
+        if reply.stream is not None:
+            outcome = classify_stream(reply.status, reply.headers, reply.stream)
+        else:
+            outcome = classify(reply.status, reply.headers, reply.body)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "HTTP %d in %.3f s: %s %s",
@@ -501,12 +509,12 @@ class _Engine:
                 outcome.action.value,
                 outcome.error or "",
             )
-        return outcome, reply.latency_s
+        return outcome, reply
 
     # -- results --------------------------------------------------------------------------
 
     def _success(
-        self, item: _Item, outcome: Outcome, attempts: int, latency: float | None
+        self, item: _Item, outcome: Outcome, attempts: int, reply: Reply | None
     ) -> RowResult:
         completion = outcome.completion
         assert completion is not None
@@ -534,7 +542,8 @@ class _Engine:
             cached_tokens=usage.cached_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             cost_usd=self.price.cost(usage) if self.price else None,
-            latency_s=latency,
+            latency_s=reply.latency_s if reply else None,
+            ttft_s=reply.ttft_s if reply else None,
             response_model=completion.response_model,
             response_id=completion.response_id,
             system_fingerprint=completion.system_fingerprint,

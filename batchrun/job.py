@@ -59,6 +59,7 @@ class LimitsSpec(_Section):
     concurrency: int = Field(64, ge=1, le=100_000)
     max_attempts: int = Field(6, ge=1, le=100)
     request_timeout_s: float = Field(120, gt=0)
+    idle_timeout_s: float = Field(60, gt=0)
     quota_wait_s: float = Field(600, ge=0)
     max_retry_s: float = Field(900, gt=0)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from .completion import Completion, NotACompletion, parse_completion
+from .completion import ChunkAssembler, Completion, NotACompletion, parse_completion
 
 # A Retry-After longer than this is treated as this (a gateway asking for an hour is not
 # honoured row by row; the quota logic handles long outages).
@@ -131,6 +131,21 @@ def classify(
             )
         return Outcome(Action.OK, completion=completion)
     return _by_status(status, retry_after, f"HTTP {status}")
+
+
+def classify_stream(status: int, headers: Mapping[str, str], stream: ChunkAssembler) -> Outcome:
+    """Classify a streamed answer: an error event like an error body, a cut stream retried."""
+    if stream.error is not None:
+        return classify(status, headers, orjson.dumps(stream.error))
+    try:
+        completion = stream.completion()
+    except NotACompletion as exc:
+        return Outcome(Action.RETRY, "truncated_stream", str(exc))
+    if completion.finish_reason == "content_filter":
+        return Outcome(
+            Action.FAIL, "content_refused", "the answer was filtered", completion=completion
+        )
+    return Outcome(Action.OK, completion=completion)
 
 
 def classify_failure(kind: str, message: str) -> Outcome:

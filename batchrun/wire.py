@@ -22,7 +22,9 @@ import aiohttp
 import orjson
 
 from . import __version__
+from .completion import ChunkAssembler
 from .job import Secret
+from .sse import EventTooLarge, SSEDecoder
 
 # Caps that turn a misbehaving gateway into a failed row instead of a run out of memory.
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -40,12 +42,14 @@ class TransportFailure(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A whole HTTP response, read within the caps."""
+    """A whole HTTP response, read within the caps; a stream arrives reassembled."""
 
     status: int
     headers: Mapping[str, str]
-    body: bytes
+    body: bytes  # empty when the answer was a stream
     latency_s: float
+    stream: ChunkAssembler | None = None  # the reassembled event stream, if it was one
+    ttft_s: float | None = None  # when the first choice chunk of a stream arrived
 
 
 class Wire:
@@ -59,6 +63,7 @@ class Wire:
         headers: Mapping[str, str] | None = None,
         pool_size: int = 64,
         timeout_s: float = 120.0,
+        idle_timeout_s: float = 60.0,
     ) -> None:
         self.url = f"{base_url}/chat/completions"
         self._headers = {
@@ -71,6 +76,10 @@ class Wire:
             self._headers["Authorization"] = f"Bearer {key.reveal()}"
         self._pool_size = pool_size  # connections kept alive: one per request in flight
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 30))
+        # A stream that goes quiet for idle_timeout_s is dead even within the total timeout.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=timeout_s, sock_connect=min(timeout_s, 30), sock_read=idle_timeout_s
+        )
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Wire:
@@ -93,9 +102,17 @@ class Wire:
         """Send one request body; raise TransportFailure when no response could be read."""
         assert self._session is not None, "use Wire as an async context manager"
         data = orjson.dumps(body)
+        streaming = body.get("stream") is True
+        timeout = self._stream_timeout if streaming else self._timeout
         started = time.monotonic()
         with _translated():
-            async with self._session.post(self.url, data=data, headers=self._headers) as resp:
+            async with self._session.post(
+                self.url, data=data, headers=self._headers, timeout=timeout
+            ) as resp:
+                if streaming and resp.content_type == "text/event-stream":
+                    stream, ttft = await _read_stream(resp, started)
+                    elapsed = time.monotonic() - started
+                    return Reply(resp.status, resp.headers, b"", elapsed, stream, ttft)
                 payload = await _read_capped(resp)
                 return Reply(resp.status, resp.headers, payload, time.monotonic() - started)
 
@@ -114,6 +131,33 @@ async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
             raise TransportFailure("too_large", f"the response body exceeds {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _read_stream(
+    resp: aiohttp.ClientResponse, started: float
+) -> tuple[ChunkAssembler, float | None]:
+    """Decode and reassemble an event stream; a cut connection marks it, never raises."""
+    decoder = SSEDecoder()
+    stream = ChunkAssembler()
+    ttft: float | None = None
+    size = 0
+    try:
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                stream.cut(f"the stream exceeds {MAX_BODY_BYTES} bytes")
+                break
+            for data in decoder.feed(chunk):
+                stream.feed(data)
+                if ttft is None and stream.started:
+                    ttft = time.monotonic() - started
+    except EventTooLarge as exc:
+        stream.cut(str(exc))
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError):
+        stream.cut("the connection closed in the middle of the stream")
+    if decoder.pending:
+        stream.cut("the stream ended in the middle of an event")
+    return stream, ttft
 
 
 @contextmanager
