@@ -129,7 +129,10 @@ def _run(args: argparse.Namespace) -> int:
     )
     if summary.remapped:
         print(f"note: {summary.remapped:,} responses came from another model than requested")
-    print(f"output: {summary.output_path} ({summary.rows_written:,} rows)")
+    if summary.rows_written is None:
+        print(f"output: {summary.output_path} not rewritten (stopped at once); run again")
+    else:
+        print(f"output: {summary.output_path} ({summary.rows_written:,} rows)")
     if summary.stopped is not None:
         raise summary.stopped
     return 0

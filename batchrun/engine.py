@@ -87,7 +87,7 @@ class RunSummary:
     spend: float
     elapsed_s: float
     output_path: Path
-    rows_written: int
+    rows_written: int | None  # None when the output was not rewritten (stopped at once)
     remapped: int = 0  # responses whose model differs from the requested one
     stopped: BatchrunError | None = None
 
@@ -111,6 +111,43 @@ class _Counts:
     early_errors: list[str] = field(default_factory=list)  # errors of rows before the first ok
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a run will do, checked before anything is sent."""
+
+    source: Source
+    renderer: Renderer
+    columns: list[str]  # the result columns of the output
+    json_mode: bool
+    total: int  # rows the run covers
+
+
+def plan_run(job: Job, options: RunOptions) -> Plan:
+    """Check the job against its input (columns, ids, text); raise a UserError if wrong."""
+    if job.cost.budget_usd is not None:
+        raise JobError(
+            f"{job.path}: [cost] budget_usd is not enforced by this version of batchrun; "
+            f"remove it (or use --limit) rather than rely on it."
+        )
+    source = open_source(job.input_path, job.input.id_column)
+    n = job.request.get("n", 1)
+    response_format = job.request.get("response_format")
+    json_mode = isinstance(response_format, Mapping) and response_format.get("type") in (
+        "json_object",
+        "json_schema",
+    )
+    columns = output_columns(n if isinstance(n, int) else 1, json_mode)
+    clash = [c for c in columns if c in source.columns]
+    if clash:
+        raise InputError(
+            f"The input already has a column named {clash[0]!r}, which batchrun writes: "
+            f"rename it in the input."
+        )
+    renderer = Renderer(job.prompt, job.request, source.columns)
+    total = source.check(options.limit)
+    return Plan(source, renderer, columns, json_mode, total)
+
+
 async def run(
     job: Job,
     options: RunOptions,
@@ -121,76 +158,56 @@ async def run(
     rng: random.Random | None = None,
 ) -> RunSummary:
     """Run or resume a job; see the module docstring."""
-    if job.cost.budget_usd is not None:
-        raise JobError(
-            f"{job.path}: [cost] budget_usd is not enforced by this version of batchrun; "
-            f"remove it (or use --limit) rather than rely on it."
-        )
-    source = open_source(job.input_path, job.input.id_column)
-    n = job.request.get("n", 1)
-    n = n if isinstance(n, int) else 1
-    response_format = job.request.get("response_format")
-    json_mode = isinstance(response_format, Mapping) and response_format.get("type") in (
-        "json_object",
-        "json_schema",
-    )
-    columns = output_columns(n, json_mode)
-    clash = [c for c in columns if c in source.columns]
-    if clash:
-        raise InputError(
-            f"The input already has a column named {clash[0]!r}, which batchrun writes: "
-            f"rename it in the input."
-        )
-    renderer = Renderer(job.prompt, job.request, source.columns)
-    total = source.check(options.limit)
+    plan = plan_run(job, options)
     key = job.api_key(environ)
     checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open(fresh=options.fresh)
+    sink.remove_temporaries(job.output_path)
     started = time.monotonic()
     try:
         with _endpoint(job) as base_url:
             engine = _Engine(
                 job,
-                renderer,
+                plan,
                 checkpoint,
                 base_url,
                 key,
-                json_mode,
                 sleep=sleep,
                 clock=clock,
                 rng=rng or random.Random(),
             )
-            progress = Progress(total, 0, quiet=options.quiet, interactive=options.interactive)
-            engine.progress = progress
-            try:
-                await engine.execute(source, options)
-            finally:
-                progress.close()
-        rows_written = 0
-        if not engine.hurried:
-            rows_written = await asyncio.to_thread(
-                sink.write_output,
-                source,
-                checkpoint.segments(),
-                job.output_path,
-                columns,
-                limit=options.limit,
-                exclude=engine.stale,
+            engine.progress = Progress(
+                plan.total, 0, quiet=options.quiet, interactive=options.interactive
             )
+            with _signals(engine.interrupt):
+                try:
+                    await engine.execute(options)
+                finally:
+                    engine.progress.close()
+                rows_written = None
+                if not engine.hurried:
+                    rows_written = await asyncio.to_thread(
+                        sink.write_output,
+                        plan.source,
+                        checkpoint.segments(),
+                        job.output_path,
+                        plan.columns,
+                        limit=options.limit,
+                        exclude=engine.stale,
+                    )
     finally:
         checkpoint.close()
-    counts = engine.counts
     return RunSummary(
-        total=total,
+        total=plan.total,
         ok=engine.final_ok,
         failed=engine.final_failed,
-        pending=max(total - engine.final_ok - engine.final_failed, 0),
-        ran=counts.ok + counts.failed,
-        tokens=progress.tokens,
-        spend=progress.spend,
+        pending=max(plan.total - engine.final_ok - engine.final_failed, 0),
+        ran=engine.counts.ok + engine.counts.failed,
+        tokens=engine.progress.tokens,
+        spend=engine.progress.spend,
         elapsed_s=time.monotonic() - started,
         output_path=job.output_path,
         rows_written=rows_written,
-        remapped=counts.remapped,
+        remapped=engine.counts.remapped,
         stopped=engine.stop,
     )
 
@@ -217,11 +234,10 @@ class _Engine:
     def __init__(
         self,
         job: Job,
-        renderer: Renderer,
+        plan: Plan,
         checkpoint: Checkpoint,
         base_url: str,
         key: Secret | None,
-        json_mode: bool,
         *,
         sleep: Sleep,
         clock: Callable[[], float],
@@ -229,7 +245,8 @@ class _Engine:
     ) -> None:
         limits = job.limits
         self.job = job
-        self.renderer = renderer
+        self.plan = plan
+        self.renderer = plan.renderer
         self.checkpoint = checkpoint
         self.wire = Wire(
             base_url,
@@ -240,7 +257,7 @@ class _Engine:
             idle_timeout_s=limits.idle_timeout_s,
         )
         self.key = key  # only to redact it from messages
-        self.json_mode = json_mode
+        self.json_mode = plan.json_mode
         self.sleep = sleep
         self.clock = clock
         self.rng = rng
@@ -273,7 +290,7 @@ class _Engine:
 
     # -- the run as a whole ---------------------------------------------------------------
 
-    async def execute(self, source: Source, options: RunOptions) -> None:
+    async def execute(self, options: RunOptions) -> None:
         index = await asyncio.to_thread(self.checkpoint.index)
         log.info(
             "%s: %d rows committed before; sending to %s with %d in flight at most",
@@ -283,11 +300,9 @@ class _Engine:
             self.job.limits.concurrency,
         )
         queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=2 * self.job.limits.concurrency)
-        loop = asyncio.get_running_loop()
-        installed = _install_signals(loop, self.interrupt)
         async with self.wire:
             self._producer = asyncio.create_task(
-                self._produce(source, options, index, queue), name="batchrun-producer"
+                self._produce(self.plan.source, options, index, queue), name="batchrun-producer"
             )
             self._workers = [
                 asyncio.create_task(self._work(queue), name=f"batchrun-worker-{i}")
@@ -305,8 +320,6 @@ class _Engine:
                         raise result
             finally:
                 ticker.cancel()
-                for sig in installed:
-                    loop.remove_signal_handler(sig)
                 await self._flush()
 
     def interrupt(self) -> None:
@@ -375,9 +388,12 @@ class _Engine:
                     if item is not None:
                         await queue.put(item)
         finally:
-            batches.close()
-            for _ in self._workers:
-                await queue.put(None)
+            with contextlib.suppress(ValueError):  # still running in its thread if cancelled
+                batches.close()
+        # Only when not cancelled: a cancelled run cancels the workers too, and a full queue
+        # with no worker left to empty it would block this forever.
+        for _ in self._workers:
+            await queue.put(None)
 
     def _prepare(
         self, rendered: Rendered, index: dict[str, str], options: RunOptions
@@ -639,9 +655,10 @@ def _is_json(text: str | None) -> bool:
     return True
 
 
-def _install_signals(
-    loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
-) -> list[signal.Signals]:
+@contextlib.contextmanager
+def _signals(handler: Callable[[], None]) -> Iterator[None]:
+    """Route Ctrl-C and SIGTERM to `handler` for the whole run, output writing included."""
+    loop = asyncio.get_running_loop()
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -649,4 +666,8 @@ def _install_signals(
         except (RuntimeError, ValueError, NotImplementedError):
             continue  # not the main thread: the caller handles interrupts
         installed.append(sig)
-    return installed
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

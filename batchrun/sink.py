@@ -58,6 +58,12 @@ def write_output(
     return pl.scan_parquet(path).select(pl.len()).collect().item()
 
 
+def remove_temporaries(path: Path) -> None:
+    """Delete output files a killed run left half-written (only ever under a hidden .tmp name)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _polars_type(column: str) -> pl.DataType:
     empty = pl.from_arrow(RESULT_SCHEMA.empty_table().select([column]))
     assert isinstance(empty, pl.DataFrame)
