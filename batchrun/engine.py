@@ -44,7 +44,8 @@ from .errors import (
 from .job import Job, Secret
 from .limits import Pacer
 from .outcome import Action, Outcome, classify, classify_failure, classify_stream
-from .pricing import Price, default_table
+from .presets import priced_model
+from .pricing import Pricer, default_table
 from .progress import Progress
 from .render import Rendered, Renderer
 from .retry import QuotaGate, RetryPolicy
@@ -251,7 +252,7 @@ class _Engine:
         self.wire = Wire(
             base_url,
             key,
-            headers=job.endpoint.headers,
+            headers=job.headers,
             pool_size=limits.concurrency,
             timeout_s=limits.request_timeout_s,
             idle_timeout_s=limits.idle_timeout_s,
@@ -271,7 +272,11 @@ class _Engine:
         self._request = {k: v for k, v in job.request.items() if k != "model"}
         if self._request.get("stream") is True and "stream_options" not in self._request:
             self._request["stream_options"] = {"include_usage": True}
-        self.price: Price | None = default_table().lookup(str(job.request["model"]))
+        model = priced_model(str(job.request["model"]), job.price_as)
+        streaming = job.request.get("stream") is True
+        self.pricer = Pricer(
+            default_table().lookup(model), 1.0 if streaming else job.non_stream_price_factor
+        )
         self.progress = Progress(0, 0, quiet=True)  # replaced by run() before executing
         self.counts = _Counts()
         self.final_ok = 0  # rows whose latest result is ok (before and during this run)
@@ -557,7 +562,7 @@ class _Engine:
             total_tokens=usage.total_tokens,
             cached_tokens=usage.cached_tokens,
             reasoning_tokens=usage.reasoning_tokens,
-            cost_usd=self.price.cost(usage) if self.price else None,
+            cost_usd=self.pricer.cost(usage),
             latency_s=reply.latency_s if reply else None,
             ttft_s=reply.ttft_s if reply else None,
             response_model=completion.response_model,
@@ -589,7 +594,7 @@ class _Engine:
                 usage.completion_tokens,
             )
             result.total_tokens = usage.total_tokens
-            result.cost_usd = self.price.cost(usage) if self.price else None
+            result.cost_usd = self.pricer.cost(usage)
             result.finish_reason = completion.finish_reason
         return result
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import JobError
+from .presets import PRESETS, Preset
 
 SIM = "sim"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -48,9 +49,18 @@ class PromptSpec(_Section):
 
 
 class EndpointSpec(_Section):
+    preset: str | None = None
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     headers: dict[str, str] = Field(default_factory=dict)
+    price_as: dict[str, str] | None = None
+    non_stream_price_factor: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _known_preset(self) -> EndpointSpec:
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)} (got {self.preset!r})")
+        return self
 
 
 class LimitsSpec(_Section):
@@ -134,6 +144,9 @@ class Job:
     input_path: str
     output_path: Path
     base_url: str
+    headers: Mapping[str, str]  # the preset's, then the job's own
+    price_as: Mapping[str, str]  # model patterns billed as another model
+    non_stream_price_factor: float  # non-streaming requests cost this much of the list price
 
     @property
     def uses_sim(self) -> bool:
@@ -173,7 +186,16 @@ def load_job(
     except ValidationError as exc:
         raise JobError(_describe(exc, job_path)) from None
     base = job_path.resolve().parent
-    base_url = model.endpoint.base_url or environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    endpoint = model.endpoint
+    preset = PRESETS[endpoint.preset] if endpoint.preset else Preset(DEFAULT_BASE_URL)
+    base_url = (
+        endpoint.base_url
+        or (preset.base_url if endpoint.preset else None)
+        or environ.get("OPENAI_BASE_URL")
+        or DEFAULT_BASE_URL
+    )
+    price_as = preset.price_as if endpoint.price_as is None else endpoint.price_as
+    factor = endpoint.non_stream_price_factor or preset.non_stream_price_factor
     return Job(
         path=job_path.resolve(),
         name=model.name or job_path.stem,
@@ -188,6 +210,9 @@ def load_job(
         input_path=os.path.normpath(base / model.input.path),
         output_path=(base / model.output.path).resolve(),
         base_url=base_url.rstrip("/"),
+        headers=types.MappingProxyType({**preset.headers, **endpoint.headers}),
+        price_as=types.MappingProxyType(dict(price_as)),
+        non_stream_price_factor=factor,
     )
 
 

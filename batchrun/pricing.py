@@ -53,6 +53,18 @@ class PriceTable:
         return price
 
 
+@dataclass(frozen=True)
+class Pricer:
+    """The cost of one job's requests: its model's price and the gateway's billing factor."""
+
+    price: Price | None  # None when the model has no known price
+    factor: float = 1.0  # the gateway's multiplier (e.g. 0.5 for bcwhkj non-streaming)
+
+    def cost(self, usage: Usage) -> float | None:
+        """USD for one request's usage, or None when the price is unknown."""
+        return None if self.price is None else self.price.cost(usage) * self.factor
+
+
 @cache
 def default_table() -> PriceTable:
     """The price table that ships with batchrun (`batchrun/data/prices.toml`)."""

@@ -197,3 +197,12 @@ def test_truncated_streams_that_recover_are_recorded_once(ws: Workspace) -> None
         out = run(ws, sim, rows=40, request={"stream": True}, limits={"max_attempts": 10})
         assert set(out["status"]) == {"ok"}
         assert out["attempts"].sum() == len(sim.requests) > 40
+
+
+def test_time_to_first_token_follows_the_gateway(ws: Workspace) -> None:
+    with start_in_thread(SimConfig(ttft_ms=150, chunk_delay_ms=20)) as sim:
+        out = run(
+            ws, sim, rows=4, request={"stream": True, "max_tokens": 30}, prompt={"system": None}
+        )
+    assert (out["ttft_s"] >= 0.15).all()
+    assert (out["latency_s"] - out["ttft_s"] >= 0.02).all()  # the rest of the stream took time
