@@ -197,6 +197,14 @@ async def run(
                     )
     finally:
         checkpoint.close()
+    if engine.stop is None and rows_written != plan.total:
+        # Every row has a committed result, so the output must hold them all: say so loudly
+        # rather than exit 0 over a short file.
+        raise BatchrunError(
+            f"The output {job.output_path} has {rows_written} rows where {plan.total} were "
+            f"expected, although every row is committed: run the same command again to "
+            f"rewrite it, and please report this."
+        )
     return RunSummary(
         total=plan.total,
         ok=engine.final_ok,
@@ -313,7 +321,8 @@ class _Engine:
                 asyncio.create_task(self._work(queue), name=f"batchrun-worker-{i}")
                 for i in range(self.job.limits.concurrency)
             ]
-            ticker = asyncio.create_task(self._tick(), name="batchrun-ticker")
+            finished = asyncio.Event()
+            ticker = asyncio.create_task(self._tick(finished), name="batchrun-ticker")
             try:
                 results = await asyncio.gather(
                     self._producer, *self._workers, return_exceptions=True
@@ -324,7 +333,10 @@ class _Engine:
                     ):
                         raise result
             finally:
-                ticker.cancel()
+                # Never cancel the ticker: it may be in the middle of a commit, whose segment
+                # must be in place before the output is written from the segments.
+                finished.set()
+                await ticker
                 await self._flush()
 
     def interrupt(self) -> None:
@@ -364,9 +376,11 @@ class _Engine:
             )
         )
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(min(COMMIT_INTERVAL_S, 1.0))
+    async def _tick(self, finished: asyncio.Event) -> None:
+        """Flush and redraw about every COMMIT_INTERVAL_S until the workers are done."""
+        while not finished.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), COMMIT_INTERVAL_S)
             if self._buffer and time.monotonic() - self._last_flush >= COMMIT_INTERVAL_S:
                 await self._flush()
             self.progress.refresh()
@@ -640,11 +654,22 @@ class _Engine:
             await self._flush()
 
     async def _flush(self) -> None:
+        """Commit the buffered results as one segment.
+
+        The write runs in a thread; if the awaiting task is cancelled (a second Ctrl-C), the
+        write is still waited for, so that no commit is under way once the run moves on.
+        """
         async with self._flush_lock:
             batch, self._buffer = self._buffer, []
             self._last_flush = time.monotonic()
-            if batch:
-                await asyncio.to_thread(self.checkpoint.commit, batch)
+            if not batch:
+                return
+            writing = asyncio.ensure_future(asyncio.to_thread(self.checkpoint.commit, batch))
+            try:
+                await asyncio.shield(writing)
+            except asyncio.CancelledError:
+                await writing
+                raise
 
     def _redact(self, text: str) -> str:
         return self.key.redact(text) if self.key is not None else text

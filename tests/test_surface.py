@@ -76,8 +76,9 @@ def test_reasoning_tokens_of_reasoning_models(ws: Workspace, sim: SimServer) -> 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_n_fills_choices_and_response_is_the_first(
-    ws: Workspace, sim: SimServer, stream: bool
+    ws: Workspace, dialect_sim: SimServer, stream: bool
 ) -> None:
+    sim = dialect_sim
     out = run(
         ws, sim, request={"n": 3, "stream": stream, "max_tokens": 30}, prompt={"system": None}
     )
@@ -107,7 +108,10 @@ TOOLS = [
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_tool_calls_are_recorded_as_json(ws: Workspace, sim: SimServer, stream: bool) -> None:
+def test_tool_calls_are_recorded_as_json(
+    ws: Workspace, dialect_sim: SimServer, stream: bool
+) -> None:
+    sim = dialect_sim
     request = {"tools": TOOLS, "tool_choice": "auto", "stream": stream, "max_tokens": 60}
     out = run(ws, sim, request=request)
     assert set(out["finish_reason"]) == {"tool_calls"}
@@ -140,10 +144,12 @@ SCHEMA = {
 
 @pytest.mark.parametrize("response_format", [{"type": "json_object"}, SCHEMA])
 @pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_json_mode_flags_answers_that_are_not_json(
-    ws: Workspace, response_format: dict[str, Any], stream: bool
+    ws: Workspace, response_format: dict[str, Any], stream: bool, dialect: str
 ) -> None:
-    with start_in_thread(SimConfig(faults={"bad_json": 0.4}, seed=2)) as sim:
+    config = SimConfig(dialect=dialect, faults={"bad_json": 0.4}, seed=2)
+    with start_in_thread(config) as sim:
         out = run(
             ws,
             sim,
