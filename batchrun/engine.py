@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from . import sink, tokens
+from . import sink
 from .checkpoint import FAILED_MARK, Checkpoint, checkpoint_dir
 from .columns import RowResult, output_columns
 from .completion import Usage
@@ -50,6 +50,7 @@ from .progress import Progress
 from .render import Rendered, Renderer
 from .retry import QuotaGate, RetryPolicy
 from .source import POSITION, ROW_KEY, Source, open_source
+from .tokens import counter_for
 from .wire import Reply, TransportFailure, Wire
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -282,6 +283,7 @@ class _Engine:
             self._request["stream_options"] = {"include_usage": True}
         model = priced_model(str(job.request["model"]), job.price_as)
         streaming = job.request.get("stream") is True
+        self.counter = counter_for(str(job.request["model"]))
         self.pricer = Pricer(
             default_table().lookup(model), 1.0 if streaming else job.non_stream_price_factor
         )
@@ -441,7 +443,7 @@ class _Engine:
             return None
         messages = self.renderer.to_messages(payload)
         body = {"model": self.job.request["model"], "messages": messages, **self._request}
-        estimate = tokens.count_chat(messages) + self.renderer.completion_estimate
+        estimate = self.counter.chat(messages) + self.renderer.completion_estimate
         return _Item(key, position, fp, body, estimate)
 
     def _count_prior(self, *, ok: bool) -> None:
@@ -613,8 +615,8 @@ class _Engine:
         return result
 
     def _count_locally(self, item: _Item, choices: tuple[str | None, ...]) -> Usage:
-        prompt = tokens.count_chat(item.body["messages"])
-        completion = sum(tokens.count_text(c or "") for c in choices)
+        prompt = self.counter.chat(item.body["messages"])
+        completion = sum(self.counter.text(c or "") for c in choices)
         return Usage(prompt, completion, prompt + completion)
 
     def _record(self, result: RowResult) -> None:

@@ -34,7 +34,8 @@ from batchrun.sim import (
 from batchrun.sim.latency import Latency
 from batchrun.sim.limits import QuotaWindow, RequestRate, format_duration
 from batchrun.sim.sentiment import label, score
-from batchrun.tokens import count_chat, count_text
+from batchrun.tokens import counter_for
+from batchrun.tokens import estimate_text as count_text
 
 LABEL_SYSTEM = "Label the review as positive, negative or neutral. Answer with one word."
 KEY = "sk-test-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -138,7 +139,8 @@ def test_generic_answer_and_usage(sim: SimServer) -> None:
     assert reply["choices"][0]["finish_reason"] == "stop"
     assert 5 <= count_text(content) <= 82
     usage = reply["usage"]
-    assert usage["prompt_tokens"] == count_chat(body["messages"])
+    # prompts are counted with the model's own encoding, exactly as batchrun estimates them
+    assert usage["prompt_tokens"] == counter_for("gpt-4o-mini").chat(body["messages"])
     assert usage["completion_tokens"] == count_text(content)
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert usage["prompt_tokens_details"] == {

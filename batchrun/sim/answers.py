@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from batchrun.tokens import count_chat
+from batchrun.tokens import counter_for
 
 from .config import Dialect
 from .request import ChatRequest
@@ -148,7 +148,7 @@ def _content(request: ChatRequest, rng: random.Random, verdict: str | None, bad_
 
 
 def _usage(request: ChatRequest, choices: tuple[Choice, ...], dialect: Dialect) -> dict[str, Any]:
-    prompt = count_chat(request.messages)
+    prompt = counter_for(request.model).chat(request.messages)
     visible = sum(c.tokens for c in choices)
     reasoning = 2 * visible if _is_reasoning(request.model) else 0
     usage: dict[str, Any] = {

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from batchrun.tokens import count_chat
+from batchrun.tokens import counter_for
 
 from .answers import Completion, complete
 from .config import SimConfig
@@ -186,7 +186,11 @@ class SimHandlers:
         if kind is not None and kind not in DELIVERY_FAULTS:
             trace.fault = kind
             reply = fault_reply(
-                kind, self._config.dialect, chat.model, self._turn(kind), count_chat(chat.messages)
+                kind,
+                self._config.dialect,
+                chat.model,
+                self._turn(kind),
+                counter_for(chat.model).chat(chat.messages),
             )
             return self._reply(trace, reply)
         if kind == "reset":
@@ -281,7 +285,7 @@ class SimHandlers:
 def _total_tokens(chat: ChatRequest, completion: Completion) -> int:
     if completion.usage is not None:
         return int(completion.usage["total_tokens"])
-    return count_chat(chat.messages) + sum(c.tokens for c in completion.choices)
+    return counter_for(chat.model).chat(chat.messages) + sum(c.tokens for c in completion.choices)
 
 
 def build_app(
