@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import signal
 import time
@@ -35,6 +36,7 @@ from .completion import Usage
 from .errors import (
     BadKey,
     BatchrunError,
+    BudgetReached,
     InputError,
     Interrupted,
     JobError,
@@ -44,8 +46,7 @@ from .errors import (
 from .job import Job, Secret
 from .limits import Pacer
 from .outcome import Action, Outcome, classify, classify_failure, classify_stream
-from .presets import priced_model
-from .pricing import Pricer, default_table
+from .pricing import Budget, job_pricer
 from .progress import Progress
 from .render import Rendered, Renderer
 from .retry import QuotaGate, RetryPolicy
@@ -102,7 +103,8 @@ class _Item:
     position: int
     fingerprint: str
     body: dict[str, Any]
-    estimate: int
+    prompt_tokens: int  # counted before sending (exactly, for OpenAI models)
+    estimate: int  # prompt tokens plus the completion's ceiling, for pacing
 
 
 @dataclass
@@ -126,11 +128,7 @@ class Plan:
 
 def plan_run(job: Job, options: RunOptions) -> Plan:
     """Check the job against its input (columns, ids, text); raise a UserError if wrong."""
-    if job.cost.budget_usd is not None:
-        raise JobError(
-            f"{job.path}: [cost] budget_usd is not enforced by this version of batchrun; "
-            f"remove it (or use --limit) rather than rely on it."
-        )
+    _check_budget(job)
     source = open_source(job.input_path, job.input.id_column)
     n = job.request.get("n", 1)
     response_format = job.request.get("response_format")
@@ -148,6 +146,25 @@ def plan_run(job: Job, options: RunOptions) -> Plan:
     renderer = Renderer(job.prompt, job.request, source.columns)
     total = source.check(options.limit)
     return Plan(source, renderer, columns, json_mode, total)
+
+
+def _check_budget(job: Job) -> None:
+    """A budget needs a price and a ceiling on each request, or it cannot be kept."""
+    if job.cost.budget_usd is None:
+        return
+    pricer = job_pricer(job)
+    if pricer.price is None:
+        raise JobError(
+            f"{job.path}: [cost] budget_usd is set but no price is known for model "
+            f'{pricer.model!r}: give one in [cost.prices."{pricer.model}"] (input, output '
+            f"in USD per million tokens) or remove the budget."
+        )
+    request = job.request
+    if not isinstance(request.get("max_completion_tokens", request.get("max_tokens")), int):
+        raise JobError(
+            f"{job.path}: [cost] budget_usd is set but [request] has no max_tokens: set it, "
+            f"so that the worst case of each request is bounded."
+        )
 
 
 async def run(
@@ -180,6 +197,11 @@ async def run(
             engine.progress = Progress(
                 plan.total, 0, quiet=options.quiet, interactive=options.interactive
             )
+            if engine.pricer.price is None:
+                engine.progress.note(
+                    f"batchrun: warning: no price is known for model {engine.pricer.model!r}, "
+                    f"so cost_usd will be null; give one in [cost.prices] to have costs."
+                )
             with _signals(engine.interrupt):
                 try:
                     await engine.execute(options)
@@ -281,11 +303,10 @@ class _Engine:
         self._request = {k: v for k, v in job.request.items() if k != "model"}
         if self._request.get("stream") is True and "stream_options" not in self._request:
             self._request["stream_options"] = {"include_usage": True}
-        model = priced_model(str(job.request["model"]), job.price_as)
-        streaming = job.request.get("stream") is True
         self.counter = counter_for(str(job.request["model"]))
-        self.pricer = Pricer(
-            default_table().lookup(model), 1.0 if streaming else job.non_stream_price_factor
+        self.pricer = job_pricer(job)
+        self.budget = (
+            Budget(job.cost.budget_usd, checkpoint.spend()) if job.cost.budget_usd else None
         )
         self.progress = Progress(0, 0, quiet=True)  # replaced by run() before executing
         self.counts = _Counts()
@@ -443,8 +464,9 @@ class _Engine:
             return None
         messages = self.renderer.to_messages(payload)
         body = {"model": self.job.request["model"], "messages": messages, **self._request}
-        estimate = self.counter.chat(messages) + self.renderer.completion_estimate
-        return _Item(key, position, fp, body, estimate)
+        prompt_tokens = self.counter.chat(messages)
+        estimate = prompt_tokens + self.renderer.completion_estimate
+        return _Item(key, position, fp, body, prompt_tokens, estimate)
 
     def _count_prior(self, *, ok: bool) -> None:
         if ok:
@@ -477,9 +499,16 @@ class _Engine:
             await self.pacer.acquire(item.estimate)
             if self.stop is not None:
                 return None
+            worst = self._reserve(item)
+            if worst is None:
+                return None
             attempts += 1
             tries += 1
             outcome, reply = await self._send(item)
+            usage = self._usage(item, outcome)
+            cost = self.pricer.cost(usage[0]) if usage else None
+            if self.budget is not None:
+                self.budget.settle(worst, cost)
             action = outcome.action
             if action is Action.QUOTA:
                 tries -= 1
@@ -490,9 +519,10 @@ class _Engine:
             self.quota.passed(item)
             if action is Action.OK:
                 self.pacer.recover()
-                return self._success(item, outcome, attempts, reply)
+                assert usage is not None
+                return self._success(item, outcome, attempts, reply, usage, cost)
             if action is Action.FAIL:
-                return self._failure(item, outcome, attempts)
+                return self._failure(item, outcome, attempts, usage, cost)
             if action is Action.BAD_KEY:
                 message = self._redact(outcome.message or "unauthorized")
                 self._halt(
@@ -507,9 +537,36 @@ class _Engine:
                 self.pacer.cool_down(outcome.retry_after_s or RATE_LIMIT_COOL_DOWN_S)
             exhausted = tries >= self.policy.max_attempts
             if exhausted or self.clock() - first_start > self.policy.max_retry_s:
-                return self._failure(item, outcome, attempts)
+                return self._failure(item, outcome, attempts, usage, cost)
             if action is Action.RETRY:
                 await self._nap(self.policy.delay(tries, outcome.retry_after_s, self.rng))
+
+    def _reserve(self, item: _Item) -> float | None:
+        """Reserve the request's worst case against the budget; None (and a stop) if over."""
+        if self.budget is None:
+            return 0.0
+        prompt = item.prompt_tokens if self.counter.exact else math.ceil(item.prompt_tokens * 1.2)
+        worst = self.pricer.worst_case(prompt, self.renderer.completion_estimate) or 0.0
+        if self.budget.reserve(worst):
+            return worst
+        self._halt(
+            BudgetReached(
+                f"The budget of ${self.budget.limit:,.2f} is reached: ${self.budget.spent:,.4f} "
+                f"spent and ${self.budget.reserved:,.4f} in flight, and the next request could "
+                f"cost ${worst:,.4f}; raise cost.budget_usd and run again to continue "
+                f"(finished rows are saved)."
+            )
+        )
+        return None
+
+    def _usage(self, item: _Item, outcome: Outcome) -> tuple[Usage, bool] | None:
+        """What the attempt used (counted locally when the gateway said nothing), if billed."""
+        completion = outcome.completion
+        if completion is None:
+            return None
+        if completion.usage is not None:
+            return completion.usage, False
+        return self._count_locally(item, completion.choices), True
 
     async def _nap(self, seconds: float) -> None:
         """Sleep, unless the run stops first: a stop never waits out a backoff or a pause."""
@@ -551,13 +608,17 @@ class _Engine:
     # -- results --------------------------------------------------------------------------
 
     def _success(
-        self, item: _Item, outcome: Outcome, attempts: int, reply: Reply | None
+        self,
+        item: _Item,
+        outcome: Outcome,
+        attempts: int,
+        reply: Reply | None,
+        counted: tuple[Usage, bool],
+        cost: float | None,
     ) -> RowResult:
         completion = outcome.completion
         assert completion is not None
-        usage, estimated = completion.usage, False
-        if usage is None:
-            usage, estimated = self._count_locally(item, completion.choices), True
+        usage, estimated = counted
         self.pacer.reconcile(item.estimate, usage.total_tokens)
         if completion.response_model and completion.response_model != item.body["model"]:
             self.counts.remapped += 1
@@ -578,7 +639,7 @@ class _Engine:
             total_tokens=usage.total_tokens,
             cached_tokens=usage.cached_tokens,
             reasoning_tokens=usage.reasoning_tokens,
-            cost_usd=self.pricer.cost(usage),
+            cost_usd=cost,
             latency_s=reply.latency_s if reply else None,
             ttft_s=reply.ttft_s if reply else None,
             response_model=completion.response_model,
@@ -590,7 +651,14 @@ class _Engine:
             json_valid=json_valid,
         )
 
-    def _failure(self, item: _Item, outcome: Outcome, attempts: int) -> RowResult:
+    def _failure(
+        self,
+        item: _Item,
+        outcome: Outcome,
+        attempts: int,
+        counted: tuple[Usage, bool] | None,
+        cost: float | None,
+    ) -> RowResult:
         result = RowResult(
             row_key=item.key,
             position=item.position,
@@ -601,17 +669,14 @@ class _Engine:
             error=outcome.error or "server_error",
             error_message=self._redact(outcome.message) if outcome.message else None,
         )
-        completion = outcome.completion
-        if completion is not None and completion.usage is not None:
-            # A filtered answer is still billed: keep what it cost.
-            usage = completion.usage
-            result.prompt_tokens, result.completion_tokens = (
-                usage.prompt_tokens,
-                usage.completion_tokens,
-            )
+        if counted is not None and outcome.completion is not None:
+            # A filtered answer is still billed: keep what it used and cost.
+            usage, result.usage_estimated = counted
+            result.prompt_tokens = usage.prompt_tokens
+            result.completion_tokens = usage.completion_tokens
             result.total_tokens = usage.total_tokens
-            result.cost_usd = self.pricer.cost(usage)
-            result.finish_reason = completion.finish_reason
+            result.cost_usd = cost
+            result.finish_reason = outcome.completion.finish_reason
         return result
 
     def _count_locally(self, item: _Item, choices: tuple[str | None, ...]) -> Usage:

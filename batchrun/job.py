@@ -78,8 +78,15 @@ class OutputSpec(_Section):
     path: str
 
 
+class PriceSpec(_Section):
+    input: float = Field(ge=0)  # USD per million input tokens
+    output: float = Field(ge=0)  # USD per million output tokens
+    cached_input: float | None = Field(None, ge=0)  # USD per million cached input tokens
+
+
 class CostSpec(_Section):
     budget_usd: float | None = Field(None, gt=0)
+    prices: dict[str, PriceSpec] = Field(default_factory=dict)
 
 
 class _JobModel(_Section):

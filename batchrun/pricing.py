@@ -13,6 +13,8 @@ from functools import cache
 from importlib import resources
 
 from .completion import Usage
+from .job import Job
+from .presets import priced_model
 
 # A dated snapshot suffix, e.g. gpt-4o-mini-2024-07-18 or o3-mini-2025-01-31.
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
@@ -57,12 +59,59 @@ class PriceTable:
 class Pricer:
     """The cost of one job's requests: its model's price and the gateway's billing factor."""
 
+    model: str  # the model whose price applies
     price: Price | None  # None when the model has no known price
     factor: float = 1.0  # the gateway's multiplier (e.g. 0.5 for bcwhkj non-streaming)
+    source: str = "table"  # where the price came from: "job", "table" or "none"
 
     def cost(self, usage: Usage) -> float | None:
         """USD for one request's usage, or None when the price is unknown."""
         return None if self.price is None else self.price.cost(usage) * self.factor
+
+    def worst_case(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """The most a request can cost: no cache discount, every completion token used."""
+        if self.price is None:
+            return None
+        usd = prompt_tokens * self.price.input + completion_tokens * self.price.output
+        return usd / 1_000_000 * self.factor
+
+
+def job_pricer(job: Job) -> Pricer:
+    """The pricer of a job: its own [cost.prices] first, then the shipped table."""
+    requested = str(job.request["model"])
+    model = priced_model(requested, job.price_as)
+    factor = 1.0 if job.request.get("stream") is True else job.non_stream_price_factor
+    for name in (requested, model):
+        spec = job.cost.prices.get(name)
+        if spec is not None:
+            return Pricer(name, Price(spec.input, spec.cached_input, spec.output), factor, "job")
+    price = default_table().lookup(model)
+    return Pricer(model, price, factor, "table" if price else "none")
+
+
+class Budget:
+    """Spend committed and reserved against `budget_usd`.
+
+    Each request reserves its worst case before it starts and settles with what it really
+    cost when it ends, so committed plus in-flight spend never passes the limit.
+    """
+
+    def __init__(self, limit: float, spent: float) -> None:
+        self.limit = limit  # USD the job may spend in all
+        self.spent = spent  # USD spent by finished requests, earlier runs included
+        self.reserved = 0.0  # worst cases of the requests in flight
+
+    def reserve(self, worst_case: float) -> bool:
+        """Reserve room for a request; False if it could take spend past the limit."""
+        if self.spent + self.reserved + worst_case > self.limit:
+            return False
+        self.reserved += worst_case
+        return True
+
+    def settle(self, reserved: float, cost: float | None) -> None:
+        """A request ended: release its reservation and count what it cost."""
+        self.reserved = max(self.reserved - reserved, 0.0)
+        self.spent += cost or 0.0
 
 
 @cache

@@ -69,6 +69,14 @@ class Progress:
             self._bar.last_print_n += rows
             self._bar.initial += rows
 
+    def note(self, text: str) -> None:
+        """A line for the user (a warning), shown even when quiet, without breaking the bar."""
+        if self._bar is not None:
+            self._bar.write(text, file=self._stream)
+        else:
+            self._stream.write(text + "\n")
+            self._stream.flush()
+
     def refresh(self) -> None:
         """Redraw the figures (called about once a second)."""
         if self._bar is not None:
