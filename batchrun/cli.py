@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -92,6 +93,29 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     run.set_defaults(handler=_run)
 
+    estimate = commands.add_parser(
+        "estimate",
+        help="tokens, cost and time before running; sends nothing",
+        description=(
+            "Count the prompt tokens of the rows a run would send (exactly for OpenAI models), "
+            "bound the output tokens by max_tokens, price both, and say how long the rate "
+            "limits make it take. Reads the input in batches; sends nothing."
+        ),
+    )
+    _job_arguments(estimate)
+    estimate.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N rows")
+    estimate.add_argument("--json", action="store_true", help="print JSON for scripts")
+    estimate.set_defaults(handler=_estimate)
+
+    status = commands.add_parser(
+        "status",
+        help="rows done, failed, pending; spend so far",
+        description="Where the job stands, from its checkpoint: during a run or after it.",
+    )
+    _job_arguments(status)
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.set_defaults(handler=_status)
+
     sim = commands.add_parser(
         "sim",
         help="serve the embedded OpenAI-compatible simulator",
@@ -135,6 +159,36 @@ def _run(args: argparse.Namespace) -> int:
         print(f"output: {summary.output_path} ({summary.rows_written:,} rows)")
     if summary.stopped is not None:
         raise summary.stopped
+    return 0
+
+
+def _job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="the job file (TOML)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job key, as with run",
+    )
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from .estimate import estimate, render_estimate
+    from .job import load_job
+
+    result = estimate(load_job(args.job, args.overrides, os.environ), args.limit)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else render_estimate(result))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .job import load_job
+    from .status import job_status, render_status
+
+    result = job_status(load_job(args.job, args.overrides, os.environ))
+    print(json.dumps(result.as_dict(), indent=2) if args.json else render_status(result))
     return 0
 
 

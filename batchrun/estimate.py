@@ -1,0 +1,206 @@
+"""`batchrun estimate`: tokens, cost and time before running, with nothing sent.
+
+The input is streamed in batches and rendered exactly as a run would render it; rows whose
+committed result is for the same request are left out, as a resume would leave them out.
+Prompt tokens are exact for OpenAI models (tiktoken, batches encoded on several threads)
+and an estimate otherwise. Output tokens are a range: at most `max_tokens` × `n` a row, and,
+when the checkpoint holds finished rows, their mean as the expected figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import polars as pl
+
+from .checkpoint import FAILED_MARK, Checkpoint, checkpoint_dir
+from .engine import BATCH_ROWS, Plan, RunOptions, plan_run
+from .job import Job
+from .pricing import job_pricer
+from .source import POSITION, ROW_KEY
+from .tokens import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, TokenCounter, counter_for
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a run of the job would send, use, cost and take."""
+
+    model: str
+    rows: int  # rows the job covers
+    done: int  # rows with a committed result for the same request
+    to_send: int  # rows a run would send
+    invalid: int  # rows that would fail without a request (empty prompt)
+    prompt_tokens: int  # of the rows to send
+    prompt_exact: bool  # whether prompt_tokens is an exact count
+    counted_with: str  # the encoding, or "estimate"
+    output_tokens_max: int | None  # max_tokens × n × rows; None without max_tokens
+    output_tokens_expected: int | None  # from the mean of finished rows, when there are some
+    price_per_million: Mapping[str, float | None] | None  # input, cached_input, output
+    cost_min_usd: float | None  # prompt tokens only (no cache discount)
+    cost_expected_usd: float | None
+    cost_max_usd: float | None
+    minutes_at_limits: float  # the time the rate limits imply (latency aside)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate(job: Job, limit: int | None = None) -> Estimate:
+    """Estimate a run of `job`; reads the input and the checkpoint, sends nothing."""
+    plan = plan_run(job, RunOptions(limit=limit))
+    checkpoint = Checkpoint(checkpoint_dir(job.output_path))
+    index = checkpoint.index()
+    counter = counter_for(str(job.request["model"]))
+    counted = tally(plan, index, counter)
+    done, invalid, to_send = counted.ok + counted.failed, counted.invalid, counted.to_send
+    prompt_tokens, exact = counted.prompt_tokens, counted.exact
+    per_row = _completion_ceiling(job)
+    expected_row = _mean_completion(checkpoint)
+    output_max = per_row * to_send if per_row is not None else None
+    output_expected = round(expected_row * to_send) if expected_row is not None else None
+    pricer = job_pricer(job)
+    price = pricer.price
+    cost_min = cost_expected = cost_max = None
+    if price is not None:
+        base = prompt_tokens * price.input / 1e6 * pricer.factor
+        cost_min = base
+        if output_expected is not None:
+            cost_expected = base + output_expected * price.output / 1e6 * pricer.factor
+        if output_max is not None:
+            cost_max = base + output_max * price.output / 1e6 * pricer.factor
+    tokens_for_pace = prompt_tokens + (output_expected or output_max or 0)
+    minutes = to_send / job.limits.requests_per_minute
+    if job.limits.tokens_per_minute:
+        minutes = max(minutes, tokens_for_pace / job.limits.tokens_per_minute)
+    return Estimate(
+        model=str(job.request["model"]),
+        rows=plan.total,
+        done=done,
+        to_send=to_send,
+        invalid=invalid,
+        prompt_tokens=prompt_tokens,
+        prompt_exact=exact,
+        counted_with=counter.name if counter.exact else "estimate",
+        output_tokens_max=output_max,
+        output_tokens_expected=output_expected,
+        price_per_million=(
+            {"input": price.input, "cached_input": price.cached_input, "output": price.output}
+            if price is not None
+            else None
+        ),
+        cost_min_usd=cost_min,
+        cost_expected_usd=cost_expected,
+        cost_max_usd=cost_max,
+        minutes_at_limits=minutes,
+    )
+
+
+@dataclass
+class Tally:
+    """The job's rows against its checkpoint, and the prompt tokens of those to send."""
+
+    ok: int = 0  # rows whose committed result for the current request is ok
+    failed: int = 0  # ... is a failure
+    changed: int = 0  # rows with a committed result for an older request (to send again)
+    invalid: int = 0  # rows that would fail without a request (an empty prompt)
+    to_send: int = 0  # rows a run would send
+    prompt_tokens: int = 0  # of the rows to send (when counted)
+    exact: bool = True  # whether prompt_tokens is exact
+
+
+def tally(plan: Plan, index: Mapping[str, str], counter: TokenCounter | None) -> Tally:
+    """Render every row as a run would and sort it; count prompt tokens if given a counter."""
+    result = Tally(exact=counter is not None and counter.exact)
+    roles = {role: counter.text(role) for role in ("system", "user")} if counter else {}
+    for batch in plan.source.batches(plan.renderer.columns, BATCH_ROWS * 10, plan.total):
+        systems: list[str] = []
+        users: list[str] = []
+        for key, _, fp, payload, reason in plan.renderer.render_batch(batch, ROW_KEY, POSITION):
+            prior = index.get(key)
+            if prior == fp:
+                result.ok += 1
+                continue
+            if prior is not None and prior.removeprefix(FAILED_MARK) == fp:
+                result.failed += 1
+                continue
+            result.changed += prior is not None
+            if reason is not None:
+                result.invalid += 1
+                continue
+            result.to_send += 1
+            if counter is None:
+                continue
+            if isinstance(payload, tuple):
+                system, user = payload
+                result.prompt_tokens += TOKENS_REPLY_PRIMING + TOKENS_PER_MESSAGE + roles["user"]
+                if system is not None:
+                    systems.append(system)
+                    result.prompt_tokens += TOKENS_PER_MESSAGE + roles["system"]
+                users.append(user)
+            else:
+                messages = plan.renderer.to_messages(payload)
+                result.prompt_tokens += counter.chat(messages)
+                result.exact = result.exact and counter.chat_is_exact(messages)
+        if counter is not None:
+            result.prompt_tokens += sum(counter.texts(systems)) + sum(counter.texts(users))
+    return result
+
+
+def _completion_ceiling(job: Job) -> int | None:
+    request = job.request
+    max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
+    n = request.get("n", 1)
+    if not isinstance(max_tokens, int):
+        return None
+    return max_tokens * (n if isinstance(n, int) and n > 0 else 1)
+
+
+def _mean_completion(checkpoint: Checkpoint) -> float | None:
+    """Mean completion tokens of the rows that finished ok, or None if there are none."""
+    segments = checkpoint.segments()
+    if not segments:
+        return None
+    frame = (
+        pl.scan_parquet([str(s) for s in segments])
+        .select("row_key", "status", "completion_tokens")
+        .unique(subset="row_key", keep="last", maintain_order=True)
+        .filter(pl.col("status") == "ok")
+        .select(pl.col("completion_tokens").mean())
+        .collect()
+    )
+    mean = frame.item()
+    return float(mean) if mean is not None else None
+
+
+def render_estimate(est: Estimate) -> str:
+    """The estimate as a few aligned lines for the terminal."""
+
+    def usd(value: float | None) -> str:
+        return f"${value:,.4f}" if value is not None else "unknown"
+
+    how = "exact" if est.prompt_exact else "estimated"
+    lines = [
+        ("model", est.model),
+        (
+            "rows",
+            f"{est.rows:,} ({est.done:,} done, {est.to_send:,} to send, "
+            f"{est.invalid:,} with an empty prompt)",
+        ),
+        ("prompt tokens", f"{est.prompt_tokens:,} ({how}, {est.counted_with})"),
+        ("output tokens", _range(est.output_tokens_expected, est.output_tokens_max)),
+    ]
+    if est.price_per_million is None:
+        lines.append(("cost", "unknown: no price for this model (set [cost.prices])"))
+    else:
+        expected = f", expected {usd(est.cost_expected_usd)}" if est.cost_expected_usd else ""
+        lines.append(("cost", f"{usd(est.cost_min_usd)} to {usd(est.cost_max_usd)}{expected}"))
+    lines.append(("time at the limits", f"{est.minutes_at_limits:,.1f} min (latency aside)"))
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
+
+
+def _range(expected: int | None, ceiling: int | None) -> str:
+    top = f"at most {ceiling:,}" if ceiling is not None else "no ceiling (no max_tokens)"
+    return f"{top}, expected {expected:,} (mean of finished rows)" if expected else top

@@ -1,0 +1,64 @@
+"""`batchrun status`: where a job stands, from its checkpoint, during a run or after it.
+
+Rows are rendered as a run would render them, so a row counts as done only if its committed
+result is for the request the job would send now; reading the checkpoint needs no lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .checkpoint import Checkpoint, checkpoint_dir
+from .engine import RunOptions, plan_run
+from .estimate import tally
+from .job import Job
+
+
+@dataclass(frozen=True)
+class Status:
+    """The job's rows by state, and what they cost."""
+
+    rows: int  # rows in the input
+    done: int  # rows whose committed result for the current request is ok
+    failed: int  # ... is a failure
+    pending: int  # rows a run would still settle (never sent, or sent for an older request)
+    changed: int  # of those, rows whose committed result is for an older request
+    spend_usd: float  # every committed request's cost, superseded attempts included
+    output_exists: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def job_status(job: Job) -> Status:
+    """Sort the job's rows by their committed results."""
+    plan = plan_run(job, RunOptions())
+    checkpoint = Checkpoint(checkpoint_dir(job.output_path))
+    counted = tally(plan, checkpoint.index(), None)
+    return Status(
+        rows=plan.total,
+        done=counted.ok,
+        failed=counted.failed,
+        pending=counted.to_send + counted.invalid,
+        changed=counted.changed,
+        spend_usd=checkpoint.spend(),
+        output_exists=job.output_path.exists(),
+    )
+
+
+def render_status(status: Status) -> str:
+    """One line a figure."""
+    finished = status.done + status.failed
+    pct = 100 * finished / status.rows if status.rows else 100.0
+    changed = f" ({status.changed:,} for a changed request)" if status.changed else ""
+    return "\n".join(
+        [
+            f"rows     {status.rows:,}",
+            f"done     {status.done:,}",
+            f"failed   {status.failed:,}",
+            f"pending  {status.pending:,}{changed}",
+            f"finished {pct:.1f}%",
+            f"spend    ${status.spend_usd:,.4f}",
+        ]
+    )
