@@ -4,7 +4,7 @@ Shape of a run: one producer renders input rows into requests and skips rows who
 committed result has the same request fingerprint; `concurrency` workers take requests from
 a bounded queue, wait for the pacer, send, classify and retry; every final result goes to the
 commit buffer, which a ticker and the buffer's size flush into checkpoint segments. Results
-are durable only once flushed (at most `COMMIT_INTERVAL_S` or `COMMIT_ROWS` of them are ever
+are durable only once flushed (at most `limits.commit_interval_s` or `COMMIT_ROWS` of them are ever
 unflushed); a row is only ever skipped on the strength of a flushed result.
 
 Run-wide stops (bad key, quota, a systematic client error, an interrupt) set `_stop`: no
@@ -51,13 +51,13 @@ from .progress import Progress
 from .render import Rendered, Renderer
 from .retry import QuotaGate, RetryPolicy
 from .source import POSITION, ROW_KEY, Source, open_source
-from .tokens import counter_for
+from .tokens import TokenCounter, counter_for
 from .wire import Reply, TransportFailure, Wire
 
 Sleep = Callable[[float], Awaitable[None]]
 log = logging.getLogger("batchrun")
 
-COMMIT_INTERVAL_S = 0.5  # longest a finished result waits in memory before it is durable
+REFRESH_S = 0.5  # how often the ticker looks at the buffer and redraws the progress
 COMMIT_ROWS = 2000  # or this many results, whichever comes first
 BATCH_ROWS = 2000  # input rows read and rendered at a time
 INTERRUPT_GRACE_S = 5.0  # how long requests in flight may finish after Ctrl-C
@@ -303,7 +303,9 @@ class _Engine:
         self._request = {k: v for k, v in job.request.items() if k != "model"}
         if self._request.get("stream") is True and "stream_options" not in self._request:
             self._request["stream_options"] = {"include_usage": True}
-        self.counter = counter_for(str(job.request["model"]))
+        # Prompts are counted before sending only where a count is used: pacing by tokens
+        # and the budget. Loading an encoding takes a quarter of a second.
+        self._count_prompts = bool(job.limits.tokens_per_minute or job.cost.budget_usd)
         self.pricer = job_pricer(job)
         self.budget = (
             Budget(job.cost.budget_usd, checkpoint.spend()) if job.cost.budget_usd else None
@@ -400,11 +402,12 @@ class _Engine:
         )
 
     async def _tick(self, finished: asyncio.Event) -> None:
-        """Flush and redraw about every COMMIT_INTERVAL_S until the workers are done."""
+        """Flush every commit_interval_s and redraw, until the workers are done."""
+        interval = self.job.limits.commit_interval_s
         while not finished.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), COMMIT_INTERVAL_S)
-            if self._buffer and time.monotonic() - self._last_flush >= COMMIT_INTERVAL_S:
+                await asyncio.wait_for(finished.wait(), min(interval, REFRESH_S))
+            if self._buffer and time.monotonic() - self._last_flush >= interval:
                 await self._flush()
             self.progress.refresh()
 
@@ -464,7 +467,7 @@ class _Engine:
             return None
         messages = self.renderer.to_messages(payload)
         body = {"model": self.job.request["model"], "messages": messages, **self._request}
-        prompt_tokens = self.counter.chat(messages)
+        prompt_tokens = self.counter.chat(messages) if self._count_prompts else 0
         estimate = prompt_tokens + self.renderer.completion_estimate
         return _Item(key, position, fp, body, prompt_tokens, estimate)
 
@@ -540,6 +543,11 @@ class _Engine:
                 return self._failure(item, outcome, attempts, usage, cost)
             if action is Action.RETRY:
                 await self._nap(self.policy.delay(tries, outcome.retry_after_s, self.rng))
+
+    @property
+    def counter(self) -> TokenCounter:
+        """The model's token counter, loaded when first needed."""
+        return counter_for(str(self.job.request["model"]))
 
     def _reserve(self, item: _Item) -> float | None:
         """Reserve the request's worst case against the budget; None (and a stop) if over."""

@@ -72,6 +72,7 @@ class LimitsSpec(_Section):
     idle_timeout_s: float = Field(60, gt=0)
     quota_wait_s: float = Field(600, ge=0)
     max_retry_s: float = Field(900, gt=0)
+    commit_interval_s: float = Field(0.5, gt=0)
 
 
 class OutputSpec(_Section):

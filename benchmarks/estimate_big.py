@@ -19,9 +19,38 @@ from pathlib import Path
 
 import polars as pl
 
-WORDS_EN = ("great product works well battery lasts love it broken after two days refund "
-            "terrible quality fast shipping would recommend disappointed okay nothing special "
-            "the kettle boils quickly and looks nice").split()
+WORDS_EN = [
+    "great",
+    "product",
+    "works",
+    "well",
+    "battery",
+    "lasts",
+    "love",
+    "it",
+    "broken",
+    "after",
+    "two",
+    "days",
+    "refund",
+    "terrible",
+    "quality",
+    "fast",
+    "shipping",
+    "would",
+    "recommend",
+    "disappointed",
+    "okay",
+    "nothing",
+    "special",
+    "the",
+    "kettle",
+    "boils",
+    "quickly",
+    "and",
+    "looks",
+    "nice",
+]
 WORDS_ZH = list("这款产品质量很好物流很快包装完整推荐购买但是电池不耐用有点失望客服态度不错")
 
 JOB = """
@@ -68,7 +97,8 @@ def main() -> None:
         started = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "batchrun.cli", "estimate", str(root / "job.toml")],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         elapsed = time.monotonic() - started
         if proc.returncode != 0:

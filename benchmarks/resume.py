@@ -85,6 +85,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10,000 rows: checks it runs")
     args = parser.parse_args()
     rows = 10_000 if args.quick else args.rows
+    first, total = measure(rows)
+    print(
+        f"{rows:,} rows, {rows - 1:,} committed: first request after {first:.2f} s, "
+        f"run ended after {total:.2f} s (output of {rows:,} rows written)"
+    )
+
+
+def measure(rows: int) -> tuple[float, float]:
+    """(seconds to the first request, seconds to the end) of resuming `rows` rows."""
     with tempfile.TemporaryDirectory() as tmp, start_in_thread(SimConfig()) as sim:
         root = Path(tmp)
         job_path = build(root, rows, sim.base_url)
@@ -98,11 +107,7 @@ def main() -> None:
         ended = time.monotonic()
         if proc.returncode != 0 or len(sim.requests) != 1:
             raise SystemExit(f"resume failed: {proc.returncode} {proc.stderr}")
-        first = sim.requests[0].t - started
-        print(
-            f"{rows:,} rows, {rows - 1:,} committed: first request after {first:.2f} s, "
-            f"run ended after {ended - started:.2f} s (output of {rows:,} rows written)"
-        )
+        return sim.requests[0].t - started, ended - started
 
 
 if __name__ == "__main__":
