@@ -133,7 +133,7 @@ class Checkpoint:
         table = pq.read_table([str(s) for s in segments], schema=CHECKPOINT_SCHEMA)
         # The merged file sorts right after the newest segment it replaces and before any
         # segment written later, so "last one wins" still holds if we die mid-merge.
-        target = segments[-1].with_name(f"seg-{_sequence(segments[-1]):012d}.m.parquet")
+        target = segments[-1].with_name(f"seg-{_sequence(segments[-1])[0]:012d}.m.parquet")
         write_atomic_table(table, target)
         for seg in segments:
             if seg != target:
