@@ -23,8 +23,10 @@ import binascii
 import gzip
 import hashlib
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -76,6 +78,15 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-
 _PIECE = re.compile(r"[^\W_]+|[^\w\s]|_")
 
 
+_WORKERS = max(2, min(4, os.cpu_count() or 2))
+_PARALLEL_FROM = 2000  # texts below this many are counted on the calling thread
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_WORKERS, thread_name_prefix="batchrun-tokens")
+
+
 class EncodingUnavailable(RuntimeError):
     """An encoding's rank file is missing or not the one tiktoken expects."""
 
@@ -103,7 +114,14 @@ class TokenCounter:
         if self._encoding is None:
             return [estimate_text(t) for t in texts]
         encode = self._encoding.encode_ordinary
-        return [len(encode(t)) for t in texts]
+        if len(texts) < _PARALLEL_FROM:
+            return [len(encode(t)) for t in texts]
+        # tiktoken lets go of the GIL while it encodes: a few long runs over slices of the
+        # list use the other cores (1.5x on two), where a task per text would not.
+        size = -(-len(texts) // _WORKERS)
+        parts = [texts[i : i + size] for i in range(0, len(texts), size)]
+        counted = _pool().map(lambda part: [len(encode(t)) for t in part], parts)
+        return [n for part in counted for n in part]
 
     def chat(self, messages: Iterable[Mapping[str, Any]]) -> int:
         """Prompt tokens of a chat request's message list, overhead included."""
@@ -172,7 +190,14 @@ def _encoding(name: str) -> tiktoken.Encoding:
         decode(token): int(rank)
         for token, rank in (line.split() for line in raw.splitlines() if line)
     }
-    return tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special)
+    encoding = tiktoken.Encoding(
+        name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special
+    )
+    # tiktoken keeps the Python dict only to pickle the encoding, which batchrun never does;
+    # its Rust core has its own copy. Dropping it saves some 35 MB in every process.
+    if hasattr(encoding, "_mergeable_ranks"):
+        encoding._mergeable_ranks = {}
+    return encoding
 
 
 def estimate_text(text: str) -> int:
