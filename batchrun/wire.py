@@ -87,7 +87,11 @@ class Wire:
             limit=self._pool_size, limit_per_host=self._pool_size, ttl_dns_cache=300
         )
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=True, trust_env=False
+            connector=connector,
+            timeout=self._timeout,
+            headers=self._headers,
+            auto_decompress=True,
+            trust_env=False,
         )
         return self
 
@@ -103,12 +107,13 @@ class Wire:
         assert self._session is not None, "use Wire as an async context manager"
         data = orjson.dumps(body)
         streaming = body.get("stream") is True
-        timeout = self._stream_timeout if streaming else self._timeout
+        timeout = self._stream_timeout
         started = time.monotonic()
         with _translated():
-            async with self._session.post(
-                self.url, data=data, headers=self._headers, timeout=timeout
-            ) as resp:
+            # Headers and the plain timeout are the session's: passing them again per request
+            # costs a merge and a timeout object each time.
+            extra: dict[str, Any] = {"timeout": timeout} if streaming else {}
+            async with self._session.post(self.url, data=data, **extra) as resp:
                 if streaming and resp.content_type == "text/event-stream":
                     stream, ttft = await _read_stream(resp, started)
                     elapsed = time.monotonic() - started
