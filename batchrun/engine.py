@@ -59,7 +59,7 @@ log = logging.getLogger("batchrun")
 
 REFRESH_S = 0.5  # how often the ticker looks at the buffer and redraws the progress
 COMMIT_ROWS = 2000  # or this many results, whichever comes first
-BATCH_ROWS = 2000  # input rows read and rendered at a time
+BATCH_ROWS = 10_000  # input rows read and rendered at a time
 INTERRUPT_GRACE_S = 5.0  # how long requests in flight may finish after Ctrl-C
 RATE_LIMIT_COOL_DOWN_S = 2.0  # the shared pause after a 429 that names no Retry-After
 SYSTEMATIC_ROWS = 10  # this many first rows failing alike stop the run
@@ -426,12 +426,18 @@ class _Engine:
                 batch: pl.DataFrame | None = await asyncio.to_thread(next, batches, None)
                 if batch is None:
                     break
+                done = 0  # rows finished ok for this very request: the bulk of a resume
                 for rendered in self.renderer.render_batch(batch, ROW_KEY, POSITION):
+                    if index.get(rendered[0]) == rendered[2]:
+                        done += 1
+                        continue
                     if self.stop is not None:
                         break
                     item = self._prepare(rendered, index, options)
                     if item is not None:
                         await queue.put(item)
+                self.final_ok += done
+                self.progress.skip(done)
         finally:
             with contextlib.suppress(ValueError):  # still running in its thread if cancelled
                 batches.close()

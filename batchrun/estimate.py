@@ -114,7 +114,7 @@ def tally(plan: Plan, index: Mapping[str, str], counter: TokenCounter | None) ->
     """Render every row as a run would and sort it; count prompt tokens if given a counter."""
     result = Tally(exact=counter is not None and counter.exact)
     roles = {role: counter.text(role) for role in ("system", "user")} if counter else {}
-    for batch in plan.source.batches(plan.renderer.columns, BATCH_ROWS * 10, plan.total):
+    for batch in plan.source.batches(plan.renderer.columns, BATCH_ROWS * 2, plan.total):
         systems: list[str] = []
         users: list[str] = []
         for key, _, fp, payload, reason in plan.renderer.render_batch(batch, ROW_KEY, POSITION):
