@@ -22,7 +22,8 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -161,19 +162,27 @@ def _sequence(path: Path) -> tuple[int, int]:
     return int(number), 1 if merged else 0
 
 
-def write_atomic_table(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file so that `path` is either absent or complete, never torn."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a hidden temporary path to write; then fsync it, rename it to `path` and fsync
+    the folder, so that `path` is either absent (or as before) or complete, never torn.
+    The temporary is `.<name>.<pid>.<ns>.tmp`: what a kill leaves is recognisable."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
-        with open(tmp, "wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_atomic_table(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file atomically (see `atomic_file`)."""
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def fsync_dir(folder: Path) -> None:

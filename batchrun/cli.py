@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .errors import BatchrunError, Interrupted, UserError
@@ -116,6 +117,22 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.set_defaults(handler=_status)
 
+    report = commands.add_parser(
+        "report",
+        help="usage, cost, finish reasons, errors, latency, throughput",
+        description=(
+            "Report on a job from its checkpoint, during a run or after it: totals, cost by "
+            "model, finish reasons, errors by class, retries, latency and time to first "
+            "token, throughput over time, rows that hit max_tokens."
+        ),
+    )
+    _job_arguments(report)
+    report.add_argument("--json", action="store_true", help="print JSON for scripts")
+    report.add_argument(
+        "--html", metavar="PATH", help="also write a self-contained HTML page with charts"
+    )
+    report.set_defaults(handler=_report)
+
     sim = commands.add_parser(
         "sim",
         help="serve the embedded OpenAI-compatible simulator",
@@ -189,6 +206,23 @@ def _status(args: argparse.Namespace) -> int:
 
     result = job_status(load_job(args.job, args.overrides, os.environ))
     print(json.dumps(result.as_dict(), indent=2) if args.json else render_status(result))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .job import load_job
+    from .report import build_report, render_html, render_text, report_json
+
+    result = build_report(load_job(args.job, args.overrides, os.environ))
+    if args.html:
+        try:
+            Path(args.html).write_text(render_html(result), encoding="utf-8")
+        except OSError as exc:
+            message = f"Cannot write {args.html} ({exc.strerror}): choose another path."
+            raise UserError(message) from None
+    print(json.dumps(report_json(result), indent=2) if args.json else render_text(result))
+    if args.html:
+        print(f"report page: {args.html}", file=sys.stderr)
     return 0
 
 

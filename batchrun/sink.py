@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import polars as pl
 
-from .checkpoint import fsync_dir
+from .checkpoint import atomic_file
 from .columns import KEY, RESULT_SCHEMA
 from .source import ROW_KEY, Source
 
@@ -45,16 +43,8 @@ def write_output(
     joined = inputs.join(
         results, left_on=ROW_KEY, right_on=KEY, how="inner", maintain_order="left"
     ).select(*source.columns, *columns)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         joined.sink_parquet(tmp, compression="zstd", row_group_size=100_000)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
     return pl.scan_parquet(path).select(pl.len()).collect().item()
 
 

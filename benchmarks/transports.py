@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 import orjson
+from bench import sim_process  # benchmarks/bench.py, beside this file
 
 BODY = orjson.dumps(
     {
@@ -29,27 +28,6 @@ BODY = orjson.dumps(
     }
 )
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
-
-
-def start_sim(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "batchrun.cli",
-            "sim",
-            "--port",
-            "0",
-            "--latency-ms",
-            str(latency_ms),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    url = line.strip().rsplit(" ", 1)[-1]
-    return proc, url + "/chat/completions"
 
 
 async def drive(send: Callable[[], Awaitable[None]], total: int, in_flight: int) -> float:
@@ -116,8 +94,8 @@ def main() -> None:
     if args.quick:
         scenarios = [(0.0, 16, 100)]
     for latency, in_flight, total in scenarios:
-        proc, url = start_sim(latency)
-        try:
+        with sim_process(latency) as base_url:
+            url = base_url + "/chat/completions"
             for name, client in CLIENTS.items():
                 try:
                     rate = asyncio.run(client(url, total, in_flight))
@@ -129,9 +107,6 @@ def main() -> None:
                     f"{name:<14} {rate:>8,.0f} req/s",
                     flush=True,
                 )
-        finally:
-            proc.terminate()
-            proc.wait()
 
 
 if __name__ == "__main__":
