@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import BatchrunError, Interrupted, UserError
+from .sim.cli import positive_int
 
 _EPILOG = (
     "exit codes: 0 every row reached a final state (ok or failed); 2 the job or its input is "
@@ -82,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a job key, e.g. --set limits.concurrency=8 (repeatable)",
     )
-    run.add_argument("--limit", type=_positive_int, metavar="N", help="run only the first N rows")
+    run.add_argument("--limit", type=positive_int, metavar="N", help="run only the first N rows")
     run.add_argument(
         "--fresh", action="store_true", help="ignore the checkpoint and run every row again"
     )
@@ -104,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     _job_arguments(estimate)
-    estimate.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N rows")
+    estimate.add_argument("--limit", type=positive_int, metavar="N", help="only the first N rows")
     estimate.add_argument("--json", action="store_true", help="print JSON for scripts")
     estimate.set_defaults(handler=_estimate)
 
@@ -235,16 +236,6 @@ def _sim(args: argparse.Namespace) -> int:
         raise BatchrunError(f"batchrun sim: {exc}.") from None
     serve_forever(config, args.host, args.port)
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _say(message: str) -> None:

@@ -81,14 +81,14 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--max-in-flight",
-        type=_positive_int,
+        type=positive_int,
         default=d.max_in_flight,
         metavar="N",
         help="answer HTTP 429 to requests beyond N being answered at once (default: no cap)",
     )
     limits.add_argument(
         "--rpm-limit",
-        type=_positive_int,
+        type=positive_int,
         default=d.rpm_limit,
         metavar="N",
         help="requests per minute, enforced per second: more than N/60 in any second get "
@@ -201,7 +201,8 @@ def _positive(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
     try:
         value = int(text)
     except ValueError:
