@@ -150,8 +150,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .engine import RunOptions, run
+    from .engine import run
     from .job import load_job
+    from .plan import RunOptions
 
     if args.fresh and args.retry_failed:
         raise UserError("--fresh already runs every row; drop --retry-failed.")

@@ -31,13 +31,12 @@ import polars as pl
 
 from . import sink
 from .checkpoint import FAILED_MARK, Checkpoint, checkpoint_dir
-from .columns import RowResult, output_columns
+from .columns import RowResult
 from .completion import Usage
 from .errors import (
     BadKey,
     BatchrunError,
     BudgetReached,
-    InputError,
     Interrupted,
     JobError,
     QuotaExhausted,
@@ -46,11 +45,12 @@ from .errors import (
 from .job import Job, Secret
 from .limits import Pacer
 from .outcome import Action, Outcome, classify, classify_failure, classify_stream
+from .plan import Plan, RunOptions, plan_run
 from .pricing import Budget, job_pricer
 from .progress import Progress
-from .render import Rendered, Renderer
+from .render import Rendered
 from .retry import QuotaGate, RetryPolicy
-from .source import POSITION, ROW_KEY, Source, open_source
+from .source import POSITION, ROW_KEY, Source
 from .tokens import TokenCounter, counter_for
 from .wire import Reply, TransportFailure, Wire
 
@@ -64,17 +64,6 @@ INTERRUPT_GRACE_S = 5.0  # how long requests in flight may finish after Ctrl-C
 RATE_LIMIT_COOL_DOWN_S = 2.0  # the shared pause after a 429 that names no Retry-After
 SYSTEMATIC_ROWS = 10  # this many first rows failing alike stop the run
 SYSTEMATIC_ERRORS = frozenset({"invalid_request", "model_not_found"})
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How `batchrun run` was asked to run."""
-
-    fresh: bool = False
-    retry_failed: bool = False
-    limit: int | None = None
-    quiet: bool = False
-    interactive: bool | None = None  # None: a bar when stderr is a terminal
 
 
 @dataclass
@@ -113,58 +102,6 @@ class _Counts:
     failed: int = 0
     remapped: int = 0
     early_errors: list[str] = field(default_factory=list)  # errors of rows before the first ok
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a run will do, checked before anything is sent."""
-
-    source: Source
-    renderer: Renderer
-    columns: list[str]  # the result columns of the output
-    json_mode: bool
-    total: int  # rows the run covers
-
-
-def plan_run(job: Job, options: RunOptions) -> Plan:
-    """Check the job against its input (columns, ids, text); raise a UserError if wrong."""
-    _check_budget(job)
-    source = open_source(job.input_path, job.input.id_column)
-    n = job.request.get("n", 1)
-    response_format = job.request.get("response_format")
-    json_mode = isinstance(response_format, Mapping) and response_format.get("type") in (
-        "json_object",
-        "json_schema",
-    )
-    columns = output_columns(n if isinstance(n, int) else 1, json_mode)
-    clash = [c for c in columns if c in source.columns]
-    if clash:
-        raise InputError(
-            f"The input already has a column named {clash[0]!r}, which batchrun writes: "
-            f"rename it in the input."
-        )
-    renderer = Renderer(job.prompt, job.request, source.columns)
-    total = source.check(options.limit)
-    return Plan(source, renderer, columns, json_mode, total)
-
-
-def _check_budget(job: Job) -> None:
-    """A budget needs a price and a ceiling on each request, or it cannot be kept."""
-    if job.cost.budget_usd is None:
-        return
-    pricer = job_pricer(job)
-    if pricer.price is None:
-        raise JobError(
-            f"{job.path}: [cost] budget_usd is set but no price is known for model "
-            f'{pricer.model!r}: give one in [cost.prices."{pricer.model}"] (input, output '
-            f"in USD per million tokens) or remove the budget."
-        )
-    request = job.request
-    if not isinstance(request.get("max_completion_tokens", request.get("max_tokens")), int):
-        raise JobError(
-            f"{job.path}: [cost] budget_usd is set but [request] has no max_tokens: set it, "
-            f"so that the worst case of each request is bounded."
-        )
 
 
 async def run(

@@ -16,8 +16,9 @@ from typing import Any
 import polars as pl
 
 from .checkpoint import FAILED_MARK, Checkpoint, checkpoint_dir
-from .engine import BATCH_ROWS, Plan, RunOptions, plan_run
+from .engine import BATCH_ROWS
 from .job import Job
+from .plan import Plan, RunOptions, plan_run
 from .pricing import job_pricer
 from .source import POSITION, ROW_KEY
 from .tokens import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, TokenCounter, counter_for

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .checkpoint import Checkpoint, checkpoint_dir
-from .engine import RunOptions, plan_run
 from .estimate import tally
 from .job import Job
+from .plan import RunOptions, plan_run
 
 
 @dataclass(frozen=True)

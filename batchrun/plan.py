@@ -1,0 +1,80 @@
+"""What a run will do, checked against the input before anything is sent.
+
+`plan_run` is shared by `run`, `estimate` and `status`: each reads the same input, renders
+it the same way, and refuses the same mistakes (exit 2) before any request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .columns import output_columns
+from .errors import InputError, JobError
+from .job import Job
+from .pricing import job_pricer
+from .render import Renderer
+from .source import Source, open_source
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How `batchrun run` was asked to run."""
+
+    fresh: bool = False
+    retry_failed: bool = False
+    limit: int | None = None
+    quiet: bool = False
+    interactive: bool | None = None  # None: a bar when stderr is a terminal
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will do, checked before anything is sent."""
+
+    source: Source
+    renderer: Renderer
+    columns: list[str]  # the result columns of the output
+    json_mode: bool
+    total: int  # rows the run covers
+
+
+def plan_run(job: Job, options: RunOptions) -> Plan:
+    """Check the job against its input (columns, ids, text); raise a UserError if wrong."""
+    _check_budget(job)
+    source = open_source(job.input_path, job.input.id_column)
+    n = job.request.get("n", 1)
+    response_format = job.request.get("response_format")
+    json_mode = isinstance(response_format, Mapping) and response_format.get("type") in (
+        "json_object",
+        "json_schema",
+    )
+    columns = output_columns(n if isinstance(n, int) else 1, json_mode)
+    clash = [c for c in columns if c in source.columns]
+    if clash:
+        raise InputError(
+            f"The input already has a column named {clash[0]!r}, which batchrun writes: "
+            f"rename it in the input."
+        )
+    renderer = Renderer(job.prompt, job.request, source.columns)
+    total = source.check(options.limit)
+    return Plan(source, renderer, columns, json_mode, total)
+
+
+def _check_budget(job: Job) -> None:
+    """A budget needs a price and a ceiling on each request, or it cannot be kept."""
+    if job.cost.budget_usd is None:
+        return
+    pricer = job_pricer(job)
+    if pricer.price is None:
+        raise JobError(
+            f"{job.path}: [cost] budget_usd is set but no price is known for model "
+            f'{pricer.model!r}: give one in [cost.prices."{pricer.model}"] (input, output '
+            f"in USD per million tokens) or remove the budget."
+        )
+    request = job.request
+    if not isinstance(request.get("max_completion_tokens", request.get("max_tokens")), int):
+        raise JobError(
+            f"{job.path}: [cost] budget_usd is set but [request] has no max_tokens: set it, "
+            f"so that the worst case of each request is bounded."
+        )
