@@ -230,9 +230,12 @@ def _build(job: Job, segments: Sequence[Path]) -> Report:
         ok=t["ok"],
         failed=t["failed"],
         tokens=tuple((kind, int(t[f"{kind}_tokens"] or 0)) for kind in TOKEN_KINDS),
-        spend_usd=float(s["spend"] or 0.0),
-        current_spend_usd=float(t["spend"] or 0.0),
-        cost_by_model=tuple(ModelCost(**row) for row in models.iter_rows(named=True)),
+        spend_usd=_money(s["spend"]),
+        current_spend_usd=_money(t["spend"]),
+        cost_by_model=tuple(
+            ModelCost(**{**row, "cost_usd": _money(row["cost_usd"])})
+            for row in models.iter_rows(named=True)
+        ),
         finish_reasons=tuple((r, n) for r, n in reasons.iter_rows()),
         errors=tuple(ErrorClass(**row) for row in errors.iter_rows(named=True)),
         attempts=int(t["attempts"] or 0),
@@ -253,6 +256,11 @@ def _build(job: Job, segments: Sequence[Path]) -> Report:
         usage_estimated=t["estimated"],
         other_model_rows=t["other_model"],
     )
+
+
+def _money(total: float | None) -> float:
+    """A sum of costs without float noise, so equal spends read equal whatever the order."""
+    return round(float(total or 0.0), 10)
 
 
 def _current_totals(current: pl.LazyFrame, requested_model: str) -> pl.LazyFrame:
@@ -445,11 +453,21 @@ def _secs(value: float | None) -> str:
     return f"{value * 1000:,.0f} ms" if value < 1 else f"{value:,.2f} s"
 
 
+def _period(seconds: float | None) -> str:
+    """A bucket size as people say it: 10 s, 1 min, 6 h, 2 d."""
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
 def _when(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _one_line(text: str | None, limit: int = 100) -> str:
+def _one_line(text: str | None, limit: int = 80) -> str:
     """A provider message on one line, cut to `limit` characters."""
     if text is None:
         return "-"
@@ -466,7 +484,11 @@ def _summary(report: Report) -> list[tuple[str, str]]:
     tokens = dict(report.tokens)
     return [
         ("rows", f"{report.committed:,} committed, {report.ok:,} ok, {report.failed:,} failed"),
-        ("spend", f"{_usd(report.spend_usd)} (current results {_usd(report.current_spend_usd)})"),
+        (
+            "spend",
+            f"{_usd(report.spend_usd)} in all, superseded attempts included; "
+            f"{_usd(report.current_spend_usd)} for the current results",
+        ),
         ("tokens", ", ".join(f"{kind} {tokens[kind]:,}" for kind in TOKEN_KINDS)),
         (
             "retries",
@@ -526,7 +548,7 @@ def _tables(report: Report) -> list[tuple[str, list[str], list[list[str]], set[i
         ),
         ("Latency (ok rows)", ["", "p50", "p90", "p99"], _latency_rows(report), {1, 2, 3}),
         (
-            f"Rows finished per {_secs(report.bucket_s)} (UTC)",
+            f"Rows finished per {_period(report.bucket_s)} (UTC)",
             ["from", "ok", "failed"],
             [[_when(b.start), f"{b.ok:,}", f"{b.failed:,}"] for b in report.buckets],
             {1, 2},
@@ -673,7 +695,7 @@ def _latency_chart(report: Report) -> str:
 
 
 def _throughput_chart(report: Report) -> str:
-    label = f"Rows finished per {_secs(report.bucket_s)}: ok and failed"
+    label = f"Rows finished per {_period(report.bucket_s)}: ok and failed"
     values = [[float(b.ok), float(b.failed)] for b in report.buckets]
     tips = [f"{_when(b.start)} UTC: {b.ok:,} ok, {b.failed:,} failed" for b in report.buckets]
     ticks = (_when(report.buckets[0].start), _when(report.buckets[-1].start) + " UTC")
@@ -691,7 +713,7 @@ def _columns(
 ) -> str:
     """A column chart: one stack of bars per entry of `values`, with axes and tooltips."""
     plot_w, plot_h = _CHART_W - _LEFT - _RIGHT, _CHART_H - _TOP - _BOTTOM
-    peak = max((sum(stack) for stack in values), default=0.0) or 1.0
+    peak = _nice(max((sum(stack) for stack in values), default=0.0))
     step = plot_w / len(values)
     parts = [_svg_open(label), *_y_axis(peak, plot_h)]
     for i, (stack, tip) in enumerate(zip(values, tips, strict=True)):
@@ -713,6 +735,14 @@ def _columns(
         parts.append(f'<rect class="{css}" x="{x}" y="6" width="10" height="10"></rect>')
         parts.append(f'<text class="legend" x="{x + 14}" y="15">{_e(name)}</text>')
     return "".join(parts) + "</svg>"
+
+
+def _nice(value: float) -> float:
+    """The smallest of 1, 2 or 5 times a power of ten at or above `value` (1 at least)."""
+    if value <= 1:
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(value))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= value)
 
 
 def _y_axis(peak: float, plot_h: float) -> list[str]:
