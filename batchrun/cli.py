@@ -74,15 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
         epilog=_EPILOG,
     )
-    run.add_argument("job", help="the job file (TOML)")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a job key, e.g. --set limits.concurrency=8 (repeatable)",
-    )
+    _job_arguments(run)
     run.add_argument("--limit", type=positive_int, metavar="N", help="run only the first N rows")
     run.add_argument(
         "--fresh", action="store_true", help="ignore the checkpoint and run every row again"
@@ -189,7 +181,7 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a job key, as with run",
+        help="override a job key, e.g. --set limits.concurrency=8 (repeatable)",
     )
 
 

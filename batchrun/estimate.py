@@ -57,7 +57,7 @@ def estimate(job: Job, limit: int | None = None) -> Estimate:
     counted = tally(plan, index, counter)
     done, invalid, to_send = counted.ok + counted.failed, counted.invalid, counted.to_send
     prompt_tokens, exact = counted.prompt_tokens, counted.exact
-    per_row = _completion_ceiling(job)
+    per_row = plan.renderer.completion_ceiling
     expected_row = _mean_completion(checkpoint)
     output_max = per_row * to_send if per_row is not None else None
     output_expected = round(expected_row * to_send) if expected_row is not None else None
@@ -147,15 +147,6 @@ def tally(plan: Plan, index: Mapping[str, str], counter: TokenCounter | None) ->
         if counter is not None:
             result.prompt_tokens += sum(counter.texts(systems)) + sum(counter.texts(users))
     return result
-
-
-def _completion_ceiling(job: Job) -> int | None:
-    request = job.request
-    max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
-    n = request.get("n", 1)
-    if not isinstance(max_tokens, int):
-        return None
-    return max_tokens * (n if isinstance(n, int) and n > 0 else 1)
 
 
 def _mean_completion(checkpoint: Checkpoint) -> float | None:

@@ -13,7 +13,7 @@ from .columns import output_columns
 from .errors import InputError, JobError
 from .job import Job
 from .pricing import job_pricer
-from .render import Renderer
+from .render import Renderer, completion_ceiling
 from .source import Source, open_source
 
 
@@ -72,8 +72,7 @@ def _check_budget(job: Job) -> None:
             f'{pricer.model!r}: give one in [cost.prices."{pricer.model}"] (input, output '
             f"in USD per million tokens) or remove the budget."
         )
-    request = job.request
-    if not isinstance(request.get("max_completion_tokens", request.get("max_tokens")), int):
+    if completion_ceiling(job.request) is None:
         raise JobError(
             f"{job.path}: [cost] budget_usd is set but [request] has no max_tokens: set it, "
             f"so that the worst case of each request is bounded."

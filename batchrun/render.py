@@ -93,11 +93,11 @@ class Renderer:
         # Every request of the job shares its parameters: they are hashed once, and each
         # row's fingerprint hashes them with the row's own messages.
         self._prefix = fingerprint(self._request).encode()
-        max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
-        n = request.get("n", 1)
-        self.completion_estimate = (
-            int(max_tokens) if isinstance(max_tokens, int) else DEFAULT_COMPLETION_ESTIMATE
-        ) * (int(n) if isinstance(n, int) and n > 0 else 1)
+        # The most a request can produce (None without max_tokens), and what pacing assumes.
+        self.completion_ceiling = completion_ceiling(request)
+        self.completion_estimate = self.completion_ceiling or (
+            DEFAULT_COMPLETION_ESTIMATE * _choices(request)
+        )
 
     def render_batch(self, batch: pl.DataFrame, key: str, position: str) -> Iterator[Rendered]:
         """Render a batch: templates in polars, fingerprints from the rendered text.
@@ -147,6 +147,18 @@ class Renderer:
 
     def _digest(self, content: bytes, kind: bytes = b"m") -> str:
         return hashlib.sha256(self._prefix + kind + content).hexdigest()[:32]
+
+
+def completion_ceiling(request: Mapping[str, Any]) -> int | None:
+    """`max_completion_tokens` (or `max_tokens`) times `n`: the most tokens a request can
+    produce; None when the request sets no limit."""
+    max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
+    return max_tokens * _choices(request) if isinstance(max_tokens, int) else None
+
+
+def _choices(request: Mapping[str, Any]) -> int:
+    n = request.get("n", 1)
+    return n if isinstance(n, int) and n > 0 else 1
 
 
 def fingerprint(body: Mapping[str, Any]) -> str:
