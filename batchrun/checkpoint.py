@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -150,10 +149,6 @@ class Checkpoint:
         rows = pl.scan_parquet([str(s) for s in segments]).select(KEY, FINISHED_AT, "cost_usd")
         total = rows.unique(subset=[KEY, FINISHED_AT]).select(pl.col("cost_usd").sum())
         return float(total.collect().item() or 0.0)
-
-    def discard(self) -> None:
-        """Remove the whole folder (after a run whose output is complete and wanted gone)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _sequence(path: Path) -> tuple[int, int]:

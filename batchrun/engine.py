@@ -21,7 +21,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from .errors import (
     SystematicFailure,
 )
 from .job import Job, Secret
-from .limits import Pacer
+from .limits import Pacer, Sleep
 from .outcome import Action, Outcome, classify, classify_failure, classify_stream
 from .plan import Plan, RunOptions, plan_run
 from .pricing import Budget, job_pricer
@@ -54,7 +54,6 @@ from .source import POSITION, ROW_KEY, Source
 from .tokens import TokenCounter, counter_for
 from .wire import Reply, TransportFailure, Wire
 
-Sleep = Callable[[float], Awaitable[None]]
 log = logging.getLogger("batchrun")
 
 REFRESH_S = 0.5  # how often the ticker looks at the buffer and redraws the progress

@@ -14,7 +14,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -283,6 +283,3 @@ def _describe(exc: ValidationError, job_path: Path) -> str:
     if isinstance(value, float) and math.isnan(value):
         shown = "nan"
     return f"{job_path}: {where} {err['msg'][0].lower()}{err['msg'][1:]} (got {shown})."
-
-
-Mode = Literal["resume", "fresh", "retry_failed"]

@@ -58,10 +58,6 @@ class Outcome:
     retry_after_s: float | None = None  # what the gateway asked us to wait
     completion: Completion | None = None
 
-    @property
-    def ok(self) -> bool:
-        return self.action is Action.OK
-
 
 _BAD_KEY_CODES = {"invalid_api_key", "invalid_authentication", "authentication_error", "401"}
 _QUOTA_CODES = {

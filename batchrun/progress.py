@@ -106,7 +106,3 @@ class Progress:
             self._bar.set_postfix_str(self._figures(), refresh=True)
             self._bar.close()
             self._bar = None
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self._started

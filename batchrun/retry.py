@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-Sleep = Callable[[float], Awaitable[None]]
+from .limits import Clock, Sleep
 
 # Probing an exhausted quota: the first wait is a tenth of quota_wait_s (at most this), and
 # each next wait doubles, up to QUOTA_MAX_PROBE_S.
@@ -43,7 +42,7 @@ class QuotaGate:
     ends the wait (`exhausted` returns False) and the run stops.
     """
 
-    def __init__(self, wait_s: float, clock: Callable[[], float], sleep: Sleep) -> None:
+    def __init__(self, wait_s: float, clock: Clock, sleep: Sleep) -> None:
         self._wait_s = wait_s  # how long the quota may stay exhausted
         self._clock = clock
         self._sleep = sleep
