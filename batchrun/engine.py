@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import polars as pl
 
 from . import sink
@@ -49,6 +48,7 @@ from .plan import Plan, RunOptions, plan_run
 from .pricing import Budget, job_pricer
 from .progress import Progress
 from .render import Rendered
+from .results import failure_result, success_result
 from .retry import QuotaGate, RetryPolicy
 from .source import POSITION, ROW_KEY, Source
 from .tokens import TokenCounter, counter_for
@@ -572,33 +572,18 @@ class _Engine:
         self.pacer.reconcile(item.estimate, usage.total_tokens)
         if completion.response_model and completion.response_model != item.body["model"]:
             self.counts.remapped += 1
-        json_valid = None
-        if self.json_mode:
-            json_valid = _is_json(completion.response)
-        return RowResult(
-            row_key=item.key,
-            position=item.position,
-            fingerprint=item.fingerprint,
-            status="ok",
+        return success_result(
+            item.key,
+            item.position,
+            item.fingerprint,
+            outcome,
             attempts=attempts,
-            finished_at=time.time(),
-            response=completion.response,
-            finish_reason=completion.finish_reason,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.total_tokens,
-            cached_tokens=usage.cached_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            cost_usd=cost,
+            usage=usage,
+            usage_estimated=estimated,
+            cost=cost,
+            json_mode=self.json_mode,
             latency_s=reply.latency_s if reply else None,
             ttft_s=reply.ttft_s if reply else None,
-            response_model=completion.response_model,
-            response_id=completion.response_id,
-            system_fingerprint=completion.system_fingerprint,
-            tool_calls=completion.tool_calls,
-            choices=list(completion.choices) if len(completion.choices) > 1 else None,
-            usage_estimated=estimated,
-            json_valid=json_valid,
         )
 
     def _failure(
@@ -609,25 +594,18 @@ class _Engine:
         counted: tuple[Usage, bool] | None,
         cost: float | None,
     ) -> RowResult:
-        result = RowResult(
-            row_key=item.key,
-            position=item.position,
-            fingerprint=item.fingerprint,
-            status="failed",
+        usage, estimated = counted if counted is not None else (None, False)
+        return failure_result(
+            item.key,
+            item.position,
+            item.fingerprint,
+            outcome,
             attempts=attempts,
-            finished_at=time.time(),
-            error=outcome.error or "server_error",
-            error_message=self._redact(outcome.message) if outcome.message else None,
+            redact=self._redact,
+            usage=usage,
+            usage_estimated=estimated,
+            cost=cost,
         )
-        if counted is not None and outcome.completion is not None:
-            # A filtered answer is still billed: keep what it used and cost.
-            usage, result.usage_estimated = counted
-            result.prompt_tokens = usage.prompt_tokens
-            result.completion_tokens = usage.completion_tokens
-            result.total_tokens = usage.total_tokens
-            result.cost_usd = cost
-            result.finish_reason = outcome.completion.finish_reason
-        return result
 
     def _count_locally(self, item: _Item, choices: tuple[str | None, ...]) -> Usage:
         prompt = self.counter.chat(item.body["messages"])
@@ -690,16 +668,6 @@ class _Engine:
 
     def _redact(self, text: str) -> str:
         return self.key.redact(text) if self.key is not None else text
-
-
-def _is_json(text: str | None) -> bool:
-    if text is None:
-        return False
-    try:
-        orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return False
-    return True
 
 
 @contextlib.contextmanager
