@@ -93,6 +93,9 @@ class _Item:
     body: dict[str, Any]
     prompt_tokens: int  # counted before sending (exactly, for OpenAI models)
     estimate: int  # prompt tokens plus the completion's ceiling, for pacing
+    reasked: int = 0  # follow-up questions sent after answers that did not parse
+    paid: Usage | None = None  # what those earlier answers used, summed
+    paid_cost: float | None = 0.0  # and cost (None once one had no price)
 
 
 @dataclass
@@ -153,6 +156,8 @@ async def run(
                         plan.columns,
                         limit=options.limit,
                         exclude=engine.stale,
+                        annotator=plan.annotator,
+                        metadata=sink.job_metadata(job),
                     )
     finally:
         checkpoint.close()
@@ -243,6 +248,7 @@ class _Engine:
         # and the budget. Loading an encoding takes a quarter of a second.
         self._count_prompts = bool(job.limits.tokens_per_minute or job.cost.budget_usd)
         self.pricer = job_pricer(job)
+        self.parser = plan.annotator.parser if plan.annotator is not None else None
         self.budget = (
             Budget(job.cost.budget_usd, checkpoint.spend()) if job.cost.budget_usd else None
         )
@@ -465,6 +471,10 @@ class _Engine:
             if action is Action.OK:
                 self.pacer.recover()
                 assert usage is not None
+                self.pacer.reconcile(item.estimate, usage[0].total_tokens)
+                if self._reask(item, outcome, usage[0], cost):
+                    tries = 0
+                    continue
                 return self._success(item, outcome, attempts, reply, usage, cost)
             if action is Action.FAIL:
                 return self._failure(item, outcome, attempts, usage, cost)
@@ -569,7 +579,6 @@ class _Engine:
         completion = outcome.completion
         assert completion is not None
         usage, estimated = counted
-        self.pacer.reconcile(item.estimate, usage.total_tokens)
         if completion.response_model and completion.response_model != item.body["model"]:
             self.counts.remapped += 1
         return success_result(
@@ -578,9 +587,9 @@ class _Engine:
             item.fingerprint,
             outcome,
             attempts=attempts,
-            usage=usage,
+            usage=_plus(usage, item.paid),
             usage_estimated=estimated,
-            cost=cost,
+            cost=_plus_cost(cost, item.paid_cost),
             json_mode=self.json_mode,
             latency_s=reply.latency_s if reply else None,
             ttft_s=reply.ttft_s if reply else None,
@@ -595,6 +604,10 @@ class _Engine:
         cost: float | None,
     ) -> RowResult:
         usage, estimated = counted if counted is not None else (None, False)
+        if item.paid is not None:
+            # The answers asked again before this failure were paid for: keep what they cost.
+            usage = _plus(usage, item.paid) if usage is not None else item.paid
+            cost = _plus_cost(cost, item.paid_cost)
         return failure_result(
             item.key,
             item.position,
@@ -606,6 +619,34 @@ class _Engine:
             usage_estimated=estimated,
             cost=cost,
         )
+
+    def _reask(self, item: _Item, outcome: Outcome, usage: Usage, cost: float | None) -> bool:
+        """After an answer that does not parse, ask again (up to `retry_invalid` times).
+
+        The follow-up carries the answer and why it could not be used, so even a model at
+        temperature 0 has a reason to answer differently. The row keeps its fingerprint: it is
+        the same question, and the committed result is the last answer.
+        """
+        parser = self.parser
+        if parser is None or item.reasked >= parser.spec.retry_invalid:
+            return False
+        completion = outcome.completion
+        assert completion is not None
+        error = parser.parse(completion.response, completion.tool_calls).error
+        if error is None:
+            return False
+        item.reasked += 1
+        item.paid = _plus(usage, item.paid)
+        item.paid_cost = _plus_cost(cost, item.paid_cost)
+        follow_up = [
+            {"role": "assistant", "content": completion.response or completion.tool_calls or ""},
+            {"role": "user", "content": parser.reask(error)},
+        ]
+        item.body = {**item.body, "messages": [*item.body["messages"], *follow_up]}
+        added = sum(self.counter.text(m["content"]) + 4 for m in follow_up)
+        item.estimate += added
+        item.prompt_tokens += added
+        return True
 
     def _count_locally(self, item: _Item, choices: tuple[str | None, ...]) -> Usage:
         prompt = self.counter.chat(item.body["messages"])
@@ -668,6 +709,28 @@ class _Engine:
 
     def _redact(self, text: str) -> str:
         return self.key.redact(text) if self.key is not None else text
+
+
+def _plus(usage: Usage, other: Usage | None) -> Usage:
+    """Two answers' usage together."""
+    if other is None:
+        return usage
+    return Usage(
+        usage.prompt_tokens + other.prompt_tokens,
+        usage.completion_tokens + other.completion_tokens,
+        usage.total_tokens + other.total_tokens,
+        _sum(usage.cached_tokens, other.cached_tokens),
+        _sum(usage.reasoning_tokens, other.reasoning_tokens),
+    )
+
+
+def _sum(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else (a or 0) + (b or 0)
+
+
+def _plus_cost(cost: float | None, paid: float | None) -> float | None:
+    """A cost plus what was paid before; unknown if either is."""
+    return None if cost is None or paid is None else cost + paid
 
 
 @contextlib.contextmanager

@@ -90,6 +90,66 @@ class CostSpec(_Section):
     prices: dict[str, PriceSpec] = Field(default_factory=dict)
 
 
+ParseFormat = typing.Literal["label", "json", "regex"]
+FieldType = typing.Literal["string", "int", "float", "bool", "json"]
+ScorerName = typing.Literal[
+    "exact", "normalized", "contains", "regex", "numeric", "json_field", "label"
+]
+
+
+class ParseSpec(_Section):
+    """How an answer is parsed: matched to a label set, read as JSON, or cut by a regex."""
+
+    format: ParseFormat
+    labels: list[str] | None = None
+    pattern: str | None = None
+    columns: list[str] = Field(default_factory=list)  # JSON fields expanded into columns
+    types: dict[str, FieldType] = Field(default_factory=dict)  # their types, without a schema
+    retry_invalid: int = Field(0, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _fits_format(self) -> ParseSpec:
+        if self.format == "label" and not self.labels:
+            raise ValueError('format = "label" needs labels = ["...", ...]')
+        if self.format == "regex" and not self.pattern:
+            raise ValueError('format = "regex" needs pattern = "..."')
+        if self.format != "label" and self.labels:
+            raise ValueError('labels only go with format = "label"')
+        if self.format != "regex" and self.pattern:
+            raise ValueError('pattern only goes with format = "regex"')
+        if self.format != "json" and (self.columns or self.types):
+            raise ValueError('columns and types only go with format = "json"')
+        unknown = sorted(set(self.types) - set(self.columns))
+        if unknown:
+            raise ValueError(f"types names {unknown[0]!r}, which is not in columns")
+        return self
+
+
+class EvalSpec(_Section):
+    """How an answer is scored against the input's gold column."""
+
+    expected_column: str
+    scorer: ScorerName = "exact"
+    tolerance: float = Field(0.0, ge=0)  # numeric (and numeric json_field) answers
+    field: str | None = None  # the parsed JSON field the json_field scorer compares
+    group_by: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_group(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("group_by"), str):
+            return {**data, "group_by": [data["group_by"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _fits_scorer(self) -> EvalSpec:
+        if self.scorer == "json_field" and not self.field:
+            raise ValueError('scorer = "json_field" needs field = "..."')
+        if self.scorer != "json_field" and self.field:
+            raise ValueError('field only goes with scorer = "json_field"')
+        return self
+
+
 class _JobModel(_Section):
     name: str | None = None
     input: InputSpec
@@ -99,6 +159,8 @@ class _JobModel(_Section):
     limits: LimitsSpec = LimitsSpec()
     output: OutputSpec
     cost: CostSpec = CostSpec()
+    parse: ParseSpec | None = None
+    eval: EvalSpec | None = None
     sim: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -107,6 +169,12 @@ class _JobModel(_Section):
             raise ValueError('[request] needs model = "..."')
         if "messages" in self.request:
             raise ValueError("[request] must not hold messages: they come from [prompt]")
+        if self.eval is not None:
+            needs = {"label": "label", "json_field": "json"}.get(self.eval.scorer)
+            if needs and (self.parse is None or self.parse.format != needs):
+                raise ValueError(
+                    f'[eval] scorer = "{self.eval.scorer}" needs [parse] format = "{needs}"'
+                )
         return self
 
 
@@ -148,6 +216,8 @@ class Job:
     limits: LimitsSpec
     output: OutputSpec
     cost: CostSpec
+    parse: ParseSpec | None
+    eval: EvalSpec | None
     sim: Mapping[str, Any]
     input_path: str
     output_path: Path
@@ -214,6 +284,8 @@ def load_job(
         limits=model.limits,
         output=model.output,
         cost=model.cost,
+        parse=model.parse,
+        eval=model.eval,
         sim=types.MappingProxyType(dict(model.sim)),
         input_path=os.path.normpath(base / model.input.path),
         output_path=(base / model.output.path).resolve(),

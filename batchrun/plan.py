@@ -14,6 +14,7 @@ from .errors import InputError, JobError
 from .job import Job
 from .pricing import job_pricer
 from .render import Renderer, completion_ceiling
+from .scoring import Annotator, job_annotator
 from .source import Source, open_source
 
 
@@ -37,6 +38,7 @@ class Plan:
     columns: list[str]  # the result columns of the output
     json_mode: bool
     total: int  # rows the run covers
+    annotator: Annotator | None  # what [parse] and [eval] add to the output
 
 
 def plan_run(job: Job, options: RunOptions) -> Plan:
@@ -50,15 +52,30 @@ def plan_run(job: Job, options: RunOptions) -> Plan:
         "json_schema",
     )
     columns = output_columns(n if isinstance(n, int) else 1, json_mode)
-    clash = [c for c in columns if c in source.columns]
+    annotator = job_annotator(job)
+    added = list(annotator.columns) if annotator is not None else []
+    clash = [c for c in [*columns, *added] if c in source.columns]
     if clash:
         raise InputError(
             f"The input already has a column named {clash[0]!r}, which batchrun writes: "
             f"rename it in the input."
         )
+    twice = [c for c in added if c in columns or added.count(c) > 1]
+    if twice:
+        raise JobError(
+            f"{job.path}: [parse] columns names {twice[0]!r}, which batchrun writes already: "
+            f"leave it out of columns."
+        )
+    if job.eval is not None:
+        for name in (job.eval.expected_column, *job.eval.group_by):
+            if name not in source.columns:
+                raise InputError(
+                    f"[eval] names the column {name!r}, which the input does not have "
+                    f"(it has: {', '.join(source.columns)}): fix the job or the input."
+                )
     renderer = Renderer(job.prompt, job.request, source.columns)
     total = source.check(options.limit)
-    return Plan(source, renderer, columns, json_mode, total)
+    return Plan(source, renderer, columns, json_mode, total, annotator)
 
 
 def _check_budget(job: Job) -> None:

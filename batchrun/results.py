@@ -69,7 +69,8 @@ def failure_result(
     usage_estimated: bool = False,
     cost: float | None = None,
 ) -> RowResult:
-    """The `failed` result of a row; a billed refusal keeps what it used and cost."""
+    """The `failed` result of a row; a billed refusal (or a row whose earlier answers were
+    paid for) keeps what it used and cost."""
     result = RowResult(
         row_key=key,
         position=position,
@@ -80,13 +81,14 @@ def failure_result(
         error=outcome.error or "server_error",
         error_message=redact(outcome.message) if outcome.message else None,
     )
-    if usage is not None and outcome.completion is not None:
+    if usage is not None:
         result.usage_estimated = usage_estimated
         result.prompt_tokens = usage.prompt_tokens
         result.completion_tokens = usage.completion_tokens
         result.total_tokens = usage.total_tokens
         result.cost_usd = cost
-        result.finish_reason = outcome.completion.finish_reason
+        if outcome.completion is not None:
+            result.finish_reason = outcome.completion.finish_reason
     return result
 
 

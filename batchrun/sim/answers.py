@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,11 +92,13 @@ def _choice_json(choice: Choice) -> dict[str, Any]:
 
 
 def complete(
-    request: ChatRequest, dialect: Dialect, *, with_usage: bool = True, bad_json: bool = False
+    request: ChatRequest, dialect: Dialect, *, with_usage: bool = True, style: str | None = None
 ) -> Completion:
-    """The simulator's answer to a request; `bad_json` spoils JSON-mode content."""
+    """The simulator's answer to a request; a `style` (a content fault) changes its wording:
+    `bad_json` fences JSON-mode content, `chatty` wraps the answer in forgivable chatter,
+    `off_format` answers outside the format asked for."""
     verdict = label(request.instructions, request.last_user_text, int(request.content_key[:8], 16))
-    choices = tuple(_choice(request, i, verdict, bad_json) for i in range(request.n))
+    choices = tuple(_choice(request, i, verdict, style) for i in range(request.n))
     return Completion(
         id="chatcmpl-" + request.key[:29],
         created=_CREATED_BASE + int(request.key[29:37], 16) % _CREATED_SPREAD,
@@ -113,7 +116,7 @@ def served_model(model: str, dialect: Dialect) -> str:
     return model
 
 
-def _choice(request: ChatRequest, index: int, verdict: str | None, bad_json: bool) -> Choice:
+def _choice(request: ChatRequest, index: int, verdict: str | None, style: str | None) -> Choice:
     rng = rng_for(request.content_key, str(index))
     limit = request.max_tokens
     if limit is not None and _is_reasoning(request.model):
@@ -128,23 +131,51 @@ def _choice(request: ChatRequest, index: int, verdict: str | None, bad_json: boo
         cut, tokens = fit_tokens(arguments, limit)
         call = ToolCall("call_" + stable_hash(request.key, "call", str(index))[:24], name, cut)
         return Choice(index, None, call, "tool_calls" if cut == arguments else "length", tokens)
-    content = _content(request, rng, verdict, bad_json)
+    content = _content(request, rng, verdict, style)
     cut, tokens = fit_tokens(content, limit)
     return Choice(index, cut, None, "stop" if cut == content else "length", tokens)
 
 
-def _content(request: ChatRequest, rng: random.Random, verdict: str | None, bad_json: bool) -> str:
+def _content(
+    request: ChatRequest, rng: random.Random, verdict: str | None, style: str | None
+) -> str:
+    chinese = mostly_chinese(request.last_user_text)
     if request.json_mode is None:
-        return verdict or filler(rng, mostly_chinese(request.last_user_text))
+        if style == "off_format":
+            return _OFF_LABEL[chinese] if verdict else _OFF_TEXT[chinese]
+        if style == "chatty" and verdict is not None:
+            return f"标签：{verdict}。" if chinese else f'Label: "{verdict.capitalize()}".'
+        return verdict or filler(rng, chinese)
     if request.schema is not None:
         document: Any = fill_schema(request.schema, rng, verdict)
     elif verdict is not None:
         document = {"label": verdict, "confidence": round(rng.uniform(0.6, 0.99), 2)}
     else:
-        document = {"answer": filler(rng, mostly_chinese(request.last_user_text))}
+        document = {"answer": filler(rng, chinese)}
+    if style == "off_format":
+        if request.schema is None or not isinstance(document, dict) or not document:
+            return _OFF_TEXT[chinese]
+        return orjson.dumps(_break_schema(document, request.schema)).decode()
     text = orjson.dumps(document).decode()
     # A model that ignores JSON mode wraps its JSON in a Markdown fence.
-    return f"```json\n{text}\n```" if bad_json else text
+    return f"```json\n{text}\n```" if style in ("bad_json", "chatty") else text
+
+
+# What an off-format answer says: to a labeling prompt, and to anything else (by language).
+_OFF_LABEL = {False: "Mixed, I would say.", True: "说不好，好坏参半。"}
+_OFF_TEXT = {False: "Sure! Here is what I think about it.", True: "好的，我的看法如下。"}
+
+
+def _break_schema(document: dict[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The document without its first required field, or with its first field mistyped."""
+    required = [r for r in schema.get("required", ()) if r in document]
+    broken = dict(document)
+    if required:
+        del broken[required[0]]
+    else:
+        first = next(iter(broken))
+        broken[first] = [broken[first]]
+    return broken
 
 
 def _usage(request: ChatRequest, choices: tuple[Choice, ...], dialect: Dialect) -> dict[str, Any]:

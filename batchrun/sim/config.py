@@ -32,6 +32,10 @@ FAULT_KINDS: Mapping[str, str] = MappingProxyType(
         "illegal_chars": "an illegal-characters refusal (bcwhkj codes 400; elsewhere HTTP 400)",
         "slow_stream": "stream chunks 20 times slower than chunk_delay_ms (at least 5 ms)",
         "bad_json": "JSON-mode content that is not valid JSON",
+        "chatty": 'the answer wrapped in chatter a parser forgives (Label: "Positive".; '
+        "fenced JSON)",
+        "off_format": "an answer outside the asked-for format: a word outside the label set, "
+        "JSON that breaks the schema, prose instead of JSON",
         "context_length": "HTTP 400 context_length_exceeded",
         "model_not_found": "HTTP 404 model_not_found",
         "quota": "the dialect's quota-exhausted answer",

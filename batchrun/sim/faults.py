@@ -20,7 +20,11 @@ import orjson
 from .config import FAULT_KINDS, Dialect
 
 # Faults that change how an answer is delivered instead of replacing it with an error.
-DELIVERY_FAULTS = frozenset({"reset", "hang", "truncated_stream", "slow_stream", "bad_json"})
+DELIVERY_FAULTS = frozenset(
+    {"reset", "hang", "truncated_stream", "slow_stream", "bad_json", "chatty", "off_format"}
+)
+# Faults that change what the answer says, and so what a parser makes of it.
+CONTENT_FAULTS = frozenset({"bad_json", "chatty", "off_format"})
 _MARKER = re.compile(r"\[\[sim:([a-z_]+)\]\]")
 _SERVER_ERRORS = (
     (500, "The server had an error while processing your request. Sorry about that!"),

@@ -12,6 +12,9 @@ from .text import stable_hash
 
 JsonMode = Literal["json_object", "json_schema"]
 MAX_CHOICES = 128
+# How batchrun's re-ask after an unparseable answer begins (`batchrun.parse.REASK_PREFIX`):
+# the question is still the user message before it.
+REASK_PREFIX = "Your answer could not be used"
 # Fields that change how an answer is delivered, not what it is.
 _DELIVERY_FIELDS = frozenset({"stream", "stream_options"})
 # Fields that cut or multiply an answer without changing it: a cut answer is a prefix of the
@@ -52,9 +55,11 @@ class ChatRequest:
 
     @property
     def last_user_text(self) -> str:
+        """The last user message that asks something (a re-ask after a bad answer does not)."""
         for message in reversed(self.messages):
-            if message.get("role") == "user":
-                return _text(message.get("content"))
+            text = _text(message.get("content"))
+            if message.get("role") == "user" and not text.startswith(REASK_PREFIX):
+                return text
         return ""
 
 

@@ -23,6 +23,7 @@ from batchrun.tokens import counter_for
 from .answers import Completion, complete
 from .config import SimConfig
 from .faults import (
+    CONTENT_FAULTS,
     DELIVERY_FAULTS,
     ErrorReply,
     FaultPicker,
@@ -200,11 +201,13 @@ class SimHandlers:
             trace.fault = kind
             await asyncio.sleep(self._config.hang_s)
             return self._drop(request)
-        bad_json = kind == "bad_json" and chat.json_mode is not None
-        if bad_json:
-            trace.fault = kind
+        style = kind if kind in CONTENT_FAULTS else None
+        if style == "bad_json" and chat.json_mode is None:
+            style = None
+        if style is not None:
+            trace.fault = style
         completion = complete(
-            chat, self._config.dialect, with_usage=not self._config.no_usage, bad_json=bad_json
+            chat, self._config.dialect, with_usage=not self._config.no_usage, style=style
         )
         if self._rate is not None:
             self._rate.spend(self._clock(), _total_tokens(chat, completion))
