@@ -6,7 +6,7 @@ it the same way, and refuses the same mistakes (exit 2) before any request.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .columns import output_columns
@@ -66,16 +66,22 @@ def plan_run(job: Job, options: RunOptions) -> Plan:
             f"{job.path}: [parse] columns names {twice[0]!r}, which batchrun writes already: "
             f"leave it out of columns."
         )
-    if job.eval is not None:
-        for name in (job.eval.expected_column, *job.eval.group_by):
-            if name not in source.columns:
-                raise InputError(
-                    f"[eval] names the column {name!r}, which the input does not have "
-                    f"(it has: {', '.join(source.columns)}): fix the job or the input."
-                )
+    check_eval_columns(job, source.columns)
     renderer = Renderer(job.prompt, job.request, source.columns)
     total = source.check(options.limit)
     return Plan(source, renderer, columns, json_mode, total, annotator)
+
+
+def check_eval_columns(job: Job, columns: Sequence[str]) -> None:
+    """[eval]'s expected and group_by columns must be input columns."""
+    if job.eval is None:
+        return
+    for name in (job.eval.expected_column, *job.eval.group_by):
+        if name not in columns:
+            raise InputError(
+                f"[eval] names the column {name!r}, which the input does not have "
+                f"(it has: {', '.join(columns)}): fix the job or the input."
+            )
 
 
 def _check_budget(job: Job) -> None:

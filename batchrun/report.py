@@ -49,6 +49,14 @@ import polars as pl
 
 from .checkpoint import Checkpoint, checkpoint_dir
 from .columns import FINISHED_AT, KEY, POSITION
+from .evaluation import (
+    Evaluation,
+    build_evaluation,
+    confusion_svg,
+    evaluation_json,
+    evaluation_summary,
+    evaluation_tables,
+)
 from .job import Job
 
 UNKNOWN = "(unknown)"
@@ -161,6 +169,7 @@ class Report:
     length_examples: tuple[str, ...] = ()
     usage_estimated: int = 0
     other_model_rows: int = 0
+    evaluation: Evaluation | None = None  # with [parse] or [eval]
 
 
 # -- building -------------------------------------------------------------------------------
@@ -255,6 +264,7 @@ def _build(job: Job, segments: Sequence[Path]) -> Report:
         length_examples=tuple(length[KEY].to_list()),
         usage_estimated=t["estimated"],
         other_model_rows=t["other_model"],
+        evaluation=build_evaluation(job, segments),
     )
 
 
@@ -430,6 +440,7 @@ def report_json(report: Report) -> dict[str, Any]:
         },
         "usage_estimated": report.usage_estimated,
         "other_model_rows": report.other_model_rows,
+        "evaluation": evaluation_json(report.evaluation) if report.evaluation else None,
     }
 
 
@@ -482,8 +493,10 @@ def _nothing_yet(report: Report) -> str:
 def _summary(report: Report) -> list[tuple[str, str]]:
     """The headline figures as (label, value)."""
     tokens = dict(report.tokens)
+    scoring = evaluation_summary(report.evaluation) if report.evaluation else []
     return [
         ("rows", f"{report.committed:,} committed, {report.ok:,} ok, {report.failed:,} failed"),
+        *scoring,
         (
             "spend",
             f"{_usd(report.spend_usd)} in all, superseded attempts included; "
@@ -554,6 +567,8 @@ def _tables(report: Report) -> list[tuple[str, list[str], list[list[str]], set[i
             {1, 2},
         ),
     ]
+    if report.evaluation is not None:
+        tables = evaluation_tables(report.evaluation) + tables
     return [table for table in tables if table[2]]
 
 
@@ -653,6 +668,9 @@ def _html_body(report: Report) -> list[str]:
         "<h2>Charts</h2>",
         '<div class="charts">',
     ]
+    if report.evaluation is not None and report.evaluation.confusion:
+        caption = "Confusion matrix: how each expected label was answered"
+        parts.append(_figure(caption, confusion_svg(report.evaluation)))
     parts += [_latency_chart(report), _throughput_chart(report), _cost_chart(report), "</div>"]
     for heading, header, body, right in _tables(report):
         parts += [f"<h2>{_e(heading)}</h2>", _html_table(header, body, right)]
