@@ -1,0 +1,329 @@
+"""[parse] and [eval] end to end: through the simulator into the output, and into the report."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import polars as pl
+import pytest
+
+from batchrun.job import EvalSpec, ParseSpec
+from batchrun.parse import REASK_PREFIX, Parser
+from batchrun.scoring import Scorer
+from batchrun.sim import SimConfig, SimServer, start_in_thread
+from batchrun.stats import wilson_interval
+
+from .conftest import Workspace
+
+LABELS = ["positive", "negative", "neutral"]
+LABEL_PARSE = {"format": "label", "labels": LABELS}
+SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "verdict",
+        "schema": {
+            "type": "object",
+            "properties": {
+                "label": {"type": "string", "enum": LABELS},
+                "confidence": {"type": "number"},
+            },
+            "required": ["label", "confidence"],
+        },
+    },
+}
+
+
+def scorer(name: str, parse: dict[str, Any] | None = None, **spec: Any) -> Scorer:
+    parser = Parser(ParseSpec(**parse), {}) if parse else None
+    return Scorer(EvalSpec(expected_column="gold", scorer=name, **spec), parser)
+
+
+def score(s: Scorer, answer: str | None, expected: Any) -> float | None:
+    parsed = s.parser.parse(answer) if s.parser is not None else None
+    return s.score(answer, parsed, expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "answer", "expected", "want"),
+    [
+        ("exact", "Paris", "Paris", 1.0),
+        ("exact", " Paris\n", "Paris", 1.0),
+        ("exact", "paris", "Paris", 0.0),
+        ("normalized", "  PARIS. ", "Paris", 1.0),
+        ("normalized", "Paris, France", "Paris", 0.0),
+        ("contains", "The capital is Paris, of course.", "paris", 1.0),
+        ("contains", "The capital is Lyon.", "Paris", 0.0),
+        ("regex", "The answer is 42 apples", r"\b42\b", 1.0),
+        ("regex", "The answer is 420", r"\b42\b", 0.0),
+        ("regex", "anything", "(unclosed", None),  # a bad gold pattern cannot be scored
+        ("numeric", "It comes to 1,234.50 dollars", "1234.5", 1.0),
+        ("numeric", "-3", -3, 1.0),
+        ("numeric", "It comes to 12", "13", 0.0),
+        ("numeric", "no number here", "13", 0.0),
+        ("numeric", "12", "not a number", None),
+        ("exact", "Paris", None, None),  # no expected value: not scored
+        ("exact", None, "Paris", None),  # no answer (a failed row): not scored
+    ],
+)
+def test_scorers(name: str, answer: str | None, expected: Any, want: float | None) -> None:
+    assert score(scorer(name), answer, expected) == want
+
+
+def test_numeric_tolerance() -> None:
+    assert score(scorer("numeric", tolerance=0.5), "3.4", "3") == 1.0
+    assert score(scorer("numeric", tolerance=0.5), "3.6", "3") == 0.0
+    assert score(scorer("numeric"), "0.30000000000000004", "0.3") == 1.0  # float noise
+
+
+def test_label_scorer_compares_parsed_labels() -> None:
+    s = scorer("label", LABEL_PARSE)
+    assert score(s, 'Label: "Positive".', "positive") == 1.0
+    assert score(s, "negative", "Positive") == 0.0
+    assert score(s, "negative", " NEGATIVE ") == 1.0  # the gold is matched to the set too
+    assert score(s, "mixed", "positive") == 0.0  # an answer that does not parse is wrong
+
+
+def test_json_field_scorer() -> None:
+    s = scorer("json_field", {"format": "json"}, field="verdict.label")
+    assert score(s, '{"verdict": {"label": "Positive"}}', "positive") == 1.0
+    assert score(s, '{"verdict": {"label": "negative"}}', "positive") == 0.0
+    assert score(s, '{"verdict": {}}', "positive") == 0.0
+    assert score(s, "not json", "positive") == 0.0
+    n = scorer("json_field", {"format": "json"}, field="n", tolerance=0.01)
+    assert score(n, '{"n": 2.005}', "2") == 1.0
+    assert score(n, '{"n": true}', "true") == 1.0
+
+
+# -- through the simulator --------------------------------------------------------------------
+
+
+def gold_reviews(markers: dict[int, str], n: int = 24) -> pl.DataFrame:
+    """Reviews whose gold label is what the simulator answers, some with a forced fault."""
+    kinds = [("I love it, works great", "positive"), ("Broken on arrival, terrible", "negative")]
+    rows = []
+    for i in range(n):
+        text, gold = kinds[i % 2]
+        marker = f" [[sim:{markers[i]}]]" if i in markers else ""
+        rows.append({"id": f"r{i:03d}", "text": f"{text} #{i}{marker}", "gold": gold})
+    frame = pl.DataFrame(rows)
+    return frame.with_columns(
+        lang=pl.when(pl.int_range(n) < n // 3).then(pl.lit("zh")).otherwise(pl.lit("en"))
+    )
+
+
+def label_job(ws: Workspace, sim: SimServer, frame: pl.DataFrame, **sections: Any) -> None:
+    ws.write_input(frame)
+    sections.setdefault("parse", {**LABEL_PARSE})
+    ws.job(
+        sim.base_url,
+        input={"path": "input.parquet", "id_column": "id"},
+        prompt={
+            "system": "Label the review as positive, negative or neutral. One word.",
+            "user": "Review: {text}",
+        },
+        **sections,
+    )
+
+
+def test_a_label_job_parses_forgivable_answers_and_flags_the_rest(
+    ws: Workspace, sim: SimServer
+) -> None:
+    markers = {1: "chatty", 2: "chatty", 5: "off_format", 8: "off_format"}
+    label_job(ws, sim, gold_reviews(markers), eval={"expected_column": "gold", "scorer": "label"})
+    assert ws.run("run", str(ws.root / "job.toml"), "-q").code == 0
+    out = ws.read_output().sort("id")
+    assert out.columns[-3:] == ["parsed", "parse_error", "score"]
+    assert out.schema["score"] == pl.Float64
+    chatty = out.filter(pl.col("id").is_in(["r001", "r002"]))
+    assert chatty["response"].to_list() == ['Label: "Negative".', 'Label: "Positive".']
+    assert chatty["parsed"].to_list() == ["negative", "positive"]
+    off = out.filter(pl.col("id").is_in(["r005", "r008"]))
+    assert off["parsed"].to_list() == [None, None]
+    assert all(e.startswith("not one of the labels") for e in off["parse_error"])
+    assert off["score"].to_list() == [0.0, 0.0]
+    assert set(off["status"]) == {"ok"}  # a parse error does not fail the row
+    assert off["attempts"].to_list() == [1, 1]  # no retry_invalid: asked once
+    rest = out.filter(~pl.col("id").is_in(["r005", "r008"]))
+    assert rest["parse_error"].null_count() == rest.height
+    assert rest["score"].to_list() == [1.0] * rest.height
+
+
+def test_retry_invalid_asks_again_with_the_reason_and_counts_attempts_and_cost(
+    ws: Workspace,
+) -> None:
+    frame = gold_reviews({3: "off_format"}, n=6)
+    with start_in_thread(SimConfig()) as sim:
+        label_job(ws, sim, frame, parse={**LABEL_PARSE, "retry_invalid": 0})
+        assert ws.run("run", str(ws.root / "job.toml"), "-q").code == 0
+        once = ws.read_output().sort("id").row(3, named=True)
+    with start_in_thread(SimConfig()) as sim:
+        label_job(ws, sim, frame, parse={**LABEL_PARSE, "retry_invalid": 2})
+        assert ws.run("run", str(ws.root / "job.toml"), "-q", "--fresh").code == 0
+        bodies = [r.body for r in sim.requests if r.body and "#3 [[sim" in str(r.body)]
+    row = ws.read_output().sort("id").row(3, named=True)
+    # Asked three times; the marker forces every answer off the label set, so it is kept.
+    assert row["attempts"] == 3 and row["status"] == "ok"
+    assert row["parsed"] is None and row["parse_error"].startswith("not one of the labels")
+    assert len(bodies) == 3
+    first, second, third = (b["messages"] for b in bodies)
+    assert second[: len(first)] == first
+    assert second[-2]["role"] == "assistant" and second[-2]["content"] == once["response"]
+    assert second[-1]["content"].startswith(REASK_PREFIX)
+    assert "positive, negative, neutral" in second[-1]["content"]
+    assert len(third) == len(second) + 2
+    # Every answer was paid for: tokens and cost add up over the three.
+    assert row["prompt_tokens"] > 3 * once["prompt_tokens"]
+    assert row["completion_tokens"] == 3 * once["completion_tokens"]
+    cached = row["cached_tokens"]
+    expected_cost = (
+        (row["prompt_tokens"] - cached) * 0.15 + cached * 0.075 + row["completion_tokens"] * 0.6
+    ) / 1e6
+    assert row["cost_usd"] == pytest.approx(expected_cost)
+    assert row["cost_usd"] > 3 * once["cost_usd"]
+    report = json.loads(ws.run("report", str(ws.root / "job.toml"), "--json").out)
+    assert report["spend_usd"]["current"] == pytest.approx(ws.read_output()["cost_usd"].sum())
+
+
+def test_retry_invalid_fixes_answers_that_come_out_right_the_next_time(ws: Workspace) -> None:
+    with start_in_thread(SimConfig(faults={"off_format": 0.4}, seed=3)) as sim:
+        label_job(
+            ws,
+            sim,
+            gold_reviews({}, n=40),
+            parse={**LABEL_PARSE, "retry_invalid": 3},
+            limits={"concurrency": 1},
+        )
+        assert ws.run("run", str(ws.root / "job.toml"), "-q").code == 0
+        sent = len(sim.requests)
+    out = ws.read_output()
+    fixed = out.filter(pl.col("attempts") > 1, pl.col("parsed").is_not_null())
+    assert fixed.height > 0  # rows whose first answer was off and a later one was not
+    kept = out.filter(pl.col("parsed").is_null())
+    assert kept["attempts"].to_list() == [4] * kept.height  # 1 + retry_invalid, then kept
+    assert out["attempts"].sum() == sent  # every request sent is counted once
+
+
+def test_a_json_job_with_a_schema_validates_and_expands_typed_columns(
+    ws: Workspace, sim: SimServer
+) -> None:
+    markers = {0: "chatty", 4: "off_format", 6: "bad_json"}
+    label_job(
+        ws,
+        sim,
+        gold_reviews(markers, n=10),
+        request={"response_format": SCHEMA, "max_tokens": 60},
+        parse={"format": "json", "columns": ["label", "confidence"]},
+        eval={"expected_column": "gold", "scorer": "json_field", "field": "label"},
+    )
+    assert ws.run("run", str(ws.root / "job.toml"), "-q").code == 0
+    out = ws.read_output().sort("id")
+    assert out.schema["label"] == pl.String and out.schema["confidence"] == pl.Float64
+    fenced = out.row(0, named=True)
+    assert fenced["response"].startswith("```json")  # fenced, and parsed all the same
+    assert fenced["parse_error"] is None and fenced["label"] == "positive"
+    broken = out.row(4, named=True)
+    assert broken["parsed"] is None and broken["score"] == 0.0
+    assert broken["parse_error"].startswith("does not match the schema")
+    assert "required property" in broken["parse_error"]
+    good = out.filter(pl.col("parse_error").is_null())
+    assert good.height == 9  # fenced and bad_json-fenced answers parse; the schema break not
+    assert good["confidence"].null_count() == 0
+    assert good["score"].to_list() == [1.0] * 9
+
+
+def test_a_regex_job(ws: Workspace, sim: SimServer) -> None:
+    label_job(
+        ws,
+        sim,
+        gold_reviews({0: "chatty", 1: "chatty"}, n=4),
+        parse={"format": "regex", "pattern": r'Label:\s*"?(\w+)'},
+        eval={"expected_column": "gold", "scorer": "normalized"},
+    )
+    assert ws.run("run", str(ws.root / "job.toml"), "-q").code == 0
+    out = ws.read_output().sort("id")
+    assert out["parsed"].to_list() == ["Positive", "Negative", None, None]
+    assert out["score"].to_list() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_changing_parse_or_eval_rescores_without_sending_again(
+    ws: Workspace, sim: SimServer
+) -> None:
+    label_job(ws, sim, gold_reviews({}, n=12), eval={"expected_column": "gold", "scorer": "exact"})
+    job = str(ws.root / "job.toml")
+    assert ws.run("run", job, "-q").code == 0
+    sent = len(sim.requests)
+    assert ws.read_output()["score"].to_list() == [1.0] * 12
+    again = ws.run("run", job, "-q", "--set", "eval.expected_column=text")
+    assert again.code == 0 and "this run 0 rows" in again.out
+    assert len(sim.requests) == sent
+    assert ws.read_output()["score"].to_list() == [0.0] * 12
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"eval": {"expected_column": "nope"}}, "[eval] names the column 'nope'"),
+        ({"eval": {"expected_column": "gold", "group_by": "nope"}}, "column 'nope'"),
+        ({"parse": None, "eval": {"expected_column": "gold", "scorer": "label"}}, "needs [parse]"),
+        ({"parse": {"format": "label"}}, "needs labels"),
+        ({"parse": {"format": "json", "columns": ["gold"]}}, "already has a column named 'gold'"),
+        ({"parse": {"format": "json", "columns": ["status"]}}, "batchrun writes already"),
+        ({"parse": {"format": "regex", "pattern": "("}}, "not a valid regex"),
+        ({"parse": {**LABEL_PARSE, "retry_invalid": 11}}, "retry_invalid"),
+    ],
+)
+def test_mistakes_in_parse_and_eval_stop_before_sending(
+    ws: Workspace, sim: SimServer, sections: dict[str, Any], message: str
+) -> None:
+    label_job(ws, sim, gold_reviews({}, n=3), **sections)
+    result = ws.run("run", str(ws.root / "job.toml"), "-q")
+    assert result.code == 2, result.err
+    assert message in result.err and len(result.err.strip().splitlines()) == 1
+    assert sim.requests == []
+
+
+def test_report_shows_accuracy_with_its_interval_by_group_and_the_confusion_matrix(
+    ws: Workspace, sim: SimServer
+) -> None:
+    frame = gold_reviews({5: "off_format", 9: "off_format"}, n=30)
+    # Two gold labels the simulator will not give: wrong answers to count.
+    frame = frame.with_columns(
+        gold=pl.when(pl.col("id").is_in(["r000", "r001"])).then(pl.lit("neutral")).otherwise("gold")
+    )
+    label_job(
+        ws, sim, frame, eval={"expected_column": "gold", "scorer": "label", "group_by": "lang"}
+    )
+    job = str(ws.root / "job.toml")
+    assert ws.run("run", job, "-q").code == 0
+    out = ws.read_output()
+    report = json.loads(ws.run("report", job, "--json").out)["evaluation"]
+    right = out["score"].sum()
+    assert right == 26  # 30 less two off-format answers, less two gold labels changed
+    low, high = wilson_interval(26, 30)
+    assert report["accuracy"] == {
+        "scored": 30,
+        "correct": 26.0,
+        "accuracy": pytest.approx(26 / 30),
+        "low": pytest.approx(low),
+        "high": pytest.approx(high),
+    }
+    assert 0.70 < low < 0.71 and 0.94 < high < 0.95  # Wilson, not Wald (which gives 0.75–0.99)
+    assert report["parse"]["parsed"] == 28
+    assert report["parse"]["errors"] == [{"error": "not one of the labels", "rows": 2}]
+    groups = {g["value"]: g for g in report["groups"]}
+    by_lang = out.group_by("lang").agg(pl.col("score").sum(), pl.len())
+    for lang, total, rows in by_lang.iter_rows():
+        assert groups[lang]["correct"] == total and groups[lang]["scored"] == rows
+    confusion = report["confusion"]
+    assert confusion["expected"] == LABELS
+    assert confusion["answered"] == [*LABELS, "(unparsed)"]
+    counts = dict(zip(confusion["expected"], confusion["counts"], strict=True))
+    assert sum(map(sum, confusion["counts"])) == 30
+    assert counts["neutral"][2] == 0 and sum(counts["neutral"]) == 2  # both answered otherwise
+    assert counts["positive"][3] + counts["negative"][3] == 2  # the unparsed answers
+    text = ws.run("report", job, "--html", str(ws.root / "r.html")).out
+    assert "accuracy (label against gold)" in text and "86.7%" in text
+    assert "Confusion matrix" in text and "Accuracy by group" in text
+    page = (ws.root / "r.html").read_text()
+    assert 'aria-label="Confusion matrix: gold (rows)' in page
