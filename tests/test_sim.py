@@ -297,6 +297,81 @@ def test_bad_json_fault_spoils_json_mode(sim: SimServer) -> None:
         json.loads(post(sim, body).content or "")
 
 
+@pytest.mark.parametrize(
+    ("user", "system", "fields", "content"),
+    [
+        ("Review: I love it [[sim:chatty]]", LABEL_SYSTEM, {}, 'Label: "Positive".'),
+        (
+            "评论：这个产品非常好用，质量很好，推荐大家购买 [[sim:chatty]]",
+            LABEL_SYSTEM,
+            {},
+            "标签：positive。",
+        ),
+        ("Review: I love it [[sim:off_format]]", LABEL_SYSTEM, {}, "Mixed, I would say."),
+        ("Say something. [[sim:off_format]]", None, {}, "Sure! Here is what I think about it."),
+        (
+            "Reply in JSON. [[sim:off_format]]",
+            None,
+            {"response_format": {"type": "json_object"}},
+            "Sure! Here is what I think about it.",
+        ),
+    ],
+)
+def test_content_faults_change_the_wording(
+    sim: SimServer, user: str, system: str | None, fields: dict[str, Any], content: str
+) -> None:
+    assert post(sim, chat(user, system, max_tokens=20, **fields)).content == content
+
+
+def test_chatty_fences_json_and_off_format_breaks_the_schema(sim: SimServer) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"label": {"type": "string"}, "n": {"type": "integer"}},
+        "required": ["label"],
+    }
+    response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    fenced = post(sim, chat("Go. [[sim:chatty]]", response_format=response_format)).content
+    assert fenced is not None and fenced.startswith("```json\n") and fenced.endswith("\n```")
+    broken = post(sim, chat("Go. [[sim:off_format]]", response_format=response_format)).content
+    assert "label" not in json.loads(broken or "")  # the required field is gone
+
+
+def test_a_reask_is_answered_as_the_question_before_it(sim: SimServer) -> None:
+    body = chat("Review: I love it, works great [[sim:off_format]]", LABEL_SYSTEM)
+    first = post(sim, body).content
+    body["messages"] += [
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": "Your answer could not be used (why). Answer again."},
+    ]
+    assert post(sim, body).content == first  # the marker is in the question: off again
+    plain = chat("Review: I love it, works great", LABEL_SYSTEM)
+    plain["messages"] += body["messages"][-2:]
+    assert post(sim, plain).content == "positive"
+
+
+def test_label_noise_gets_a_share_of_labels_wrong_per_model() -> None:
+    reviews = [f"Review: I love it, works great, number {i}" for i in range(400)]
+    noisy = {"gpt-3.5*": 0.25}
+    with start_in_thread(SimConfig(label_noise=noisy)) as server:
+        answers = {
+            model: [
+                post(server, {**chat(r, LABEL_SYSTEM), "model": model}).content for r in reviews
+            ]
+            for model in ("gpt-4o-mini", "gpt-3.5-turbo")
+        }
+        again = [
+            post(server, {**chat(r, LABEL_SYSTEM), "model": "gpt-3.5-turbo"}).content
+            for r in reviews[:50]
+        ]
+    assert answers["gpt-4o-mini"] == ["positive"] * 400
+    wrong = sum(a != "positive" for a in answers["gpt-3.5-turbo"])
+    assert 60 < wrong < 140  # about a quarter
+    assert set(answers["gpt-3.5-turbo"]) <= {"positive", "negative", "neutral"}
+    assert again == answers["gpt-3.5-turbo"][:50]  # the same rows every time
+    with pytest.raises(ValueError, match="label_noise"):
+        SimConfig(label_noise={"x": 2})
+
+
 def test_reasoning_models_count_reasoning_tokens(sim: SimServer) -> None:
     reply = post(sim, {**chat("Think about caching."), "model": "o3-mini"}).json()
     visible = count_text(reply["choices"][0]["message"]["content"])
@@ -707,6 +782,7 @@ def test_cli_round_trip() -> None:
             "cf_bad_gateway=0.05",
             "--hang-s=2",
             "--no-usage",
+            "--label-noise=gpt-3.5*=0.2",
         ]
     )
     assert (ns.host, ns.port) == ("127.0.0.1", 0)
@@ -725,6 +801,7 @@ def test_cli_round_trip() -> None:
         faults={"reset": 0.1, "cf_bad_gateway": 0.05},
         hang_s=2,
         no_usage=True,
+        label_noise={"gpt-3.5*": 0.2},
     )
     defaults = parser.parse_args([])
     assert (defaults.port, config_from_args(defaults)) == (8000, SimConfig())

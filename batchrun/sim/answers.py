@@ -14,7 +14,7 @@ from batchrun.tokens import counter_for
 from .config import Dialect
 from .request import ChatRequest
 from .schema import fill_schema
-from .sentiment import label
+from .sentiment import find_label_set, label
 from .text import filler, fit_tokens, mostly_chinese, rng_for, stable_hash
 
 _REASONING_PREFIXES = ("o1", "o3", "o4")
@@ -92,12 +92,20 @@ def _choice_json(choice: Choice) -> dict[str, Any]:
 
 
 def complete(
-    request: ChatRequest, dialect: Dialect, *, with_usage: bool = True, style: str | None = None
+    request: ChatRequest,
+    dialect: Dialect,
+    *,
+    with_usage: bool = True,
+    style: str | None = None,
+    noise: float = 0.0,
 ) -> Completion:
     """The simulator's answer to a request; a `style` (a content fault) changes its wording:
     `bad_json` fences JSON-mode content, `chatty` wraps the answer in forgivable chatter,
-    `off_format` answers outside the format asked for."""
+    `off_format` answers outside the format asked for. `noise` is the share of labels given
+    wrong on purpose (the same rows for the same model and question)."""
     verdict = label(request.instructions, request.last_user_text, int(request.content_key[:8], 16))
+    if verdict is not None and noise > 0:
+        verdict = _misjudge(request, verdict, noise)
     choices = tuple(_choice(request, i, verdict, style) for i in range(request.n))
     return Completion(
         id="chatcmpl-" + request.key[:29],
@@ -107,6 +115,16 @@ def complete(
         choices=choices,
         usage=_usage(request, choices, dialect) if with_usage else None,
     )
+
+
+def _misjudge(request: ChatRequest, verdict: str, noise: float) -> str:
+    """Another label of the set, for a `noise` share of questions (drawn per model and text)."""
+    rng = rng_for(request.model, request.instructions, "noise")
+    labels = find_label_set(request.instructions)
+    others = [w for w in labels.words() if w != verdict] if labels is not None else []
+    if not others or rng.random() >= noise:
+        return verdict
+    return rng.choice(others)
 
 
 def served_model(model: str, dialect: Dialect) -> str:

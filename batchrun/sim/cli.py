@@ -124,6 +124,16 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         f"Kinds: {kinds}.",
     )
     faults.add_argument(
+        "--label-noise",
+        dest="label_noise",
+        type=_noise,
+        action="append",
+        default=[],
+        metavar="MODEL=SHARE",
+        help="MODEL (a name or a pattern like 'gpt-3.5*') gets SHARE (0..1) of sentiment labels "
+        "wrong on purpose, so that two models' answers differ; repeatable",
+    )
+    faults.add_argument(
         "--hang-s",
         type=_positive,
         default=d.hang_s,
@@ -149,7 +159,19 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         faults=dict(ns.faults),
         hang_s=ns.hang_s,
         no_usage=ns.no_usage,
+        label_noise=dict(ns.label_noise),
     )
+
+
+def _noise(text: str) -> tuple[str, float]:
+    model, sep, share = text.rpartition("=")
+    try:
+        value = float(share)
+    except ValueError:
+        value = -1.0
+    if not sep or not model or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected MODEL=SHARE with SHARE in 0..1, got {text!r}")
+    return model, value
 
 
 def _fault(text: str) -> tuple[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -61,6 +62,9 @@ class SimConfig:
     faults: Mapping[str, float] = field(default_factory=dict)
     hang_s: float = 300.0
     no_usage: bool = False
+    # Per model (a name or an fnmatch pattern): the share of sentiment labels it gets wrong on
+    # purpose, beyond the labeler's own mistakes, so that two models' answers differ.
+    label_noise: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dialect not in DIALECTS:
@@ -87,14 +91,25 @@ class SimConfig:
             _require(0 <= rate <= 1, f"the rate of fault {kind!r} must be between 0 and 1")
         _require(math.fsum(faults.values()) <= 1 + 1e-9, "the fault rates must add up to 1 or less")
         object.__setattr__(self, "faults", MappingProxyType(faults))
+        noise = {str(model): float(share) for model, share in self.label_noise.items()}
+        for model, share in noise.items():
+            _require(0 <= share <= 1, f"the label_noise of {model!r} must be between 0 and 1")
+        object.__setattr__(self, "label_noise", MappingProxyType(noise))
+
+    def noise_for(self, model: str) -> float:
+        """The share of labels `model` gets wrong on purpose (the first pattern that fits)."""
+        for pattern, share in self.label_noise.items():
+            if fnmatch.fnmatchcase(model, pattern):
+                return share
+        return 0.0
 
     def __repr__(self) -> str:
         changed = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "faults":
+            if f.name in ("faults", "label_noise"):
                 if value:
-                    changed.append(f"faults={dict(value)!r}")
+                    changed.append(f"{f.name}={dict(value)!r}")
             elif f.name == "api_key":
                 if value is not None:
                     changed.append("api_key='***'")

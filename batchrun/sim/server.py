@@ -207,7 +207,11 @@ class SimHandlers:
         if style is not None:
             trace.fault = style
         completion = complete(
-            chat, self._config.dialect, with_usage=not self._config.no_usage, style=style
+            chat,
+            self._config.dialect,
+            with_usage=not self._config.no_usage,
+            style=style,
+            noise=self._config.noise_for(chat.model),
         )
         if self._rate is not None:
             self._rate.spend(self._clock(), _total_tokens(chat, completion))
