@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -327,3 +328,34 @@ def test_report_shows_accuracy_with_its_interval_by_group_and_the_confusion_matr
     assert "Confusion matrix" in text and "Accuracy by group" in text
     page = (ws.root / "r.html").read_text()
     assert 'aria-label="Confusion matrix: gold (rows)' in page
+
+
+# -- the sample jobs the README walks through ---------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_sample_labeling_job(ws: Workspace, tmp_path: Path) -> None:
+    out = tmp_path / "label.parquet"
+    job = str(REPO / "jobs" / "label-reviews.toml")
+    result = ws.run("run", job, "-q", "--set", f"output.path={out}", "--set", "sim.latency_ms=0")
+    assert result.code == 0, result.err
+    frame = pl.read_parquet(out)
+    assert frame.height == 300 and frame.schema["confidence"] == pl.Float64
+    assert set(frame["label"].drop_nulls()) == set(LABELS)
+    assert frame["parse_error"].null_count() >= 295  # re-asked answers mostly come out right
+    assert frame.filter(pl.col("attempts") > 1).height > 0
+
+
+def test_the_sample_evaluation_job_gives_the_figures_the_readme_quotes(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval.parquet"
+    job = str(REPO / "jobs" / "eval-reviews.toml")
+    sets = ["--set", f"output.path={out}", "--set", "sim.latency_ms=0"]
+    assert ws.run("run", job, "-q", *sets).code == 0
+    text = ws.run("report", job, *sets).out
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    quoted = readme.split("The evaluation's report reads, in part:")[1].split("```")[1]
+    for line in quoted.strip().splitlines():
+        assert line in text, line

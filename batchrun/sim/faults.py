@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,27 +53,46 @@ class ErrorReply:
 
 
 class FaultPicker:
-    """Draws at most one fault kind per request from the configured rates."""
+    """Draws at most one fault kind per request from the configured rates.
+
+    Faults of delivery and errors follow the request sequence (seeded by config, drawn once
+    per request, so a run's fault sequence repeats exactly, and a retry of the same request
+    draws again). Content faults follow the request itself: the same request always gets
+    the same wording, as the simulator promises the same answer; a changed request (a
+    re-ask after an unparseable answer) draws anew.
+    """
 
     def __init__(self, rates: Mapping[str, float], seed: int) -> None:
         # Cumulative (upper bound, kind) pairs over [0, 1); a draw above the last is no fault.
-        self._table: list[tuple[float, str]] = []
-        total = 0.0
-        for kind, rate in rates.items():
-            if rate > 0:
-                total += rate
-                self._table.append((total, kind))
-        # Seeded by config, drawn once per request, so a run's fault sequence repeats exactly.
+        self._table = _cumulative(rates, lambda kind: kind not in CONTENT_FAULTS)
+        self._content = _cumulative(rates, lambda kind: kind in CONTENT_FAULTS)
+        self._seed = seed
         self._rng = random.Random(f"faults:{seed}")
 
-    def pick(self) -> str | None:
-        if not self._table:
-            return None
-        draw = self._rng.random()
-        for bound, kind in self._table:
-            if draw < bound:
-                return kind
-        return None
+    def pick(self, request_key: str) -> str | None:
+        """The fault for the next request, whose answer-determining hash is `request_key`."""
+        drawn = _lookup(self._table, self._rng.random()) if self._table else None
+        if drawn is None and self._content:
+            draw = random.Random(f"content:{self._seed}:{request_key}").random()
+            drawn = _lookup(self._content, draw)
+        return drawn
+
+
+def _cumulative(rates: Mapping[str, float], keep: Callable[[str], bool]) -> list[tuple[float, str]]:
+    table: list[tuple[float, str]] = []
+    total = 0.0
+    for kind, rate in rates.items():
+        if rate > 0 and keep(kind):
+            total += rate
+            table.append((total, kind))
+    return table
+
+
+def _lookup(table: list[tuple[float, str]], draw: float) -> str | None:
+    for bound, kind in table:
+        if draw < bound:
+            return kind
+    return None
 
 
 def marked_fault(text: str) -> str | None:

@@ -177,7 +177,7 @@ class SimHandlers:
         except InvalidRequest as exc:
             return self._reply(trace, invalid_request(str(exc), exc.param))
         # Drawn for every admitted request, so the fault sequence follows the request sequence.
-        drawn = self._faults.pick()
+        drawn = self._faults.pick(chat.key)
         kind = marked_fault(chat.last_user_text) or (
             "model_not_found" if chat.model == MISSING_MODEL else drawn
         )
