@@ -168,6 +168,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"output: {summary.output_path} not rewritten (stopped at once); run again")
     else:
         print(f"output: {summary.output_path} ({summary.rows_written:,} rows)")
+        if job.parse is not None or job.eval is not None:
+            from .evaluation import output_line
+
+            line = output_line(summary.output_path)
+            if line:
+                print(line)
     if summary.stopped is not None:
         raise summary.stopped
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +83,9 @@ def build_evaluation(job: Job, segments: Sequence[Path]) -> Evaluation | None:
             .len()
             .sort(["len", "kind"], descending=[True, False])
         )
-        evaluation = _replace(
+        evaluation = replace(
             evaluation,
-            parsed=frame[PARSED].is_not_null().sum(),
+            parsed=int(frame[PARSED].is_not_null().sum()),
             parse_errors=tuple(errors.head(ERROR_KINDS).iter_rows()),
         )
     if scorer is None or job.eval is None:
@@ -98,7 +98,7 @@ def build_evaluation(job: Job, segments: Sequence[Path]) -> Evaluation | None:
             scored.group_by(column), key=lambda item: (-len(item[1]), str(item[0][0]))
         )[:MAX_GROUPS]
     )
-    evaluation = _replace(
+    evaluation = replace(
         evaluation,
         scorer=job.eval.scorer,
         expected_column=job.eval.expected_column,
@@ -108,7 +108,7 @@ def build_evaluation(job: Job, segments: Sequence[Path]) -> Evaluation | None:
     )
     if parser is not None and job.parse is not None and job.parse.format == "label":
         rows, columns, matrix = _confusion(scored, annotator, job.eval.expected_column)
-        evaluation = _replace(
+        evaluation = replace(
             evaluation, expected_labels=rows, answer_labels=columns, confusion=matrix
         )
     return evaluation
@@ -131,9 +131,31 @@ def _answered(job: Job, segments: Sequence[Path], annotator: Annotator) -> pl.Da
     return annotator(results.collect())
 
 
+def output_line(path: Path) -> str | None:
+    """One line for the end of a run: how many answers did not parse, and the accuracy."""
+    columns = pl.read_parquet_schema(path)
+    figures = []
+    if PARSE_ERROR in columns:
+        figures.append(pl.col(PARSE_ERROR).is_not_null().sum().alias("unparsed"))
+    if SCORE in columns:
+        figures += [pl.col(SCORE).count().alias("scored"), pl.col(SCORE).sum().alias("right")]
+    if not figures:
+        return None
+    row = pl.scan_parquet(path).select(figures).collect().row(0, named=True)
+    parts = []
+    if "unparsed" in row:
+        parts.append(f"unparsed answers: {row['unparsed']:,} (see parse_error)")
+    if row.get("scored"):
+        parts.append(f"accuracy {_interval(_accuracy_of(row['right'], row['scored']))} 95% CI")
+        parts[-1] += f" over {row['scored']:,} scored rows"
+    return "; ".join(parts) if parts else None
+
+
 def _accuracy(scores: pl.Series) -> Accuracy:
-    n = len(scores)
-    correct = float(scores.sum())
+    return _accuracy_of(float(scores.sum()), len(scores))
+
+
+def _accuracy_of(correct: float, n: int) -> Accuracy:
     low, high = wilson_interval(correct, n)
     return Accuracy(n, correct, correct / n if n else 0.0, low, high)
 
@@ -154,14 +176,6 @@ def _confusion(
     for truth, answer in zip(gold, scored[PARSED], strict=True):
         counts[row_of[truth]][index[answer if answer is not None else UNPARSED]] += 1
     return tuple(rows), tuple(columns), tuple(tuple(r) for r in counts)
-
-
-def _replace(evaluation: Evaluation, **changes: Any) -> Evaluation:
-    return Evaluation(**{**vars_of(evaluation), **changes})
-
-
-def vars_of(item: Any) -> dict[str, Any]:
-    return {name: getattr(item, name) for name in item.__dataclass_fields__}
 
 
 # -- showing it -----------------------------------------------------------------------------
@@ -241,11 +255,9 @@ def evaluation_json(ev: Evaluation) -> dict[str, Any]:
         },
         "scorer": ev.scorer,
         "expected_column": ev.expected_column,
-        "accuracy": vars_of(ev.overall) if ev.overall else None,
+        "accuracy": asdict(ev.overall) if ev.overall else None,
         "unscored": ev.unscored,
-        "groups": [
-            {"column": g.column, "value": g.value, **vars_of(g.accuracy)} for g in ev.groups
-        ],
+        "groups": [{"column": g.column, "value": g.value, **asdict(g.accuracy)} for g in ev.groups],
         "confusion": {
             "expected": list(ev.expected_labels),
             "answered": list(ev.answer_labels),

@@ -132,7 +132,10 @@ def test_a_label_job_parses_forgivable_answers_and_flags_the_rest(
 ) -> None:
     markers = {1: "chatty", 2: "chatty", 5: "off_format", 8: "off_format"}
     label_job(ws, sim, gold_reviews(markers), eval={"expected_column": "gold", "scorer": "label"})
-    assert ws.run("run", str(ws.root / "job.toml"), "-q").code == 0
+    result = ws.run("run", str(ws.root / "job.toml"), "-q")
+    assert result.code == 0
+    # The run's summary says how it went: 22 of 24 right (the two off-format answers wrong).
+    assert "unparsed answers: 2 (see parse_error); accuracy 91.7% (" in result.out
     out = ws.read_output().sort("id")
     assert out.columns[-3:] == ["parsed", "parse_error", "score"]
     assert out.schema["score"] == pl.Float64
