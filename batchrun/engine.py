@@ -587,7 +587,7 @@ class _Engine:
             item.fingerprint,
             outcome,
             attempts=attempts,
-            usage=_plus(usage, item.paid),
+            usage=usage + item.paid if item.paid else usage,
             usage_estimated=estimated,
             cost=_plus_cost(cost, item.paid_cost),
             json_mode=self.json_mode,
@@ -606,7 +606,7 @@ class _Engine:
         usage, estimated = counted if counted is not None else (None, False)
         if item.paid is not None:
             # The answers asked again before this failure were paid for: keep what they cost.
-            usage = _plus(usage, item.paid) if usage is not None else item.paid
+            usage = usage + item.paid if usage is not None else item.paid
             cost = _plus_cost(cost, item.paid_cost)
         return failure_result(
             item.key,
@@ -636,7 +636,7 @@ class _Engine:
         if error is None:
             return False
         item.reasked += 1
-        item.paid = _plus(usage, item.paid)
+        item.paid = usage + item.paid if item.paid else usage
         item.paid_cost = _plus_cost(cost, item.paid_cost)
         follow_up = [
             {"role": "assistant", "content": completion.response or completion.tool_calls or ""},
@@ -709,23 +709,6 @@ class _Engine:
 
     def _redact(self, text: str) -> str:
         return self.key.redact(text) if self.key is not None else text
-
-
-def _plus(usage: Usage, other: Usage | None) -> Usage:
-    """Two answers' usage together."""
-    if other is None:
-        return usage
-    return Usage(
-        usage.prompt_tokens + other.prompt_tokens,
-        usage.completion_tokens + other.completion_tokens,
-        usage.total_tokens + other.total_tokens,
-        _sum(usage.cached_tokens, other.cached_tokens),
-        _sum(usage.reasoning_tokens, other.reasoning_tokens),
-    )
-
-
-def _sum(a: int | None, b: int | None) -> int | None:
-    return None if a is None and b is None else (a or 0) + (b or 0)
 
 
 def _plus_cost(cost: float | None, paid: float | None) -> float | None:
