@@ -22,7 +22,6 @@ from .parse import MISSING, PARSE_ERROR, PARSED, Parsed, Parser, lookup, normali
 
 SCORE = "score"
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
-_CACHE_LIMIT = 100_000  # distinct answers remembered per batch (labels repeat a lot)
 
 
 class Scorer:
@@ -113,18 +112,30 @@ class Annotator:
         return added
 
     def __call__(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """`frame` (with response, tool_calls, status and the expected column) annotated."""
+        """`frame` (with response, tool_calls, status and the expected column) annotated.
+
+        Label jobs repeat a handful of answers millions of times: each distinct combination
+        of answer and expected value is parsed and scored once and joined back.
+        """
+        inputs = ["response", "tool_calls", "status", *([self.expected] if self.expected else [])]
+        distinct = frame.select(inputs).unique()
+        if distinct.height * 2 <= frame.height:
+            annotated = self._annotate(distinct)
+            return frame.join(
+                annotated, on=inputs, how="left", nulls_equal=True, maintain_order="left"
+            )
+        return frame.with_columns(self._annotate(frame.select(inputs)).drop(inputs))
+
+    def _annotate(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """`rows` with the added columns, computed row by row."""
         added: dict[str, list[Any]] = {name: [] for name in self.columns}
-        cache: dict[tuple[str | None, str | None], Parsed] = {}
-        expected = (
-            frame[self.expected] if self.expected else pl.repeat(None, len(frame), eager=True)
-        )
-        rows = zip(frame["response"], frame["tool_calls"], frame["status"], expected, strict=True)
-        for response, tool_calls, status, gold in rows:
+        expected = rows[self.expected] if self.expected else [None] * rows.height
+        cells = zip(rows["response"], rows["tool_calls"], rows["status"], expected, strict=True)
+        for response, tool_calls, status, gold in cells:
             answered = status == "ok"
             parsed = None
             if self.parser is not None:
-                parsed = self._parse(cache, response, tool_calls) if answered else None
+                parsed = self.parser.parse(response, tool_calls) if answered else None
                 added[PARSED].append(parsed.value if parsed else None)
                 added[PARSE_ERROR].append(parsed.error if parsed else None)
                 values = (
@@ -135,24 +146,9 @@ class Annotator:
             if self.scorer is not None:
                 score = self.scorer.score(response, parsed, gold) if answered else None
                 added[SCORE].append(score)
-        return frame.with_columns(
+        return rows.with_columns(
             pl.Series(name, added[name], dtype=dtype) for name, dtype in self.columns.items()
         )
-
-    def _parse(
-        self,
-        cache: dict[tuple[str | None, str | None], Parsed],
-        response: str | None,
-        tool_calls: str | None,
-    ) -> Parsed:
-        assert self.parser is not None
-        key = (response, tool_calls)
-        parsed = cache.get(key)
-        if parsed is None:
-            parsed = self.parser.parse(response, tool_calls)
-            if len(cache) < _CACHE_LIMIT:
-                cache[key] = parsed
-        return parsed
 
 
 def job_annotator(job: Job) -> Annotator | None:
