@@ -64,6 +64,11 @@ RATE_LIMIT_COOL_DOWN_S = 2.0  # the shared pause after a 429 that names no Retry
 SYSTEMATIC_ROWS = 10  # this many first rows failing alike stop the run
 SYSTEMATIC_ERRORS = frozenset({"invalid_request", "model_not_found"})
 
+# Given the run's interrupt handler, routes Ctrl-C to it for as long as the block lasts. The
+# default installs signal handlers (main thread only); batchrun's Python API, running the
+# engine on a loop in a worker thread, relays the KeyboardInterrupt its waiting thread gets.
+RouteInterrupts = Callable[[Callable[[], None]], contextlib.AbstractContextManager[None]]
+
 
 @dataclass
 class RunSummary:
@@ -114,6 +119,7 @@ async def run(
     sleep: Sleep = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
+    interrupts: RouteInterrupts | None = None,
 ) -> RunSummary:
     """Run or resume a job; see the module docstring."""
     plan = plan_run(job, options)
@@ -141,7 +147,7 @@ async def run(
                     f"batchrun: warning: no price is known for model {engine.pricer.model!r}, "
                     f"so cost_usd will be null; give one in [cost.prices] to have costs."
                 )
-            with _signals(engine.interrupt):
+            with (interrupts or _signals)(engine.interrupt):
                 try:
                     await engine.execute(options)
                 finally:

@@ -13,15 +13,23 @@
 
 Per-row failures are not exceptions: they are outcomes (`batchrun.outcome`) recorded in the
 row's `error` column. Transport errors are translated into outcomes in `batchrun.wire`.
+From Python (`batchrun.run`, `batchrun.map`), a stop or an interrupt is raised with `summary`
+set: where the run stood (a `batchrun.RunResult`).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .api import RunResult
 
 
 class BatchrunError(Exception):
     """Base of every error batchrun raises on purpose."""
 
     exit_code = 1
+    summary: RunResult | None = None  # where the run stood, when the Python API raised this
 
 
 class UserError(BatchrunError):

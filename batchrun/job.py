@@ -1,7 +1,9 @@
 """The job file: TOML turned into validated, immutable configuration.
 
-`load_job` is the only place that reads the job file and the environment (the key variable
-and `OPENAI_BASE_URL`); everything below it receives a `Job`.
+`load_job` reads the job file and `build_job` validates a raw tree (the file's, or one that
+`batchrun.map` builds in Python) into a `Job`: the only place that reads the environment (the
+key variable and `OPENAI_BASE_URL`, from the mapping it is handed); everything below receives a
+`Job`.
 """
 
 from __future__ import annotations
@@ -205,9 +207,9 @@ class Secret:
 
 @dataclass(frozen=True)
 class Job:
-    """A validated job: every path absolute, every default filled in."""
+    """A validated job: its input and output paths absolute, every default filled in."""
 
-    path: Path
+    path: Path  # the job file as the user named it (messages name it), or "batchrun.map"
     name: str
     input: InputSpec
     prompt: PromptSpec
@@ -244,26 +246,45 @@ class Job:
 
 
 def load_job(
-    path: str | Path, overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+    *,
+    values: Mapping[str, Any] | None = None,
 ) -> Job:
-    """Read, override and validate a job file."""
-    environ = {} if environ is None else environ
+    """Read a job file, apply `--set` overrides, then typed `values`, and validate it.
+
+    `overrides` are `section.key=value` texts, typed like the file's value (the command
+    line's `--set`); `values` map dotted keys to Python values (`{"limits.concurrency": 8}`).
+    """
     job_path = Path(path)
-    try:
-        raw = tomllib.loads(job_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise JobError(f"The job file {job_path} does not exist: check the path.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise JobError(f"The job file {job_path} cannot be read ({exc}).") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise JobError(f"The job file {job_path} is not valid TOML: {exc}.") from None
+    raw = _read_toml(job_path)
     for override in overrides:
         _apply_override(raw, override, job_path)
+    for dotted, value in (values or {}).items():
+        set_key(raw, dotted, value, job_path)
+    return build_job(raw, job_path.resolve().parent, path=job_path, environ=environ)
+
+
+def build_job(
+    raw: Mapping[str, Any],
+    base: Path,
+    *,
+    path: Path,
+    environ: Mapping[str, str] | None = None,
+) -> Job:
+    """Validate a raw job tree (the TOML file's, or one built in Python) into a `Job`.
+
+    Relative paths in it resolve against `base`. `path` is the job file as the user named
+    it, or what stands for it (`batchrun.map`): messages name it, and the job's default name
+    is its stem. `environ` gives `OPENAI_BASE_URL` when the job names no base URL.
+    """
+    environ = {} if environ is None else environ
     try:
         model = _JobModel.model_validate(raw)
     except ValidationError as exc:
-        raise JobError(_describe(exc, job_path)) from None
-    base = job_path.resolve().parent
+        raise JobError(_describe(exc, path)) from None
+    base = base.resolve()
     endpoint = model.endpoint
     preset = PRESETS[endpoint.preset] if endpoint.preset else Preset(DEFAULT_BASE_URL)
     base_url = (
@@ -275,8 +296,8 @@ def load_job(
     price_as = preset.price_as if endpoint.price_as is None else endpoint.price_as
     factor = endpoint.non_stream_price_factor or preset.non_stream_price_factor
     return Job(
-        path=job_path.resolve(),
-        name=model.name or job_path.stem,
+        path=path,
+        name=model.name or path.stem,
         input=model.input,
         prompt=model.prompt,
         request=types.MappingProxyType(dict(model.request)),
@@ -296,6 +317,26 @@ def load_job(
     )
 
 
+def set_key(raw: dict[str, Any], dotted: str, value: Any, job_path: Path) -> None:
+    """Set one dotted key (`limits.concurrency`, `name`) of the raw tree to a Python value."""
+    keys = [k.strip() for k in dotted.split(".")]
+    if not all(keys):
+        raise JobError(f"{job_path}: {dotted!r} is not a job key (e.g. limits.concurrency).")
+    _table_of(raw, keys, job_path, f"cannot set {dotted!r}")[keys[-1]] = value
+
+
+def _read_toml(job_path: Path) -> dict[str, Any]:
+    """The job file's raw tree, or a JobError saying why it cannot be had."""
+    try:
+        return tomllib.loads(job_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobError(f"The job file {job_path} does not exist: check the path.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobError(f"The job file {job_path} cannot be read ({exc}).") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise JobError(f"The job file {job_path} is not valid TOML: {exc}.") from None
+
+
 def _apply_override(raw: dict[str, Any], override: str, job_path: Path) -> None:
     """Apply one `section.key=value` to the raw TOML tree, typed like the file's value."""
     dotted, sep, text = override.partition("=")
@@ -305,16 +346,22 @@ def _apply_override(raw: dict[str, Any], override: str, job_path: Path) -> None:
             f"--set {override!r} is not of the form section.key=value "
             f"(e.g. --set limits.concurrency=8)."
         )
-    table = raw
-    for key in keys[:-1]:
-        table = table.setdefault(key, {})
-        if not isinstance(table, dict):
-            raise JobError(f"--set {override!r}: {key} in {job_path} is not a table.")
+    table = _table_of(raw, keys, job_path, f"--set {override!r}")
     leaf = keys[-1]
     if isinstance(table.get(leaf), str) or _is_text_field(keys):
         table[leaf] = text
     else:
         table[leaf] = _parse_value(text)
+
+
+def _table_of(raw: dict[str, Any], keys: list[str], job_path: Path, what: str) -> dict[str, Any]:
+    """The table that holds the last of `keys`, made where missing."""
+    table = raw
+    for key in keys[:-1]:
+        table = table.setdefault(key, {})
+        if not isinstance(table, dict):
+            raise JobError(f"{what}: {key} in {job_path} is not a table.")
+    return table
 
 
 def _parse_value(text: str) -> Any:

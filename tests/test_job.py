@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from batchrun.errors import JobError
-from batchrun.job import DEFAULT_BASE_URL, load_job
+from batchrun.job import DEFAULT_BASE_URL, build_job, load_job
 
 MINIMAL = """
 [input]
@@ -103,6 +104,33 @@ def test_bad_overrides_say_what_to_write(tmp_path: Path) -> None:
         load_job(path, ["limits.concurrency=lots"])
     with pytest.raises(JobError, match="unknown key"):
         load_job(path, ["limits.speed=3"])
+
+
+def test_typed_values_override_after_the_text_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    values = {"limits.concurrency": 8, "request.stop": ["\n"], "request.seed": 7, "name": "x"}
+    job = load_job(path, ["limits.concurrency=3", "request.seed=1"], values=values)
+    assert job.limits.concurrency == 8 and job.request["seed"] == 7 and job.name == "x"
+    assert job.request["stop"] == ["\n"]
+    with pytest.raises(JobError, match=r"unknown key \[limits\] speed") as caught:
+        load_job(path, values={"limits.speed": 3})
+    assert str(path) in str(caught.value)
+    with pytest.raises(JobError, match=r"\[limits\] concurrency"):
+        load_job(path, values={"limits.concurrency": "8"})  # a value is not text to parse
+    with pytest.raises(JobError, match=r"model in .* is not a table"):
+        load_job(path, values={"request.model.x": 1})
+    with pytest.raises(JobError, match="not a job key"):
+        load_job(path, values={"limits.": 1})
+
+
+def test_a_raw_tree_validates_against_the_base_folder(tmp_path: Path) -> None:
+    raw = tomllib.loads(MINIMAL)
+    job = build_job(raw, tmp_path / "work", path=Path("batchrun.map"))
+    assert job.name == "batchrun" and job.path == Path("batchrun.map")
+    assert job.input_path == str(tmp_path / "work" / "data" / "in.csv")
+    assert job.output_path == (tmp_path / "out" / "o.parquet").resolve()
+    with pytest.raises(JobError, match=r"^batchrun.map: unknown key \[limits\] speed"):
+        build_job({**raw, "limits": {"speed": 1}}, tmp_path, path=Path("batchrun.map"))
 
 
 def test_the_key_comes_from_the_named_variable_and_never_shows(tmp_path: Path) -> None:
