@@ -48,7 +48,7 @@ from .plan import Plan, RunOptions, plan_run
 from .pricing import Budget, job_pricer
 from .progress import Progress
 from .render import Rendered
-from .results import failure_result, success_result
+from .results import counted_usage, failure_result, success_result
 from .retry import QuotaGate, RetryPolicy
 from .source import POSITION, ROW_KEY, Source
 from .tokens import TokenCounter, counter_for
@@ -601,9 +601,7 @@ class _Engine:
         )
 
     def _count_locally(self, item: _Item, choices: tuple[str | None, ...]) -> Usage:
-        prompt = self.counter.chat(item.body["messages"])
-        completion = sum(self.counter.text(c or "") for c in choices)
-        return Usage(prompt, completion, prompt + completion)
+        return counted_usage(self.counter, item.body["messages"], choices)
 
     def _record(self, result: RowResult) -> None:
         self._buffer.append(result)
