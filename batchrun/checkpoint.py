@@ -43,6 +43,15 @@ MERGE_NEW = 128
 FAILED_MARK = "!"
 
 
+def settled(prior: str | None, fingerprint: str, *, retry_failed: bool, sendable: bool) -> bool:
+    """Whether a row's latest committed result (`prior`, as `index()` gives it) settles the
+    row for the request `fingerprint`: an answer to that very request, or a failure of it
+    that is not to be sent again (with `retry_failed`, rows that can be sent are)."""
+    if prior == fingerprint:
+        return True
+    return prior == FAILED_MARK + fingerprint and (not retry_failed or not sendable)
+
+
 def checkpoint_dir(output_path: Path) -> Path:
     """The checkpoint folder that belongs to an output file."""
     return output_path.with_name(output_path.name + ".checkpoint")

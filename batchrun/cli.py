@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,6 +127,53 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(handler=_report)
 
+    export = commands.add_parser(
+        "export-batch",
+        help="write the pending rows as OpenAI Batch input files",
+        description=(
+            "Write the rows a run would send now as OpenAI Batch input files (JSONL, "
+            "batch-0001.jsonl, …, at most 50,000 requests and 200 MB each) into DIR, to "
+            "upload to the Batch API (half price, answered within 24 h) or to a local vLLM "
+            "run-batch. Bring the answers back with import-batch. Sends nothing."
+        ),
+    )
+    _job_arguments(export)
+    export.add_argument("folder", metavar="DIR", help="the folder to write the files into")
+    export.add_argument(
+        "--limit", type=positive_int, metavar="N", help="only the first N rows of the input"
+    )
+    export.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also export the rows whose committed result is a failure",
+    )
+    export.add_argument(
+        "--force", action="store_true", help="replace the Batch files an earlier export left in DIR"
+    )
+    export.set_defaults(handler=_export_batch)
+
+    import_ = commands.add_parser(
+        "import-batch",
+        help="commit the answers of OpenAI Batch output and error files",
+        description=(
+            "Read the output and error files of a batch made by export-batch, commit each "
+            "answer to the row and request it belongs to, as a run would, and rewrite "
+            "output.path; what is still pending (errors to retry, expired requests) is left "
+            "for run. Use the same --set options as for the export."
+        ),
+    )
+    _job_arguments(import_)
+    import_.add_argument("files", nargs="+", metavar="FILE", help="Batch output or error files")
+    import_.add_argument(
+        "--price-factor",
+        type=_price_factor,
+        default=None,
+        metavar="F",
+        help="the share of the list price the batch was billed at (default 0.5, the OpenAI "
+        "Batch API's; 1 for a local vLLM run-batch)",
+    )
+    import_.set_defaults(handler=_import_batch)
+
     sim = commands.add_parser(
         "sim",
         help="serve the embedded OpenAI-compatible simulator",
@@ -224,6 +272,46 @@ def _report(args: argparse.Namespace) -> int:
     if args.html:
         print(f"report page: {args.html}", file=sys.stderr)
     return 0
+
+
+def _export_batch(args: argparse.Namespace) -> int:
+    from .batchfiles import export_batch, render_export
+    from .job import load_job
+
+    job = load_job(args.job, args.overrides, os.environ)
+    folder = Path(args.folder)
+    summary = export_batch(
+        job, folder, limit=args.limit, retry_failed=args.retry_failed, force=args.force
+    )
+    print(render_export(summary, _job_command(args), folder))
+    return 0
+
+
+def _import_batch(args: argparse.Namespace) -> int:
+    from .batchfiles import BATCH_PRICE_FACTOR, import_batch, render_import
+    from .job import load_job
+
+    job = load_job(args.job, args.overrides, os.environ)
+    factor = BATCH_PRICE_FACTOR if args.price_factor is None else args.price_factor
+    files = [Path(f) for f in args.files]
+    summary = import_batch(job, files, os.environ, price_factor=factor)
+    print(render_import(summary, _job_command(args)))
+    return 0
+
+
+def _job_command(args: argparse.Namespace) -> str:
+    """The job and its --set options as typed again on a command line."""
+    return shlex.join([args.job, *(a for o in args.overrides for a in ("--set", o))])
+
+
+def _price_factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of 0 or more (got {text!r})")
+    return value
 
 
 def _sim(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import pyarrow as pa
 
@@ -83,7 +83,12 @@ class RowResult:
 
     def as_record(self) -> dict[str, object]:
         """The row as a dict keyed by checkpoint column names."""
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies every value, which took half the time of
+        # committing 200,000 imported results.
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(RowResult))
 
 
 def output_columns(n: int, json_mode: bool) -> list[str]:

@@ -29,7 +29,7 @@ from typing import Any
 import polars as pl
 
 from . import sink
-from .checkpoint import FAILED_MARK, Checkpoint, checkpoint_dir
+from .checkpoint import FAILED_MARK, Checkpoint, checkpoint_dir, settled
 from .columns import RowResult
 from .completion import Usage
 from .errors import (
@@ -48,7 +48,7 @@ from .plan import Plan, RunOptions, plan_run
 from .pricing import Budget, job_pricer
 from .progress import Progress
 from .render import Rendered
-from .results import failure_result, success_result
+from .results import counted_usage, failure_result, success_result
 from .retry import QuotaGate, RetryPolicy
 from .source import POSITION, ROW_KEY, Source
 from .tokens import TokenCounter, counter_for
@@ -245,11 +245,6 @@ class _Engine:
         self.pacer = Pacer(
             limits.requests_per_minute, limits.tokens_per_minute, clock=clock, sleep=self._nap
         )
-        # What every body carries besides model and messages: [request] as given, and for a
-        # stream the usage chunk asked for (gateways send no usage in streams otherwise).
-        self._request = {k: v for k, v in job.request.items() if k != "model"}
-        if self._request.get("stream") is True and "stream_options" not in self._request:
-            self._request["stream_options"] = {"include_usage": True}
         # Prompts are counted before sending only where a count is used: pacing by tokens
         # and the budget. Loading an encoding takes a quarter of a second.
         self._count_prompts = bool(job.limits.tokens_per_minute or job.cost.budget_usd)
@@ -400,12 +395,11 @@ class _Engine:
         """The row's request, or None when the row is finished already (or cannot be sent)."""
         key, position, fp, payload, invalid = rendered
         prior = index.get(key)
-        if prior is not None:
-            if prior.removeprefix(FAILED_MARK) != fp:
-                self.stale.add(key)
-            elif invalid is not None or prior == fp or not options.retry_failed:
-                self._count_prior(ok=prior == fp)
-                return None
+        if prior is not None and prior.removeprefix(FAILED_MARK) != fp:
+            self.stale.add(key)
+        elif settled(prior, fp, retry_failed=options.retry_failed, sendable=invalid is None):
+            self._count_prior(ok=prior == fp)
+            return None
         if invalid is not None:
             result = RowResult(
                 row_key=key,
@@ -419,9 +413,8 @@ class _Engine:
             )
             self._record(result)
             return None
-        messages = self.renderer.to_messages(payload)
-        body = {"model": self.job.request["model"], "messages": messages, **self._request}
-        prompt_tokens = self.counter.chat(messages) if self._count_prompts else 0
+        body = self.renderer.body(payload)
+        prompt_tokens = self.counter.chat(body["messages"]) if self._count_prompts else 0
         estimate = prompt_tokens + self.renderer.completion_estimate
         return _Item(key, position, fp, body, prompt_tokens, estimate)
 
@@ -655,9 +648,7 @@ class _Engine:
         return True
 
     def _count_locally(self, item: _Item, choices: tuple[str | None, ...]) -> Usage:
-        prompt = self.counter.chat(item.body["messages"])
-        completion = sum(self.counter.text(c or "") for c in choices)
-        return Usage(prompt, completion, prompt + completion)
+        return counted_usage(self.counter, item.body["messages"], choices)
 
     def _record(self, result: RowResult) -> None:
         self._buffer.append(result)

@@ -79,6 +79,11 @@ class Renderer:
         self._user = _Template.parse(prompt.user, "user") if prompt.user is not None else None
         self._messages_column = prompt.messages_column
         self._request = dict(request)
+        # What every body carries besides model and messages: [request] as given, and for a
+        # stream the usage chunk asked for (gateways send no usage in streams otherwise).
+        self._params = {k: v for k, v in request.items() if k != "model"}
+        if self._params.get("stream") is True and "stream_options" not in self._params:
+            self._params["stream_options"] = {"include_usage": True}
         needed = list(self._system.columns if self._system else ())
         needed += self._user.columns if self._user else ()
         if self._messages_column:
@@ -135,6 +140,14 @@ class Renderer:
             text = (system or "").encode() + b"\x00" + user.encode()
             kind = b"s" if system is not None else b"u"
             yield k, p, self._digest(text, kind), (system, user), None
+
+    def body(self, payload: Any) -> dict[str, Any]:
+        """The request body of a rendered row: model, messages, then [request] as given."""
+        return {
+            "model": self._request["model"],
+            "messages": self.to_messages(payload),
+            **self._params,
+        }
 
     def to_messages(self, payload: Any) -> list[dict[str, Any]]:
         """The message list of a rendered row's payload."""

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import orjson
 
 from .columns import RowResult
 from .completion import Usage
 from .outcome import Outcome
+from .tokens import TokenCounter
 
 
 def success_result(
@@ -90,6 +92,16 @@ def failure_result(
         if outcome.completion is not None:
             result.finish_reason = outcome.completion.finish_reason
     return result
+
+
+def counted_usage(
+    counter: TokenCounter, messages: Iterable[Mapping[str, Any]], choices: Iterable[str | None]
+) -> Usage:
+    """Usage counted locally, for an answer that came without any: the request's messages
+    and every choice's content."""
+    prompt = counter.chat(messages)
+    completion = sum(counter.text(c or "") for c in choices)
+    return Usage(prompt, completion, prompt + completion)
 
 
 def is_json(text: str | None) -> bool:
