@@ -126,6 +126,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(handler=_report)
 
+    compare = commands.add_parser(
+        "compare",
+        help="two runs over the same rows side by side: disagreements, accuracy, McNemar test",
+        description=(
+            "Compare two outputs over the same rows (e.g. two models labeling one dataset): "
+            "rows, ok and failed, accuracy, cost, tokens and latency side by side, with B minus A; "
+            "the rows whose answers or scores differ; and, with a score column in both, "
+            "McNemar's exact test of whether one is more accurate. Rows are joined by --id, "
+            "else by the id column the runs' metadata names, else by position."
+        ),
+    )
+    compare.add_argument("a", metavar="A", help="the first output (Parquet)")
+    compare.add_argument("b", metavar="B", help="the second output (Parquet)")
+    compare.add_argument(
+        "--id", dest="id_column", metavar="COLUMN", help="join the rows on this column"
+    )
+    compare.add_argument(
+        "--out",
+        metavar="PATH",
+        help="write every disagreeing row to PATH (Parquet, or CSV if it ends in .csv)",
+    )
+    compare.add_argument("--json", action="store_true", help="print JSON for scripts")
+    compare.set_defaults(handler=_compare)
+
     sim = commands.add_parser(
         "sim",
         help="serve the embedded OpenAI-compatible simulator",
@@ -217,6 +241,15 @@ def _report(args: argparse.Namespace) -> int:
     print(json.dumps(report_json(result), indent=2) if args.json else render_text(result))
     if args.html:
         print(f"report page: {args.html}", file=sys.stderr)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare, render_text
+
+    out = Path(args.out) if args.out else None
+    result = compare(Path(args.a), Path(args.b), id_column=args.id_column, out=out)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else render_text(result))
     return 0
 
 
