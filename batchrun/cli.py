@@ -173,6 +173,29 @@ def _parser() -> argparse.ArgumentParser:
         "Batch API's; 1 for a local vLLM run-batch)",
     )
     import_.set_defaults(handler=_import_batch)
+    compare = commands.add_parser(
+        "compare",
+        help="two runs over the same rows side by side: disagreements, accuracy, McNemar test",
+        description=(
+            "Compare two outputs over the same rows (e.g. two models labeling one dataset): "
+            "rows, ok and failed, accuracy, cost, tokens and latency side by side, with B minus A; "
+            "the rows whose answers or scores differ; and, with a score column in both, "
+            "McNemar's exact test of whether one is more accurate. Rows are joined by --id, "
+            "else by the id column the runs' metadata names, else by position."
+        ),
+    )
+    compare.add_argument("a", metavar="A", help="the first output (Parquet)")
+    compare.add_argument("b", metavar="B", help="the second output (Parquet)")
+    compare.add_argument(
+        "--id", dest="id_column", metavar="COLUMN", help="join the rows on this column"
+    )
+    compare.add_argument(
+        "--out",
+        metavar="PATH",
+        help="write every disagreeing row to PATH (Parquet, or CSV if it ends in .csv)",
+    )
+    compare.add_argument("--json", action="store_true", help="print JSON for scripts")
+    compare.set_defaults(handler=_compare)
 
     sim = commands.add_parser(
         "sim",
@@ -312,6 +335,15 @@ def _price_factor(text: str) -> float:
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number of 0 or more (got {text!r})")
     return value
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare, render_text
+
+    out = Path(args.out) if args.out else None
+    result = compare(Path(args.a), Path(args.b), id_column=args.id_column, out=out)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else render_text(result))
+    return 0
 
 
 def _sim(args: argparse.Namespace) -> int:

@@ -362,3 +362,21 @@ def test_the_sample_evaluation_job_gives_the_figures_the_readme_quotes(
     quoted = readme.split("The evaluation's report reads, in part:")[1].split("```")[1]
     for line in quoted.strip().splitlines():
         assert line in text, line
+
+
+def test_the_sample_comparison_gives_the_figures_the_readme_quotes(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    job = str(REPO / "jobs" / "eval-reviews.toml")
+    outputs = []
+    for model in ("gpt-4o-mini", "gpt-4.1-mini"):
+        out = tmp_path / f"{model}.parquet"
+        sets = ["--set", f"output.path={out}", "--set", f"request.model={model}"]
+        assert ws.run("run", job, "-q", "--set", "sim.latency_ms=0", *sets).code == 0
+        outputs.append(str(out))
+    text = ws.run("compare", *outputs).out
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    quoted = readme.split("## Comparing two runs")[1].split("```\n")[2]
+    for line in quoted.strip().splitlines():
+        if "latency" not in line and line.strip() != "...":  # timings differ run to run
+            assert line in text, line
