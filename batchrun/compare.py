@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 
 from .checkpoint import atomic_file
 from .errors import InputError, UserError
-from .report import _secs, _text_table, _usd
+from .report import secs, text_table, usd
 from .stats import mcnemar_exact, paired_difference_interval, wilson_interval
 
 METADATA_KEY = b"batchrun"  # the Parquet key-value metadata batchrun writes into its output
@@ -570,7 +570,7 @@ def render_text(c: Comparison) -> str:
         return "\n".join(lines) + "\n"
     lines += [
         f"Side by side, over the {_n(c.both, 'row')} in both",
-        *("  " + line for line in _text_table(["", "A", "B", "B - A"], _rows(c), {1, 2, 3})),
+        *("  " + line for line in text_table(["", "A", "B", "B - A"], _rows(c), {1, 2, 3})),
         "",
         *_verdict(c),
         "",
@@ -617,7 +617,7 @@ def _rows(c: Comparison) -> list[list[str]]:
             ["  rows scored", *(f"{x.scored:,}" if x else "0" for x in (acc_a, acc_b)), ""],
         ]
     rows.append(
-        ["cost", _usd(a.cost_usd), _usd(b.cost_usd), _signed(_minus(b.cost_usd, a.cost_usd), _usd)]
+        ["cost", usd(a.cost_usd), usd(b.cost_usd), _signed(_minus(b.cost_usd, a.cost_usd), usd)]
     )
     if a.no_cost or b.no_cost:
         rows.append(["  rows without cost", f"{a.no_cost:,}", f"{b.no_cost:,}", ""])
@@ -628,7 +628,7 @@ def _rows(c: Comparison) -> list[list[str]]:
         )
     for stat in ("mean", "p50", "p95"):
         x, y = getattr(a, f"latency_{stat}"), getattr(b, f"latency_{stat}")
-        rows.append([f"latency {stat}", _secs(x), _secs(y), _signed(_minus(y, x), _secs)])
+        rows.append([f"latency {stat}", secs(x), secs(y), _signed(_minus(y, x), secs)])
     return rows
 
 
@@ -712,7 +712,7 @@ def _disagreement_lines(c: Comparison) -> list[str]:
             + ("all of them:" if shown == c.disagreements else f"the first {shown} in A's order:"),
             *(
                 "  " + line
-                for line in _text_table(
+                for line in text_table(
                     [c.join_column or POSITION, "A", "B", "score A", "score B"],
                     [_sample_row(d) for d in c.sample],
                     {3, 4},

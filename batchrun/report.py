@@ -457,13 +457,15 @@ def vars_of(item: Percentiles | ModelCost | ErrorClass | Bin | Bucket) -> dict[s
 # -- shared wording ---------------------------------------------------------------------------
 
 
-def _usd(value: float | None) -> str:
+def usd(value: float | None) -> str:
+    """Dollars as the report shows them: six decimals under a dollar, else cents."""
     if value is None:
         return "-"
     return f"${value:,.6f}" if abs(value) < 1 else f"${value:,.2f}"
 
 
-def _secs(value: float | None) -> str:
+def secs(value: float | None) -> str:
+    """A duration as the report shows it (ms under a second)."""
     if value is None:
         return "-"
     return f"{value * 1000:,.0f} ms" if value < 1 else f"{value:,.2f} s"
@@ -504,8 +506,8 @@ def _summary(report: Report) -> list[tuple[str, str]]:
         *scoring,
         (
             "spend",
-            f"{_usd(report.spend_usd)} in all, superseded attempts included; "
-            f"{_usd(report.current_spend_usd)} for the current results",
+            f"{usd(report.spend_usd)} in all, superseded attempts included; "
+            f"{usd(report.current_spend_usd)} for the current results",
         ),
         ("tokens", ", ".join(f"{kind} {tokens[kind]:,}" for kind in TOKEN_KINDS)),
         (
@@ -535,7 +537,7 @@ def _throughput(report: Report) -> str:
     assert report.first_finished_at is not None and report.last_finished_at is not None
     span = report.last_finished_at - report.first_finished_at
     return (
-        f"{report.rows_per_s:,.1f} rows/s over {_secs(span)} "
+        f"{report.rows_per_s:,.1f} rows/s over {secs(span)} "
         f"({_when(report.first_finished_at)} to {_when(report.last_finished_at)} UTC)"
     )
 
@@ -547,7 +549,7 @@ def _tables(report: Report) -> list[tuple[str, list[str], list[list[str]], set[i
             "Cost by model",
             ["model", "answers", "cost", "no price"],
             [
-                [m.model, f"{m.answers:,}", _usd(m.cost_usd), f"{m.no_price:,}"]
+                [m.model, f"{m.answers:,}", usd(m.cost_usd), f"{m.no_price:,}"]
                 for m in report.cost_by_model
             ],
             {1, 2, 3},
@@ -581,7 +583,7 @@ def _latency_rows(report: Report) -> list[list[str]]:
     rows = []
     for name, p in (("latency", report.latency), ("time to first token", report.ttft)):
         if p is not None:
-            rows.append([name, _secs(p.p50), _secs(p.p90), _secs(p.p99)])
+            rows.append([name, secs(p.p50), secs(p.p90), secs(p.p99)])
     return rows
 
 
@@ -597,11 +599,11 @@ def render_text(report: Report) -> str:
     lines = [title, ""]
     lines += [f"{label.ljust(width)}  {value}" for label, value in _summary(report)]
     for heading, header, rows, right in _tables(report):
-        lines += ["", heading, *("  " + line for line in _text_table(header, rows, right))]
+        lines += ["", heading, *("  " + line for line in text_table(header, rows, right))]
     return "\n".join(lines) + "\n"
 
 
-def _text_table(
+def text_table(
     header: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int]
 ) -> list[str]:
     """Rows as aligned columns under a header and a rule."""
@@ -711,9 +713,9 @@ def _latency_chart(report: Report) -> str:
     if not report.histogram:
         return _figure(label, "<p>No ok rows.</p>")
     values = [[float(b.rows)] for b in report.histogram]
-    tips = [f"{_secs(b.from_s)} to {_secs(b.to_s)}: {b.rows:,} rows" for b in report.histogram]
+    tips = [f"{secs(b.from_s)} to {secs(b.to_s)}: {b.rows:,} rows" for b in report.histogram]
     first, last = report.histogram[0], report.histogram[-1]
-    ticks = (_secs(first.from_s), _secs(last.from_s) + "+")
+    ticks = (secs(first.from_s), secs(last.from_s) + "+")
     return _figure(label, _columns(label, values, ["bar"], tips, ticks, []))
 
 
@@ -797,7 +799,7 @@ def _cost_chart(report: Report) -> str:
     for i, m in enumerate(models):
         y = _TOP + i * row_h
         w = m.cost_usd / peak * bar_room
-        value = _usd(m.cost_usd) + (f" ({m.no_price:,} no price)" if m.no_price else "")
+        value = usd(m.cost_usd) + (f" ({m.no_price:,} no price)" if m.no_price else "")
         tip = f"{m.model}: {value}, {m.answers:,} answers"
         parts += [
             f'<text x="{name_w - 8}" y="{y + 16}" text-anchor="end">'
