@@ -541,7 +541,7 @@ def _read(path: Path) -> Iterator[_Line]:
     except FileNotFoundError:
         raise UserError(f"The Batch file {path} does not exist: check the path.") from None
     except OSError as exc:
-        raise UserError(f"The Batch file {path} cannot be read ({exc.strerror}).") from None
+        raise UserError(f"The Batch file {path} cannot be read ({exc.strerror or exc}).") from None
 
 
 def _parse(raw: bytes) -> _Line:

@@ -289,7 +289,7 @@ def _report(args: argparse.Namespace) -> int:
         try:
             Path(args.html).write_text(render_html(result), encoding="utf-8")
         except OSError as exc:
-            message = f"Cannot write {args.html} ({exc.strerror}): choose another path."
+            message = f"Cannot write {args.html} ({exc.strerror or exc}): choose another path."
             raise UserError(message) from None
     print(json.dumps(report_json(result), indent=2) if args.json else render_text(result))
     if args.html:

@@ -549,7 +549,9 @@ def _write_disagreements(rows: pl.LazyFrame, out: Path, column: str | None) -> N
             else:
                 table.sink_parquet(tmp, compression="zstd", engine="streaming")
     except OSError as exc:
-        raise UserError(f"Cannot write {out} ({exc.strerror}): choose another path.") from None
+        raise UserError(
+            f"Cannot write {out} ({exc.strerror or exc}): choose another path."
+        ) from None
 
 
 # -- terminal -------------------------------------------------------------------------------

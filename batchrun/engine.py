@@ -101,6 +101,9 @@ class _Item:
     reasked: int = 0  # follow-up questions sent after answers that did not parse
     paid: Usage | None = None  # what those earlier answers used, summed
     paid_cost: float | None = 0.0  # and cost (None once one had no price)
+    # The last answer that did not parse (its outcome, reply and whether its usage was
+    # counted locally): kept as the row's result if asking again ends without a better one.
+    kept: tuple[Outcome, Reply | None, bool] | None = None
 
 
 @dataclass
@@ -437,7 +440,8 @@ class _Engine:
                 await self._maybe_flush()
 
     async def _process(self, item: _Item) -> RowResult | None:
-        """Send one row until it has a final result; None if the run stopped first."""
+        """Send one row until it has a final result; None if the run stopped before it had
+        an answer."""
         attempts = 0  # requests sent for this row
         tries = 0  # attempts that count toward max_attempts (quota probes do not)
         first_start = self.clock()
@@ -445,13 +449,13 @@ class _Engine:
             if not self.quota.probing(item):
                 await self.quota.wait_open()
             if self.stop is not None:
-                return None
+                return self._kept_answer(item, attempts)
             await self.pacer.acquire(item.estimate)
             if self.stop is not None:
-                return None
+                return self._kept_answer(item, attempts)
             worst = self._reserve(item)
             if worst is None:
-                return None
+                return self._kept_answer(item, attempts)
             attempts += 1
             tries += 1
             outcome, reply = await self._send(item)
@@ -464,15 +468,15 @@ class _Engine:
                 tries -= 1
                 if not await self.quota.exhausted(item):
                     self._quota_gone(outcome.message or "insufficient quota")
-                    return None
+                    return self._kept_answer(item, attempts)
                 continue
             self.quota.passed(item)
             if action is Action.OK:
                 self.pacer.recover()
                 assert usage is not None
                 self.pacer.reconcile(item.estimate, usage[0].total_tokens)
-                if self._reask(item, outcome, usage[0], cost):
-                    tries = 0
+                if self._reask(item, outcome, reply, usage, cost):
+                    tries, first_start = 0, self.clock()
                     continue
                 return self._success(item, outcome, attempts, reply, usage, cost)
             if action is Action.FAIL:
@@ -486,7 +490,7 @@ class _Engine:
                         f"saved."
                     )
                 )
-                return None
+                return self._kept_answer(item, attempts)
             if action is Action.RATE_LIMITED:
                 self.pacer.cool_down(outcome.retry_after_s or RATE_LIMIT_COOL_DOWN_S)
             exhausted = tries >= self.policy.max_attempts
@@ -602,11 +606,10 @@ class _Engine:
         counted: tuple[Usage, bool] | None,
         cost: float | None,
     ) -> RowResult:
+        kept = self._kept_answer(item, attempts, counted, cost)
+        if kept is not None:
+            return kept  # asking again failed: the row keeps the answer it had
         usage, estimated = counted if counted is not None else (None, False)
-        if item.paid is not None:
-            # The answers asked again before this failure were paid for: keep what they cost.
-            usage = usage + item.paid if usage is not None else item.paid
-            cost = _plus_cost(cost, item.paid_cost)
         return failure_result(
             item.key,
             item.position,
@@ -619,12 +622,21 @@ class _Engine:
             cost=cost,
         )
 
-    def _reask(self, item: _Item, outcome: Outcome, usage: Usage, cost: float | None) -> bool:
+    def _reask(
+        self,
+        item: _Item,
+        outcome: Outcome,
+        reply: Reply | None,
+        counted: tuple[Usage, bool],
+        cost: float | None,
+    ) -> bool:
         """After an answer that does not parse, ask again (up to `retry_invalid` times).
 
         The follow-up carries the answer and why it could not be used, so even a model at
         temperature 0 has a reason to answer differently. The row keeps its fingerprint: it is
-        the same question, and the committed result is the last answer.
+        the same question, and the committed result is the last answer. Until a better one
+        comes, the answer in hand is kept (`_kept_answer`): a stop, a failure or running out
+        of retries while asking again never throws away an answer that was paid for.
         """
         parser = self.parser
         if parser is None or item.reasked >= parser.spec.retry_invalid:
@@ -634,11 +646,14 @@ class _Engine:
         error = parser.parse(completion.response, completion.tool_calls).error
         if error is None:
             return False
+        usage, estimated = counted
         item.reasked += 1
         item.paid = usage + item.paid if item.paid else usage
         item.paid_cost = _plus_cost(cost, item.paid_cost)
+        item.kept = (outcome, reply, estimated)
+        said = completion.response or completion.tool_calls or "(no answer)"
         follow_up = [
-            {"role": "assistant", "content": completion.response or completion.tool_calls or ""},
+            {"role": "assistant", "content": said},
             {"role": "user", "content": parser.reask(error)},
         ]
         item.body = {**item.body, "messages": [*item.body["messages"], *follow_up]}
@@ -646,6 +661,38 @@ class _Engine:
         item.estimate += added
         item.prompt_tokens += added
         return True
+
+    def _kept_answer(
+        self,
+        item: _Item,
+        attempts: int,
+        counted: tuple[Usage, bool] | None = None,
+        cost: float | None = None,
+    ) -> RowResult | None:
+        """The row's last unparseable answer, when asking again ended without a better one.
+
+        Every answer paid for counts, the failed follow-up's too when it was billed. None
+        when the row has no such answer (the run stopped before the row had any).
+        """
+        if item.kept is None or item.paid is None:
+            return None
+        outcome, reply, estimated = item.kept
+        usage, total = item.paid, item.paid_cost
+        if counted is not None:
+            usage, total = usage + counted[0], _plus_cost(cost, total)
+        return success_result(
+            item.key,
+            item.position,
+            item.fingerprint,
+            outcome,
+            attempts=attempts,
+            usage=usage,
+            usage_estimated=estimated,
+            cost=total,
+            json_mode=self.json_mode,
+            latency_s=reply.latency_s if reply else None,
+            ttft_s=reply.ttft_s if reply else None,
+        )
 
     def _count_locally(self, item: _Item, choices: tuple[str | None, ...]) -> Usage:
         return counted_usage(self.counter, item.body["messages"], choices)

@@ -143,7 +143,7 @@ def output_line(path: Path) -> str | None:
         return None
     row = pl.scan_parquet(path).select(figures).collect().row(0, named=True)
     parts = []
-    if "unparsed" in row:
+    if row.get("unparsed"):
         parts.append(f"unparsed answers: {row['unparsed']:,} (see parse_error)")
     if row.get("scored"):
         parts.append(f"accuracy {_interval(_accuracy_of(row['right'], row['scored']))} 95% CI")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -24,6 +25,7 @@ from .errors import JobError
 from .presets import PRESETS, Preset
 
 SIM = "sim"
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
@@ -60,6 +62,12 @@ class EndpointSpec(_Section):
 
     @model_validator(mode="after")
     def _known_preset(self) -> EndpointSpec:
+        if not _VARIABLE.fullmatch(self.api_key_env):
+            # Never repeat the value: it is often the key itself, put in the wrong place.
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (letters, digits "
+                "and _, like OPENAI_API_KEY) that holds the key, never the key itself"
+            )
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)} (got {self.preset!r})")
         return self

@@ -28,6 +28,8 @@ _LABEL_PREFIX = re.compile(
     r"|标签|答案|类别|分类|情感)\W*?\s*[:：]\s*",
     re.IGNORECASE,
 )
+# Punctuation trimmed from the ends of an answer besides brackets and quotes.
+_EDGE_CHARS = frozenset(".,;:!?'\"`*_~…·。，、；：！？")
 # A Markdown code fence around the whole answer: ```json ... ```
 _FENCE = re.compile(r"^\s*```[\w+-]*[^\S\n]*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 _SHOWN = 60  # characters of an answer quoted in a parse_error
@@ -63,15 +65,15 @@ class Parsed:
 
 
 def normalize(text: str) -> str:
-    """Text as label matching sees it: NFKC, case-folded, trimmed of punctuation, quotes,
-    Markdown emphasis and a leading "Label:", inner whitespace collapsed."""
+    """Text as label matching sees it: NFKC, case-folded, trimmed of sentence punctuation,
+    quotes, brackets, Markdown emphasis and a leading "Label:", inner whitespace collapsed."""
     text = _trim(unicodedata.normalize("NFKC", text)).casefold()
     text = _trim(_LABEL_PREFIX.sub("", text, count=1))
     return " ".join(text.split())
 
 
 def _trim(text: str) -> str:
-    """`text` without whitespace, punctuation and symbols at either end."""
+    """`text` without the edge characters (`_edge`) at either end."""
     start, end = 0, len(text)
     while start < end and _edge(text[start]):
         start += 1
@@ -81,7 +83,13 @@ def _trim(text: str) -> str:
 
 
 def _edge(char: str) -> bool:
-    return char.isspace() or unicodedata.category(char)[0] in "PS"
+    """Whitespace, quotes, brackets, sentence punctuation, emphasis or an emoji: never a sign
+    or symbol that tells labels apart (-1 and 1, C and C#, 5% and 5)."""
+    return (
+        char.isspace()
+        or char in _EDGE_CHARS
+        or unicodedata.category(char) in ("Ps", "Pe", "Pi", "Pf", "So")
+    )
 
 
 class Parser:
@@ -182,7 +190,7 @@ class Parser:
             if error is not None:
                 where = "/".join(str(p) for p in error.absolute_path)
                 at = f" at {where}" if where else ""
-                return Parsed(None, f"does not match the schema{at}: {error.message}", None)
+                return Parsed(None, f"does not match the schema{at}: {error.message}", document)
         for name, kind in self.fields.items():
             found = lookup(document, name)
             if found is MISSING:
@@ -202,8 +210,9 @@ def response_schema(request: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict(schema) if isinstance(schema, Mapping) else None
 
 
+_INT64 = (-(2**63), 2**63 - 1)  # what an int column holds
 MISSING: Any = object()  # what `lookup` gives for a field the document does not have
-_A = {"string": "a string", "int": "an integer", "float": "a number", "bool": "a boolean"}
+_A = {"string": "a string", "int": "a 64-bit integer", "float": "a number", "bool": "a boolean"}
 _A["json"] = "JSON"
 
 
@@ -229,7 +238,8 @@ def _typed(value: Any, kind: FieldType) -> tuple[Any, bool]:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None, True
     if kind == "int":
-        return (int(value), False) if float(value).is_integer() else (None, True)
+        whole = float(value).is_integer() and _INT64[0] <= value <= _INT64[1]
+        return (int(value), False) if whole else (None, True)
     return float(value), False
 
 

@@ -82,7 +82,7 @@ class Scorer:
         if want is not None and isinstance(value, int | float) and not isinstance(value, bool):
             return self._close(float(value), want)
         if isinstance(value, bool):
-            return _text(expected).strip().casefold() == str(value).casefold()
+            return _text(expected).strip().casefold() == _text(value)
         shown = value if isinstance(value, str) else orjson.dumps(value).decode()
         return normalize(shown) == normalize(_text(expected))
 
@@ -161,7 +161,15 @@ def job_annotator(job: Job) -> Annotator | None:
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else str(value)
+    """An expected value as text: a Parquet or pandas gold column may hold numbers or bools
+    (a pandas int column with a gap is float: 3 arrives as 3.0)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _number(value: Any) -> float | None:

@@ -71,6 +71,29 @@ def test_scorers(name: str, answer: str | None, expected: Any, want: float | Non
     assert score(scorer(name), answer, expected) == want
 
 
+@pytest.mark.parametrize(
+    ("name", "answer", "expected", "want"),
+    [
+        ("exact", "1", 1, 1.0),
+        ("exact", "1", 1.0, 1.0),  # a pandas int column with a gap arrives as float
+        ("exact", "1.5", 1.5, 1.0),
+        ("exact", "true", True, 1.0),
+        ("normalized", "False.", False, 1.0),
+        ("contains", "I give it 5 stars", 5.0, 1.0),
+        ("numeric", "3", 3.0, 1.0),
+    ],
+)
+def test_expected_values_that_are_not_text(
+    name: str, answer: str, expected: Any, want: float
+) -> None:
+    assert score(scorer(name), answer, expected) == want
+
+
+def test_label_scorer_with_numeric_gold_labels() -> None:
+    s = scorer("label", {"format": "label", "labels": ["1", "2", "3"]})
+    assert score(s, "Label: 2", 2.0) == 1.0 and score(s, "3", 2) == 0.0
+
+
 def test_numeric_tolerance() -> None:
     assert score(scorer("numeric", tolerance=0.5), "3.4", "3") == 1.0
     assert score(scorer("numeric", tolerance=0.5), "3.6", "3") == 0.0
@@ -380,3 +403,53 @@ def test_the_sample_comparison_gives_the_figures_the_readme_quotes(
     for line in quoted.strip().splitlines():
         if "latency" not in line and line.strip() != "...":  # timings differ run to run
             assert line in text, line
+
+
+def test_asking_again_never_loses_an_answer_that_was_paid_for(ws: Workspace) -> None:
+    # Server errors and off-format answers at random, one attempt per request: a follow-up
+    # that fails must leave the row with the answer it had, and what that answer cost.
+    with start_in_thread(SimConfig(faults={"server_error": 0.3, "off_format": 0.5}, seed=7)) as sim:
+        label_job(
+            ws,
+            sim,
+            gold_reviews({}, n=40),
+            parse={**LABEL_PARSE, "retry_invalid": 3},
+            limits={"concurrency": 1, "max_attempts": 1},
+        )
+        assert ws.run("run", str(ws.root / "job.toml"), "-q").code == 0
+    out = ws.read_output()
+    asked_again = out.filter(pl.col("attempts") > 1)
+    assert asked_again.height > 5
+    assert set(asked_again["status"]) == {"ok"}  # never turned into a failure
+    assert asked_again["response"].null_count() == 0 and asked_again["cost_usd"].min() > 0
+    # Kept after a failed follow-up: an off-format answer, with its parse error.
+    kept = asked_again.filter(pl.col("parse_error").is_not_null())
+    assert kept.height > 0 and set(kept["response"]) == {"Mixed, I would say."}
+    failed = out.filter(pl.col("status") == "failed")
+    assert failed["attempts"].to_list() == [1] * failed.height  # no answer was ever had
+    assert out.filter(pl.col("status") == "ok")["cost_usd"].null_count() == 0
+
+
+def test_a_stop_while_asking_again_keeps_the_answer_in_hand(ws: Workspace) -> None:
+    from batchrun.job import load_job
+    from batchrun.pricing import job_pricer
+
+    frame = gold_reviews({0: "off_format"}, n=1)
+    with start_in_thread(SimConfig()) as sim:
+        label_job(ws, sim, frame, parse={**LABEL_PARSE, "retry_invalid": 0})
+        job = str(ws.root / "job.toml")
+        assert ws.run("run", job, "-q").code == 0
+        once = ws.read_output().row(0, named=True)
+        # A budget that lets the first request go, and not the longer follow-up.
+        worst = job_pricer(load_job(job)).worst_case(once["prompt_tokens"], 8)
+        assert worst is not None
+        budget = ["--set", f"cost.budget_usd={worst * 1.0001}"]
+        again = ws.run("run", job, "-q", "--fresh", "--set", "parse.retry_invalid=2", *budget)
+        sent = len(sim.requests)
+    assert again.code == 3 and "budget" in again.err
+    assert sent == 2  # the first run's request, and this run's first
+    row = ws.read_output().row(0, named=True)
+    assert (row["status"], row["attempts"], row["response"]) == ("ok", 1, once["response"])
+    assert row["parse_error"] is not None and row["cost_usd"] == pytest.approx(once["cost_usd"])
+    status = json.loads(ws.run("status", job, "--json", *budget).out)
+    assert status["pending"] == 0 and status["spend_usd"] == pytest.approx(once["cost_usd"])

@@ -200,3 +200,31 @@ def test_the_reask_names_what_is_wanted_and_the_simulator_knows_it() -> None:
     text = LABELS.reask("not one of the labels: 'mixed'")
     assert text.startswith(REASK_PREFIX)
     assert "Positive, negative, neutral" in text and "'mixed'" in text
+
+
+def test_signs_and_symbols_tell_labels_apart() -> None:
+    scale = parser(format="label", labels=["-1", "0", "1"])
+    assert [scale.parse(a).value for a in ["-1", "1.", "'0'", "+1", "−1"]] == [
+        "-1",
+        "1",
+        "0",
+        None,  # a plus sign is not nothing
+        None,  # nor is a minus that is not the label's hyphen-minus
+    ]
+    languages = parser(format="label", labels=["C", "C#", "C++"])
+    assert [languages.parse(a).value for a in ["c#", "C++.", "**C**"]] == ["C#", "C++", "C"]
+
+
+def test_an_integer_too_large_for_its_column_is_a_parse_error_not_a_crash() -> None:
+    p = parser(format="json", columns=["n"], types={"n": "int"})
+    parsed = p.parse('{"n": 1e20}')
+    assert parsed.value is None and parsed.error == "field 'n' is not a 64-bit integer: 1e+20"
+    assert p.field_values(parsed) == [None]
+    assert p.field_values(p.parse('{"n": 9223372036854775807}')) == [2**63 - 1]
+
+
+def test_a_schema_violation_still_fills_the_fields_that_are_fine() -> None:
+    p = parser(SCHEMA, format="json", columns=["label", "confidence"])
+    parsed = p.parse('{"label": "great", "confidence": 0.5}')
+    assert parsed.value is None and parsed.error is not None
+    assert p.field_values(parsed) == ["great", 0.5]

@@ -26,7 +26,7 @@ import pytest
 
 import batchrun.engine
 from batchrun.job import Secret, load_job
-from batchrun.sim import SimConfig, start_in_thread
+from batchrun.sim import SimConfig, SimServer, start_in_thread
 
 from .conftest import FAKE_KEY, Result, Workspace, reviews
 
@@ -275,3 +275,15 @@ def test_a_key_the_gateway_echoes_is_redacted_everywhere(
         assert failed.height > 0 and set(failed["error"]) == {error}
         assert all("***" in m for m in failed["error_message"])  # redacted, not dropped
     assert_nothing_leaks(texts)
+
+
+def test_a_key_given_as_the_variable_name_is_refused_without_repeating_it(
+    ws: Workspace, sim: SimServer
+) -> None:
+    ws.write_input(reviews(3))
+    job = ws.job(sim.base_url, endpoint={"base_url": sim.base_url, "api_key_env": FAKE_KEY})
+    result = ws.run("run", str(job), "-q")
+    assert result.code == 2
+    assert "must be the NAME of an environment variable" in result.err
+    assert_nothing_leaks({"stdout": result.out, "stderr": result.err})
+    assert sim.requests == []
