@@ -17,9 +17,9 @@ pair of million-row files (ids in different orders) took 4 s and 0.7 GB of memor
 - `"a"`, `"b"`: `{"path", "job", "model", "rows", "ok", "failed", "accuracy", "cost_usd",
   "no_cost", "tokens": {"prompt", "completion", "total"}, "latency_s": {"mean", "p50",
   "p95"}}`; `rows` counts the whole file, the rest the rows in both; `accuracy` is null or
-  `{"mean", "scored", "low", "high"}` (95% Wilson interval); `cost_usd` is null when the file
-  has no cost column, and `no_cost` counts rows without a cost; `model` is the metadata's
-  requested model, else the commonest `response_model`
+  `{"scored", "correct", "accuracy", "low", "high"}` (95% Wilson interval, as in the report);
+  `cost_usd` is null when the file has no cost column, and `no_cost` counts rows without a
+  cost; `model` is the metadata's requested model, else the commonest `response_model`
 - `"difference"`: `{"ok", "failed", "accuracy", "cost_usd", "tokens", "latency_s"}`
 - `"join"`: `{"column", "from"}`: the id column (null: by position) and `"--id"`,
   `"metadata"` or `"position"`; `"answer_column"`: `"parsed"` or `"response"`
@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 from .checkpoint import atomic_file
 from .errors import InputError, UserError
 from .report import secs, text_table, usd
-from .stats import mcnemar_exact, paired_difference_interval, wilson_interval
+from .stats import Accuracy, mcnemar_exact, paired_difference_interval
 
 METADATA_KEY = b"batchrun"  # the Parquet key-value metadata batchrun writes into its output
 REQUIRED = ("response", "status")
@@ -69,16 +69,6 @@ NUMBERS: dict[str, pl.DataType] = {
     "cost_usd": pl.Float64(),
     "latency_s": pl.Float64(),
 }
-
-
-@dataclass(frozen=True)
-class Accuracy:
-    """Mean score over the scored rows, with its 95% Wilson interval."""
-
-    mean: float
-    scored: int
-    low: float
-    high: float
 
 
 @dataclass(frozen=True)
@@ -237,7 +227,7 @@ def _minus(b: float | None, a: float | None) -> float | None:
 def _differences(a: Side, b: Side) -> dict[str, Any]:
     accuracy = None
     if a.accuracy is not None and b.accuracy is not None:
-        accuracy = b.accuracy.mean - a.accuracy.mean
+        accuracy = b.accuracy.accuracy - a.accuracy.accuracy
     return {
         "ok": b.ok - a.ok,
         "failed": b.failed - a.failed,
@@ -499,8 +489,7 @@ def _side_figures(f: _File, t: dict[str, Any], suffix: str, scored: bool) -> Sid
     n = t[f"scored{suffix}"]
     if scored and n:
         correct = float(t[f"correct{suffix}"])
-        low, high = wilson_interval(correct, n)
-        accuracy = Accuracy(mean=correct / n, scored=n, low=low, high=high)
+        accuracy = Accuracy.of(correct, n)
     return Side(
         path=f.path,
         job=_text(f.metadata.get("job")),
@@ -608,11 +597,11 @@ def _rows(c: Comparison) -> list[list[str]]:
     rows = [["ok", *count("ok")], ["failed", *count("failed")]]
     if a.accuracy is not None or b.accuracy is not None:
         acc_a, acc_b = a.accuracy, b.accuracy
-        diff = None if acc_a is None or acc_b is None else acc_b.mean - acc_a.mean
+        diff = None if acc_a is None or acc_b is None else acc_b.accuracy - acc_a.accuracy
         rows += [
             [
                 "accuracy",
-                *(_percent(x.mean if x else None) for x in (acc_a, acc_b)),
+                *(_percent(x.accuracy if x else None) for x in (acc_a, acc_b)),
                 _signed(None if diff is None else diff * 100, lambda v: f"{v:.1f} pts"),
             ],
             ["  95% interval", *(_range(x) for x in (acc_a, acc_b)), ""],

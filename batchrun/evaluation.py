@@ -17,27 +17,17 @@ from typing import Any
 import polars as pl
 
 from .columns import KEY
+from .errors import InputError
 from .job import Job
 from .parse import PARSE_ERROR, PARSED
 from .plan import check_eval_columns
 from .scoring import SCORE, Annotator, job_annotator
 from .source import ROW_KEY, open_source
-from .stats import wilson_interval
+from .stats import Accuracy
 
 UNPARSED = "(unparsed)"
 ERROR_KINDS = 5  # parse errors shown, the most frequent first
 MAX_GROUPS = 50  # groups shown per group_by column, the largest first
-
-
-@dataclass(frozen=True)
-class Accuracy:
-    """Mean score over the scored rows, with its 95% Wilson interval."""
-
-    scored: int
-    correct: float
-    accuracy: float
-    low: float
-    high: float
 
 
 @dataclass(frozen=True)
@@ -65,6 +55,7 @@ class Evaluation:
     expected_labels: tuple[str, ...] = ()  # the confusion matrix's rows
     answer_labels: tuple[str, ...] = ()  # its columns: the label set, then UNPARSED
     confusion: tuple[tuple[int, ...], ...] = ()  # counts of (expected, answer)
+    unavailable: str | None = None  # why there are no figures (the input cannot be read)
 
 
 def build_evaluation(job: Job, segments: Sequence[Path]) -> Evaluation | None:
@@ -72,9 +63,12 @@ def build_evaluation(job: Job, segments: Sequence[Path]) -> Evaluation | None:
     annotator = job_annotator(job)
     if annotator is None:
         return None
-    frame = _answered(job, segments, annotator)
-    parser, scorer = annotator.parser, annotator.scorer
     parse_format = job.parse.format if job.parse is not None else None
+    try:
+        frame = _answered(job, segments, annotator)
+    except InputError as exc:  # the input moved since the run: the rest of the report stands
+        return Evaluation(answered=0, parse_format=parse_format, unavailable=str(exc))
+    parser, scorer = annotator.parser, annotator.scorer
     evaluation = Evaluation(answered=len(frame), parse_format=parse_format)
     if parser is not None:
         errors = (
@@ -146,18 +140,13 @@ def output_line(path: Path) -> str | None:
     if row.get("unparsed"):
         parts.append(f"unparsed answers: {row['unparsed']:,} (see parse_error)")
     if row.get("scored"):
-        parts.append(f"accuracy {_interval(_accuracy_of(row['right'], row['scored']))} 95% CI")
+        parts.append(f"accuracy {_interval(Accuracy.of(row['right'], row['scored']))} 95% CI")
         parts[-1] += f" over {row['scored']:,} scored rows"
     return "; ".join(parts) if parts else None
 
 
 def _accuracy(scores: pl.Series) -> Accuracy:
-    return _accuracy_of(float(scores.sum()), len(scores))
-
-
-def _accuracy_of(correct: float, n: int) -> Accuracy:
-    low, high = wilson_interval(correct, n)
-    return Accuracy(n, correct, correct / n if n else 0.0, low, high)
+    return Accuracy.of(float(scores.sum()), len(scores))
 
 
 def _confusion(
@@ -191,6 +180,8 @@ def _interval(a: Accuracy) -> str:
 
 def evaluation_summary(ev: Evaluation) -> list[tuple[str, str]]:
     """Summary lines: parsing, and accuracy with its interval."""
+    if ev.unavailable is not None:
+        return [("evaluation", f"not available: {ev.unavailable}")]
     lines = []
     if ev.parse_format is not None:
         unparsed = ev.answered - ev.parsed
@@ -247,6 +238,7 @@ def evaluation_tables(ev: Evaluation) -> list[tuple[str, list[str], list[list[st
 def evaluation_json(ev: Evaluation) -> dict[str, Any]:
     """The evaluation as a JSON-able dict (the report's `evaluation` key)."""
     return {
+        "unavailable": ev.unavailable,
         "answered": ev.answered,
         "parse": {
             "format": ev.parse_format,

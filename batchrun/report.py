@@ -32,7 +32,8 @@ lazily with polars over the columns it needs, so a million rows read fine.
   (`finish_reason` `length`), the job's limit, and the first row keys in input order
 - `"usage_estimated"`: rows whose tokens were counted locally
 - `"other_model_rows"`: rows answered by another model than the one requested
-- `"evaluation"`: null without `[parse]` and `[eval]`; else `{"answered", "parse": {"format",
+- `"evaluation"`: null without `[parse]` and `[eval]`; else `{"unavailable" (null, or why
+  there are no figures: the input cannot be read), "answered", "parse": {"format",
   "parsed", "errors": [{"error", "rows"}]}, "scorer", "expected_column", "accuracy":
   {"scored", "correct", "accuracy", "low", "high"} (a 95% Wilson interval), "unscored",
   "groups": [{"column", "value", "scored", ...}], "confusion": {"expected", "answered",

@@ -4,11 +4,29 @@ models on the same rows, McNemar's exact test and an interval for the paired dif
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
 # Up to this many discordant pairs McNemar's tail is summed exactly in integers; beyond it,
 # in floating point from the largest term down (see `_log_lower_tail`).
 EXACT_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Mean score over the scored rows, with its 95% Wilson interval."""
+
+    scored: int
+    correct: float
+    accuracy: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, correct: float, scored: int) -> Accuracy:
+        """The accuracy of `correct` right answers out of `scored`."""
+        low, high = wilson_interval(correct, scored)
+        return cls(scored, correct, correct / scored if scored else 0.0, low, high)
 
 
 def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:

@@ -96,7 +96,9 @@ def test_scored_runs_figures_test_and_disagreements(ws: Workspace) -> None:
     assert report["answer_column"] == "parsed"
     assert report["rows"] == {"both": N, "only_a": 0, "only_b": 0}
     assert (report["a"]["model"], report["b"]["model"]) == ("model-a", "model-b")
-    assert report["a"]["accuracy"]["mean"] == 0.80 and report["b"]["accuracy"]["mean"] == 0.72
+    assert (
+        report["a"]["accuracy"]["accuracy"] == 0.80 and report["b"]["accuracy"]["accuracy"] == 0.72
+    )
     assert report["a"]["accuracy"]["scored"] == N
     assert report["a"]["accuracy"]["low"] < 0.80 < report["a"]["accuracy"]["high"]
     assert report["difference"]["accuracy"] == pytest.approx(-0.08)

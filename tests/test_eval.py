@@ -453,3 +453,17 @@ def test_a_stop_while_asking_again_keeps_the_answer_in_hand(ws: Workspace) -> No
     assert row["parse_error"] is not None and row["cost_usd"] == pytest.approx(once["cost_usd"])
     status = json.loads(ws.run("status", job, "--json", *budget).out)
     assert status["pending"] == 0 and status["spend_usd"] == pytest.approx(once["cost_usd"])
+
+
+def test_the_report_stands_when_the_input_has_moved(ws: Workspace, sim: SimServer) -> None:
+    label_job(ws, sim, gold_reviews({}, n=4), eval={"expected_column": "gold"})
+    job = str(ws.root / "job.toml")
+    assert ws.run("run", job, "-q").code == 0
+    (ws.root / "input.parquet").rename(ws.root / "moved.parquet")
+    result = ws.run("report", job)
+    assert result.code == 0, result.err
+    evaluation = [line for line in result.out.splitlines() if line.startswith("evaluation")]
+    assert len(evaluation) == 1 and "not available:" in evaluation[0]
+    assert "4 committed, 4 ok" in result.out
+    report = json.loads(ws.run("report", job, "--json").out)
+    assert "does not exist" in report["evaluation"]["unavailable"]
