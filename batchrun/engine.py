@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
 from . import sink
+from .asking import Item, plus_cost
 from .checkpoint import FAILED_MARK, Checkpoint, checkpoint_dir, settled
 from .columns import RowResult
 from .completion import Usage
@@ -86,24 +86,6 @@ class RunSummary:
     rows_written: int | None  # None when the output was not rewritten (stopped at once)
     remapped: int = 0  # responses whose model differs from the requested one
     stopped: BatchrunError | None = None
-
-
-@dataclass(slots=True)
-class _Item:
-    """One row on its way: its identity, its request and the request's token estimate."""
-
-    key: str
-    position: int
-    fingerprint: str
-    body: dict[str, Any]
-    prompt_tokens: int  # counted before sending (exactly, for OpenAI models)
-    estimate: int  # prompt tokens plus the completion's ceiling, for pacing
-    reasked: int = 0  # follow-up questions sent after answers that did not parse
-    paid: Usage | None = None  # what those earlier answers used, summed
-    paid_cost: float | None = 0.0  # and cost (None once one had no price)
-    # The last answer that did not parse (its outcome, reply and whether its usage was
-    # counted locally): kept as the row's result if asking again ends without a better one.
-    kept: tuple[Outcome, Reply | None, bool] | None = None
 
 
 @dataclass
@@ -283,7 +265,7 @@ class _Engine:
             self.wire.url,
             self.job.limits.concurrency,
         )
-        queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=2 * self.job.limits.concurrency)
+        queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=2 * self.job.limits.concurrency)
         async with self.wire:
             self._producer = asyncio.create_task(
                 self._produce(self.plan.source, options, index, queue), name="batchrun-producer"
@@ -364,7 +346,7 @@ class _Engine:
         source: Source,
         options: RunOptions,
         index: dict[str, str],
-        queue: asyncio.Queue[_Item | None],
+        queue: asyncio.Queue[Item | None],
     ) -> None:
         batches = source.batches(self.renderer.columns, BATCH_ROWS, options.limit)
         try:
@@ -394,7 +376,7 @@ class _Engine:
 
     def _prepare(
         self, rendered: Rendered, index: dict[str, str], options: RunOptions
-    ) -> _Item | None:
+    ) -> Item | None:
         """The row's request, or None when the row is finished already (or cannot be sent)."""
         key, position, fp, payload, invalid = rendered
         prior = index.get(key)
@@ -419,7 +401,7 @@ class _Engine:
         body = self.renderer.body(payload)
         prompt_tokens = self.counter.chat(body["messages"]) if self._count_prompts else 0
         estimate = prompt_tokens + self.renderer.completion_estimate
-        return _Item(key, position, fp, body, prompt_tokens, estimate)
+        return Item(key, position, fp, body, prompt_tokens, estimate)
 
     def _count_prior(self, *, ok: bool) -> None:
         if ok:
@@ -430,7 +412,7 @@ class _Engine:
 
     # -- sending --------------------------------------------------------------------------
 
-    async def _work(self, queue: asyncio.Queue[_Item | None]) -> None:
+    async def _work(self, queue: asyncio.Queue[Item | None]) -> None:
         while (item := await queue.get()) is not None:
             if self.stop is not None:
                 continue  # drain: rows not started stay pending
@@ -439,7 +421,7 @@ class _Engine:
                 self._record(result)
                 await self._maybe_flush()
 
-    async def _process(self, item: _Item) -> RowResult | None:
+    async def _process(self, item: Item) -> RowResult | None:
         """Send one row until it has a final result; None if the run stopped before it had
         an answer."""
         attempts = 0  # requests sent for this row
@@ -449,13 +431,13 @@ class _Engine:
             if not self.quota.probing(item):
                 await self.quota.wait_open()
             if self.stop is not None:
-                return self._kept_answer(item, attempts)
+                return item.kept_answer(attempts, self.json_mode)
             await self.pacer.acquire(item.estimate)
             if self.stop is not None:
-                return self._kept_answer(item, attempts)
+                return item.kept_answer(attempts, self.json_mode)
             worst = self._reserve(item)
             if worst is None:
-                return self._kept_answer(item, attempts)
+                return item.kept_answer(attempts, self.json_mode)
             attempts += 1
             tries += 1
             outcome, reply = await self._send(item)
@@ -468,14 +450,16 @@ class _Engine:
                 tries -= 1
                 if not await self.quota.exhausted(item):
                     self._quota_gone(outcome.message or "insufficient quota")
-                    return self._kept_answer(item, attempts)
+                    return item.kept_answer(attempts, self.json_mode)
                 continue
             self.quota.passed(item)
             if action is Action.OK:
                 self.pacer.recover()
                 assert usage is not None
                 self.pacer.reconcile(item.estimate, usage[0].total_tokens)
-                if self._reask(item, outcome, reply, usage, cost):
+                if self.parser and item.ask_again(
+                    self.parser, outcome, reply, usage, cost, self._count
+                ):
                     tries, first_start = 0, self.clock()
                     continue
                 return self._success(item, outcome, attempts, reply, usage, cost)
@@ -490,7 +474,7 @@ class _Engine:
                         f"saved."
                     )
                 )
-                return self._kept_answer(item, attempts)
+                return item.kept_answer(attempts, self.json_mode)
             if action is Action.RATE_LIMITED:
                 self.pacer.cool_down(outcome.retry_after_s or RATE_LIMIT_COOL_DOWN_S)
             exhausted = tries >= self.policy.max_attempts
@@ -504,7 +488,7 @@ class _Engine:
         """The model's token counter, loaded when first needed."""
         return counter_for(str(self.job.request["model"]))
 
-    def _reserve(self, item: _Item) -> float | None:
+    def _reserve(self, item: Item) -> float | None:
         """Reserve the request's worst case against the budget; None (and a stop) if over."""
         if self.budget is None:
             return 0.0
@@ -522,7 +506,7 @@ class _Engine:
         )
         return None
 
-    def _usage(self, item: _Item, outcome: Outcome) -> tuple[Usage, bool] | None:
+    def _usage(self, item: Item, outcome: Outcome) -> tuple[Usage, bool] | None:
         """What the attempt used (counted locally when the gateway said nothing), if billed."""
         completion = outcome.completion
         if completion is None:
@@ -543,7 +527,7 @@ class _Engine:
             napping.cancel()
             stopping.cancel()
 
-    async def _send(self, item: _Item) -> tuple[Outcome, Reply | None]:
+    async def _send(self, item: Item) -> tuple[Outcome, Reply | None]:
         self._in_flight += 1
         self._in_flight_tokens += item.estimate
         try:
@@ -572,7 +556,7 @@ class _Engine:
 
     def _success(
         self,
-        item: _Item,
+        item: Item,
         outcome: Outcome,
         attempts: int,
         reply: Reply | None,
@@ -592,7 +576,7 @@ class _Engine:
             attempts=attempts,
             usage=usage + item.paid if item.paid else usage,
             usage_estimated=estimated,
-            cost=_plus_cost(cost, item.paid_cost),
+            cost=plus_cost(cost, item.paid_cost),
             json_mode=self.json_mode,
             latency_s=reply.latency_s if reply else None,
             ttft_s=reply.ttft_s if reply else None,
@@ -600,13 +584,13 @@ class _Engine:
 
     def _failure(
         self,
-        item: _Item,
+        item: Item,
         outcome: Outcome,
         attempts: int,
         counted: tuple[Usage, bool] | None,
         cost: float | None,
     ) -> RowResult:
-        kept = self._kept_answer(item, attempts, counted, cost)
+        kept = item.kept_answer(attempts, self.json_mode, counted, cost)
         if kept is not None:
             return kept  # asking again failed: the row keeps the answer it had
         usage, estimated = counted if counted is not None else (None, False)
@@ -622,79 +606,10 @@ class _Engine:
             cost=cost,
         )
 
-    def _reask(
-        self,
-        item: _Item,
-        outcome: Outcome,
-        reply: Reply | None,
-        counted: tuple[Usage, bool],
-        cost: float | None,
-    ) -> bool:
-        """After an answer that does not parse, ask again (up to `retry_invalid` times).
+    def _count(self, text: str) -> int:
+        return self.counter.text(text)
 
-        The follow-up carries the answer and why it could not be used, so even a model at
-        temperature 0 has a reason to answer differently. The row keeps its fingerprint: it is
-        the same question, and the committed result is the last answer. Until a better one
-        comes, the answer in hand is kept (`_kept_answer`): a stop, a failure or running out
-        of retries while asking again never throws away an answer that was paid for.
-        """
-        parser = self.parser
-        if parser is None or item.reasked >= parser.spec.retry_invalid:
-            return False
-        completion = outcome.completion
-        assert completion is not None
-        error = parser.parse(completion.response, completion.tool_calls).error
-        if error is None:
-            return False
-        usage, estimated = counted
-        item.reasked += 1
-        item.paid = usage + item.paid if item.paid else usage
-        item.paid_cost = _plus_cost(cost, item.paid_cost)
-        item.kept = (outcome, reply, estimated)
-        said = completion.response or completion.tool_calls or "(no answer)"
-        follow_up = [
-            {"role": "assistant", "content": said},
-            {"role": "user", "content": parser.reask(error)},
-        ]
-        item.body = {**item.body, "messages": [*item.body["messages"], *follow_up]}
-        added = sum(self.counter.text(m["content"]) + 4 for m in follow_up)
-        item.estimate += added
-        item.prompt_tokens += added
-        return True
-
-    def _kept_answer(
-        self,
-        item: _Item,
-        attempts: int,
-        counted: tuple[Usage, bool] | None = None,
-        cost: float | None = None,
-    ) -> RowResult | None:
-        """The row's last unparseable answer, when asking again ended without a better one.
-
-        Every answer paid for counts, the failed follow-up's too when it was billed. None
-        when the row has no such answer (the run stopped before the row had any).
-        """
-        if item.kept is None or item.paid is None:
-            return None
-        outcome, reply, estimated = item.kept
-        usage, total = item.paid, item.paid_cost
-        if counted is not None:
-            usage, total = usage + counted[0], _plus_cost(cost, total)
-        return success_result(
-            item.key,
-            item.position,
-            item.fingerprint,
-            outcome,
-            attempts=attempts,
-            usage=usage,
-            usage_estimated=estimated,
-            cost=total,
-            json_mode=self.json_mode,
-            latency_s=reply.latency_s if reply else None,
-            ttft_s=reply.ttft_s if reply else None,
-        )
-
-    def _count_locally(self, item: _Item, choices: tuple[str | None, ...]) -> Usage:
+    def _count_locally(self, item: Item, choices: tuple[str | None, ...]) -> Usage:
         return counted_usage(self.counter, item.body["messages"], choices)
 
     def _record(self, result: RowResult) -> None:
@@ -753,11 +668,6 @@ class _Engine:
 
     def _redact(self, text: str) -> str:
         return self.key.redact(text) if self.key is not None else text
-
-
-def _plus_cost(cost: float | None, paid: float | None) -> float | None:
-    """A cost plus what was paid before; unknown if either is."""
-    return None if cost is None or paid is None else cost + paid
 
 
 @contextlib.contextmanager
