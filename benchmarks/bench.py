@@ -283,10 +283,10 @@ def checkpoint_cost(rows: int, in_flight: int) -> None:
 def resume_scenario(rows: int) -> None:
     import resume  # benchmarks/resume.py
 
-    first, total = resume.measure(rows)
+    first, total, peak_mb = resume.measure(rows)
     print(
         f"resume, {rows:,} rows of which {rows - 1:,} committed: first request after "
-        f"{first:.2f} s (target < 5 s), whole run {total:.2f} s",
+        f"{first:.2f} s (target < 5 s), whole run {total:.2f} s, peak {peak_mb:,.0f} MB",
         flush=True,
     )
 
