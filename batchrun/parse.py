@@ -55,8 +55,9 @@ _SCHEMA_TYPES: dict[str, FieldType] = {
 class Parsed:
     """One answer, parsed: the `parsed` value, or the `parse_error` that explains its absence.
 
-    Exactly one of `value` and `error` is set; a JSON answer that parses but breaks a field's
-    type keeps its `document`, so the fields that are fine still fill their columns.
+    Exactly one of `value` and `error` is set; a JSON answer that parses but breaks the
+    schema or a field's type keeps its `document`, so the fields that fit still fill their
+    columns.
     """
 
     value: str | None
