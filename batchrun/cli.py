@@ -282,7 +282,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from .job import load_job
-    from .report import build_report, render_html, render_text, report_json
+    from .report import build_report, render_text, report_json
+    from .report_html import render_html
 
     result = build_report(load_job(args.job, args.overrides, os.environ))
     if args.html:

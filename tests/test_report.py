@@ -21,10 +21,10 @@ from batchrun.report import (
     HISTOGRAM_BINS,
     Report,
     build_report,
-    render_html,
     render_text,
     report_json,
 )
+from batchrun.report_html import render_html
 from batchrun.sim import SimConfig, start_in_thread
 
 from .conftest import Workspace, reviews
