@@ -249,9 +249,11 @@ def _endpoint_section(endpoint: str | Mapping[str, Any] | None, api_key_env: str
         return {"base_url": endpoint, "api_key_env": api_key_env}
     if endpoint in PRESETS:
         return {"preset": endpoint, "api_key_env": api_key_env}
+    # The value is never repeated: a key passed here by mistake must not be printed back.
     raise JobError(
         f'batchrun.map: endpoint must be "sim", a base URL (https://...), a preset '
-        f"({', '.join(PRESETS)}) or a mapping of [endpoint] keys (got {endpoint!r})."
+        f"({', '.join(PRESETS)}) or a mapping of [endpoint] keys; the "
+        f"{type(endpoint).__name__} given is none of these."
     )
 
 
@@ -269,14 +271,34 @@ async def _map_frame(
     from .plan import RunOptions
 
     table = await asyncio.to_thread(_as_polars, frame)
-    with _working_folder(checkpoint) as folder:
+    with _working_folder(checkpoint) as folder, _only_caller(folder):
         job = build_job({**tree, "limits": dict(limits)}, folder, path=MAP_JOB, environ=environ)
-        folder.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(_write_input, table, folder / MAP_INPUT)
         summary = await run_engine(job, RunOptions(quiet=quiet), environ, interrupts=interrupts)
         _finish(summary, kept=checkpoint is not None)
         results = await asyncio.to_thread(_read_results, job.output_path, table.columns)
     return _with_results(frame, results)
+
+
+@contextlib.contextmanager
+def _only_caller(folder: Path) -> Iterator[None]:
+    """Hold the folder for one `map` call: a second call on the same checkpoint folder is
+    refused before it replaces the first one's input."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "map.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"Another batchrun.map call is using the checkpoint folder {folder}: wait for "
+                f"it to finish, or give this call a folder of its own."
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -337,12 +359,21 @@ def _read_results(output: Path, input_columns: list[str]) -> pl.DataFrame:
 def _with_results(frame: FrameT, results: pl.DataFrame) -> FrameT:
     """The caller's frame, untouched, with the result columns after its own."""
     import polars as pl
+    import pyarrow as pa
 
     given: Any = frame  # polars or pandas, as _as_polars checked
     if isinstance(given, pl.DataFrame):
         return given.hstack(results.get_columns())  # type: ignore[return-value]
     pandas = sys.modules["pandas"]
-    converted = results.to_pandas().set_axis(given.index)
+    # Nullable pandas types, so a column's type does not depend on whether a row failed.
+    nullable = {
+        pa.int64(): pandas.Int64Dtype(),
+        pa.int32(): pandas.Int32Dtype(),
+        pa.bool_(): pandas.BooleanDtype(),
+        pa.string(): pandas.StringDtype(),
+        pa.large_string(): pandas.StringDtype(),
+    }
+    converted = results.to_arrow().to_pandas(types_mapper=nullable.get).set_axis(given.index)
     combined: FrameT = pandas.concat([given, converted], axis=1)
     return combined
 

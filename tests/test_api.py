@@ -325,3 +325,37 @@ assert out["status"].to_list() == ["ok"], out
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_key_passed_as_the_endpoint_is_not_printed_back() -> None:
+    with pytest.raises(batchrun.JobError) as caught:
+        batchrun.map(reviews(2), **PROMPT, endpoint=FAKE_KEY, quiet=True)
+    assert FAKE_KEY not in str(caught.value) and FAKE_KEY[:12] not in str(caught.value)
+    assert "endpoint must be" in str(caught.value)
+
+
+def test_pandas_result_types_do_not_depend_on_failures() -> None:
+    texts = ["I love it", "Broken [[sim:context_length]]", "Fine"]
+    out = batchrun.map(pd.DataFrame({"text": texts}), **PROMPT, endpoint="sim", **FAST)
+    assert out["status"].tolist() == ["ok", "failed", "ok"]
+    assert str(out["prompt_tokens"].dtype) == "Int64" and out["prompt_tokens"].isna().sum() == 1
+    assert str(out["attempts"].dtype) == "Int32"
+    assert str(out["usage_estimated"].dtype) == "boolean"
+    assert str(out["response"].dtype) == "string"
+
+
+def test_a_second_call_on_a_busy_checkpoint_folder_is_refused_untouched(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    folder = tmp_path / "progress"
+    batchrun.map(reviews(3), **PROMPT, endpoint="sim", checkpoint=folder, quiet=True, **FAST)
+    before = (folder / "input.parquet").read_bytes()
+    fd = os.open(folder / "map.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a call in progress holds it
+    try:
+        with pytest.raises(batchrun.UserError, match=r"Another batchrun\.map call"):
+            batchrun.map(reviews(5), **PROMPT, endpoint="sim", checkpoint=folder, **FAST)
+    finally:
+        os.close(fd)
+    assert (folder / "input.parquet").read_bytes() == before
