@@ -68,7 +68,7 @@ MAX_BYTES = 200_000_000  # bytes in one Batch input file: the API's 200 MB
 BATCH_PRICE_FACTOR = 0.5  # the OpenAI Batch API bills half the list price
 ENDPOINT = "/v1/chat/completions"
 FILE_NAME = "batch-{:04d}.jsonl"
-FILE_GLOB = "batch-*.jsonl"
+FILE_GLOB = "batch-[0-9][0-9][0-9][0-9].jsonl"  # only what export writes, never a download
 ID_SEPARATOR = "@"
 ID_FINGERPRINT_CHARS = 16  # hex digits of the request fingerprint a custom_id carries
 NOT_BATCHED = ("stream", "stream_options")  # request keys a Batch body leaves out
@@ -410,7 +410,9 @@ class _Importer:
         if self.pricer.price is not None:
             summary.cost = 0.0
         self.redact = _redactor(job, environ)
-        self.settled: set[str] = set()  # keys given a result by this import
+        # Keys given a result by this import, and whether it was an answer (an answer in a
+        # later line still replaces a failure, as it would in a later import).
+        self.settled: dict[str, bool] = {}
         # Rows whose answer came without usage: key -> (position, fingerprint, outcome),
         # committed once their prompts are rendered again and counted.
         self.uncounted: dict[str, tuple[int, str, Outcome]] = {}
@@ -429,8 +431,6 @@ class _Importer:
             position, fp = row
             if fp[:ID_FINGERPRINT_CHARS] != short:
                 self.summary.stale += 1
-            elif key in self.settled:
-                self.summary.duplicate += 1
             else:
                 result = self._result(key, position, fp, line)
                 if result is not None:
@@ -451,7 +451,12 @@ class _Importer:
             reason = outcome.error if outcome.action is Action.RETRY else outcome.action.value
             self.summary.pending[reason or "server_error"] += 1
             return None
-        self.settled.add(key)
+        if key in self.settled:
+            if self.settled[key] or not answered:
+                self.summary.duplicate += 1
+                return None
+            self.summary.failed -= 1  # this import's failure of the row gives way to an answer
+        self.settled[key] = answered
         completion = outcome.completion
         if completion is not None and completion.usage is None:
             self.uncounted[key] = (position, fp, outcome)

@@ -33,6 +33,7 @@ from .conftest import Workspace, reviews
 from .test_secrets import leaks
 
 SKIP = {"latency_s", "ttft_s", "attempts"}  # what a Batch answer cannot carry over
+REFUSAL = {"message": "Invalid request.", "type": "invalid_request_error", "param": None}
 EXPIRED = {
     "code": "batch_expired",
     "message": "This request could not be executed before the completion window expired.",
@@ -353,3 +354,44 @@ def test_both_commands_explain_themselves(ws: Workspace, command: str) -> None:
     assert exit_.value.code == 0
     text = ws.capsys.readouterr().out
     assert f"usage: batchrun {command}" in text and "--set" in text and len(text) > 300
+
+
+def test_an_answer_after_a_refusal_in_the_same_import_is_kept(
+    ws: Workspace, sim: SimServer
+) -> None:
+    ws.write_input(reviews(2))
+    job = ws.job(sim.base_url, input={"id_column": "id"})
+    folder = ws.root / "b"
+    assert ws.run("export-batch", str(job), str(folder)).code == 0
+    output, _ = answer(folder, sim.base_url)
+    answered = [json.loads(line) for line in output.read_text().splitlines()]
+    refused = {
+        **answered[0],
+        "response": {"status_code": 400, "request_id": "r", "body": {"error": REFUSAL}},
+    }
+    first, second = ws.root / "first.jsonl", ws.root / "second.jsonl"
+    first.write_text(json.dumps(refused) + "\n")  # an overlapping batch refused it ...
+    second.write_text(json.dumps(answered[0]) + "\n")  # ... and a later one answered it
+    result = ws.run("import-batch", str(job), str(first), str(second))
+    assert result.code == 0, result.err
+    assert "imported 1 ok and 0 failed" in result.out
+    assert ws.read_output()["status"].to_list() == ["ok"]
+    # The other way round, in one import: the answer stands, the refusal is a duplicate.
+    ws.output.unlink()
+    result = ws.run(
+        "import-batch", str(job), "--set", "output.path=out/again.parquet", str(second), str(first)
+    )
+    assert "imported 1 ok and 0 failed" in result.out and "1 duplicate" in result.out
+    assert pl.read_parquet(ws.root / "out" / "again.parquet")["status"].to_list() == ["ok"]
+
+
+def test_force_replaces_only_the_files_export_wrote(ws: Workspace, sim: SimServer) -> None:
+    ws.write_input(reviews(3))
+    job = ws.job(sim.base_url)
+    folder = ws.root / "b"
+    assert ws.run("export-batch", str(job), str(folder)).code == 0
+    download = folder / "batch-0001-output.jsonl"  # answers saved beside their input file
+    download.write_text("{}\n")
+    result = ws.run("export-batch", str(job), str(folder), "--force")
+    assert result.code == 0, result.err
+    assert download.read_text() == "{}\n" and (folder / "batch-0001.jsonl").exists()
