@@ -343,7 +343,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else None
     result = compare(Path(args.a), Path(args.b), id_column=args.id_column, out=out)
-    print(json.dumps(result.as_dict(), indent=2) if args.json else render_text(result))
+    # default=str: ids may be dates or other values JSON has no type for.
+    print(json.dumps(result.as_dict(), indent=2, default=str) if args.json else render_text(result))
     return 0
 
 

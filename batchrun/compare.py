@@ -389,16 +389,29 @@ def compare(
     path_a: Path, path_b: Path, *, id_column: str | None = None, out: Path | None = None
 ) -> Comparison:
     """Compare two outputs over their shared rows; with `out`, write every disagreeing row."""
+    try:
+        return _compare(path_a, path_b, id_column, out)
+    except pl.exceptions.PolarsError as exc:  # what the checks above it could not foresee
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"{path_a} and {path_b} cannot be compared ({reason}): check that both are "
+            f"batchrun outputs and that the --id column holds plain ids."
+        ) from None
+
+
+def _compare(path_a: Path, path_b: Path, id_column: str | None, out: Path | None) -> Comparison:
     a, b = _open(path_a), _open(path_b)
     if out is not None and out.resolve() in (path_a.resolve(), path_b.resolve()):
         raise UserError(f"--out {out} would overwrite a file being compared: choose another path.")
     column, origin = _join_column(a, b, id_column)
-    key_type: pl.DataType | None = None  # ids of different types are matched as text
+    key_type: pl.DataType | None = None  # ids of different types: as numbers, else as text
     if column is not None:
         _check_ids(a, column)
         _check_ids(b, column)
-        if a.schema.field(column).type != b.schema.field(column).type:
-            key_type = pl.String()
+        types = a.schema.field(column).type, b.schema.field(column).type
+        if types[0] != types[1]:
+            numbers = all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in types)
+            key_type = pl.Float64() if numbers else pl.String()
     answer = "parsed" if a.has("parsed") and b.has("parsed") else "response"
     scored = a.has("score") and b.has("score")
     pairs = _side(a, column, answer, scored, "_a", key_type).join(

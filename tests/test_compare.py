@@ -413,3 +413,27 @@ def test_files_without_a_row_in_common(ws: Workspace) -> None:
     assert result.code == 0, result.err
     assert "rows: 0 in both, 100 only in A, 100 only in B" in result.out
     assert "No row is in both files" in result.out
+
+
+def test_dates_as_ids_and_ints_against_floats(ws: Workspace) -> None:
+    import datetime as dt
+
+    days = [dt.date(2026, 1, d) for d in (1, 2, 3)]
+    a = write(output(days, ["x", "y", "z"]), ws.root / "a.parquet")
+    b = write(output(days, ["x", "y", "w"]), ws.root / "b.parquet")
+    result = ws.run("compare", str(a), str(b), "--id", "id", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["disagreements"]["sample"][0]["id"] == "2026-01-03"
+    ints = write(output([1, 2, 3], ["x", "y", "z"]), ws.root / "i.parquet")
+    floats = write(output([1.0, 2.0, 3.0], ["x", "y", "w"]), ws.root / "f.parquet")
+    report = json.loads(ws.run("compare", str(ints), str(floats), "--id", "id", "--json").out)
+    assert report["rows"] == {"both": 3, "only_a": 0, "only_b": 0}
+
+
+def test_what_polars_cannot_do_is_one_sentence(ws: Workspace) -> None:
+    nested = [[1], [2], [3]]
+    a = write(output(nested, ["x", "y", "z"]), ws.root / "a.parquet")
+    b = write(output(nested, ["x", "y", "w"]), ws.root / "b.parquet")
+    result = ws.run("compare", str(a), str(b), "--id", "id", "--out", str(ws.root / "d.csv"))
+    assert result.code == 2 and result.err.count("\n") == 1, result.err
+    assert "cannot" in result.err and "Traceback" not in result.err
