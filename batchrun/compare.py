@@ -695,10 +695,11 @@ def _verdict(c: Comparison) -> list[str]:
 
 
 def _p(value: float) -> str:
-    """The p-value as "p = …", to two significant figures (two decimals from 0.1 up)."""
+    """The p-value as "p = …": two decimals from 0.1 up, else three significant figures, so
+    that a p just under 0.05 never prints as 0.05."""
     if value < 0.0001:
         return "p < 0.0001"
-    return f"p = {value:.2f}" if value >= 0.1 else f"p = {value:.2g}"
+    return f"p = {value:.2f}" if value >= 0.1 else f"p = {value:.3g}"
 
 
 def _disagreement_lines(c: Comparison) -> list[str]:

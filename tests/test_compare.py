@@ -132,7 +132,7 @@ def test_scored_runs_in_the_terminal(ws: Workspace) -> None:
     assert "joined on 'id' (from the runs' metadata); answers from 'parsed'" in text
     assert "A is more accurate than B by 8.0 points on the 100 rows scored in both" in text
     assert "A right and B wrong on 10 rows, A wrong and B right on 2" in text
-    assert "McNemar exact p = 0.039, unlikely to be chance at the 5% level" in text
+    assert "McNemar exact p = 0.0386, unlikely to be chance at the 5% level" in text
     assert "80.0%" in text and "72.0%" in text and "-8.0 pts" in text
     assert "Disagreements: 13 rows (answers differ in 13, scores in 12)" in text
     assert "the first 10 in A's order" in text
