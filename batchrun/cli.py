@@ -173,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
         "Batch API's; 1 for a local vLLM run-batch)",
     )
     import_.set_defaults(handler=_import_batch)
+
     compare = commands.add_parser(
         "compare",
         help="two runs over the same rows side by side: disagreements, accuracy, McNemar test",
