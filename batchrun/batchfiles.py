@@ -334,7 +334,7 @@ def import_batch(
             plan.columns,
             exclude=stale,
             annotator=plan.annotator,
-            metadata=sink.job_metadata(job),
+            metadata=sink.job_metadata(job, plan.total),
         )
     finally:
         checkpoint.close()

@@ -301,6 +301,16 @@ def _join_column(a: _File, b: _File, id_column: str | None) -> tuple[str | None,
                     f"{a.path} has {a.rows:,} rows and {b.path} {b.rows:,}, and without an id "
                     f"column rows are matched by position: pass --id COLUMN."
                 )
+            for f in (a, b):
+                # A run that stopped early leaves out the rows it did not finish, so its
+                # positions are not the input's.
+                total = f.metadata.get("input_rows")
+                if isinstance(total, int) and total != f.rows:
+                    raise InputError(
+                        f"{f.path} holds {f.rows:,} of its job's {total:,} rows (the run did "
+                        f"not finish), so its rows cannot be matched by position: finish the "
+                        f"run, or pass --id COLUMN."
+                    )
             return None, "position"
         column = declared
     for f in (a, b):

@@ -148,7 +148,7 @@ async def run(
                         limit=options.limit,
                         exclude=engine.stale,
                         annotator=plan.annotator,
-                        metadata=sink.job_metadata(job),
+                        metadata=sink.job_metadata(job, plan.total),
                     )
     finally:
         checkpoint.close()

@@ -58,10 +58,12 @@ def write_output(
     return pl.scan_parquet(path).select(pl.len()).collect().item()
 
 
-def job_metadata(job: Job) -> dict[str, object]:
-    """What the output file says about the job that wrote it (read by `batchrun compare`)."""
+def job_metadata(job: Job, input_rows: int) -> dict[str, object]:
+    """What the output file says about the job that wrote it (read by `batchrun compare`):
+    `input_rows` is how many rows the job covers, which a finished output holds."""
     return {
         "job": job.name,
+        "input_rows": input_rows,
         "model": job.request["model"],
         "id_column": job.input.id_column,
         "parse": job.parse.format if job.parse is not None else None,

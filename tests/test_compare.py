@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from batchrun.sim import SimServer
@@ -437,3 +438,34 @@ def test_what_polars_cannot_do_is_one_sentence(ws: Workspace) -> None:
     result = ws.run("compare", str(a), str(b), "--id", "id", "--out", str(ws.root / "d.csv"))
     assert result.code == 2 and result.err.count("\n") == 1, result.err
     assert "cannot" in result.err and "Traceback" not in result.err
+
+
+def test_a_partial_output_is_not_matched_by_position(ws: Workspace) -> None:
+    a = write(output([0, 1, 2], ["x", "y", "z"]), ws.root / "a.parquet", id_column=None)
+    partial = output([0, 1, 2], ["x", "y", "w"])
+    b = write(partial, ws.root / "b.parquet", id_column=None, input_rows=5)
+    result = ws.run("compare", str(a), str(b))
+    assert result.code == 2 and result.err.count("\n") == 1
+    assert "holds 3 of its job's 5 rows" in result.err and "--id" in result.err
+    whole = write(partial, ws.root / "c.parquet", id_column=None, input_rows=3)
+    assert ws.run("compare", str(a), str(whole)).code == 0
+
+
+def test_runs_write_the_metadata_compare_reads(ws: Workspace) -> None:
+    from batchrun.sim import SimConfig, start_in_thread
+
+    ws.write_input(pl.DataFrame({"id": ["a", "b", "c"], "text": ["good", "bad", "fine"]}))
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url, input={"path": "input.parquet", "id_column": "id"})
+        assert ws.run("run", str(job), "-q", "--limit", "2").code == 0
+    stored = pq.ParquetFile(ws.output).metadata.metadata[b"batchrun"]
+    assert json.loads(stored) == {
+        "job": "test-job",
+        "input_rows": 2,
+        "model": "gpt-4o-mini",
+        "id_column": "id",
+        "parse": None,
+        "labels": None,
+        "expected_column": None,
+        "scorer": None,
+    }
