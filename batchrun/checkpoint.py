@@ -1,16 +1,27 @@
 """Committed results: the checkpoint folder beside the output, and atomic file writes.
 
-Exactly-once rests on three rules:
+Exactly-once rests on these rules:
 
 1. A result is committed by writing a whole segment file under a temporary name, fsyncing
-   it, renaming it into place and fsyncing the folder. A rename is atomic, so every
-   `seg-*.parquet` a reader can see is complete; a kill leaves at most a `*.tmp` that the
-   next open deletes. Nothing half-written is ever visible.
-2. Segments are only added (and, when many, merged into one by the same atomic write before
-   the merged ones are removed). A row may appear in several segments (a retried failure, a
-   changed request); the last one in file-name order is the row's result.
-3. A row's identity is its key (the id as text) and the fingerprint of its request body: the
+   it, renaming it into place and fsyncing the folder. A rename is atomic, so every segment
+   a reader can see is complete; a kill leaves at most a `*.tmp` that the next open deletes.
+   Nothing half-written is ever visible.
+2. Commits are numbered. A segment is named after the commits it holds,
+   `seg-<first>-<last>.parquet`: a commit writes `seg-n-n`, and a merge of consecutive
+   segments writes one segment named for all of them before it removes them. A segment whose
+   commits another one holds too is superseded and read by nobody (a kill mid-merge leaves
+   both; the next open removes the superseded one), so no row is ever counted twice.
+3. Rows in a segment are sorted by their input position, and rows at one position keep the
+   order they were committed in. A row's results all stand at one position (the row's
+   position in the input as it is now: see `batchrun.anchor`), so a row's latest result is
+   the last one at its position in segment then row order, and input batches and their
+   results are walked together in bounded memory (`batchrun.walk`).
+4. A row's identity is its key (the id as text) and the fingerprint of its request body: the
    engine skips a row only if the latest result has the same fingerprint.
+
+Segments are merged as they come, in the background, in tiers: when FANOUT consecutive
+segments of one size class stand at the newest end, they become one. A five-million-row job
+so keeps a few dozen files at most, and each row is rewritten a handful of times.
 
 One run at a time holds the folder's lock, so two runs of the same job cannot interleave.
 """
@@ -18,43 +29,95 @@ One run at a time holds the folder's lock, so two runs of the same job cannot in
 from __future__ import annotations
 
 import fcntl
+import math
 import os
+import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .columns import CHECKPOINT_SCHEMA, FINGERPRINT, FINISHED_AT, KEY, RowResult
+from .columns import CHECKPOINT_SCHEMA, FINISHED_AT, KEY, POSITION, RowResult
 from .errors import UserError
+from .walk import ROW_GROUP_ROWS, Stopped, Walk, merge_segments
 
 SEGMENT_GLOB = "seg-*.parquet"
-# More segments than this are merged into one when a checkpoint is opened or closed.
-MERGE_ABOVE = 64
-# While a run goes, this many new segments are merged into one, so a long run leaves few files.
-MERGE_NEW = 128
+_NAME = re.compile(r"seg-(\d{12})-(\d{12})\.parquet")
+_OLD_NAME = re.compile(r"seg-(\d{12})(\.m)?\.parquet")  # before segments were sorted
+# FANOUT segments of one size class are merged into one; a class spans a factor of FANOUT.
+FANOUT = 4
+SMALLEST = 2000  # rows of the smallest size class (what a run commits at a time)
+# A reader racing a merge may find a listed segment gone: it lists again this many times.
+READ_TRIES = 8
 
-
-# In the index, a failed row's fingerprint carries this mark in front.
+# In a row's latest result as the walks give it, a failed row's fingerprint carries this
+# mark in front.
 FAILED_MARK = "!"
+
+T = TypeVar("T")
 
 
 def settled(prior: str | None, fingerprint: str, *, retry_failed: bool, sendable: bool) -> bool:
-    """Whether a row's latest committed result (`prior`, as `index()` gives it) settles the
-    row for the request `fingerprint`: an answer to that very request, or a failure of it
-    that is not to be sent again (with `retry_failed`, rows that can be sent are)."""
+    """Whether a row's latest committed result (`prior`, its fingerprint marked when it
+    failed) settles the row for the request `fingerprint`: an answer to that very request,
+    or a failure of it that is not to be sent again (with `retry_failed`, rows that can be
+    sent are)."""
     if prior == fingerprint:
         return True
     return prior == FAILED_MARK + fingerprint and (not retry_failed or not sendable)
 
 
+def marked_fingerprint() -> pl.Expr:
+    """A result's fingerprint, marked when the result is a failure (see `settled`)."""
+    ok = pl.col("status") == "ok"
+    return pl.when(ok).then(pl.col("fingerprint")).otherwise(FAILED_MARK + pl.col("fingerprint"))
+
+
 def checkpoint_dir(output_path: Path) -> Path:
     """The checkpoint folder that belongs to an output file."""
     return output_path.with_name(output_path.name + ".checkpoint")
+
+
+def segment_name(first: int, last: int) -> str:
+    return f"seg-{first:012d}-{last:012d}.parquet"
+
+
+def _span(path: Path) -> tuple[int, int] | None:
+    match = _NAME.fullmatch(path.name)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def current_segments(folder: Path) -> list[Path]:
+    """The segments a reader reads, oldest first: every one not superseded by a merge."""
+    spans = sorted(
+        ((span, path) for path in folder.glob(SEGMENT_GLOB) if (span := _span(path))),
+        key=lambda item: (item[0][0], -item[0][1]),
+    )
+    kept: list[Path] = []
+    reach = 0  # the last commit held by the segments kept so far
+    for (_, last), path in spans:
+        if last > reach:  # merges only join neighbours, so spans nest or stand apart
+            kept.append(path)
+            reach = last
+    return kept
+
+
+def reading(folder: Path, read: Callable[[list[Path]], T]) -> T:
+    """`read(segments)`, listed again if a merge removes one of them while it is opened."""
+    for attempt in range(READ_TRIES):
+        try:
+            return read(current_segments(folder))
+        except FileNotFoundError:
+            if attempt == READ_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 class Checkpoint:
@@ -63,9 +126,15 @@ class Checkpoint:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._lock_file: int | None = None  # fd holding the exclusive lock while open
-        self._next = 0  # sequence number of the next segment
+        self._next = 1  # number of the next commit
         self._writing = threading.Lock()  # commits come from worker threads, one at a time
-        self._new: list[Path] = []  # segments written since the last merge, oldest first
+        self._rows: dict[Path, int] = {}  # rows of each current segment (lock holder only)
+        self._wake = threading.Condition()  # tells the merger a segment was added
+        self._merger: threading.Thread | None = None  # merges in the background while open
+        self._closing = False  # asks the merger to stop
+        self.merge_error: BaseException | None = None  # what stopped the merger, if anything
+
+    # -- opening and closing ---------------------------------------------------------------
 
     def open(self, *, fresh: bool = False) -> Checkpoint:
         """Lock the folder, clear what a kill left behind, and (with fresh) forget results."""
@@ -81,89 +150,216 @@ class Checkpoint:
         self._lock_file = fd
         for tmp in self.folder.glob("*.tmp"):
             tmp.unlink()
+        remove_tree(self.folder / "anchor.tmp")
         if fresh:
-            for seg in self.segments():
+            for seg in self.folder.glob(SEGMENT_GLOB):
                 seg.unlink()
             fsync_dir(self.folder)
-        segments = self.segments()
-        self._next = (_sequence(segments[-1])[0] + 1) if segments else 1
-        if len(segments) > MERGE_ABOVE:
-            self.merge()
+        _upgrade(self.folder)
+        spans = [span for path in self.folder.glob(SEGMENT_GLOB) if (span := _span(path))]
+        self._next = max((last for _, last in spans), default=0) + 1
+        current = current_segments(self.folder)
+        for path in set(self.folder.glob(SEGMENT_GLOB)) - set(current):
+            path.unlink()  # superseded: a kill came between a merge and its clean-up
+        fsync_dir(self.folder)
+        self._rows = {path: pq.ParquetFile(path).metadata.num_rows for path in current}
         return self
 
+    def start_merging(self) -> None:
+        """Merge segments in a background thread from now until `close`."""
+        self._closing = False
+        self._merger = threading.Thread(
+            target=self._merge_loop, name="batchrun-merger", daemon=True
+        )
+        self._merger.start()
+
+    def stop_merging(self) -> None:
+        """Stop the merger; a merge under way is abandoned, leaving nothing behind."""
+        if self._merger is not None:
+            with self._wake:
+                self._closing = True
+                self._wake.notify()
+            self._merger.join()
+            self._merger = None
+
     def close(self) -> None:
+        """Stop merging and unlock."""
+        self.stop_merging()
         if self._lock_file is not None:
-            if len(self.segments()) > MERGE_ABOVE:
-                self.merge()
             os.close(self._lock_file)
             self._lock_file = None
 
-    def segments(self) -> list[Path]:
-        """Committed segment files, oldest first."""
-        return sorted(self.folder.glob(SEGMENT_GLOB), key=_sequence)
+    def __enter__(self) -> Checkpoint:
+        return self
 
-    def index(self) -> dict[str, str]:
-        """The latest committed result of every row: key -> fingerprint, marked if failed."""
-        segments = self.segments()
-        if not segments:
-            return {}
-        ok = pl.col("status") == "ok"
-        marked = pl.when(ok).then(pl.col(FINGERPRINT)).otherwise(FAILED_MARK + pl.col(FINGERPRINT))
-        table = pl.scan_parquet([str(s) for s in segments]).select(KEY, marked.alias("fp"))
-        frame = table.collect()
-        return dict(zip(frame[KEY].to_list(), frame["fp"].to_list(), strict=True))
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def segments(self) -> list[Path]:
+        """Current segment files, oldest first."""
+        return current_segments(self.folder)
+
+    def walk(self, columns: Iterable[str] = ()) -> Walk:
+        """A walk over the rows' latest results (see `batchrun.walk.Walk`)."""
+        wanted = list(columns)
+        return reading(self.folder, lambda segments: Walk(segments, wanted))
+
+    def spend(self) -> float:
+        """Every committed row's cost, superseded attempts included: money already spent."""
+
+        def total(segments: list[Path]) -> float:
+            if not segments:
+                return 0.0
+            frame = pl.scan_parquet(segments).select(pl.col("cost_usd").sum()).collect()
+            return float(frame.item() or 0.0)
+
+        return reading(self.folder, total)
+
+    # -- writing ---------------------------------------------------------------------------
 
     def commit(self, results: Iterable[RowResult]) -> int:
         """Durably add results as one new segment; returns how many were written."""
         records = [r.as_record() for r in results]
         if not records:
             return 0
+        records.sort(key=lambda record: record[POSITION])  # type: ignore[arg-type,return-value]
         table = pa.Table.from_pylist(records, schema=CHECKPOINT_SCHEMA)
         with self._writing:
-            path = self.folder / f"seg-{self._next:012d}.parquet"
+            path = self.folder / segment_name(self._next, self._next)
             self._next += 1
             write_atomic_table(table, path)
-            self._new.append(path)
-            if len(self._new) >= MERGE_NEW:
-                self._merge(self._new)
-                self._new = []
+            self._rows[path] = table.num_rows
+        with self._wake:
+            self._wake.notify()
         return len(records)
 
-    def merge(self) -> None:
-        """Merge every segment into one, atomically, keeping every row (spend stays whole)."""
+    def replace_all(self, write: Callable[[pq.ParquetWriter], int]) -> None:
+        """Replace every segment by the one `write` writes (all rows, sorted): used when the
+        input's positions moved. The merger must not be running."""
         with self._writing:
-            self._merge(self.segments())
-            self._new = []
+            current = self.segments()
+            if not current:
+                return
+            first = min(_span(p)[0] for p in current)  # type: ignore[index]
+            last = max(_span(p)[1] for p in current)  # type: ignore[index]
+            target = self.folder / segment_name(first, last)
+            rows = write_segment(target, write)
+            for path in current:
+                if path != target:
+                    path.unlink()
+            fsync_dir(self.folder)
+            self._rows = {target: rows}
+
+    def merge_all(self) -> None:
+        """Merge every current segment into one (the merger's rules aside)."""
+        with self._writing:
+            current = self.segments()
+        if len(current) > 1:
+            self._merge(current)
+
+    # -- merging ---------------------------------------------------------------------------
+
+    def _merge_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closing and self._due() is None:
+                    self._wake.wait()
+                if self._closing:
+                    return
+                due = self._due()
+            if due is None:
+                continue
+            try:
+                self._merge(due)
+            except Stopped:
+                return  # closing: the merge's temporary file is gone, its inputs stay
+            except BaseException as exc:  # kept for the run to report; the folder stays valid
+                self.merge_error = exc
+                return
+
+    def _due(self) -> list[Path] | None:
+        """The newest segments to merge now: FANOUT or more of one size class at the end."""
+        with self._writing:
+            sizes = [(path, self._rows[path]) for path in current_segments(self.folder)]
+        if len(sizes) < FANOUT:
+            return None
+        newest = _size_class(sizes[-1][1])
+        tail = []
+        for path, rows in reversed(sizes):
+            if _size_class(rows) != newest:
+                break
+            tail.append(path)
+        return tail[::-1] if len(tail) >= FANOUT else None
 
     def _merge(self, segments: list[Path]) -> None:
-        """Merge the newest consecutive `segments` into one file that sorts where they did."""
-        if len(segments) < 2:
-            return
-        table = pq.read_table([str(s) for s in segments], schema=CHECKPOINT_SCHEMA)
-        # The merged file sorts right after the newest segment it replaces and before any
-        # segment written later, so "last one wins" still holds if we die mid-merge.
-        target = segments[-1].with_name(f"seg-{_sequence(segments[-1])[0]:012d}.m.parquet")
-        write_atomic_table(table, target)
-        for seg in segments:
-            if seg != target:
-                seg.unlink()
-        fsync_dir(self.folder)
+        """Merge consecutive `segments` into one named for all of them, then remove them."""
+        first, last = _span(segments[0])[0], _span(segments[-1])[1]  # type: ignore[index]
+        target = self.folder / segment_name(first, last)
 
-    def spend(self) -> float:
-        """Every committed row's cost, superseded attempts included: money already spent."""
-        segments = self.segments()
-        if not segments:
-            return 0.0
-        # A merge cut short by a kill leaves rows twice; a commit is unique by key and time.
-        rows = pl.scan_parquet([str(s) for s in segments]).select(KEY, FINISHED_AT, "cost_usd")
-        total = rows.unique(subset=[KEY, FINISHED_AT]).select(pl.col("cost_usd").sum())
-        return float(total.collect().item() or 0.0)
+        def write(writer: pq.ParquetWriter) -> int:
+            return merge_segments(segments, writer, stop=lambda: self._closing)
+
+        rows = write_segment(target, write)
+        with self._writing:
+            self._rows[target] = rows
+            for path in segments:
+                path.unlink()
+                self._rows.pop(path, None)
+            fsync_dir(self.folder)
 
 
-def _sequence(path: Path) -> tuple[int, int]:
-    stem = path.name.removeprefix("seg-").removesuffix(".parquet")
-    number, _, merged = stem.partition(".")
-    return int(number), 1 if merged else 0
+def _size_class(rows: int) -> int:
+    return int(math.log(max(rows, 1) / SMALLEST, FANOUT)) if rows > SMALLEST else 0
+
+
+def write_segment(target: Path, write: Callable[[pq.ParquetWriter], int]) -> int:
+    """Write a segment through a ParquetWriter, atomically; returns its rows."""
+    with atomic_file(target) as tmp:
+        writer = pq.ParquetWriter(tmp, CHECKPOINT_SCHEMA, compression="zstd")
+        try:
+            rows = write(writer)
+        finally:
+            writer.close()
+    return rows
+
+
+def _upgrade(folder: Path) -> None:
+    """Rewrite segments of batchrun 0.1's layout (unsorted, `seg-N[.m].parquet`) as one
+    sorted segment. Done once, in memory (those versions merged in memory too)."""
+    old = [(m, p) for p in folder.glob(SEGMENT_GLOB) if (m := _OLD_NAME.fullmatch(p.name))]
+    if not old:
+        return
+    old.sort(key=lambda item: (int(item[0][1]), 1 if item[0][2] else 0))
+    paths = [p for _, p in old]
+    table = pl.read_parquet(paths).unique(
+        subset=[KEY, FINISHED_AT], keep="first", maintain_order=True
+    )
+    table = table.with_columns(pl.col(POSITION).cast(pl.Int64)).sort(POSITION, maintain_order=True)
+    arrow = table.to_arrow().cast(CHECKPOINT_SCHEMA)
+    last = int(old[-1][0][1])
+    write_segment(
+        folder / segment_name(1, last),
+        lambda writer: writer.write_table(arrow, row_group_size=ROW_GROUP_ROWS) or arrow.num_rows,
+    )
+    for path in paths:
+        path.unlink()
+    fsync_dir(folder)
+
+
+def sort_positions(table: pa.Table) -> pa.Table:
+    """A table's rows in position order, rows at one position in their order."""
+    return table.take(np.argsort(table.column(POSITION).to_numpy(), kind="stable"))
+
+
+def remove_tree(folder: Path) -> None:
+    """Delete a scratch folder and what it holds (files only), if it exists."""
+    if not folder.exists():
+        return
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
 
 
 @contextmanager

@@ -38,6 +38,10 @@ RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
 CHOICES_COLUMN = "choices"  # only when n > 1
 JSON_VALID_COLUMN = "json_valid"  # only in JSON mode
 
+# The row's position in the input, written to outputs of jobs without an id_column (where the
+# position is the row's identity), so that the rows of a partial output are known.
+INPUT_ROW = "input_row"
+
 # What the checkpoint keeps beside the result: the row's identity and when it finished.
 KEY, POSITION, FINGERPRINT, FINISHED_AT = "row_key", "position", "fingerprint", "finished_at"
 CHECKPOINT_SCHEMA = pa.schema(

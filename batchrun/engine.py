@@ -27,10 +27,11 @@ from pathlib import Path
 
 import polars as pl
 
-from . import sink
+from . import render, sink
+from .anchor import anchor
 from .asking import Item, plus_cost
-from .checkpoint import FAILED_MARK, Checkpoint, checkpoint_dir, settled
-from .columns import RowResult
+from .checkpoint import FAILED_MARK, Checkpoint, checkpoint_dir, marked_fingerprint
+from .columns import FINGERPRINT, KEY, RowResult
 from .completion import Usage
 from .errors import (
     BadKey,
@@ -52,6 +53,7 @@ from .results import counted_usage, failure_result, success_result
 from .retry import QuotaGate, RetryPolicy
 from .source import POSITION, ROW_KEY, Source
 from .tokens import TokenCounter, counter_for
+from .walk import Walk
 from .wire import Reply, TransportFailure, Wire
 
 log = logging.getLogger("batchrun")
@@ -113,6 +115,10 @@ async def run(
     sink.remove_temporaries(job.output_path)
     started = time.monotonic()
     try:
+        moved = await asyncio.to_thread(anchor, checkpoint, plan.source)
+        if moved:
+            log.info("%s: %d committed results moved with their rows in the input", job.name, moved)
+        checkpoint.start_merging()
         with _endpoint(job) as base_url:
             engine = _Engine(
                 job,
@@ -138,15 +144,16 @@ async def run(
                 finally:
                     engine.progress.close()
                 rows_written = None
+                checkpoint.stop_merging()
                 if not engine.hurried:
                     rows_written = await asyncio.to_thread(
                         sink.write_output,
                         plan.source,
-                        checkpoint.segments(),
+                        checkpoint,
                         job.output_path,
                         plan.columns,
+                        plan.renderer,
                         limit=options.limit,
-                        exclude=engine.stale,
                         annotator=plan.annotator,
                         metadata=sink.job_metadata(job, plan.total),
                     )
@@ -242,7 +249,6 @@ class _Engine:
         self.counts = _Counts()
         self.final_ok = 0  # rows whose latest result is ok (before and during this run)
         self.final_failed = 0  # rows whose latest result is failed
-        self.stale: set[str] = set()  # keys whose committed result is for an older request
         self.stop: BatchrunError | None = None  # the run-wide stop, once one happened
         self._buffer: list[RowResult] = []  # finished results not yet committed
         self._flush_lock = asyncio.Lock()  # one segment write at a time
@@ -257,18 +263,16 @@ class _Engine:
     # -- the run as a whole ---------------------------------------------------------------
 
     async def execute(self, options: RunOptions) -> None:
-        index = await asyncio.to_thread(self.checkpoint.index)
         log.info(
-            "%s: %d rows committed before; sending to %s with %d in flight at most",
+            "%s: sending to %s with %d in flight at most",
             self.job.name,
-            len(index),
             self.wire.url,
             self.job.limits.concurrency,
         )
         queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=2 * self.job.limits.concurrency)
         async with self.wire:
             self._producer = asyncio.create_task(
-                self._produce(self.plan.source, options, index, queue), name="batchrun-producer"
+                self._produce(self.plan.source, options, queue), name="batchrun-producer"
             )
             self._workers = [
                 asyncio.create_task(self._work(queue), name=f"batchrun-worker-{i}")
@@ -342,49 +346,58 @@ class _Engine:
     # -- producing requests ---------------------------------------------------------------
 
     async def _produce(
-        self,
-        source: Source,
-        options: RunOptions,
-        index: dict[str, str],
-        queue: asyncio.Queue[Item | None],
+        self, source: Source, options: RunOptions, queue: asyncio.Queue[Item | None]
     ) -> None:
+        walk = await asyncio.to_thread(self.checkpoint.walk, [FINGERPRINT, "status"])
         batches = source.batches(self.renderer.columns, BATCH_ROWS, options.limit)
         try:
             while self.stop is None:
-                batch: pl.DataFrame | None = await asyncio.to_thread(next, batches, None)
-                if batch is None:
+                step = await asyncio.to_thread(self._pending, batches, walk, options)
+                if step is None:
                     break
-                done = 0  # rows finished ok for this very request: the bulk of a resume
-                for rendered in self.renderer.render_batch(batch, ROW_KEY, POSITION):
-                    if index.get(rendered[0]) == rendered[2]:
-                        done += 1
-                        continue
+                pending, ok, failed = step
+                self.final_ok += ok
+                self.final_failed += failed
+                self.progress.skip(ok + failed)
+                for rendered in self.renderer.rows(pending):
                     if self.stop is not None:
                         break
-                    item = self._prepare(rendered, index, options)
+                    item = self._prepare(rendered)
                     if item is not None:
                         await queue.put(item)
-                self.final_ok += done
-                self.progress.skip(done)
         finally:
             with contextlib.suppress(ValueError):  # still running in its thread if cancelled
                 batches.close()
+            walk.close()
         # Only when not cancelled: a cancelled run cancels the workers too, and a full queue
         # with no worker left to empty it would block this forever.
         for _ in self._workers:
             await queue.put(None)
 
-    def _prepare(
-        self, rendered: Rendered, index: dict[str, str], options: RunOptions
-    ) -> Item | None:
-        """The row's request, or None when the row is finished already (or cannot be sent)."""
-        key, position, fp, payload, invalid = rendered
-        prior = index.get(key)
-        if prior is not None and prior.removeprefix(FAILED_MARK) != fp:
-            self.stale.add(key)
-        elif settled(prior, fp, retry_failed=options.retry_failed, sendable=invalid is None):
-            self._count_prior(ok=prior == fp)
+    def _pending(
+        self, batches: Iterator[pl.DataFrame], walk: Walk, options: RunOptions
+    ) -> tuple[pl.DataFrame, int, int] | None:
+        """The next input batch, rendered, without the rows its committed results settle;
+        with how many of those are ok and failed. None at the end of the input."""
+        batch = next(batches, None)
+        if batch is None:
             return None
+        frame = self.renderer.render_frame(batch, ROW_KEY, POSITION)
+        end = int(batch[POSITION][-1]) + 1 if batch.height else 0
+        prior = walk.until(end).select(pl.col(KEY).alias(render.KEY), marked_fingerprint())
+        frame = frame.join(prior, on=render.KEY, how="left", maintain_order="left")
+        fp, before = pl.col(render.FP), pl.col(FINGERPRINT)
+        ok = before == fp
+        failed = before == FAILED_MARK + fp
+        if options.retry_failed:
+            failed = failed & pl.col(render.REASON).is_not_null()  # unsendable stays failed
+        counts = frame.select(ok.sum().alias("ok"), failed.sum().alias("failed")).row(0)
+        pending = frame.filter(~ok.fill_null(False) & ~failed.fill_null(False))
+        return pending, int(counts[0]), int(counts[1])
+
+    def _prepare(self, rendered: Rendered) -> Item | None:
+        """A pending row's request, or None when it cannot be sent (its failure recorded)."""
+        key, position, fp, payload, invalid = rendered
         if invalid is not None:
             result = RowResult(
                 row_key=key,
@@ -402,13 +415,6 @@ class _Engine:
         prompt_tokens = self.counter.chat(body["messages"]) if self._count_prompts else 0
         estimate = prompt_tokens + self.renderer.completion_estimate
         return Item(key, position, fp, body, prompt_tokens, estimate)
-
-    def _count_prior(self, *, ok: bool) -> None:
-        if ok:
-            self.final_ok += 1
-        else:
-            self.final_failed += 1
-        self.progress.skip()
 
     # -- sending --------------------------------------------------------------------------
 
@@ -614,7 +620,6 @@ class _Engine:
 
     def _record(self, result: RowResult) -> None:
         self._buffer.append(result)
-        self.stale.discard(result.row_key)
         ok = result.status == "ok"
         if ok:
             self.counts.ok += 1

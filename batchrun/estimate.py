@@ -9,13 +9,17 @@ when the checkpoint holds finished rows, their mean as the expected figure.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import polars as pl
 
-from .checkpoint import FAILED_MARK, Checkpoint, checkpoint_dir
+from . import render
+from .anchor import settle_positions
+from .checkpoint import FAILED_MARK, Checkpoint, marked_fingerprint
+from .columns import FINGERPRINT, KEY
 from .engine import BATCH_ROWS
 from .job import Job
 from .plan import Plan, RunOptions, plan_run
@@ -51,10 +55,9 @@ class Estimate:
 def estimate(job: Job, limit: int | None = None) -> Estimate:
     """Estimate a run of `job`; reads the input and the checkpoint, sends nothing."""
     plan = plan_run(job, RunOptions(limit=limit))
-    checkpoint = Checkpoint(checkpoint_dir(job.output_path))
-    index = checkpoint.index()
+    checkpoint = settle_positions(job, plan)
     counter = counter_for(str(job.request["model"]))
-    counted = tally(plan, index, counter)
+    counted = tally(plan, checkpoint, counter)
     done, invalid, to_send = counted.ok + counted.failed, counted.invalid, counted.to_send
     prompt_tokens, exact = counted.prompt_tokens, counted.exact
     per_row = plan.renderer.completion_ceiling
@@ -111,59 +114,67 @@ class Tally:
     exact: bool = True  # whether prompt_tokens is exact
 
 
-def tally(plan: Plan, index: Mapping[str, str], counter: TokenCounter | None) -> Tally:
-    """Render every row as a run would and sort it; count prompt tokens if given a counter."""
+def tally(plan: Plan, checkpoint: Checkpoint, counter: TokenCounter | None) -> Tally:
+    """Render every row as a run would and sort it against its latest committed result (in
+    one walk over the input and the checkpoint); count prompt tokens if given a counter."""
     result = Tally(exact=counter is not None and counter.exact)
     roles = {role: counter.text(role) for role in ("system", "user")} if counter else {}
-    for batch in plan.source.batches(plan.renderer.columns, BATCH_ROWS * 2, plan.total):
-        systems: list[str] = []
-        users: list[str] = []
-        for key, _, fp, payload, reason in plan.renderer.render_batch(batch, ROW_KEY, POSITION):
-            prior = index.get(key)
-            if prior == fp:
-                result.ok += 1
+    renderer = plan.renderer
+    batches = plan.source.batches(renderer.columns, BATCH_ROWS * 2, plan.total)
+    with contextlib.closing(batches), checkpoint.walk([FINGERPRINT, "status"]) as walk:
+        for batch in batches:
+            frame = renderer.render_frame(batch, ROW_KEY, POSITION)
+            end = int(batch[POSITION][-1]) + 1 if batch.height else 0
+            prior = walk.until(end).select(pl.col(KEY).alias(render.KEY), marked_fingerprint())
+            frame = frame.join(prior, on=render.KEY, how="left", maintain_order="left")
+            fp, before = pl.col(render.FP), pl.col(FINGERPRINT)
+            ok, failed = (
+                (before == fp).fill_null(False),
+                (before == FAILED_MARK + fp).fill_null(False),
+            )
+            counts = frame.select(
+                ok=ok.sum(),
+                failed=failed.sum(),
+                changed=(before.is_not_null() & ~ok & ~failed).sum(),
+                invalid=(~ok & ~failed & pl.col(render.REASON).is_not_null()).sum(),
+            ).row(0, named=True)
+            result.ok += counts["ok"]
+            result.failed += counts["failed"]
+            result.changed += counts["changed"]
+            result.invalid += counts["invalid"]
+            sending = frame.filter(~ok & ~failed & pl.col(render.REASON).is_null())
+            result.to_send += sending.height
+            if counter is None or not sending.height:
                 continue
-            if prior is not None and prior.removeprefix(FAILED_MARK) == fp:
-                result.failed += 1
-                continue
-            result.changed += prior is not None
-            if reason is not None:
-                result.invalid += 1
-                continue
-            result.to_send += 1
-            if counter is None:
-                continue
-            if isinstance(payload, tuple):
-                system, user = payload
-                result.prompt_tokens += TOKENS_REPLY_PRIMING + TOKENS_PER_MESSAGE + roles["user"]
-                if system is not None:
-                    systems.append(system)
-                    result.prompt_tokens += TOKENS_PER_MESSAGE + roles["system"]
-                users.append(user)
-            else:
-                messages = plan.renderer.to_messages(payload)
-                result.prompt_tokens += counter.chat(messages)
-                result.exact = result.exact and counter.chat_is_exact(messages)
-        if counter is not None:
+            systems: list[str] = []
+            users: list[str] = []
+            for _, _, _, payload, _ in renderer.rows(sending):
+                if isinstance(payload, tuple):
+                    system, user = payload
+                    result.prompt_tokens += (
+                        TOKENS_REPLY_PRIMING + TOKENS_PER_MESSAGE + roles["user"]
+                    )
+                    if system is not None:
+                        systems.append(system)
+                        result.prompt_tokens += TOKENS_PER_MESSAGE + roles["system"]
+                    users.append(user)
+                else:
+                    messages = renderer.to_messages(payload)
+                    result.prompt_tokens += counter.chat(messages)
+                    result.exact = result.exact and counter.chat_is_exact(messages)
             result.prompt_tokens += sum(counter.texts(systems)) + sum(counter.texts(users))
     return result
 
 
 def _mean_completion(checkpoint: Checkpoint) -> float | None:
-    """Mean completion tokens of the rows that finished ok, or None if there are none."""
-    segments = checkpoint.segments()
-    if not segments:
-        return None
-    frame = (
-        pl.scan_parquet([str(s) for s in segments])
-        .select("row_key", "status", "completion_tokens")
-        .unique(subset="row_key", keep="last", maintain_order=True)
-        .filter(pl.col("status") == "ok")
-        .select(pl.col("completion_tokens").mean())
-        .collect()
-    )
-    mean = frame.item()
-    return float(mean) if mean is not None else None
+    """Mean completion tokens of the rows whose latest result is ok, or None if none is."""
+    total = count = 0
+    with checkpoint.walk(["status", "completion_tokens"]) as walk:
+        for window in walk.windows():
+            ok = window.filter(pl.col("status") == "ok")["completion_tokens"]
+            total += int(ok.sum() or 0)
+            count += ok.len() - ok.null_count()
+    return total / count if count else None
 
 
 def render_estimate(est: Estimate) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .columns import output_columns
+from .columns import INPUT_ROW, output_columns
 from .errors import InputError, JobError
 from .job import Job
 from .pricing import job_pricer
@@ -54,7 +54,8 @@ def plan_run(job: Job, options: RunOptions) -> Plan:
     columns = output_columns(n if isinstance(n, int) else 1, json_mode)
     annotator = job_annotator(job)
     added = list(annotator.columns) if annotator is not None else []
-    clash = [c for c in [*columns, *added] if c in source.columns]
+    position = [INPUT_ROW] if source.id_column is None else []
+    clash = [c for c in [*position, *columns, *added] if c in source.columns]
     if clash:
         raise InputError(
             f"The input already has a column named {clash[0]!r}, which batchrun writes: "

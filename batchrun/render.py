@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import polars as pl
+import polars_hash  # noqa: F401  (registers the `chash` namespace on expressions)
 
 from .errors import InputError, JobError
 from .job import PromptSpec
@@ -67,6 +68,8 @@ class _Template:
 # One rendered row: its key, its position, its request fingerprint, what its messages are
 # made of (system and user text, or the message list), and why it cannot be sent (or None).
 Rendered = tuple[str, int, str, Any, str | None]
+# The columns of a rendered frame (see `Renderer.render_frame`).
+KEY, POSITION, FP, PAYLOAD, REASON = "key", "position", "__batchrun_fp", "payload", "reason"
 
 
 class Renderer:
@@ -105,41 +108,79 @@ class Renderer:
         )
 
     def render_batch(self, batch: pl.DataFrame, key: str, position: str) -> Iterator[Rendered]:
-        """Render a batch: templates in polars, fingerprints from the rendered text.
+        """Render a batch row by row (see `render_frame` and `rows`)."""
+        return self.rows(self.render_frame(batch, key, position))
 
-        Rows whose placeholder values are null or blank come out with a reason instead.
+    def render_frame(self, batch: pl.DataFrame, key: str, position: str) -> pl.DataFrame:
+        """A batch rendered: its rows' key, position and request fingerprint (`KEY`,
+        `POSITION`, `FP`) and what their messages are made of (`PAYLOAD`: system and user
+        text, or the message list), or why they cannot be sent (`REASON`).
+
+        Templates are rendered and fingerprinted in polars, a whole batch at a time; rows
+        whose placeholder values are null or blank come out with a reason instead. Callers
+        filter the frame (rows already settled, say) before `rows` goes through it one by
+        one.
         """
-        keys, positions = batch[key].to_list(), batch[position].to_list()
+        ids = batch.select(pl.col(key).alias(KEY), pl.col(position).cast(pl.Int64).alias(POSITION))
         if self._messages_column is not None:
-            values = batch[self._messages_column].to_list()
-            for k, p, value in zip(keys, positions, values, strict=True):
+            fps: list[str] = []
+            payloads: list[list[dict[str, Any]] | None] = []
+            reasons: list[str | None] = []
+            for value in batch[self._messages_column].to_list():
                 try:
                     messages = _message_list(value)
                 except RowInvalid as exc:
-                    yield k, p, self._digest(str(exc).encode(), b"!"), None, str(exc)
+                    fps.append(self._digest(str(exc).encode(), b"!"))
+                    payloads.append(None)
+                    reasons.append(str(exc))
                     continue
-                yield k, p, self._digest(orjson.dumps(messages)), messages, None
-            return
+                fps.append(self._digest(orjson.dumps(messages)))
+                payloads.append(messages)
+                reasons.append(None)
+            return ids.with_columns(
+                pl.Series(FP, fps, pl.String),
+                pl.Series(PAYLOAD, payloads, pl.Object),
+                pl.Series(REASON, reasons, pl.String),
+            )
         assert self._user is not None
         dtypes = dict(batch.schema)
         blank = [
             pl.when(_as_text(c, dtypes[c]).str.strip_chars().fill_null("") == "").then(pl.lit(c))
             for c in self.columns
         ]
+        why = {c: f"the column {c!r} is empty in this row" for c in self.columns}
         frame = batch.select(
             system=self._system.expression(dtypes) if self._system else pl.lit(None, pl.String),
             user=self._user.expression(dtypes),
             blank=pl.coalesce(blank) if blank else pl.lit(None, pl.String),
+        ).with_columns(pl.col("blank").replace_strict(why, default=None, return_dtype=pl.String))
+        prefix = self._prefix.decode()
+        reason = pl.col("blank")
+        text = pl.concat_str(
+            pl.when(pl.col("system").is_null())
+            .then(pl.lit(prefix + "u"))
+            .otherwise(pl.lit(prefix + "s")),
+            pl.col("system").fill_null(""),
+            pl.lit("\x00"),
+            pl.col("user").fill_null(""),
         )
-        columns = (frame[c].to_list() for c in ("system", "user", "blank"))
-        for k, p, system, user, column in zip(keys, positions, *columns, strict=True):
-            if column is not None:
-                reason = f"the column {column!r} is empty in this row"
-                yield k, p, self._digest(reason.encode(), b"!"), None, reason
-                continue
-            text = (system or "").encode() + b"\x00" + user.encode()
-            kind = b"s" if system is not None else b"u"
-            yield k, p, self._digest(text, kind), (system, user), None
+        digest = pl.when(reason.is_null()).then(text).otherwise(pl.lit(prefix + "!") + reason)
+        rendered = frame.select(
+            _sha256(digest).alias(FP),
+            pl.when(reason.is_null())
+            .then(pl.struct(system=pl.col("system"), user=pl.col("user")))
+            .alias(PAYLOAD),
+            reason.alias(REASON),
+        )
+        return ids.hstack(rendered)
+
+    def rows(self, frame: pl.DataFrame) -> Iterator[Rendered]:
+        """The rows of a rendered frame (see `render_frame`), one by one."""
+        columns = (frame[c].to_list() for c in (KEY, POSITION, FP, PAYLOAD, REASON))
+        for k, p, fp, payload, reason in zip(*columns, strict=True):
+            if isinstance(payload, dict):
+                payload = (payload["system"], payload["user"])
+            yield k, p, fp, payload, reason
 
     def body(self, payload: Any) -> dict[str, Any]:
         """The request body of a rendered row: model, messages, then [request] as given."""
@@ -172,6 +213,13 @@ def completion_ceiling(request: Mapping[str, Any]) -> int | None:
 def _choices(request: Mapping[str, Any]) -> int:
     n = request.get("n", 1)
     return n if isinstance(n, int) and n > 0 else 1
+
+
+def _sha256(text: pl.Expr) -> pl.Expr:
+    """The first 32 hex digits of the SHA-256 of each text's UTF-8 bytes, as `_digest` gives
+    them (polars-hash is stable across versions, where polars' own hash is not)."""
+    hashed: pl.Expr = text.chash.sha2_256()  # type: ignore[attr-defined]
+    return hashed.str.slice(0, 32)
 
 
 def fingerprint(body: Mapping[str, Any]) -> str:

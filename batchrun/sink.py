@@ -2,60 +2,101 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from .checkpoint import atomic_file
-from .columns import KEY, RESULT_SCHEMA
+from . import render
+from .checkpoint import Checkpoint, atomic_file
+from .columns import FINGERPRINT, INPUT_ROW, KEY
+from .columns import POSITION as RESULT_POSITION
 from .job import Job
+from .render import Renderer
 from .scoring import Annotator
-from .source import ROW_KEY, Source
+from .source import POSITION, ROW_KEY, Source
+
+OUTPUT_BATCH_ROWS = 50_000  # input rows joined and written at a time: one row group each
+_KEY, _FP = "__batchrun_result_key", "__batchrun_result_fp"  # a result's, beside the input's
 
 
 def write_output(
     source: Source,
-    segments: Sequence[Path],
+    checkpoint: Checkpoint,
     path: Path,
     columns: Sequence[str],
+    renderer: Renderer,
     *,
     limit: int | None = None,
-    exclude: Collection[str] = (),
     annotator: Annotator | None = None,
     metadata: Mapping[str, object] | None = None,
 ) -> int:
-    """Join the input with its latest committed results and write `path` atomically.
+    """Write `path` atomically: the input with its latest committed results, in input order.
 
-    Rows without a result (or whose result is for an outdated request, `exclude`) are left
-    out, so after an early stop the file holds exactly the rows finished so far. The
-    annotator adds the `[parse]` and `[eval]` columns batch by batch; `metadata` is stored as
-    JSON under the Parquet key `batchrun`. Returns the number of rows written.
+    The input and the checkpoint are walked together, a batch of positions at a time, and
+    each batch is written as a row group: memory follows the batch, not the row count. Rows
+    without a result, or whose result is for another request than the one the job sends
+    now (its fingerprint differs), are left out, so after an early stop the file holds
+    exactly the rows finished so far. Without an `id_column` the row's input position is
+    written too (`input_row`), so that the rows of a partial output can be told apart. The
+    annotator adds the `[parse]` and `[eval]` columns batch by batch; `metadata` is stored
+    as JSON under the Parquet key `batchrun`. Returns the number of rows written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    inputs = source.keyed(limit)
-    if segments:
-        results = (
-            pl.scan_parquet([str(s) for s in segments])
-            .select(KEY, *columns)
-            .unique(subset=KEY, keep="last", maintain_order=True)
-        )
-    else:
-        results = pl.LazyFrame(schema={KEY: pl.String, **{c: _polars_type(c) for c in columns}})
-    if exclude:
-        stale = pl.LazyFrame({KEY: list(exclude)}, schema={KEY: pl.String})
-        results = results.join(stale, on=KEY, how="anti")
-    joined = inputs.join(
-        results, left_on=ROW_KEY, right_on=KEY, how="inner", maintain_order="left"
-    ).select(*source.columns, *columns)
-    if annotator is not None:
-        schema = {**joined.collect_schema(), **annotator.columns}
-        joined = joined.map_batches(annotator, schema=schema, streamable=True)
+    keep = [*source.columns, *([INPUT_ROW] if source.id_column is None else []), *columns]
     stored = {"batchrun": json.dumps(dict(metadata))} if metadata else None
-    with atomic_file(path) as tmp:
-        joined.sink_parquet(tmp, compression="zstd", row_group_size=100_000, metadata=stored)
-    return pl.scan_parquet(path).select(pl.len()).collect().item()
+    written = 0
+    with atomic_file(path) as tmp, checkpoint.walk([FINGERPRINT, *columns]) as walk:
+        writer: pq.ParquetWriter | None = None
+        try:
+            batches = source.batches(source.columns, OUTPUT_BATCH_ROWS, limit)
+            with contextlib.closing(batches):
+                for batch in batches:
+                    end = int(batch[POSITION][-1]) + 1 if batch.height else 0
+                    frame = _joined(batch, walk.until(end), renderer, keep, annotator)
+                    table = frame.to_arrow()
+                    if writer is None:
+                        writer = _writer(tmp, table.schema, stored)
+                    writer.write_table(table.cast(writer.schema))
+                    written += table.num_rows
+            if writer is None:
+                empty = source.scan().head(0).collect()
+                batch = empty.with_columns(
+                    pl.lit(None, pl.UInt32).alias(POSITION), pl.lit(None, pl.String).alias(ROW_KEY)
+                )
+                frame = _joined(batch, walk.until(0), renderer, keep, annotator)
+                writer = _writer(tmp, frame.to_arrow().schema, stored)
+        finally:
+            if writer is not None:
+                writer.close()
+    return written
+
+
+def _joined(
+    batch: pl.DataFrame,
+    results: pl.DataFrame,
+    renderer: Renderer,
+    keep: Sequence[str],
+    annotator: Annotator | None,
+) -> pl.DataFrame:
+    """An input batch joined with the latest results of its positions, where a result is
+    for the request the row makes now."""
+    current = renderer.render_frame(batch, ROW_KEY, POSITION)[render.FP]
+    rows = batch.with_columns(current, pl.col(POSITION).cast(pl.Int64).alias(INPUT_ROW))
+    answers = results.drop(RESULT_POSITION).rename({KEY: _KEY, FINGERPRINT: _FP})
+    joined = rows.join(answers, left_on=ROW_KEY, right_on=_KEY, how="inner", maintain_order="left")
+    joined = joined.filter(pl.col(_FP) == pl.col(render.FP)).select(keep)
+    return annotator(joined) if annotator is not None else joined
+
+
+def _writer(path: Path, schema: pa.Schema, stored: Mapping[str, str] | None) -> pq.ParquetWriter:
+    return pq.ParquetWriter(
+        path, schema.with_metadata(stored) if stored else schema, compression="zstd"
+    )
 
 
 def job_metadata(job: Job, input_rows: int) -> dict[str, object]:
@@ -77,9 +118,3 @@ def remove_temporaries(path: Path) -> None:
     """Delete output files a killed run left half-written (only ever under a hidden .tmp name)."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         tmp.unlink(missing_ok=True)
-
-
-def _polars_type(column: str) -> pl.DataType:
-    empty = pl.from_arrow(RESULT_SCHEMA.empty_table().select([column]))
-    assert isinstance(empty, pl.DataFrame)
-    return empty.schema[column]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .checkpoint import Checkpoint, checkpoint_dir
+from .anchor import settle_positions
 from .estimate import tally
 from .job import Job
 from .plan import RunOptions, plan_run
@@ -34,8 +34,8 @@ class Status:
 def job_status(job: Job) -> Status:
     """Sort the job's rows by their committed results."""
     plan = plan_run(job, RunOptions())
-    checkpoint = Checkpoint(checkpoint_dir(job.output_path))
-    counted = tally(plan, checkpoint.index(), None)
+    checkpoint = settle_positions(job, plan)
+    counted = tally(plan, checkpoint, None)
     return Status(
         rows=plan.total,
         done=counted.ok,

@@ -1,0 +1,209 @@
+"""Walking the checkpoint's segments in position order, in memory bounded by row groups.
+
+Every segment is sorted by input position (see `batchrun.checkpoint`), so the results of
+any range of positions can be had by reading each segment forward: a `_Cursor` holds one
+segment's next rows, at most a row group beyond what was asked for. On that, two walks:
+
+- `Walk` gives, window by window, each row's latest result (the last one in segment order,
+  and within a segment in row order: the order they were committed in). An input batch and
+  the results of its positions are then joined in memory the size of the batch.
+- `merge_segments` writes several segments as one, every row kept, in position order and
+  commit order within a position, row group by row group.
+
+Neither ever holds a whole segment, let alone the checkpoint: memory follows the row group
+size and the number of segments, never the number of rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .columns import CHECKPOINT_SCHEMA, KEY, POSITION
+
+# Rows a segment written by a merge holds per row group: what a cursor reads at once.
+ROW_GROUP_ROWS = 8192
+# A window of positions the walks take at a time when nobody asks for a size.
+WINDOW = 65_536
+
+
+class _Cursor:
+    """One segment read forward in position order, a row group at a time."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self._file = pq.ParquetFile(path)  # opened now: a later merge may remove the path
+        self._columns = list(columns)
+        self._next_group = 0  # the row group to read next
+        self._buffer: pa.Table = CHECKPOINT_SCHEMA.empty_table().select(self._columns)
+        self._positions = np.empty(0, dtype=np.int64)  # the buffer's positions, sorted
+
+    @property
+    def exhausted(self) -> bool:
+        return self._next_group >= self._file.metadata.num_row_groups
+
+    @property
+    def first(self) -> int | None:
+        """The lowest position buffered, or None when the buffer is empty."""
+        return int(self._positions[0]) if len(self._positions) else None
+
+    @property
+    def last(self) -> int | None:
+        """The highest position buffered, or None when the buffer is empty."""
+        return int(self._positions[-1]) if len(self._positions) else None
+
+    def fill(self, end: int | None) -> None:
+        """Read row groups until every row before `end` is buffered (None: to the end)."""
+        while not self.exhausted and (end is None or self.last is None or self.last < end):
+            group = self._file.read_row_group(self._next_group, columns=self._columns)
+            self._next_group += 1
+            self._buffer = pa.concat_tables([self._buffer, group.cast(self._buffer.schema)])
+            self._positions = self._buffer.column(POSITION).to_numpy()
+
+    def prime(self) -> None:
+        """Read a row group if nothing is buffered and the segment has more."""
+        if self.last is None and not self.exhausted:
+            self.fill(-(2**62))
+
+    def take(self, end: int | None) -> pa.Table:
+        """The buffered rows before `end` (None: all of them), removed from the buffer."""
+        cut = len(self._positions) if end is None else int(np.searchsorted(self._positions, end))
+        taken, self._buffer = self._buffer.slice(0, cut), self._buffer.slice(cut)
+        self._positions = self._positions[cut:]
+        return taken
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def open_cursors(segments: Sequence[Path], columns: Sequence[str]) -> list[_Cursor]:
+    """A cursor on each segment, all opened before any is read (see `_Cursor`)."""
+    wanted = list(dict.fromkeys([KEY, POSITION, *columns]))
+    cursors: list[_Cursor] = []
+    try:
+        for path in segments:
+            cursors.append(_Cursor(path, wanted))
+    except BaseException:
+        for cursor in cursors:
+            cursor.close()
+        raise
+    return cursors
+
+
+class Walk:
+    """Each row's latest result, in position order, window by window.
+
+    `until(end)` returns the latest result of every row whose position is below `end` and
+    was not returned before, sorted by position, with `row_key`, `position` and the
+    columns asked for. Ends must not decrease. A row's results all stand at one position
+    (the checkpoint keeps them so), so the latest of a row is found within a window.
+    """
+
+    def __init__(self, segments: Sequence[Path], columns: Sequence[str] = ()) -> None:
+        self.columns = list(dict.fromkeys([KEY, POSITION, *columns]))
+        self._cursors = open_cursors(segments, self.columns)
+
+    def until(self, end: int | None) -> pl.DataFrame:
+        pieces = []
+        for cursor in self._cursors:
+            cursor.fill(end)
+            pieces.append(cursor.take(end))
+        return latest(pieces, self.columns)
+
+    def windows(self, start: int | None = None, size: int = WINDOW) -> Iterator[pl.DataFrame]:
+        """Every row's latest result from position `start` on (None: from the lowest, the
+        results of rows no longer in the input included), a window of positions at a time."""
+        if start is not None:
+            self.until(start)
+        while True:
+            for cursor in self._cursors:
+                cursor.prime()
+            lows = [c.first for c in self._cursors if c.first is not None]
+            if not lows:
+                return
+            frame = self.until(min(lows) + size)
+            if frame.height:
+                yield frame
+
+    def close(self) -> None:
+        for cursor in self._cursors:
+            cursor.close()
+
+    def __enter__(self) -> Walk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def latest(pieces: Sequence[pa.Table], columns: Sequence[str]) -> pl.DataFrame:
+    """The last result of each row among `pieces` (given oldest segment first), by position."""
+    frames = [_frame(p) for p in pieces if p.num_rows]
+    if not frames:
+        empty = pl.from_arrow(CHECKPOINT_SCHEMA.empty_table().select(list(columns)))
+        assert isinstance(empty, pl.DataFrame)
+        return empty
+    frame = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
+    if len(frames) > 1 or _repeats(frame):
+        frame = frame.unique(subset=KEY, keep="last", maintain_order=True)
+        frame = frame.sort(POSITION, maintain_order=True)
+    return frame
+
+
+def _frame(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _repeats(frame: pl.DataFrame) -> bool:
+    """Whether a sorted piece holds some row more than once (a position twice in a row)."""
+    positions = frame[POSITION]
+    return frame.height > 1 and bool((positions.diff().drop_nulls() == 0).any())
+
+
+class Stopped(Exception):
+    """A merge was asked to stop before it was done."""
+
+
+def merge_segments(
+    segments: Sequence[Path],
+    writer: pq.ParquetWriter,
+    *,
+    stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Write every row of `segments` (oldest first) in position order, commit order within
+    a position, through `writer`; returns the rows written. Raises `Stopped` when `stop()`
+    turns true between two row groups."""
+    cursors = open_cursors(segments, CHECKPOINT_SCHEMA.names)
+    written = 0
+    try:
+        while True:
+            if stop():
+                raise Stopped
+            for cursor in cursors:
+                cursor.prime()
+            live = [c.last for c in cursors if c.last is not None and not c.exhausted]
+            # Rows below the lowest position a cursor has not read past are all buffered;
+            # with every segment read to its end, everything is.
+            end = min(live) if live else None
+            pieces = [cursor.take(end) for cursor in cursors]
+            table = pa.concat_tables([p for p in pieces if p.num_rows] or [pieces[0]])
+            if table.num_rows:
+                order = np.argsort(table.column(POSITION).to_numpy(), kind="stable")
+                writer.write_table(table.take(order), row_group_size=ROW_GROUP_ROWS)
+                written += table.num_rows
+            if end is None:
+                return written
+            # What is left of a segment not read to its end starts at `end` or later: read
+            # on where it stops there, so the next window gets past it.
+            for cursor in cursors:
+                if cursor.last is not None and cursor.last <= end:
+                    cursor.fill(end + 1)
+    finally:
+        for cursor in cursors:
+            cursor.close()
