@@ -26,11 +26,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .checkpoint import Checkpoint, checkpoint_dir, remove_tree
+from .checkpoint import Checkpoint, current_segments, remove_tree
 from .columns import CHECKPOINT_SCHEMA, KEY, POSITION
-from .errors import UserError
-from .job import Job
-from .plan import Plan
+from .errors import InputError, UserError
 from .source import POSITION as INPUT_POSITION
 from .source import ROW_KEY, Source
 from .walk import ROW_GROUP_ROWS, merge_segments, open_cursors
@@ -52,19 +50,19 @@ def anchor(checkpoint: Checkpoint, source: Source) -> int:
     return realign(checkpoint, source)
 
 
-def settle_positions(job: Job, plan: Plan) -> Checkpoint:
-    """The job's checkpoint, for a command that reads it beside the input (status,
-    estimate, report): realigned first if rows moved and no run holds the folder (a run
-    that holds it has realigned it already)."""
-    checkpoint = Checkpoint(checkpoint_dir(job.output_path))
-    if plan.source.id_column is None or not checkpoint.segments():
-        return checkpoint
+def settle_positions(folder: Path, source: Source) -> None:
+    """For a command that reads a checkpoint beside the input (status, estimate, the
+    report's evaluation): realign the checkpoint first if rows moved, unless a run holds the
+    folder (a run that holds it has realigned it already)."""
+    if source.id_column is None or not current_segments(folder):
+        return
     try:
-        with Checkpoint(checkpoint.folder).open() as holder:
-            anchor(holder, plan.source)
+        with Checkpoint(folder).open() as holder:
+            anchor(holder, source)
+    except InputError:
+        raise  # the input cannot be read: the command says so
     except UserError:
-        pass  # a run holds the lock
-    return checkpoint
+        pass  # a run holds the folder's lock
 
 
 def aligned(segments: list[Path], source: Source) -> bool:
@@ -75,7 +73,7 @@ def aligned(segments: list[Path], source: Source) -> bool:
         for cursor in cursors:
             cursor.fill(0)
         gone = [cursor.take(0) for cursor in cursors]  # rows no longer in the input
-        gone_keys = pl.Series(KEY, pa.concat_tables(gone).column(KEY).to_pylist(), pl.String)
+        gone_keys = _texts(pa.concat_tables(gone).column(KEY))
         start = 0
         for batch in source.batches([], BATCH_ROWS):
             end = start + batch.height
@@ -89,7 +87,7 @@ def aligned(segments: list[Path], source: Source) -> bool:
                     continue
                 at = piece.column(POSITION).to_numpy() - start
                 expected = keys.gather(pl.Series(at, dtype=pl.Int64))
-                found = pl.Series(piece.column(KEY).to_pylist(), dtype=pl.String)
+                found = _texts(piece.column(KEY))
                 if not bool((expected == found).all()):
                     return False
             start = end
@@ -101,6 +99,12 @@ def aligned(segments: list[Path], source: Source) -> bool:
     finally:
         for cursor in cursors:
             cursor.close()
+
+
+def _texts(column: pa.ChunkedArray) -> pl.Series:
+    series = pl.from_arrow(column)
+    assert isinstance(series, pl.Series)
+    return series.cast(pl.String)
 
 
 def realign(checkpoint: Checkpoint, source: Source) -> int:

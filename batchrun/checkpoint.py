@@ -282,7 +282,10 @@ class Checkpoint:
     def _due(self) -> list[Path] | None:
         """The newest segments to merge now: FANOUT or more of one size class at the end."""
         with self._writing:
-            sizes = [(path, self._rows[path]) for path in current_segments(self.folder)]
+            current = current_segments(self.folder)
+            if any(path not in self._rows for path in current):
+                return None  # a merge is putting its segment in place
+            sizes = [(path, self._rows[path]) for path in current]
         if len(sizes) < FANOUT:
             return None
         newest = _size_class(sizes[-1][1])
@@ -380,9 +383,9 @@ def atomic_file(path: Path) -> Iterator[Path]:
 
 
 def write_atomic_table(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file atomically (see `atomic_file`)."""
+    """Write a Parquet file atomically (see `atomic_file`), in row groups a walk reads whole."""
     with atomic_file(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 
 def fsync_dir(folder: Path) -> None:

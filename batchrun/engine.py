@@ -145,6 +145,12 @@ async def run(
                     engine.progress.close()
                 rows_written = None
                 checkpoint.stop_merging()
+                if checkpoint.merge_error is not None:
+                    log.warning(
+                        "%s: merging checkpoint segments stopped (%s); they stay as they are",
+                        job.name,
+                        checkpoint.merge_error,
+                    )
                 if not engine.hurried:
                     rows_written = await asyncio.to_thread(
                         sink.write_output,

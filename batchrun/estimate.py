@@ -18,7 +18,7 @@ import polars as pl
 
 from . import render
 from .anchor import settle_positions
-from .checkpoint import FAILED_MARK, Checkpoint, marked_fingerprint
+from .checkpoint import FAILED_MARK, Checkpoint, checkpoint_dir, marked_fingerprint
 from .columns import FINGERPRINT, KEY
 from .engine import BATCH_ROWS
 from .job import Job
@@ -55,7 +55,8 @@ class Estimate:
 def estimate(job: Job, limit: int | None = None) -> Estimate:
     """Estimate a run of `job`; reads the input and the checkpoint, sends nothing."""
     plan = plan_run(job, RunOptions(limit=limit))
-    checkpoint = settle_positions(job, plan)
+    checkpoint = Checkpoint(checkpoint_dir(job.output_path))
+    settle_positions(checkpoint.folder, plan.source)
     counter = counter_for(str(job.request["model"]))
     counted = tally(plan, checkpoint, counter)
     done, invalid, to_send = counted.ok + counted.failed, counted.invalid, counted.to_send

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .anchor import settle_positions
+from .checkpoint import Checkpoint, checkpoint_dir
 from .estimate import tally
 from .job import Job
 from .plan import RunOptions, plan_run
@@ -34,7 +35,8 @@ class Status:
 def job_status(job: Job) -> Status:
     """Sort the job's rows by their committed results."""
     plan = plan_run(job, RunOptions())
-    checkpoint = settle_positions(job, plan)
+    checkpoint = Checkpoint(checkpoint_dir(job.output_path))
+    settle_positions(checkpoint.folder, plan.source)
     counted = tally(plan, checkpoint, None)
     return Status(
         rows=plan.total,

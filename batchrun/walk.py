@@ -36,38 +36,78 @@ class _Cursor:
     """One segment read forward in position order, a row group at a time."""
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
-        self._file = pq.ParquetFile(path)  # opened now: a later merge may remove the path
+        # The file is opened now (a later merge may remove the path), but its reader, which
+        # holds buffers of its own, only while row groups are being read from it.
+        self._handle = pa.OSFile(str(path))
+        self._reader: pq.ParquetFile | None = None
         self._columns = list(columns)
         self._next_group = 0  # the row group to read next
         self._buffer: pa.Table = CHECKPOINT_SCHEMA.empty_table().select(self._columns)
         self._positions = np.empty(0, dtype=np.int64)  # the buffer's positions, sorted
+        # The lowest position of each row group, from the file's statistics (None where a
+        # writer left none): a row group wholly past what is asked for is not read.
+        metadata = pq.read_metadata(self._handle)
+        index = metadata.schema.to_arrow_schema().get_field_index(POSITION)
+        self._lows: list[int | None] = []
+        for i in range(metadata.num_row_groups):
+            stats = metadata.row_group(i).column(index).statistics
+            self._lows.append(int(stats.min) if stats is not None and stats.has_min_max else None)
 
     @property
     def exhausted(self) -> bool:
-        return self._next_group >= self._file.metadata.num_row_groups
-
-    @property
-    def first(self) -> int | None:
-        """The lowest position buffered, or None when the buffer is empty."""
-        return int(self._positions[0]) if len(self._positions) else None
+        return self._next_group >= len(self._lows)
 
     @property
     def last(self) -> int | None:
         """The highest position buffered, or None when the buffer is empty."""
         return int(self._positions[-1]) if len(self._positions) else None
 
+    @property
+    def lowest(self) -> int | None:
+        """The lowest position not yet taken, read or not; None when none is left."""
+        if len(self._positions):
+            return int(self._positions[0])
+        if self.exhausted:
+            return None
+        low = self._lows[self._next_group]
+        if low is None:
+            self.prime()
+            return self.lowest
+        return low
+
     def fill(self, end: int | None) -> None:
         """Read row groups until every row before `end` is buffered (None: to the end)."""
         while not self.exhausted and (end is None or self.last is None or self.last < end):
-            group = self._file.read_row_group(self._next_group, columns=self._columns)
-            self._next_group += 1
-            self._buffer = pa.concat_tables([self._buffer, group.cast(self._buffer.schema)])
-            self._positions = self._buffer.column(POSITION).to_numpy()
+            low = self._lows[self._next_group]
+            if end is not None and low is not None and low >= end:
+                return  # the next row group starts at `end` or later: nothing before it
+            self.read_group()
 
     def prime(self) -> None:
         """Read a row group if nothing is buffered and the segment has more."""
         if self.last is None and not self.exhausted:
-            self.fill(-(2**62))
+            self.read_group()
+
+    @property
+    def unread(self) -> int | None:
+        """The lowest position the unread row groups may hold; None when all are read."""
+        if self.exhausted:
+            return None
+        low = self._lows[self._next_group]
+        if low is not None:
+            return low
+        return self.last if self.last is not None else -(2**62)
+
+    def read_group(self) -> None:
+        """Read the next row group into the buffer."""
+        if self._reader is None:
+            self._reader = pq.ParquetFile(self._handle)
+        group = self._reader.read_row_group(self._next_group, columns=self._columns)
+        self._next_group += 1
+        if self.exhausted:
+            self._close_reader()
+        self._buffer = pa.concat_tables([self._buffer, group.cast(self._buffer.schema)])
+        self._positions = self._buffer.column(POSITION).to_numpy()
 
     def take(self, end: int | None) -> pa.Table:
         """The buffered rows before `end` (None: all of them), removed from the buffer."""
@@ -76,8 +116,14 @@ class _Cursor:
         self._positions = self._positions[cut:]
         return taken
 
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close(force=False)
+            self._reader = None
+
     def close(self) -> None:
-        self._file.close()
+        self._close_reader()
+        self._handle.close()
 
 
 def open_cursors(segments: Sequence[Path], columns: Sequence[str]) -> list[_Cursor]:
@@ -120,9 +166,7 @@ class Walk:
         if start is not None:
             self.until(start)
         while True:
-            for cursor in self._cursors:
-                cursor.prime()
-            lows = [c.first for c in self._cursors if c.first is not None]
+            lows = [low for c in self._cursors if (low := c.lowest) is not None]
             if not lows:
                 return
             frame = self.until(min(lows) + size)
@@ -185,12 +229,10 @@ def merge_segments(
         while True:
             if stop():
                 raise Stopped
-            for cursor in cursors:
-                cursor.prime()
-            live = [c.last for c in cursors if c.last is not None and not c.exhausted]
-            # Rows below the lowest position a cursor has not read past are all buffered;
-            # with every segment read to its end, everything is.
-            end = min(live) if live else None
+            # Every row below the lowest position a segment's unread row groups may hold is
+            # buffered: take those, in position then commit order.
+            lows = [low for c in cursors if (low := c.unread) is not None]
+            end = min(lows) if lows else None
             pieces = [cursor.take(end) for cursor in cursors]
             table = pa.concat_tables([p for p in pieces if p.num_rows] or [pieces[0]])
             if table.num_rows:
@@ -199,11 +241,9 @@ def merge_segments(
                 written += table.num_rows
             if end is None:
                 return written
-            # What is left of a segment not read to its end starts at `end` or later: read
-            # on where it stops there, so the next window gets past it.
             for cursor in cursors:
-                if cursor.last is not None and cursor.last <= end:
-                    cursor.fill(end + 1)
+                if cursor.unread == end:
+                    cursor.read_group()  # the segment that held the others back moves on
     finally:
         for cursor in cursors:
             cursor.close()

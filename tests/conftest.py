@@ -123,3 +123,20 @@ def reviews(n: int) -> pl.DataFrame:
 
 def run_async(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+def latest_results(folder: Path) -> dict[str, str]:
+    """Each row's latest committed result in a checkpoint folder: key -> fingerprint, marked
+    when the result is a failure (a test's oracle; batchrun itself never builds this)."""
+    from batchrun.checkpoint import Checkpoint, marked_fingerprint
+
+    found: dict[str, str] = {}
+    if not folder.exists():
+        return found
+    with Checkpoint(folder).walk(["fingerprint", "status"]) as walk:
+        for window in walk.windows():
+            frame = window.select("row_key", marked_fingerprint())
+            found.update(
+                zip(frame["row_key"].to_list(), frame["fingerprint"].to_list(), strict=True)
+            )
+    return found

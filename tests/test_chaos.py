@@ -26,7 +26,7 @@ from batchrun.checkpoint import Checkpoint, checkpoint_dir
 from batchrun.cli import main
 from batchrun.columns import FINISHED_AT, KEY
 
-from .conftest import FAKE_KEY, reviews, toml_dumps
+from .conftest import FAKE_KEY, latest_results, reviews, toml_dumps
 
 ROWS = 600
 KILLS = 12
@@ -111,8 +111,10 @@ def commits(output: Path) -> pl.DataFrame:
     """Every result ever committed (key, finished_at, response, response_id), once each."""
     segments = Checkpoint(checkpoint_dir(output)).segments()
     frame = pl.scan_parquet([str(s) for s in segments])
-    # A merge cut short by a kill may hold a commit twice; (key, finished_at) names a commit.
-    return frame.select(KEY, FINISHED_AT, "response", "response_id").unique().collect()
+    every = frame.select(KEY, FINISHED_AT, "response", "response_id").collect()
+    # (key, finished_at) names a commit: a merge cut short by a kill never leaves one twice.
+    assert every.unique(subset=[KEY, FINISHED_AT]).height == every.height
+    return every
 
 
 def test_sigkill_at_random_instants_then_resume_gives_every_row_exactly_once(
@@ -148,14 +150,14 @@ def test_sigkill_at_random_instants_then_resume_gives_every_row_exactly_once(
         if output.exists():
             ids = pl.read_parquet(output, columns=["id"])["id"]
             assert ids.n_unique() == ids.len()
-        committed.append(len(Checkpoint(folder).index()) if folder.exists() else 0)
+        committed.append(len(latest_results(folder)))
 
     assert killed >= KILLS - 2, "most runs should have been killed before they finished"
     assert committed == sorted(committed), f"committed rows went down: {committed}"
     assert len(set(committed)) >= 4, f"the kills stopped progress: {committed}"
     assert committed[-1] > 0, committed
 
-    before = len(Checkpoint(folder).index())  # needs no lock; no run is going
+    before = len(latest_results(folder))  # needs no lock; no run is going
     final = start_run(job)
     try:
         out_text, err = final.communicate(timeout=60)

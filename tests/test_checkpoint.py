@@ -1,21 +1,48 @@
-"""The checkpoint folder: atomic segments, last result wins, merges, spend, the lock."""
+"""The checkpoint folder: atomic sorted segments, last result wins, tiered merges that never
+count a commit twice, spend, the lock, the upgrade of old folders, and the walks."""
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
+import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from batchrun import checkpoint as checkpoint_module
-from batchrun.checkpoint import FAILED_MARK, Checkpoint
+from batchrun import walk as walk_module
+from batchrun.checkpoint import (
+    CHECKPOINT_SCHEMA,
+    FAILED_MARK,
+    Checkpoint,
+    current_segments,
+    segment_name,
+    write_atomic_table,
+)
 from batchrun.columns import RowResult
 from batchrun.errors import UserError
+from batchrun.walk import merge_segments
+
+from .conftest import latest_results
 
 
-def result(key: str, fp: str = "f", status: str = "ok", cost: float = 0.01) -> RowResult:
-    return RowResult(key, int(key.strip("k") or 0), fp, status, 1, time.time(), cost_usd=cost)
+def result(
+    key: str, fp: str = "f", status: str = "ok", cost: float = 0.01, position: int | None = None
+) -> RowResult:
+    at = int(key.strip("k") or 0) if position is None else position
+    return RowResult(key, at, fp, status, 1, time.time(), cost_usd=cost)
+
+
+def wait_for_merges(cp: Checkpoint) -> None:
+    """Until the background merger has nothing left to do; then stop it."""
+    deadline = time.monotonic() + 10
+    while cp._due() is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    cp.stop_merging()
 
 
 def test_last_result_wins_and_spend_counts_every_attempt(tmp_path: Path) -> None:
@@ -23,49 +50,83 @@ def test_last_result_wins_and_spend_counts_every_attempt(tmp_path: Path) -> None
     cp.commit([result("k1", "a", "failed"), result("k2")])
     cp.commit([result("k1", "a", "ok")])
     cp.commit([result("k3", "b", "failed")])
-    assert cp.index() == {"k1": "a", "k2": "f", "k3": FAILED_MARK + "b"}
+    assert latest_results(cp.folder) == {"k1": "a", "k2": "f", "k3": FAILED_MARK + "b"}
     assert cp.spend() == pytest.approx(0.04)
     cp.close()
 
 
-def test_merges_keep_order_rows_and_spend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(checkpoint_module, "MERGE_NEW", 4)
-    monkeypatch.setattr(checkpoint_module, "MERGE_ABOVE", 3)
+def test_a_commit_is_sorted_by_position(tmp_path: Path) -> None:
     cp = Checkpoint(tmp_path / "cp").open()
-    for i in range(10):
-        cp.commit([result(f"k{i % 3}", fp=f"v{i}")])
-        time.sleep(0.001)
-    assert len(cp.segments()) < 10  # merged while running
-    assert cp.index() == {"k0": "v9", "k1": "v7", "k2": "v8"}  # still the last of each
-    assert cp.spend() == pytest.approx(0.10)
+    cp.commit([result("k5"), result("k1"), result("k3")])
+    [segment] = cp.segments()
+    assert pq.read_table(segment).column("position").to_pylist() == [1, 3, 5]
+    cp.close()
+
+
+def test_merges_keep_the_last_result_every_row_and_spend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoint_module, "SMALLEST", 1)
+    monkeypatch.setattr(walk_module, "ROW_GROUP_ROWS", 2)
+    rng = random.Random(5)
+    cp = Checkpoint(tmp_path / "cp").open()
+    cp.start_merging()
+    expected: dict[str, str] = {}
+    for i in range(60):
+        keys = rng.sample(range(12), 3)
+        cp.commit([result(f"k{k}", fp=f"v{i}") for k in keys])
+        expected.update({f"k{k}": f"v{i}" for k in keys})
+    wait_for_merges(cp)
+    assert len(cp.segments()) < 20  # merged while committing
+    assert latest_results(cp.folder) == expected
+    assert cp.spend() == pytest.approx(60 * 3 * 0.01)
+    for segment in cp.segments():
+        positions = pq.read_table(segment).column("position").to_pylist()
+        assert positions == sorted(positions)
     cp.close()
     reopened = Checkpoint(tmp_path / "cp").open()
-    assert len(reopened.segments()) == 1  # merged on close (more than MERGE_ABOVE)
-    assert reopened.index() == {"k0": "v9", "k1": "v7", "k2": "v8"}
-    reopened.commit([result("k1", fp="v10")])
-    assert reopened.index()["k1"] == "v10"  # a new segment sorts after the merged one
-    for segment in reopened.segments():
-        pq.read_table(segment)
+    reopened.commit([result("k1", fp="v99")])
+    assert latest_results(reopened.folder)["k1"] == "v99"  # a new segment counts after
+    reopened.merge_all()
+    assert len(reopened.segments()) == 1
+    assert latest_results(reopened.folder) == {**expected, "k1": "v99"}
+    assert reopened.spend() == pytest.approx(181 * 0.01)
     reopened.close()
 
 
-def test_a_kill_mid_merge_leaves_duplicates_that_change_nothing(tmp_path: Path) -> None:
+def test_a_kill_mid_merge_leaves_a_superseded_segment_that_nobody_reads(tmp_path: Path) -> None:
     cp = Checkpoint(tmp_path / "cp").open()
     cp.commit([result("k1", fp="a")])
     cp.commit([result("k1", fp="b"), result("k2")])
-    segments = cp.segments()
+    old = cp.segments()
     # what a merge writes before it removes the merged files
-    merged = segments[-1].with_name(segments[-1].name.replace(".parquet", ".m.parquet"))
-    checkpoint_module.write_atomic_table(pq.read_table([str(s) for s in segments]), merged)
-    assert cp.index() == {"k1": "b", "k2": "f"}
-    assert cp.spend() == pytest.approx(0.03)
+    merged = cp.folder / segment_name(1, 2)
+    write_atomic_table(pa.concat_tables([pq.read_table(s) for s in old]).take([0, 1, 2]), merged)
+    assert current_segments(cp.folder) == [merged]
+    assert latest_results(cp.folder) == {"k1": "b", "k2": "f"}
+    assert cp.spend() == pytest.approx(0.03)  # not 0.06
+    cp.close()
+    Checkpoint(cp.folder).open().close()
+    assert sorted(p.name for p in cp.folder.glob("seg-*")) == [merged.name]  # cleaned up
+
+
+def test_closing_abandons_a_merge_and_leaves_the_folder_whole(tmp_path: Path) -> None:
+    cp = Checkpoint(tmp_path / "cp").open()
+    for i in range(3):
+        cp.commit([result(f"k{i}")])
+    segments = cp.segments()
+    writer = pq.ParquetWriter(tmp_path / "x.parquet", CHECKPOINT_SCHEMA)
+    with pytest.raises(walk_module.Stopped):
+        merge_segments(segments, writer, stop=lambda: True)
+    writer.close()
+    assert cp.segments() == segments
     cp.close()
 
 
 def test_leftover_temporaries_are_removed_and_one_run_holds_the_lock(tmp_path: Path) -> None:
     folder = tmp_path / "cp"
     folder.mkdir()
-    (folder / ".seg-000000000001.parquet.1.2.tmp").write_bytes(b"PAR1 torn")
+    (folder / ".seg-000000000001-000000000001.parquet.1.2.tmp").write_bytes(b"PAR1 torn")
     cp = Checkpoint(folder).open()
     assert not list(folder.glob("*.tmp"))
     with pytest.raises(UserError, match="Another batchrun run"):
@@ -79,5 +140,59 @@ def test_fresh_forgets_results(tmp_path: Path) -> None:
     cp.commit([result("k1")])
     cp.close()
     fresh = Checkpoint(tmp_path / "cp").open(fresh=True)
-    assert fresh.index() == {} and fresh.spend() == 0.0
+    assert latest_results(fresh.folder) == {} and fresh.spend() == 0.0
     fresh.close()
+
+
+def test_a_folder_of_the_old_layout_is_upgraded_once(tmp_path: Path) -> None:
+    folder = tmp_path / "cp"
+    folder.mkdir()
+
+    def old(name: str, rows: list[RowResult]) -> None:
+        table = pa.Table.from_pylist([r.as_record() for r in rows], schema=CHECKPOINT_SCHEMA)
+        write_atomic_table(table, folder / name)
+
+    first, second = result("k2", fp="a"), result("k1", fp="a", status="failed")
+    old("seg-000000000001.parquet", [first, second])
+    old("seg-000000000002.parquet", [result("k1", fp="b")])
+    # a merge of 1 and 2 cut short: 1 and 2 are still there, and so is what they merged into
+    old("seg-000000000002.m.parquet", [first, second])
+    old("seg-000000000003.parquet", [result("k2", fp="c")])
+    cp = Checkpoint(folder).open()
+    assert [p.name for p in cp.segments()] == [segment_name(1, 3)]
+    assert latest_results(folder) == {"k1": "b", "k2": "c"}
+    assert cp.spend() == pytest.approx(0.04)
+    cp.commit([result("k3")])
+    assert cp.segments()[-1].name == segment_name(4, 4)
+    cp.close()
+
+
+def test_the_walk_gives_each_rows_latest_result_window_by_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(walk_module, "ROW_GROUP_ROWS", 3)
+    rng = random.Random(7)
+    cp = Checkpoint(tmp_path / "cp").open()
+    expected: dict[int, str] = {}
+    for i in range(40):
+        positions = rng.sample(range(-3, 50), 5)
+        cp.commit([result(f"k{p}", fp=f"v{i}", position=p) for p in positions])
+        expected.update({p: f"v{i}" for p in positions})
+        if i % 10 == 9:
+            cp.merge_all()
+    with cp.walk(["fingerprint"]) as walk:
+        seen = {}
+        for end in (0, 5, 6, 20, 33, 100):
+            frame = walk.until(end)
+            assert frame["position"].to_list() == sorted(frame["position"].to_list())
+            assert frame["position"].is_unique().all()
+            if end == 0:  # what stands below the input's first position is left out
+                continue
+            seen.update(zip(frame["position"], frame["fingerprint"], strict=True))
+    assert seen == {p: fp for p, fp in expected.items() if p >= 0}
+    with cp.walk(["fingerprint"]) as walk:
+        frames = list(walk.windows(size=7))
+    assert len(frames) > 3
+    every = pl.concat(frames)
+    assert dict(zip(every["position"], every["fingerprint"], strict=True)) == expected
+    cp.close()

@@ -23,7 +23,7 @@ import pytest
 from batchrun.checkpoint import Checkpoint, checkpoint_dir
 from batchrun.columns import FINISHED_AT, KEY
 
-from .conftest import Workspace, reviews
+from .conftest import Workspace, latest_results, reviews
 
 ROWS = 300
 GRACE_S = 5.0  # batchrun.engine.INTERRUPT_GRACE_S: how long requests in flight may finish
@@ -69,14 +69,13 @@ def wait_for_first_commit(output: Path, proc: subprocess.Popen[str]) -> None:
 
 
 def committed_keys(output: Path) -> set[str]:
-    return set(Checkpoint(checkpoint_dir(output)).index())
+    return set(latest_results(checkpoint_dir(output)))
 
 
 def commits(output: Path) -> pl.DataFrame:
     """Every committed result (row key, finished_at) in the checkpoint, once per commit."""
     segments = Checkpoint(checkpoint_dir(output)).segments()
-    frame = pl.scan_parquet([str(s) for s in segments]).select(KEY, FINISHED_AT)
-    return frame.unique().collect()  # a merge cut short may hold a commit twice
+    return pl.scan_parquet([str(s) for s in segments]).select(KEY, FINISHED_AT).collect()
 
 
 def assert_one_sentence_on_stderr(err: str) -> None:

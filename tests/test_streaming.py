@@ -1,0 +1,88 @@
+"""Every path of a run over more rows than one input batch, one commit buffer, one output
+batch and one row group, with segments merging as they come: the same rows and figures as
+ever (each row once, in input order, the last result winning)."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from batchrun import checkpoint as checkpoint_module
+from batchrun import engine as engine_module
+from batchrun import sink as sink_module
+from batchrun import walk as walk_module
+from batchrun.checkpoint import checkpoint_dir
+from batchrun.sim import SimConfig, start_in_thread
+
+from .conftest import Workspace, latest_results, reviews
+
+ROWS = 500
+
+
+@pytest.fixture(autouse=True)
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "BATCH_ROWS", 37)
+    monkeypatch.setattr(engine_module, "COMMIT_ROWS", 23)
+    monkeypatch.setattr(sink_module, "OUTPUT_BATCH_ROWS", 41)
+    monkeypatch.setattr(walk_module, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setattr(walk_module, "WINDOW", 29)
+    monkeypatch.setattr(checkpoint_module, "SMALLEST", 10)
+
+
+def asked(sim_requests: list) -> list[str]:  # type: ignore[type-arg]
+    return [r.body["messages"][-1]["content"] for r in sim_requests if r.body]
+
+
+def test_run_retry_failed_changed_request_and_early_stop_over_many_batches(
+    ws: Workspace,
+) -> None:
+    frame = reviews(ROWS)
+    ws.write_input(frame)
+    faulty = SimConfig(faults={"content_filter": 0.1}, seed=4)
+    with start_in_thread(faulty) as sim:
+        job = ws.job(sim.base_url, input={"id_column": "id"})
+        assert ws.run("run", str(job), "-q").code == 0
+        first = len(sim.requests)
+    out = ws.read_output()
+    assert out["id"].to_list() == frame["id"].to_list()
+    failed = out.filter(pl.col("status") == "failed")
+    assert 20 < failed.height < 90 and set(failed["error"]) == {"content_refused"}
+    assert first == ROWS
+    assert len(checkpoint_module.current_segments(checkpoint_dir(ws.output))) < ROWS // 23
+
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url, input={"id_column": "id"})
+        status = ws.run("status", str(job)).out
+        assert f"failed   {failed.height}" in status and "pending  0" in status
+        assert ws.run("run", str(job), "-q", "--retry-failed").code == 0
+        assert sorted(asked(sim.requests)) == sorted(f"Review: {t}" for t in failed["text"])
+    retried = ws.read_output()
+    assert retried["id"].to_list() == frame["id"].to_list()
+    assert set(retried["status"]) == {"ok"}
+    kept = retried.filter(~pl.col("id").is_in(failed["id"].implode()))
+    assert (
+        kept["response_id"].to_list()
+        == out.filter(pl.col("status") == "ok")["response_id"].to_list()
+    )
+
+    # the request changes: a run of the first 120 rows, then an early stop's output
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url, input={"id_column": "id"}, request={"max_tokens": 9})
+        assert ws.run("run", str(job), "-q", "--limit", "120").code == 0
+        partial = ws.read_output()
+        assert partial["id"].to_list() == frame["id"].to_list()[:120]
+        assert not set(partial["response_id"]) & set(retried["response_id"])  # all new answers
+        status = ws.run("status", str(job)).out
+        assert "done     120" in status and "pending  380 (380 for a changed request)" in status
+        estimate = ws.run("estimate", str(job)).out
+        assert "120 done, 380 to send" in estimate
+        assert ws.run("run", str(job), "-q").code == 0
+        assert len(sim.requests) == ROWS  # the limited run's 120, then the other 380
+    final = ws.read_output()
+    assert final["id"].to_list() == frame["id"].to_list()
+    assert final["response_id"].n_unique() == ROWS
+    assert final.head(120)["response_id"].to_list() == partial["response_id"].to_list()
+    # every committed result stays, superseded ones included: 500 + the retried + 500
+    committed = pl.scan_parquet(checkpoint_module.current_segments(checkpoint_dir(ws.output)))
+    assert committed.select(pl.len()).collect().item() == 2 * ROWS + failed.height
+    assert len(latest_results(checkpoint_dir(ws.output))) == ROWS
