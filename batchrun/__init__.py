@@ -22,11 +22,11 @@ from .errors import (
     SystematicFailure,
     UserError,
 )
+from .version import __version__
 
 if TYPE_CHECKING:
     from .api import RunResult, map, map_async, run, run_async
 
-__version__ = "0.1.0"
 
 __all__ = [
     "BadKey",

@@ -19,17 +19,16 @@ set: where the run stood (a `batchrun.RunResult`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .api import RunResult
+from typing import Any
 
 
 class BatchrunError(Exception):
     """Base of every error batchrun raises on purpose."""
 
     exit_code = 1
-    summary: RunResult | None = None  # where the run stood, when the Python API raised this
+    # Where the run stood (a `batchrun.RunResult`), when the Python API raised this. Typed
+    # loosely so that this bottom layer imports nothing from the API above it.
+    summary: Any = None
 
 
 class UserError(BatchrunError):

@@ -21,10 +21,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from . import __version__
 from .completion import ChunkAssembler
 from .job import Secret
 from .sse import EventTooLarge, SSEDecoder
+from .version import __version__
 
 # Caps that turn a misbehaving gateway into a failed row instead of a run out of memory.
 MAX_BODY_BYTES = 16 * 1024 * 1024
