@@ -3,12 +3,17 @@ confusion matrix of a label job. Part of `batchrun report`.
 
 The figures come from the checkpoint's current results joined with the input's expected and
 group columns, parsed and scored by the same `Annotator` that writes the output, so the
-report and the output's `score` column always agree, during a run too.
+report and the output's `score` column always agree, during a run too. The input and the
+checkpoint are walked together a batch of positions at a time (their positions are those of
+the input: `batchrun.anchor`), and the counts of each batch are added up, so memory follows
+the batch size and the number of distinct groups, never the number of rows. The report's
+text and page (`batchrun.report_text`, `batchrun.report_html`) show the figures.
 """
 
 from __future__ import annotations
 
-import html
+import contextlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -16,18 +21,23 @@ from typing import Any
 
 import polars as pl
 
+from .anchor import settle_positions
+from .checkpoint import reading
 from .columns import KEY
 from .errors import InputError
 from .job import Job
 from .parse import PARSE_ERROR, PARSED
 from .plan import check_eval_columns
 from .scoring import SCORE, Annotator, job_annotator
-from .source import ROW_KEY, open_source
+from .source import POSITION, ROW_KEY, Source, open_source
 from .stats import Accuracy
+from .walk import Walk
 
 UNPARSED = "(unparsed)"
 ERROR_KINDS = 5  # parse errors shown, the most frequent first
 MAX_GROUPS = 50  # groups shown per group_by column, the largest first
+BATCH_ROWS = 65_536  # input rows walked at a time with their results
+ANSWER_COLUMNS = ("status", "response", "tool_calls")  # what the annotator reads of a result
 
 
 @dataclass(frozen=True)
@@ -58,71 +68,211 @@ class Evaluation:
     unavailable: str | None = None  # why there are no figures (the input cannot be read)
 
 
-def build_evaluation(job: Job, segments: Sequence[Path]) -> Evaluation | None:
-    """The evaluation of the job's current results, or None without [parse] and [eval]."""
+def build_evaluation(job: Job, folder: Path) -> Evaluation | None:
+    """The evaluation of the current results in the checkpoint `folder`, or None without
+    [parse] and [eval]."""
     annotator = job_annotator(job)
     if annotator is None:
         return None
     parse_format = job.parse.format if job.parse is not None else None
     try:
-        frame = _answered(job, segments, annotator)
+        tally = _count(job, folder, annotator)
     except InputError as exc:  # the input moved since the run: the rest of the report stands
         return Evaluation(answered=0, parse_format=parse_format, unavailable=str(exc))
     parser, scorer = annotator.parser, annotator.scorer
-    evaluation = Evaluation(answered=len(frame), parse_format=parse_format)
+    evaluation = Evaluation(answered=tally.answered, parse_format=parse_format)
     if parser is not None:
-        errors = (
-            frame.filter(pl.col(PARSE_ERROR).is_not_null())
-            .group_by(kind=pl.col(PARSE_ERROR).str.extract(r"^([^(:']*)").str.strip_chars())
-            .len()
-            .sort(["len", "kind"], descending=[True, False])
-        )
+        errors = sorted(tally.parse_errors.items(), key=lambda item: (-item[1], item[0]))
         evaluation = replace(
-            evaluation,
-            parsed=int(frame[PARSED].is_not_null().sum()),
-            parse_errors=tuple(errors.head(ERROR_KINDS).iter_rows()),
+            evaluation, parsed=tally.parsed, parse_errors=tuple(errors[:ERROR_KINDS])
         )
     if scorer is None or job.eval is None:
         return evaluation
-    scored = frame.filter(pl.col(SCORE).is_not_null())
     groups = tuple(
-        Group(column, str(value), _accuracy(part[SCORE]))
+        Group(column, str(value), Accuracy.of(correct, scored))
         for column in job.eval.group_by
-        for (value,), part in sorted(
-            scored.group_by(column), key=lambda item: (-len(item[1]), str(item[0][0]))
+        for value, scored, correct in sorted(
+            tally.groups[column].result().iter_rows(), key=lambda g: (-g[1], str(g[0]))
         )[:MAX_GROUPS]
     )
     evaluation = replace(
         evaluation,
         scorer=job.eval.scorer,
         expected_column=job.eval.expected_column,
-        overall=_accuracy(scored[SCORE]) if len(scored) else None,
-        unscored=len(frame) - len(scored),
+        overall=Accuracy.of(tally.correct, tally.scored) if tally.scored else None,
+        unscored=tally.answered - tally.scored,
         groups=groups,
     )
-    if parser is not None and job.parse is not None and job.parse.format == "label":
-        rows, columns, matrix = _confusion(scored, annotator, job.eval.expected_column)
+    if tally.pairs is not None:
+        rows, columns, matrix = _confusion(tally.pairs.result(), annotator)
         evaluation = replace(
             evaluation, expected_labels=rows, answer_labels=columns, confusion=matrix
         )
     return evaluation
 
 
-def _answered(job: Job, segments: Sequence[Path], annotator: Annotator) -> pl.DataFrame:
-    """The ok current results with the input's expected and group columns, annotated."""
-    results = (
-        pl.scan_parquet([str(s) for s in segments])
-        .select(KEY, "status", "response", "tool_calls")
-        .unique(subset=KEY, keep="last")
-        .filter(pl.col("status") == "ok")
+def _count(job: Job, folder: Path, annotator: Annotator) -> _Tally:
+    """Parse and score the ok current results batch by batch, and count what came out.
+
+    With [eval] the results are joined with the input's expected and group columns; a
+    result whose row is no longer in the input has none (it is counted, unscored)."""
+    wanted = list(dict.fromkeys([job.eval.expected_column, *job.eval.group_by])) if job.eval else []
+    if not wanted:
+        return reading(folder, lambda segments: _count_results(segments, annotator, job))
+    source = open_source(job.input_path, job.input.id_column)
+    check_eval_columns(job, source.columns)
+    settle_positions(folder, source)
+    return reading(
+        folder, lambda segments: _count_with_input(segments, source, wanted, annotator, job)
     )
-    wanted = [job.eval.expected_column, *job.eval.group_by] if job.eval else []
-    if wanted:
-        source = open_source(job.input_path, job.input.id_column)
-        check_eval_columns(job, source.columns)
-        inputs = source.keyed().select(ROW_KEY, *dict.fromkeys(wanted))
-        results = results.join(inputs, left_on=KEY, right_on=ROW_KEY, how="left")
-    return annotator(results.collect())
+
+
+def _count_results(segments: Sequence[Path], annotator: Annotator, job: Job) -> _Tally:
+    """The counts of every window of current results (no input read: [parse] alone)."""
+    tally = _Tally(job)
+    with Walk(segments, ANSWER_COLUMNS) as walk:
+        for window in walk.windows():
+            tally.add(annotator(window.filter(pl.col("status") == "ok")))
+    return tally
+
+
+def _count_with_input(
+    segments: Sequence[Path],
+    source: Source,
+    wanted: Sequence[str],
+    annotator: Annotator,
+    job: Job,
+) -> _Tally:
+    """The counts of the input walked batch by batch with the results of its positions."""
+    tally = _Tally(job)
+    with Walk(segments, ANSWER_COLUMNS) as walk:
+        batches = source.batches(wanted, BATCH_ROWS)
+        with contextlib.closing(batches):
+            inputs = None
+            for inputs in batches:
+                end = int(inputs[POSITION][-1]) + 1 if inputs.height else 0
+                tally.add(annotator(_joined(walk.until(end), inputs, wanted)))
+        # Results past the input's end (rows no longer in an input without ids).
+        rest = walk.until(None)
+        if inputs is None:
+            tally.add(annotator(_joined(rest, None, wanted)))
+        else:
+            tally.add(annotator(_joined(rest, inputs.clear(), wanted)))
+    return tally
+
+
+def _joined(
+    results: pl.DataFrame, inputs: pl.DataFrame | None, wanted: Sequence[str]
+) -> pl.DataFrame:
+    """The ok results with their rows' `wanted` input columns (null where a row is gone)."""
+    answered = results.filter(pl.col("status") == "ok")
+    if inputs is None:
+        return answered.with_columns(pl.lit(None).alias(name) for name in wanted)
+    columns = inputs.select(ROW_KEY, *wanted)
+    return answered.join(columns, left_on=KEY, right_on=ROW_KEY, how="left", maintain_order="left")
+
+
+class _Tally:
+    """What the annotated batches hold, added up."""
+
+    def __init__(self, job: Job) -> None:
+        self.answered = 0  # ok rows
+        self.parsed = 0
+        self.parse_errors: Counter[str] = Counter()  # rows per kind of parse error
+        self.scored = 0
+        self.correct = 0.0
+        group_by = job.eval.group_by if job.eval is not None else ()
+        self._expected = job.eval.expected_column if job.eval is not None else None
+        labels = job.parse is not None and job.parse.format == "label"
+        # Scored rows and their sum of scores, per value of each group_by column, and (for
+        # a label job) per expected value and parsed label: the confusion matrix, once the
+        # expected values are matched to labels.
+        self.groups = {column: _Sums([column]) for column in group_by}
+        self.pairs = _Sums([self._expected, PARSED]) if labels and self._expected else None
+
+    def add(self, frame: pl.DataFrame) -> None:
+        self.answered += frame.height
+        if PARSED in frame.columns:
+            self.parsed += int(frame[PARSED].is_not_null().sum())
+            kinds = (
+                frame.filter(pl.col(PARSE_ERROR).is_not_null())
+                .group_by(kind=pl.col(PARSE_ERROR).str.extract(r"^([^(:']*)").str.strip_chars())
+                .len()
+            )
+            self.parse_errors.update(dict(kinds.iter_rows()))
+        if SCORE not in frame.columns:
+            return
+        scored = frame.filter(pl.col(SCORE).is_not_null())
+        self.scored += scored.height
+        self.correct += float(scored[SCORE].sum())
+        for column, sums in self.groups.items():
+            sums.add(scored.group_by(column).agg(rows=pl.len(), correct=pl.col(SCORE).sum()))
+        if self.pairs is not None and self._expected is not None:
+            by_pair = scored.group_by(self._expected, PARSED)
+            self.pairs.add(by_pair.agg(rows=pl.len(), correct=pl.col(SCORE).sum()))
+
+
+class _Sums:
+    """Rows and scores per key, added batch by batch. The batches' partial sums are summed
+    again once they outgrow what was summed before, so adding n rows costs O(n log n)
+    however many keys there are, and memory stays about twice the distinct keys."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self._keys = list(keys)
+        self._parts: list[pl.DataFrame] = []  # partial sums not yet summed together
+        self._rows = 0  # rows of the parts
+        self._summed = 0  # rows of the last sum of them all
+
+    def add(self, part: pl.DataFrame) -> None:
+        self._parts.append(part)
+        self._rows += part.height
+        if self._rows > 2 * self._summed + 1024:
+            self._sum()
+
+    def _sum(self) -> None:
+        if len(self._parts) > 1:
+            frame = pl.concat(self._parts, how="vertical_relaxed")
+            self._parts = [frame.group_by(self._keys).agg(pl.col("rows", "correct").sum())]
+        self._rows = self._summed = sum(part.height for part in self._parts)
+
+    def result(self) -> pl.DataFrame:
+        """The keys, rows and sum of scores."""
+        self._sum()
+        if not self._parts:
+            return pl.DataFrame(schema=[*self._keys, "rows", "correct"])
+        return self._parts[0].select(*self._keys, "rows", "correct")
+
+
+def _confusion(
+    pairs: pl.DataFrame, annotator: Annotator
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[int, ...], ...]]:
+    """Counts of (expected label, answered label); gold values outside the set get a row."""
+    assert annotator.parser is not None
+    labels = annotator.parser.labels
+    match = annotator.parser.match_label
+    counted = [(match(str(v)) or str(v), answer, rows) for v, answer, rows, _ in pairs.iter_rows()]
+    gold = {truth for truth, _, _ in counted}
+    rows = list(dict.fromkeys([*labels, *sorted(gold - set(labels))]))
+    columns = [*labels, UNPARSED]
+    index = {label: i for i, label in enumerate(columns)}
+    counts = [[0] * len(columns) for _ in rows]
+    row_of = {label: i for i, label in enumerate(rows)}
+    for truth, answer, n in counted:
+        counts[row_of[truth]][index[answer if answer is not None else UNPARSED]] += n
+    return tuple(rows), tuple(columns), tuple(tuple(r) for r in counts)
+
+
+# -- the run's last line, and JSON -----------------------------------------------------------
+
+
+def percent(share: float) -> str:
+    """A share as a percentage with one decimal."""
+    return f"{share * 100:.1f}%"
+
+
+def interval(a: Accuracy) -> str:
+    """An accuracy with its 95% interval, as the run's last line and the report show it."""
+    return f"{percent(a.accuracy)} ({percent(a.low)}–{percent(a.high)})"
 
 
 def output_line(path: Path) -> str | None:
@@ -140,99 +290,9 @@ def output_line(path: Path) -> str | None:
     if row.get("unparsed"):
         parts.append(f"unparsed answers: {row['unparsed']:,} (see parse_error)")
     if row.get("scored"):
-        parts.append(f"accuracy {_interval(Accuracy.of(row['right'], row['scored']))} 95% CI")
+        parts.append(f"accuracy {interval(Accuracy.of(row['right'], row['scored']))} 95% CI")
         parts[-1] += f" over {row['scored']:,} scored rows"
     return "; ".join(parts) if parts else None
-
-
-def _accuracy(scores: pl.Series) -> Accuracy:
-    return Accuracy.of(float(scores.sum()), len(scores))
-
-
-def _confusion(
-    scored: pl.DataFrame, annotator: Annotator, expected: str
-) -> tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[int, ...], ...]]:
-    """Counts of (expected label, answered label); gold values outside the set get a row."""
-    assert annotator.parser is not None
-    labels = annotator.parser.labels
-    match = annotator.parser.match_label
-    gold = [match(str(v)) or str(v) for v in scored[expected]]
-    rows = list(dict.fromkeys([*labels, *sorted(set(gold) - set(labels))]))
-    columns = [*labels, UNPARSED]
-    index = {label: i for i, label in enumerate(columns)}
-    counts = [[0] * len(columns) for _ in rows]
-    row_of = {label: i for i, label in enumerate(rows)}
-    for truth, answer in zip(gold, scored[PARSED], strict=True):
-        counts[row_of[truth]][index[answer if answer is not None else UNPARSED]] += 1
-    return tuple(rows), tuple(columns), tuple(tuple(r) for r in counts)
-
-
-# -- showing it -----------------------------------------------------------------------------
-
-
-def _percent(share: float) -> str:
-    return f"{share * 100:.1f}%"
-
-
-def _interval(a: Accuracy) -> str:
-    return f"{_percent(a.accuracy)} ({_percent(a.low)}–{_percent(a.high)})"
-
-
-def evaluation_summary(ev: Evaluation) -> list[tuple[str, str]]:
-    """Summary lines: parsing, and accuracy with its interval."""
-    if ev.unavailable is not None:
-        return [("evaluation", f"not available: {ev.unavailable}")]
-    lines = []
-    if ev.parse_format is not None:
-        unparsed = ev.answered - ev.parsed
-        lines.append(
-            (
-                f"parsed ({ev.parse_format})",
-                f"{ev.parsed:,} of {ev.answered:,} answers; {unparsed:,} did not parse",
-            )
-        )
-    if ev.scorer is not None:
-        how = f"{ev.scorer} against {ev.expected_column}"
-        if ev.overall is None:
-            lines.append((f"accuracy ({how})", "no scored rows yet"))
-        else:
-            a = ev.overall
-            text = f"{_interval(a)} 95% CI, {a.correct:,.0f} of {a.scored:,} scored rows right"
-            if ev.unscored:
-                text += f"; {ev.unscored:,} without an expected value"
-            lines.append((f"accuracy ({how})", text))
-    return lines
-
-
-def evaluation_tables(ev: Evaluation) -> list[tuple[str, list[str], list[list[str]], set[int]]]:
-    """The evaluation's tables: (title, header, rows, right-aligned columns)."""
-    tables = [
-        (
-            "Parse errors",
-            ["error", "rows"],
-            [[kind or "(other)", f"{n:,}"] for kind, n in ev.parse_errors],
-            {1},
-        ),
-        (
-            "Accuracy by group (95% CI)",
-            ["column", "value", "rows", "accuracy"],
-            [
-                [g.column, g.value, f"{g.accuracy.scored:,}", _interval(g.accuracy)]
-                for g in ev.groups
-            ],
-            {2, 3},
-        ),
-        (
-            f"Confusion matrix (rows: {ev.expected_column}; columns: parsed answer)",
-            ["", *ev.answer_labels],
-            [
-                [label, *(f"{n:,}" for n in row)]
-                for label, row in zip(ev.expected_labels, ev.confusion, strict=True)
-            ],
-            set(range(1, len(ev.answer_labels) + 1)),
-        ),
-    ]
-    return [table for table in tables if table[2]]
 
 
 def evaluation_json(ev: Evaluation) -> dict[str, Any]:
@@ -258,46 +318,3 @@ def evaluation_json(ev: Evaluation) -> dict[str, Any]:
         if ev.confusion
         else None,
     }
-
-
-def confusion_svg(ev: Evaluation) -> str:
-    """The confusion matrix as an SVG heat map: each row shaded by its share of the row."""
-    if not ev.confusion:
-        return ""
-    answers = ev.answer_labels
-    cell, left, top = 64, 150, 70
-    width = left + cell * len(answers) + 16
-    height = top + cell * len(ev.expected_labels) + 16
-    title = f"Confusion matrix: {ev.expected_column} (rows) against the parsed answer (columns)"
-    parts = [
-        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        f'style="max-width: {width}px" role="img" '
-        f'aria-label="{_e(title)}"><title>{_e(title)}</title>',
-        f'<text x="{left}" y="16" class="legend">parsed answer →</text>',
-        f'<text x="8" y="{top - 8}" class="legend">{_e(ev.expected_column)} ↓</text>',
-    ]
-    for j, answer in enumerate(answers):
-        x = left + j * cell + cell / 2
-        parts.append(f'<text x="{x:.0f}" y="{top - 10}" text-anchor="middle">{_e(answer)}</text>')
-    for i, (truth, row) in enumerate(zip(ev.expected_labels, ev.confusion, strict=True)):
-        y = top + i * cell
-        parts.append(
-            f'<text x="{left - 8}" y="{y + cell / 2 + 4:.0f}" text-anchor="end">{_e(truth)}</text>'
-        )
-        total = sum(row) or 1
-        for j, count in enumerate(row):
-            share = count / total
-            right = answers[j] == truth
-            colour = f"rgba(89,161,79,{share:.3f})" if right else f"rgba(225,87,89,{share:.3f})"
-            tip = f"{truth} answered {answers[j]}: {count:,} ({_percent(share)} of the row)"
-            parts += [
-                f'<rect x="{left + j * cell}" y="{y}" width="{cell - 2}" height="{cell - 2}" '
-                f'fill="{colour}" stroke="#d1d9e0"><title>{_e(tip)}</title></rect>',
-                f'<text x="{left + j * cell + cell / 2 - 1:.0f}" y="{y + cell / 2 + 4:.0f}" '
-                f'text-anchor="middle">{count:,}</text>',
-            ]
-    return "".join(parts) + "</svg>"
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)

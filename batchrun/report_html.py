@@ -7,18 +7,9 @@ import html
 import math
 from collections.abc import Collection, Sequence
 
-from .evaluation import confusion_svg
-from .report import (
-    Report,
-    nothing_yet,
-    one_line,
-    period,
-    secs,
-    summary_lines,
-    tables,
-    usd,
-    when,
-)
+from .evaluation import Evaluation, percent
+from .report import Report
+from .report_text import nothing_yet, one_line, period, secs, summary_lines, tables, usd, when
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2328;
@@ -183,6 +174,45 @@ def _y_axis(peak: float, plot_h: float) -> list[str]:
             f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{peak * share:,.4g}</text>'
         )
     return parts
+
+
+def confusion_svg(ev: Evaluation) -> str:
+    """The confusion matrix as an SVG heat map: each row shaded by its share of the row."""
+    if not ev.confusion:
+        return ""
+    answers = ev.answer_labels
+    cell, left, top = 64, 150, 70
+    width = left + cell * len(answers) + 16
+    height = top + cell * len(ev.expected_labels) + 16
+    title = f"Confusion matrix: {ev.expected_column} (rows) against the parsed answer (columns)"
+    parts = [
+        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'style="max-width: {width}px" role="img" '
+        f'aria-label="{_e(title)}"><title>{_e(title)}</title>',
+        f'<text x="{left}" y="16" class="legend">parsed answer →</text>',
+        f'<text x="8" y="{top - 8}" class="legend">{_e(ev.expected_column)} ↓</text>',
+    ]
+    for j, answer in enumerate(answers):
+        x = left + j * cell + cell / 2
+        parts.append(f'<text x="{x:.0f}" y="{top - 10}" text-anchor="middle">{_e(answer)}</text>')
+    for i, (truth, row) in enumerate(zip(ev.expected_labels, ev.confusion, strict=True)):
+        y = top + i * cell
+        parts.append(
+            f'<text x="{left - 8}" y="{y + cell / 2 + 4:.0f}" text-anchor="end">{_e(truth)}</text>'
+        )
+        total = sum(row) or 1
+        for j, count in enumerate(row):
+            share = count / total
+            right = answers[j] == truth
+            colour = f"rgba(89,161,79,{share:.3f})" if right else f"rgba(225,87,89,{share:.3f})"
+            tip = f"{truth} answered {answers[j]}: {count:,} ({percent(share)} of the row)"
+            parts += [
+                f'<rect x="{left + j * cell}" y="{y}" width="{cell - 2}" height="{cell - 2}" '
+                f'fill="{colour}" stroke="#d1d9e0"><title>{_e(tip)}</title></rect>',
+                f'<text x="{left + j * cell + cell / 2 - 1:.0f}" y="{y + cell / 2 + 4:.0f}" '
+                f'text-anchor="middle">{count:,}</text>',
+            ]
+    return "".join(parts) + "</svg>"
 
 
 def _cost_chart(report: Report) -> str:

@@ -3,29 +3,45 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 import re
-import shutil
 import statistics
+from collections import Counter
+from dataclasses import asdict, replace
 from html.parser import HTMLParser
 from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
+from batchrun import checkpoint as checkpoint_module
+from batchrun import evaluation, quantiles, report_tally, walk
 from batchrun import report as report_module
-from batchrun.checkpoint import Checkpoint, checkpoint_dir
-from batchrun.columns import FINISHED_AT, KEY, RowResult
+from batchrun.checkpoint import Checkpoint, checkpoint_dir, segment_name, write_segment
+from batchrun.columns import FINISHED_AT, KEY, POSITION, RowResult
 from batchrun.job import load_job
 from batchrun.report import (
     HISTOGRAM_BINS,
+    TOKEN_KINDS,
+    Bin,
+    Bucket,
+    ErrorClass,
+    ModelCost,
+    Percentiles,
     Report,
     build_report,
-    render_text,
     report_json,
 )
 from batchrun.report_html import render_html
+from batchrun.report_text import render_text
+from batchrun.scoring import job_annotator
 from batchrun.sim import SimConfig, start_in_thread
+from batchrun.stats import Accuracy
+from batchrun.walk import WINDOW, merge_segments
 
 from .conftest import Workspace, reviews
 
@@ -233,9 +249,13 @@ def crafted(ws: Workspace) -> tuple[Path, Checkpoint]:
     checkpoint.commit(
         [RowResult("2", 2, "fp", "failed", 1, t0 + 140, error="x", error_message=HOSTILE_MESSAGE)]
     )
-    # A merge cut short by a kill leaves a merged copy beside the segment it merged.
-    [*_, last] = checkpoint.segments()
-    shutil.copy(last, last.with_name(last.name.replace(".parquet", ".m.parquet")))
+    # A merge cut short by a kill leaves the merged segment beside the segments it merged.
+    [_, second, third] = checkpoint.segments()
+    write_segment(
+        checkpoint.folder / segment_name(2, 3),
+        lambda writer: merge_segments([second, third], writer),
+    )
+    assert len(list(checkpoint.folder.glob("seg-*.parquet"))) == 4
     return job, checkpoint
 
 
@@ -295,3 +315,319 @@ def test_nothing_run_yet_is_a_report_not_an_error(ws: Workspace) -> None:
     data = json.loads(json.dumps(report_json(report)))
     assert data["rows"] == {"committed": 0, "ok": 0, "failed": 0}
     assert data["latency_s"] is None and data["throughput"]["buckets"] == []
+
+
+# -- the streaming passes against the figures computed in memory ------------------------------
+
+
+def old_report(job: Path, segments: list[Path]) -> Report:
+    """The report as batchrun built it before it streamed: every committed result in memory
+    and a hash table of every key (the oracle). Error examples are the first in position
+    order, as the streaming report defines them."""
+    head = build_report_heading(job)
+    every = pl.read_parquet(segments)
+    current = every.unique(subset=KEY, keep="last", maintain_order=True).sort(POSITION)
+    ok = pl.col("status") == "ok"
+    attempts = pl.col("attempts").cast(pl.Int64)
+    model = pl.col("response_model")
+    stats: dict[str, pl.Expr] = {}
+    for name in ("latency", "ttft"):
+        values = pl.col(f"{name}_s").filter(ok)
+        stats[f"{name}_min"], stats[f"{name}_max"] = values.min(), values.max()
+        for q in (50, 90, 99):
+            stats[f"{name}_p{q}"] = values.quantile(q / 100, "linear")
+    t = current.select(
+        rows=pl.len(),
+        ok=ok.sum(),
+        failed=(pl.col("status") == "failed").sum(),
+        spend=pl.col("cost_usd").sum(),
+        attempts=attempts.sum(),
+        rows_retried=(attempts > 1).sum(),
+        extra_attempts=(attempts - 1).clip(lower_bound=0).sum(),
+        length=(pl.col("finish_reason") == "length").sum(),
+        estimated=pl.col("usage_estimated").sum(),
+        other_model=(model.is_not_null() & (model != head.requested_model)).sum(),
+        first=pl.col(FINISHED_AT).min(),
+        last=pl.col(FINISHED_AT).max(),
+        **{f"{kind}_tokens": pl.col(f"{kind}_tokens").sum() for kind in TOKEN_KINDS},
+        **stats,
+    ).row(0, named=True)
+    models = (
+        every.filter(pl.col("total_tokens").is_not_null())
+        .group_by(model=model.fill_null("(unknown)"))
+        .agg(
+            answers=pl.len(),
+            cost_usd=pl.col("cost_usd").sum(),
+            no_price=pl.col("cost_usd").is_null().sum(),
+        )
+        .sort(["cost_usd", "answers", "model"], descending=[True, True, False])
+    )
+    reasons = (
+        current.filter(pl.col("finish_reason").is_not_null())
+        .group_by("finish_reason")
+        .agg(rows=pl.len())
+        .sort(["rows", "finish_reason"], descending=[True, False])
+    )
+    errors = (
+        current.filter(pl.col("status") == "failed")
+        .group_by(error=pl.col("error").fill_null("(unknown)"), maintain_order=True)
+        .agg(rows=pl.len(), example=pl.col("error_message").drop_nulls().first())
+        .sort(["rows", "error"], descending=[True, False])
+    )
+    length = current.filter(pl.col("finish_reason") == "length").sort(POSITION).head(10)
+    latency = Percentiles(t["latency_p50"], t["latency_p90"], t["latency_p99"])
+    ttft = Percentiles(t["ttft_p50"], t["ttft_p90"], t["ttft_p99"])
+    # The histogram and the buckets.
+    lo, hi = t["latency_min"], t["latency_p99"]
+    width = (hi - lo) / HISTOGRAM_BINS
+    index = ((pl.col("latency_s") - lo) / (width or 1.0)).floor().cast(pl.Int64)
+    per_bin = dict(
+        current.filter(ok & pl.col("latency_s").is_not_null())
+        .group_by(bin=index.clip(0, HISTOGRAM_BINS - 1))
+        .agg(rows=pl.len())
+        .iter_rows()
+    )
+    edges = [lo + i * width for i in range(HISTOGRAM_BINS)] + [t["latency_max"]]
+    histogram = tuple(Bin(edges[i], edges[i + 1], per_bin.get(i, 0)) for i in range(HISTOGRAM_BINS))
+    size = next(float(s) for s in (1, 10, 60, 600, 3600) if (t["last"] - t["first"]) / s < 60)
+    origin = math.floor(t["first"] / size) * size
+    bucket = ((pl.col(FINISHED_AT) - origin) / size).floor().cast(pl.Int64)
+    per_bucket = {
+        i: (a, b)
+        for i, a, b in current.group_by(bucket=bucket)
+        .agg(ok=ok.sum(), failed=(pl.col("status") == "failed").sum())
+        .iter_rows()
+    }
+    count = int((t["last"] - origin) // size) + 1
+    buckets = tuple(Bucket(origin + i * size, *per_bucket.get(i, (0, 0))) for i in range(count))
+    return replace(
+        head,
+        committed=t["rows"],
+        ok=t["ok"],
+        failed=t["failed"],
+        tokens=tuple((kind, int(t[f"{kind}_tokens"])) for kind in TOKEN_KINDS),
+        spend_usd=round(every["cost_usd"].sum(), 10),
+        current_spend_usd=round(t["spend"], 10),
+        cost_by_model=tuple(
+            ModelCost(**{**row, "cost_usd": round(row["cost_usd"], 10)})
+            for row in models.iter_rows(named=True)
+        ),
+        finish_reasons=tuple(reasons.iter_rows()),
+        errors=tuple(ErrorClass(**row) for row in errors.iter_rows(named=True)),
+        attempts=t["attempts"],
+        rows_retried=t["rows_retried"],
+        extra_attempts=t["extra_attempts"],
+        superseded_results=every.height - current.height,
+        requests_sent=int(every["attempts"].cast(pl.Int64).sum()),
+        latency=latency,
+        ttft=ttft,
+        histogram=histogram,
+        first_finished_at=t["first"],
+        last_finished_at=t["last"],
+        rows_per_s=t["rows"] / (t["last"] - t["first"]),
+        bucket_s=size,
+        buckets=buckets,
+        length_rows=t["length"],
+        length_examples=tuple(length[KEY].to_list()),
+        usage_estimated=t["estimated"],
+        other_model_rows=t["other_model"],
+    )
+
+
+def build_report_heading(job: Path) -> Report:
+    loaded = load_job(job)
+    return Report(loaded.name, loaded.output_path, str(loaded.request["model"]), 8)
+
+
+def random_result(rng: random.Random, key: str, position: int, t0: float) -> RowResult:
+    """A committed result of any kind: ok or failed, with or without usage, price, ttft."""
+    finished = t0 + rng.uniform(0, 900)
+    attempts = rng.choice([1, 1, 1, 2, 3])
+    if rng.random() < 0.15:
+        return RowResult(
+            key,
+            position,
+            "fp",
+            "failed",
+            attempts,
+            finished,
+            error=rng.choice(["server_error", "content_refused", None]),
+            error_message=rng.choice([None, f"message {rng.randrange(50)}"]),
+        )
+    prompt, completion = rng.randrange(5, 50), rng.randrange(1, 20)
+    return RowResult(
+        key,
+        position,
+        "fp",
+        "ok",
+        attempts,
+        finished,
+        response="positive",
+        finish_reason=rng.choice(["stop", "stop", "length", None]),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion if rng.random() < 0.9 else None,
+        cached_tokens=rng.choice([None, 0, 3]),
+        reasoning_tokens=rng.choice([None, 2]),
+        # Multiples of 1/1024, which add up exactly in any order.
+        cost_usd=rng.randrange(1, 200) / 1024 if rng.random() < 0.9 else None,
+        latency_s=round(rng.lognormvariate(-1.5, 0.8), rng.choice([2, 6]))
+        if rng.random() < 0.95
+        else None,
+        ttft_s=rng.uniform(0.01, 0.2) if rng.random() < 0.6 else None,
+        response_model=rng.choice(["gpt-4o-mini", "gpt-4o-mini", "gpt-4.1-mini", None]),
+        usage_estimated=rng.choice([None, False, True]),
+    )
+
+
+@pytest.fixture
+def small_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row groups, batches and sorted bins far smaller than the data, so that every pass
+    takes many reads and the percentiles take several passes."""
+    monkeypatch.setattr(walk, "ROW_GROUP_ROWS", 97)  # of a merged segment
+    monkeypatch.setattr(checkpoint_module, "ROW_GROUP_ROWS", 97)  # of a commit
+    monkeypatch.setattr(report_tally, "BATCH_ROWS", 500)
+    monkeypatch.setattr(quantiles, "COLLECT", 40)
+
+
+def test_streamed_figures_equal_those_computed_in_memory(
+    ws: Workspace, small_reads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 4,000 rows spread over positions from -9,000 (rows gone from the input) to 250,000:
+    # four windows of the walk; five commits, the first three merged, rows retried in each.
+    ws.write_input(reviews(4))
+    job = ws.job("sim")
+    rng = random.Random(11)
+    rows = [(f"k{i:05d}", (i - 150) * 61) for i in range(4000)]
+    t0 = 1_700_000_000.0
+    with Checkpoint(checkpoint_dir(ws.output)).open() as checkpoint:
+        for commit in range(5):
+            chosen = [row for row in rows if commit == 0 or rng.random() < 0.3]
+            checkpoint.commit(random_result(rng, key, pos, t0) for key, pos in chosen)
+            if commit == 2:
+                checkpoint.merge_all()
+        segments = checkpoint.segments()
+    assert len(segments) == 3 and min(p for _, p in rows) < 0 < WINDOW * 3 < max(p for _, p in rows)
+
+    passes: Counter[int] = Counter()  # passes per Quantiles object
+    end_pass = quantiles.Quantiles.end_pass
+
+    def counted(self: quantiles.Quantiles) -> None:
+        passes[id(self)] += 1
+        end_pass(self)
+
+    monkeypatch.setattr(quantiles.Quantiles, "end_pass", counted)
+    report = build_report(load_job(job))
+    expected = old_report(job, segments)
+    assert asdict(report) == asdict(expected)
+    # What the test is about: many windows and row groups, percentiles found in passes.
+    with Checkpoint(checkpoint_dir(ws.output)).walk() as walked:
+        assert len(list(walked.windows())) >= 4
+    assert all(pq.ParquetFile(path).num_row_groups >= 10 for path in segments)
+    assert len(passes) == 2 and min(passes.values()) >= 3  # latency and ttft
+    assert report.superseded_results > 1000 and report.failed > 300 and report.length_rows > 10
+    assert len(report.errors) == 3 and len(report.cost_by_model) == 3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_quantiles_equal_polars_to_the_bit(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(seed)
+    n = 5000
+    values = [
+        rng.lognormal(-2, 1, n),  # spread out
+        np.round(rng.random(n) * 2, 2),  # many ties
+        np.full(n, 0.125),  # one value
+        rng.normal(0, 1, n),  # negative values too
+        rng.integers(0, 3, n) * 1e-300,  # tiny values, next to zero
+        np.concatenate([rng.random(n - 1), [np.inf]]),
+    ][seed]
+    column = pl.Series(
+        "x", [None if rng.random() < 0.1 else float(v) for v in values], dtype=pl.Float64
+    )
+    asked = (0.5, 0.9, 0.99, 0.0, 1.0)
+    want = tuple(pl.select(column.quantile(q, "linear")).item() for q in asked)
+    for collect in (0, 7, 10**6):  # never collected, collected late, collected at once
+        monkeypatch.setattr(quantiles, "COLLECT", collect)
+        found = quantiles.Quantiles(asked)
+        passes = 0
+        while not found.done:
+            cuts = sorted(rng.integers(0, n, 4))
+            for start, end in pairwise([0, *cuts, n]):
+                found.feed(column[int(start) : int(end)])
+            found.end_pass()
+            passes += 1
+        assert found.result() == want
+        assert passes <= quantiles.MAX_PASSES
+
+
+def test_streamed_evaluation_equals_the_one_computed_in_memory(
+    ws: Workspace, small_reads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The input walked 64 rows at a time; results of rows gone from the input are counted.
+    monkeypatch.setattr(evaluation, "BATCH_ROWS", 64)
+    rng = random.Random(5)
+    n = 900
+    gold = [rng.choice(["positive", "negative", "neutral", "Mixed", None]) for _ in range(n)]
+    lang = [rng.choice(["en", "zh", "fr", None]) for _ in range(n)]
+    ws.write_input(reviews(n).with_columns(gold=pl.Series(gold), lang=pl.Series(lang)))
+    job = ws.job(
+        "sim",
+        input={"id_column": "id"},
+        parse={"format": "label", "labels": ["positive", "negative", "neutral"]},
+        eval={"expected_column": "gold", "scorer": "label", "group_by": ["lang"]},
+    )
+    answers = ["positive", "Negative.", "neutral", "I cannot say", None]
+    with Checkpoint(checkpoint_dir(ws.output)).open() as checkpoint:
+        for commit in range(3):
+            results = [
+                RowResult(
+                    f"r{i:04d}" if i < n else f"gone{i}",
+                    i if i < n else n - 1 - i,
+                    "fp",
+                    "ok" if rng.random() < 0.9 else "failed",
+                    1,
+                    1_700_000_000.0 + i,
+                    response=rng.choice(answers),
+                )
+                for i in range(n + 20)
+                if commit == 0 or rng.random() < 0.4
+            ]
+            checkpoint.commit(results)
+        segments = checkpoint.segments()
+
+    loaded = load_job(job)
+    streamed = build_report(loaded).evaluation
+    # The oracle: every current result joined with the whole input, annotated at once.
+    annotator = job_annotator(loaded)
+    assert annotator is not None and annotator.parser is not None
+    current = (
+        pl.read_parquet(segments)
+        .unique(subset=KEY, keep="last", maintain_order=True)
+        .filter(pl.col("status") == "ok")
+    )
+    inputs = pl.read_parquet(ws.root / "input.parquet").select("id", "gold", "lang")
+    frame = annotator(current.join(inputs, left_on=KEY, right_on="id", how="left"))
+    scored = frame.filter(pl.col("score").is_not_null())
+    assert streamed is not None and streamed.unavailable is None
+    assert streamed.answered == frame.height and streamed.parsed == frame["parsed"].count()
+    errors = frame["parse_error"].drop_nulls().str.extract(r"^([^(:']*)").str.strip_chars()
+    assert dict(streamed.parse_errors) == dict(errors.value_counts().iter_rows())
+    assert streamed.overall == Accuracy.of(float(scored["score"].sum()), scored.height)
+    assert streamed.unscored == frame.height - scored.height > 0
+    groups = scored.group_by("lang").agg(pl.len(), pl.col("score").sum())
+    assert {g.value: g.accuracy for g in streamed.groups} == {
+        str(value): Accuracy.of(total, rows) for value, rows, total in groups.iter_rows()
+    }
+    assert [g.accuracy.scored for g in streamed.groups] == sorted(groups["len"], reverse=True)
+    match = annotator.parser.match_label
+    pairs = Counter(
+        (match(str(v)) or str(v), a or "(unparsed)")
+        for v, a in zip(scored["gold"], scored["parsed"], strict=True)
+    )
+    assert streamed.expected_labels == ("positive", "negative", "neutral", "Mixed")
+    assert {
+        (truth, answer): count
+        for truth, row in zip(streamed.expected_labels, streamed.confusion, strict=True)
+        for answer, count in zip(streamed.answer_labels, row, strict=True)
+        if count
+    } == dict(pairs)
