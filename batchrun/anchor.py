@@ -18,6 +18,9 @@ Without an `id_column` a row's key is its position, so nothing can move.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -26,7 +29,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .checkpoint import Checkpoint, current_segments, remove_tree
+from .checkpoint import Checkpoint, atomic_file, current_segments, remove_tree
 from .columns import CHECKPOINT_SCHEMA, KEY, POSITION
 from .errors import InputError, UserError
 from .source import POSITION as INPUT_POSITION
@@ -39,15 +42,47 @@ _ORDER = "__order"  # a committed row's place in commit order, while realigning
 _NEW = "__new"  # its new position
 
 
+STAMP = "aligned.json"  # in the checkpoint: the input the results were last aligned with
+_TAIL_BYTES = 1 << 16  # how much of each input file's end the stamp hashes
+
+
 def anchor(checkpoint: Checkpoint, source: Source) -> int:
     """Make sure the checkpoint's results stand at their rows' positions in `source`;
-    returns how many results had to move (0 when none did)."""
+    returns how many results had to move (0 when none did).
+
+    The check reads every id and every committed key (a second a million rows), so its
+    outcome is stamped with the input files it held for (path, size, modification time and
+    a digest of their last 64 KiB, where a Parquet file keeps its footer); a run on the
+    same files skips it. A stamp that matched files changed behind it would cost
+    answers asked again, never a wrong row: results are only ever joined on their key.
+    """
     if source.id_column is None:
         return 0
+    stamp_path = checkpoint.folder / STAMP
     segments = checkpoint.segments()
-    if not segments or aligned(segments, source):
+    if not segments:
+        stamp_path.unlink(missing_ok=True)  # the next results are aligned as they come
         return 0
-    return realign(checkpoint, source)
+    stamp = _stamp(source)
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(stamp_path.read_text()) == stamp:
+            return 0
+    moved = 0 if aligned(segments, source) else realign(checkpoint, source)
+    with atomic_file(stamp_path) as tmp:
+        tmp.write_text(json.dumps(stamp))
+    return moved
+
+
+def _stamp(source: Source) -> dict[str, object]:
+    """What identifies the input files as they are now."""
+    files = []
+    for path in source.files:
+        info = path.stat()
+        with open(path, "rb") as handle:
+            handle.seek(max(info.st_size - _TAIL_BYTES, 0))
+            tail = hashlib.sha256(handle.read()).hexdigest()
+        files.append([str(path.resolve()), info.st_size, info.st_mtime_ns, tail])
+    return {"id_column": source.id_column, "files": files}
 
 
 def settle_positions(folder: Path, source: Source) -> None:

@@ -108,3 +108,27 @@ def test_without_an_id_a_row_is_its_position(ws: Workspace, sim: SimServer) -> N
     assert out["input_row"].to_list() == list(range(31))
     # rows 10 to 30 now hold other prompts than when they ran: asked again
     assert len(sim.requests) - asked == 21
+
+
+def test_the_check_is_skipped_while_the_input_files_stay_the_same(
+    ws: Workspace, sim: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frame = reviews(40)
+    ws.write_input(frame)
+    job = ws.job(sim.base_url, input={"id_column": "id"})
+    assert ws.run("run", str(job), "-q", "--limit", "20").code == 0
+    checks: list[int] = []
+    real = anchor_module.aligned
+
+    def counted(*args: object, **kwargs: object) -> bool:
+        checks.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(anchor_module, "aligned", counted)
+    assert ws.run("run", str(job), "-q", "--limit", "30").code == 0
+    assert ws.run("run", str(job), "-q").code == 0
+    assert len(checks) == 1  # the second run stamped the input; the third found it the same
+    ws.write_input(frame.reverse())
+    assert ws.run("status", str(job)).code == 0
+    assert len(checks) == 2 and "done     40" in ws.run("status", str(job)).out
+    assert len(checks) == 2
