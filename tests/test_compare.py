@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -469,3 +470,113 @@ def test_runs_write_the_metadata_compare_reads(ws: Workspace) -> None:
         "expected_column": None,
         "scorer": None,
     }
+
+
+def test_partial_runs_are_matched_by_input_row(ws: Workspace, sim: SimServer) -> None:
+    """Two runs of a job without an id column that finished different rows, as a run that
+    stopped early leaves them: same row counts, different rows; matched by `input_row`."""
+    ws.write_input(reviews(30))
+    job = ws.job(sim.base_url, output={"path": "out/whole.parquet"})
+    assert ws.run("run", str(job), "-q").code == 0
+    whole = ws.root / "out" / "whole.parquet"
+    stored = json.loads(pq.ParquetFile(whole).metadata.metadata[b"batchrun"])
+    assert stored["id_column"] is None and stored["input_rows"] == 30
+    finished = pl.read_parquet(whole)
+    assert finished["input_row"].to_list() == list(range(30))
+    # A finished input rows 0-19, B rows 10-29 in another order (and answered 12 and 25
+    # otherwise): 20 rows each, so by position B's first row would meet A's first.
+    a = write(finished.filter(pl.col("input_row") < 20), ws.root / "a.parquet", **stored)
+    b_rows = finished.filter(pl.col("input_row") >= 10).sample(fraction=1.0, shuffle=True, seed=1)
+    b_rows = b_rows.with_columns(
+        pl.when(pl.col("input_row").is_in([12, 25]))
+        .then(pl.lit("neutral"))
+        .otherwise(pl.col("response"))
+        .alias("response")
+    )
+    b = write(b_rows, ws.root / "b.parquet", **stored)
+    report = compare_json(ws, str(a), str(b))
+    assert report["join"] == {"column": "input_row", "from": "input_row"}
+    assert report["rows"] == {"both": 10, "only_a": 10, "only_b": 10}
+    assert report["a"]["ok"] == report["b"]["ok"] == 10
+    both = finished.filter(pl.col("input_row").is_between(10, 19))
+    assert report["a"]["tokens"]["prompt"] == both["prompt_tokens"].sum()
+    assert report["disagreements"]["rows"] == 1
+    assert report["disagreements"]["sample"][0]["id"] == 12
+    assert report["disagreements"]["sample"][0]["answer_b"] == "neutral"
+    text = ws.run("compare", str(a), str(b)).out
+    assert "joined on 'input_row' (the rows' positions in the input)" in text
+    # The whole run against itself: every row, by input_row too.
+    report = compare_json(ws, str(whole), str(b))
+    assert report["rows"] == {"both": 20, "only_a": 10, "only_b": 0}
+
+
+def test_an_output_without_input_row_is_matched_by_position(ws: Workspace) -> None:
+    """An output of an older batchrun (no input_row) against a newer one: by position, which
+    refuses a partial output as before."""
+    old = write(output(IDS[:3], ["x", "y", "z"]), ws.root / "old.parquet", id_column=None)
+    new = output(IDS[:3], ["x", "y", "w"], input_row=[0, 1, 2])
+    new_path = write(new, ws.root / "new.parquet", id_column=None, input_rows=3)
+    report = compare_json(ws, str(old), str(new_path))
+    assert report["join"] == {"column": None, "from": "position"}
+    assert [row["id"] for row in report["disagreements"]["sample"]] == [2]
+    partial = write(new[[0, 2]], ws.root / "partial.parquet", id_column=None, input_rows=3)
+    old = write(output(IDS[:2], ["x", "y"]), ws.root / "old.parquet", id_column=None)
+    result = ws.run("compare", str(old), str(partial))
+    assert result.code == 2 and "holds 2 of its job's 3 rows" in result.err
+
+
+def rounded(value: Any) -> Any:
+    """The value with every float rounded to 12 places, in dicts and lists too."""
+    if isinstance(value, float):
+        return round(value, 12)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
+def test_many_partitions_give_the_same_figures_in_any_order(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With parts of 7 rows (15 of them), shuffled files give one partition's figures; the
+    sample and --out follow A's order; the temporary files are gone afterwards."""
+    from batchrun import compare_join as compare  # the join's parts are sized there
+
+    a_path, b_path = scored_pair(ws)
+    rng = random.Random(5)
+    latencies = [None if rng.random() < 0.1 else rng.expovariate(2.0) for _ in range(N)]
+    for path in (a_path, b_path):
+        frame = pl.read_parquet(path).with_columns(
+            latency_s=pl.Series([latencies[int(i[1:])] for i in pl.read_parquet(path)["id"]])
+        )
+        write(frame, path, **json.loads(pq.ParquetFile(path).metadata.metadata[b"batchrun"]))
+    whole = compare_json(ws, str(a_path), str(b_path))
+    spill = ws.root / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    monkeypatch.setattr(compare, "PART_ROWS", 7)
+    out = ws.root / "d.parquet"
+    parted = compare_json(ws, str(a_path), str(b_path), "--out", str(out))
+    parted["disagreements"]["out"] = None
+    assert rounded(parted) == rounded(whole)  # sums over parts may differ in the last bit
+    expected = pl.Series(latencies, dtype=pl.Float64)  # what polars gives, to the bit
+    assert whole["a"]["latency_s"]["p95"] == expected.quantile(0.95, "linear")
+    assert whole["a"]["latency_s"]["p50"] == expected.quantile(0.5, "linear")
+    assert pl.read_parquet(out)["id"].to_list() == [IDS[i] for i in DISAGREEING]
+    # A shuffled too: the same figures; the sample and --out in A's new order.
+    shuffled_a = pl.read_parquet(a_path).sample(fraction=1.0, shuffle=True, seed=11)
+    meta = json.loads(pq.ParquetFile(a_path).metadata.metadata[b"batchrun"])
+    a_shuffled = write(shuffled_a, ws.root / "a2.parquet", **meta)
+    again = compare_json(ws, str(a_shuffled), str(b_path), "--out", str(out))
+    for key in ("rows", "paired", "difference"):
+        assert rounded(again[key]) == rounded(whole[key])
+    assert rounded({**again["a"], "path": None}) == rounded({**whole["a"], "path": None})
+    in_a_order = [i for i in shuffled_a["id"] if int(i[1:]) in DISAGREEING]
+    assert [row["id"] for row in again["disagreements"]["sample"]] == in_a_order[:10]
+    assert pl.read_parquet(out)["id"].to_list() == in_a_order
+    # Duplicates are found across parts; every temporary file is gone, after errors too.
+    duplicated = write(output([*IDS[:-1], IDS[40]], ["yes"] * N), ws.root / "dup.parquet")
+    result = ws.run("compare", str(duplicated), str(b_path), "--id", "id")
+    assert result.code == 2 and "duplicate ids in 'id' (e.g. 'q040')" in result.err
+    assert not list(spill.iterdir())
