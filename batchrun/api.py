@@ -349,10 +349,14 @@ def _write_input(table: pl.DataFrame, path: Path) -> None:
 
 
 def _read_results(output: Path, input_columns: list[str]) -> pl.DataFrame:
-    """The result columns of the output (those after the input's), in input order."""
+    """The result columns of the output (those after the input's), in input order; the
+    row's input position is the frame's own row order, so it is left out."""
     import polars as pl
 
-    names = [c for c in pl.read_parquet_schema(output) if c not in set(input_columns)]
+    from .columns import INPUT_ROW
+
+    skip = {*input_columns, INPUT_ROW}
+    names = [c for c in pl.read_parquet_schema(output) if c not in skip]
     return pl.read_parquet(output, columns=names)
 
 
