@@ -13,13 +13,12 @@ written at the end is parsed and scored.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import peak  # benchmarks/peak.py
 import polars as pl
 
 from batchrun.checkpoint import Checkpoint, checkpoint_dir
@@ -117,19 +116,15 @@ def measure(rows: int, evaluate: bool = False) -> tuple[float, float, float]:
         root = Path(tmp)
         job_path = build(root, rows, sim.base_url, evaluate)
         started = time.monotonic()
-        proc = subprocess.Popen(
+        # Under peak.py's launcher: measured from here, this process's own peak (the rows it
+        # built) would count as the command's.
+        result = peak.measure(
             [sys.executable, "-m", "batchrun.cli", "run", str(job_path), "-q"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
             env={"OPENAI_API_KEY": "sk-bench", "PATH": ""},
         )
-        _, status, usage = os.wait4(proc.pid, 0)
-        ended = time.monotonic()
-        stderr = proc.stderr.read() if proc.stderr else ""
-        if os.waitstatus_to_exitcode(status) != 0 or len(sim.requests) != 1:
-            raise SystemExit(f"resume failed: {status} {stderr}")
-        return sim.requests[0].t - started, ended - started, usage.ru_maxrss / 1024
+        if result.code != 0 or len(sim.requests) != 1:
+            raise SystemExit(f"resume failed: {result.code} {result.stderr}")
+        return sim.requests[0].t - started, result.seconds, result.peak_mb
 
 
 if __name__ == "__main__":
