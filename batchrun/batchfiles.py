@@ -34,7 +34,19 @@ with the classifier of a direct run (`outcome.classify`):
 
 A row failed before takes a new answer, never a new failure, so importing the same file
 twice changes nothing. Results are committed COMMIT_ROWS at a time under the checkpoint's
-lock, as a run commits them, and the output Parquet is then rewritten from the checkpoint.
+lock, and the output Parquet is then rewritten from the checkpoint.
+
+**Memory** follows the batch sizes, never the row count. Export walks the input and the
+checkpoint together, as a run does. Import takes the lines GROUP_LINES at a time: for a
+group it finds the rows its custom_ids name in one pass over the input (MATCH_ROWS rows read
+at a time, only the matched ones rendered) beside a walk of the checkpoint, which gives
+their latest results, then classifies the group's lines in order. What must cross groups is
+what this import did to a row an earlier group settled (whether with an answer, and the
+row's latest result before the import, which decides "already"): it is written to a small
+Parquet file per group in the checkpoint folder and read back for the keys of each group
+(see `_Settled`), so it takes disk, not memory. The price is time: each group reads the
+input again, up to the last row it names (answer files in export order let a group stop
+early), so a large import's passes grow as lines × rows / GROUP_LINES.
 """
 
 from __future__ import annotations
@@ -45,23 +57,27 @@ from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import polars as pl
+import pyarrow.parquet as pq
 
-from . import sink
-from .checkpoint import FAILED_MARK, Checkpoint, atomic_file, checkpoint_dir, settled
-from .columns import RowResult
+from . import render, sink
+from .anchor import anchor
+from .checkpoint import FAILED_MARK, Checkpoint, atomic_file, checkpoint_dir, marked_fingerprint
+from .columns import FINGERPRINT, KEY, RowResult
 from .completion import Usage
 from .errors import JobError, UserError
 from .job import Job
 from .outcome import Action, Outcome, classify
 from .plan import Plan, RunOptions, plan_run
 from .pricing import job_pricer
+from .render import Renderer
 from .results import counted_usage, failure_result, success_result
 from .source import POSITION, ROW_KEY
-from .tokens import counter_for
+from .tokens import TokenCounter, counter_for
+from .walk import Walk
 
 MAX_REQUESTS = 50_000  # requests in one Batch input file: the API's limit
 MAX_BYTES = 200_000_000  # bytes in one Batch input file: the API's 200 MB
@@ -72,10 +88,18 @@ FILE_GLOB = "batch-[0-9][0-9][0-9][0-9].jsonl"  # only what export writes, never
 ID_SEPARATOR = "@"
 ID_FINGERPRINT_CHARS = 16  # hex digits of the request fingerprint a custom_id carries
 NOT_BATCHED = ("stream", "stream_options")  # request keys a Batch body leaves out
-BATCH_ROWS = 10_000  # input rows read and rendered at a time, as a run reads them
-COMMIT_ROWS = 2000  # results committed as one segment, as a run commits them
+BATCH_ROWS = 10_000  # input rows an export reads and renders at a time, as a run reads them
+# Results committed as one segment. More than a run's 2,000: an import commits far faster
+# than a run does, and at 2,000 a million rows once left 400 segments the background merger
+# had not caught up with, each of them opened by every walk (10,000 also took a tenth less
+# CPU).
+COMMIT_ROWS = 10_000
+GROUP_LINES = 100_000  # answer lines an import takes at a time: what bounds its memory
+MATCH_ROWS = 25_000  # input rows an import reads at a time to find a group's rows
+SETTLED_NAME = "import-{:05d}.tmp"  # in the checkpoint folder: a group's `_Settled` rows
 
-_KEY, _FP = "key", "fingerprint"
+_PRIOR = "__batchrun_prior"  # a row's latest committed fingerprint, marked when it failed
+_KEY, _ANSWERED = "key", "answered"  # the columns of a `_Settled` file, beside _PRIOR
 
 
 @dataclass(frozen=True)
@@ -146,12 +170,12 @@ def export_batch(
     # The lock keeps a run from settling rows while they are being exported.
     checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open()
     try:
-        index = checkpoint.index()
+        anchor(checkpoint, plan.source)
         with _writing(folder):
             for path in earlier:
                 path.unlink()
             folder.mkdir(parents=True, exist_ok=True)
-            with contextlib.closing(_pending_lines(plan, index, options, summary)) as lines:
+            with contextlib.closing(_pending_lines(plan, checkpoint, options, summary)) as lines:
                 summary.files = write_batch_files(
                     lines, folder, max_requests=max_requests, max_bytes=max_bytes
                 )
@@ -161,25 +185,53 @@ def export_batch(
 
 
 def _pending_lines(
-    plan: Plan, index: Mapping[str, str], options: RunOptions, summary: ExportSummary
+    plan: Plan, checkpoint: Checkpoint, options: RunOptions, summary: ExportSummary
 ) -> Generator[tuple[str, bytes], None, None]:
-    """(row key, Batch line) of every row a run would send now; counts the others."""
-    batches = plan.source.batches(plan.renderer.columns, BATCH_ROWS, options.limit)
-    with contextlib.closing(batches):
+    """(row key, Batch line) of every row a run would send now; counts the others. The
+    input and the checkpoint are walked together, as a run walks them."""
+    renderer = plan.renderer
+    batches = plan.source.batches(renderer.columns, BATCH_ROWS, options.limit)
+    with contextlib.closing(batches), checkpoint.walk([FINGERPRINT, "status"]) as walk:
         for batch in batches:
-            for key, _, fp, payload, invalid in plan.renderer.render_batch(
-                batch, ROW_KEY, POSITION
-            ):
-                sendable = invalid is None
-                if settled(
-                    index.get(key), fp, retry_failed=options.retry_failed, sendable=sendable
-                ):
-                    summary.done += 1
-                elif not sendable:
-                    summary.unsendable += 1
-                else:
-                    summary.exported += 1
-                    yield key, batch_line(key, fp, plan.renderer.body(payload))
+            if not batch.height:
+                continue
+            frame = _with_prior(renderer, batch, walk)
+            done = _settles(retry_failed=options.retry_failed)
+            sendable = pl.col(render.REASON).is_null()
+            counts = frame.select(done=done.sum(), unsendable=(~done & ~sendable).sum()).row(
+                0, named=True
+            )
+            summary.done += counts["done"]
+            summary.unsendable += counts["unsendable"]
+            for key, _, fp, payload, _ in renderer.rows(frame.filter(~done & sendable)):
+                summary.exported += 1
+                yield key, batch_line(key, fp, renderer.body(payload))
+
+
+def _with_prior(
+    renderer: Renderer, batch: pl.DataFrame, walk: Walk, only: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """An input batch rendered (see `Renderer.render_frame`), each row with the marked
+    fingerprint of its latest committed result in _PRIOR (null if it has none); with `only`
+    (a frame of keys in a ROW_KEY column), just its rows. The walk is taken past the batch's
+    positions."""
+    results = walk.until(int(batch[POSITION][-1]) + 1)
+    if only is not None:
+        # A semi join, not is_in: it took a third of the time on a group's 100,000 keys.
+        batch = batch.join(only, on=ROW_KEY, how="semi", maintain_order="left")
+    frame = renderer.render_frame(batch, ROW_KEY, POSITION)
+    prior = results.select(pl.col(KEY).alias(render.KEY), marked_fingerprint().alias(_PRIOR))
+    return frame.join(prior, on=render.KEY, how="left", maintain_order="left")
+
+
+def _settles(*, retry_failed: bool) -> pl.Expr:
+    """Whether a row's latest result settles it for its current request (`settled` of
+    `batchrun.checkpoint`, for a frame of `_with_prior`)."""
+    fp, prior = pl.col(render.FP), pl.col(_PRIOR)
+    failed = prior == FAILED_MARK + fp
+    if retry_failed:
+        failed = failed & pl.col(render.REASON).is_not_null()  # unsendable stays failed
+    return ((prior == fp) | failed).fill_null(False)
 
 
 def batch_line(key: str, fingerprint: str, body: Mapping[str, Any]) -> bytes:
@@ -310,99 +362,142 @@ def import_batch(
     for path in files:
         for _ in _read(path):  # every file is checked before anything is committed
             pass
-    summary = ImportSummary(files=len(files), output_path=job.output_path)
+    summary = ImportSummary(files=len(files), rows=plan.total, output_path=job.output_path)
     checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open()
     sink.remove_temporaries(job.output_path)
     try:
-        rows = _Rows.render(plan)
-        importer = _Importer(job, plan, checkpoint.index(), summary, environ, price_factor)
-        buffer: list[RowResult] = []
-        for path in files:
-            for chunk in _chunks(_read(path), COMMIT_ROWS):
-                buffer += importer.take(chunk, rows)
-                if len(buffer) >= COMMIT_ROWS:
-                    checkpoint.commit(buffer)
-                    buffer = []
-        buffer += importer.count_locally()
-        checkpoint.commit(buffer)
-        summary.rows = rows.frame.height
-        summary.rows_ok, summary.rows_failed, stale = rows.standing(checkpoint.index())
+        anchor(checkpoint, plan.source)
+        checkpoint.start_merging()
+        importer = _Importer(job, plan, checkpoint, summary, environ, price_factor)
+        with contextlib.closing(importer):
+            importer.take(itertools.chain.from_iterable(_read(path) for path in files))
+        checkpoint.stop_merging()
         summary.rows_written = sink.write_output(
             plan.source,
-            checkpoint.segments(),
+            checkpoint,
             job.output_path,
             plan.columns,
-            exclude=stale,
+            plan.renderer,
             annotator=plan.annotator,
             metadata=sink.job_metadata(job, plan.total),
         )
     finally:
         checkpoint.close()
+    summary.rows_ok, summary.rows_failed = _standing(job.output_path)
     return summary
 
 
-class _Rows:
-    """Every row of the job as a run would render it now, sorted by key for lookups."""
+class _Row(NamedTuple):
+    """A row a group's lines name, as the job renders it now."""
 
-    def __init__(self, frame: pl.DataFrame) -> None:
-        self.frame = frame  # key, position, fingerprint (the current request's); by key
+    position: int
+    fingerprint: str  # of the current request
+    prior: str | None  # its latest result before this import: marked fingerprint, or None
 
-    @classmethod
-    def render(cls, plan: Plan) -> _Rows:
-        schema = {_KEY: pl.String, POSITION: pl.Int64, _FP: pl.String}
-        parts = [pl.DataFrame(schema=schema)]
-        batches = plan.source.batches(plan.renderer.columns, BATCH_ROWS)
-        with contextlib.closing(batches):
-            for batch in batches:
-                keys, positions, fps = [], [], []
-                for key, position, fp, _, _ in plan.renderer.render_batch(batch, ROW_KEY, POSITION):
-                    keys.append(key)
-                    positions.append(position)
-                    fps.append(fp)
-                parts.append(pl.DataFrame([keys, positions, fps], schema=schema, orient="col"))
-        return cls(pl.concat(parts).sort(_KEY))
 
-    def find(self, keys: Sequence[str]) -> list[tuple[int, str] | None]:
-        """(position, current fingerprint) of each key's row; None where no row has it."""
-        if not keys or self.frame.height == 0:
-            return [None] * len(keys)
-        at = self.frame[_KEY].search_sorted(pl.Series(keys, dtype=pl.String))
-        hits = self.frame.select(pl.all().gather(at.clip(upper_bound=self.frame.height - 1)))
-        return [
-            (position, fp) if found == key else None
-            for key, found, position, fp in zip(
-                keys, hits[_KEY], hits[POSITION], hits[_FP], strict=True
-            )
-        ]
+def _match(
+    plan: Plan, checkpoint: Checkpoint, keys: pl.Series
+) -> tuple[dict[str, _Row], list[pl.DataFrame]]:
+    """The rows whose keys are in `keys`, found in one pass over the input beside a walk of
+    the checkpoint (which gives their latest results): by key, and as rendered frames (see
+    `_with_prior`). The pass ends once every key is found."""
+    rows: dict[str, _Row] = {}
+    frames: list[pl.DataFrame] = []
+    if not keys.len():
+        return rows, frames
+    wanted = keys.alias(ROW_KEY).to_frame()
+    batches = plan.source.batches(plan.renderer.columns, MATCH_ROWS)
+    with contextlib.closing(batches), checkpoint.walk([FINGERPRINT, "status"]) as walk:
+        for batch in batches:
+            if not batch.height:
+                continue
+            frame = _with_prior(plan.renderer, batch, walk, wanted)
+            if not frame.height:
+                continue
+            frames.append(frame)
+            columns = (frame[c].to_list() for c in (render.KEY, render.POSITION, render.FP, _PRIOR))
+            rows.update((key, _Row(*row)) for key, *row in zip(*columns, strict=True))
+            if len(rows) == keys.len():
+                break
+    return rows, frames
 
-    def standing(self, index: Mapping[str, str]) -> tuple[int, int, list[str]]:
-        """Rows ok and failed for their current request; keys whose result is older."""
-        committed = pl.DataFrame(
-            {_KEY: list(index), "prior": list(index.values())},
-            schema={_KEY: pl.String, "prior": pl.String},
+
+class _Settled:
+    """The rows this import settled in groups before the current one: whether with an
+    answer (a later answer still replaces a failure) and the row's latest result before
+    the import (what "already" is judged by). Kept on disk, a Parquet file a group in the
+    checkpoint folder (removed at the end; a `.tmp` that the next open removes after a
+    kill), and read back for the keys of each group: memory holds one group's worth.
+
+    A row's record only ever changes from failed to answered, and its prior never, so the
+    files are read without regard to their order."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._files: list[Path] = []  # one per group that settled rows, in group order
+
+    def find(self, keys: pl.Series) -> dict[str, tuple[bool, str | None]]:
+        """key -> (answered, prior) of the rows among `keys` an earlier group settled."""
+        if not self._files:
+            return {}
+        found = (
+            pl.scan_parquet(self._files)
+            .filter(pl.col(_KEY).is_in(keys.implode()))
+            .group_by(_KEY)
+            .agg(pl.col(_ANSWERED).any(), pl.col(_PRIOR).first())
+            .collect()
         )
-        joined = self.frame.join(committed, on=_KEY, how="inner")
-        ok = pl.col("prior") == pl.col(_FP)
-        failed = pl.col("prior") == pl.lit(FAILED_MARK) + pl.col(_FP)
-        counts = joined.select(ok.sum().alias("ok"), failed.sum().alias("failed"))
-        stale = joined.filter(~ok & ~failed)[_KEY].to_list()
-        return int(counts["ok"].item()), int(counts["failed"].item()), stale
+        return {key: (answered, prior) for key, answered, prior in found.iter_rows()}
+
+    def add(self, settled: Mapping[str, bool], rows: Mapping[str, _Row]) -> None:
+        """Record a group's newly settled rows (key -> answered) beside their priors."""
+        if not settled:
+            return
+        frame = pl.DataFrame(
+            {
+                _KEY: list(settled),
+                _ANSWERED: list(settled.values()),
+                _PRIOR: [rows[key].prior for key in settled],
+            },
+            schema={_KEY: pl.String, _ANSWERED: pl.Boolean, _PRIOR: pl.String},
+        )
+        path = self._folder / SETTLED_NAME.format(len(self._files) + 1)
+        frame.write_parquet(path)
+        self._files.append(path)
+
+    def close(self) -> None:
+        for path in self._files:
+            path.unlink(missing_ok=True)
+        self._files = []
+
+
+@dataclass
+class _Group:
+    """What an import knows while it takes one group of lines."""
+
+    rows: dict[str, _Row]  # the rows the group's lines name, by key
+    frames: list[pl.DataFrame]  # the same rows rendered, for answers to count locally
+    # Rows settled by this import (earlier groups included): key -> whether with an answer.
+    settled: dict[str, bool]
+    changed: dict[str, bool] = field(default_factory=dict)  # the ones this group settled
+    # Answers (and refusals with a completion) that came without usage, to count locally.
+    uncounted: dict[str, Outcome] = field(default_factory=dict)
 
 
 class _Importer:
-    """Turns matched lines into results, counting every line that gives none."""
+    """Turns groups of lines into committed results, counting every line that gives none."""
 
     def __init__(
         self,
         job: Job,
         plan: Plan,
-        index: Mapping[str, str],
+        checkpoint: Checkpoint,
         summary: ImportSummary,
         environ: Mapping[str, str],
         price_factor: float,
     ) -> None:
         self.plan = plan
-        self.index = index  # the checkpoint's latest results before this import
+        self.checkpoint = checkpoint
         self.summary = summary
         self.pricer = job_pricer(job)
         self.price_factor = price_factor
@@ -410,70 +505,69 @@ class _Importer:
         if self.pricer.price is not None:
             summary.cost = 0.0
         self.redact = _redactor(job, environ)
-        # Keys given a result by this import, and whether it was an answer (an answer in a
-        # later line still replaces a failure, as it would in a later import).
-        self.settled: dict[str, bool] = {}
-        # Rows whose answer came without usage: key -> (position, fingerprint, outcome),
-        # committed once their prompts are rendered again and counted.
-        self.uncounted: dict[str, tuple[int, str, Outcome]] = {}
+        self.earlier = _Settled(checkpoint.folder)
+        self.counter: TokenCounter | None = None  # loaded for the first answer without usage
+        self.buffer: list[RowResult] = []  # results not committed yet
 
-    def take(self, lines: Sequence[_Line], rows: _Rows) -> list[RowResult]:
-        """The results of a chunk of lines."""
-        ids = [split_custom_id(line.custom_id) for line in lines]
-        found = rows.find([i[0] if i is not None else "" for i in ids])
-        results = []
-        for line, parsed, row in zip(lines, ids, found, strict=True):
+    def take(self, lines: Iterable[_Line]) -> None:
+        """Classify the lines in order, GROUP_LINES at a time, and commit their results."""
+        for group in _chunks(lines, GROUP_LINES):
+            self._take_group(group)
+
+    def _take_group(self, lines: Sequence[_Line]) -> None:
+        # custom_ids are split again below rather than held: a group's worth of pairs.
+        named = (split_custom_id(line.custom_id) for line in lines)
+        keys = pl.Series(_KEY, list(dict.fromkeys(i[0] for i in named if i is not None)), pl.String)
+        rows, frames = _match(self.plan, self.checkpoint, keys)
+        earlier = self.earlier.find(keys)
+        for key, (_, prior) in earlier.items():
+            # This import's own results of the row stand in the checkpoint now.
+            rows[key] = rows[key]._replace(prior=prior)
+        group = _Group(rows, frames, {key: answered for key, (answered, _) in earlier.items()})
+        for line in lines:
             self.summary.lines += 1
+            parsed = split_custom_id(line.custom_id)
+            row = rows.get(parsed[0]) if parsed is not None else None
             if parsed is None or row is None:
                 self.summary.unknown += 1
-                continue
-            key, short = parsed
-            position, fp = row
-            if fp[:ID_FINGERPRINT_CHARS] != short:
+            elif row.fingerprint[:ID_FINGERPRINT_CHARS] != parsed[1]:
                 self.summary.stale += 1
             else:
-                result = self._result(key, position, fp, line)
-                if result is not None:
-                    results.append(result)
-        return results
+                self._take_line(parsed[0], row, line, group)
+        self._count_locally(group)
+        self._commit(force=True)
+        self.earlier.add(group.changed, rows)
 
-    def _result(self, key: str, position: int, fp: str, line: _Line) -> RowResult | None:
+    def _take_line(self, key: str, row: _Row, line: _Line, group: _Group) -> None:
         outcome = classify(line.status, {}, line.body) if line.status is not None else None
         answered = outcome is not None and outcome.action is Action.OK
-        prior = self.index.get(key)
-        if prior == fp or (prior == FAILED_MARK + fp and not answered):
+        fp = row.fingerprint
+        if row.prior == fp or (row.prior == FAILED_MARK + fp and not answered):
             self.summary.already += 1
-            return None
+            return
         if outcome is None:
             self.summary.pending[line.error] += 1
-            return None
+            return
         if outcome.action not in (Action.OK, Action.FAIL):
             reason = outcome.error if outcome.action is Action.RETRY else outcome.action.value
             self.summary.pending[reason or "server_error"] += 1
-            return None
-        if key in self.settled:
-            if self.settled[key] or not answered:
+            return
+        if key in group.settled:
+            if group.settled[key] or not answered:
                 self.summary.duplicate += 1
-                return None
+                return
             self.summary.failed -= 1  # this import's failure of the row gives way to an answer
-        self.settled[key] = answered
+        group.settled[key] = group.changed[key] = answered
         completion = outcome.completion
         if completion is not None and completion.usage is None:
-            self.uncounted[key] = (position, fp, outcome)
-            return None
+            group.uncounted[key] = outcome
+            return
         usage = completion.usage if completion is not None else None
-        return self._settle(key, position, fp, outcome, usage, estimated=False)
+        self._settle(key, row, outcome, usage, estimated=False)
 
     def _settle(
-        self,
-        key: str,
-        position: int,
-        fp: str,
-        outcome: Outcome,
-        usage: Usage | None,
-        *,
-        estimated: bool,
-    ) -> RowResult:
+        self, key: str, row: _Row, outcome: Outcome, usage: Usage | None, *, estimated: bool
+    ) -> None:
         cost = self.pricer.cost(usage) if usage is not None else None
         if cost is not None:
             cost *= self.price_factor
@@ -481,10 +575,10 @@ class _Importer:
         if outcome.action is Action.OK:
             assert usage is not None
             self.summary.ok += 1
-            return success_result(
+            result = success_result(
                 key,
-                position,
-                fp,
+                row.position,
+                row.fingerprint,
                 outcome,
                 attempts=1,
                 usage=usage,
@@ -492,39 +586,61 @@ class _Importer:
                 cost=cost,
                 json_mode=self.plan.json_mode,
             )
-        self.summary.failed += 1
-        return failure_result(
-            key,
-            position,
-            fp,
-            outcome,
-            attempts=1,
-            redact=self.redact,
-            usage=usage,
-            usage_estimated=estimated,
-            cost=cost,
-        )
+        else:
+            self.summary.failed += 1
+            result = failure_result(
+                key,
+                row.position,
+                row.fingerprint,
+                outcome,
+                attempts=1,
+                redact=self.redact,
+                usage=usage,
+                usage_estimated=estimated,
+                cost=cost,
+            )
+        self.buffer.append(result)
+        self._commit()
 
-    def count_locally(self) -> list[RowResult]:
-        """The results of answers that came without usage, counted as a run counts them."""
-        if not self.uncounted:
-            return []
-        counter = counter_for(self.model)
+    def _count_locally(self, group: _Group) -> None:
+        """Settle the group's answers that came without usage, counted as a run counts them."""
+        if not group.uncounted:
+            return
+        if self.counter is None:
+            self.counter = counter_for(self.model)
         renderer = self.plan.renderer
-        results = []
-        batches = self.plan.source.batches(renderer.columns, BATCH_ROWS)
-        with contextlib.closing(batches):
-            for batch in batches:
-                for key, _, fp, payload, _ in renderer.render_batch(batch, ROW_KEY, POSITION):
-                    held = self.uncounted.get(key)
-                    if held is None or held[1] != fp or payload is None:
-                        continue
-                    position, _, outcome = held
-                    assert outcome.completion is not None
-                    messages = renderer.to_messages(payload)
-                    usage = counted_usage(counter, messages, outcome.completion.choices)
-                    results.append(self._settle(key, position, fp, outcome, usage, estimated=True))
-        return results
+        wanted = pl.Series(_KEY, list(group.uncounted), pl.String).implode()
+        for frame in group.frames:
+            held = frame.filter(pl.col(render.KEY).is_in(wanted))
+            for key, _, _, payload, _ in renderer.rows(held):
+                if payload is None:
+                    continue
+                outcome = group.uncounted[key]
+                assert outcome.completion is not None
+                messages = renderer.to_messages(payload)
+                usage = counted_usage(self.counter, messages, outcome.completion.choices)
+                self._settle(key, group.rows[key], outcome, usage, estimated=True)
+
+    def _commit(self, *, force: bool = False) -> None:
+        """Commit the buffered results once there are COMMIT_ROWS of them (or any, forced)."""
+        if len(self.buffer) >= COMMIT_ROWS or (force and self.buffer):
+            self.checkpoint.commit(self.buffer)
+            self.buffer = []
+
+    def close(self) -> None:
+        self.earlier.close()
+
+
+def _standing(output: Path) -> tuple[int, int]:
+    """Rows ok and failed for their current request, after the import: the output holds
+    exactly those, so they are counted in its `status` column, a row group at a time."""
+    ok = failed = 0
+    with pq.ParquetFile(output) as file:
+        for batch in file.iter_batches(columns=["status"]):
+            status = pl.Series(batch.column(0))
+            ok += int((status == "ok").sum())
+            failed += int((status == "failed").sum())
+    return ok, failed
 
 
 def _read(path: Path) -> Iterator[_Line]:
@@ -573,7 +689,11 @@ def _parse(raw: bytes) -> _Line:
     if body is None and error is not None:
         # vLLM's run-batch puts an error beside a response without a body.
         body = error if isinstance(error, Mapping) and "error" in error else {"error": error}
-    return _Line(cid, status, orjson.dumps(body) if body is not None else b"", "")
+    # A copy: what orjson.dumps returns holds 4 KB whatever its length, and a group holds
+    # GROUP_LINES of these.
+    return _Line(
+        cid, status, bytes(memoryview(orjson.dumps(body))) if body is not None else b"", ""
+    )
 
 
 def _chunks(lines: Iterable[_Line], size: int) -> Iterator[list[_Line]]:

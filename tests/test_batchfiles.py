@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from batchrun import batchfiles
 from batchrun.batchfiles import (
     BATCH_PRICE_FACTOR,
     ID_FINGERPRINT_CHARS,
@@ -395,3 +396,61 @@ def test_force_replaces_only_the_files_export_wrote(ws: Workspace, sim: SimServe
     result = ws.run("export-batch", str(job), str(folder), "--force")
     assert result.code == 0, result.err
     assert download.read_text() == "{}\n" and (folder / "batch-0001.jsonl").exists()
+
+
+def test_an_import_taken_in_many_groups_equals_one_taken_at_once(
+    ws: Workspace, sim: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws.write_input(marked_reviews(12, {5: "content_filter", 7: "server_error"}))
+    job = ws.job(sim.base_url, input={"id_column": "id"})
+    folder = ws.root / "b"
+    assert ws.run("export-batch", str(job), str(folder)).code == 0
+    output, errors = answer(folder, sim.base_url, expire={"r0009"})
+    answers = {key_of(line): line for line in map(json.loads, output.read_text().splitlines())}
+
+    def refusal(key: str) -> dict[str, Any]:
+        return answers[key] | {"response": {"status_code": 400, "body": {"error": REFUSAL}}}
+
+    bare = json.loads(json.dumps(answers["r0006"]))
+    del bare["response"]["body"]["usage"]  # an answer to count locally
+    zeros = "0" * ID_FINGERPRINT_CHARS
+    before = [answers["r0000"], refusal("r0008")]  # r0000 answered, r0008 failed before
+    mixed = [
+        refusal("r0001"),  # answered in a later group: the answer replaces it
+        answers["r0002"] | {"custom_id": "r0099@" + zeros},  # unknown
+        answers["r0003"] | {"custom_id": "r0003@" + zeros},  # stale
+        *(bare if key == "r0006" else line for key, line in answers.items()),
+        answers["r0002"],  # duplicates of rows answered in earlier groups
+        refusal("r0004"),
+        bare,
+        refusal("r0008"),  # already failed before the import
+        refusal("r0001"),  # a duplicate: answered in an earlier group
+    ]
+    first, second = ws.root / "before.jsonl", ws.root / "mixed.jsonl"
+    first.write_text("".join(json.dumps(line) + "\n" for line in before))
+    second.write_text("".join(json.dumps(line) + "\n" for line in mixed))
+
+    def imported(name: str) -> tuple[str, pl.DataFrame]:
+        setting = ["--set", f"output.path=out/{name}"]
+        assert ws.run("import-batch", str(job), str(first), *setting).code == 0
+        result = ws.run("import-batch", str(job), str(second), str(errors), *setting)
+        assert result.code == 0, result.err
+        assert not list((ws.root / "out" / f"{name}.checkpoint").glob("*.tmp"))
+        return result.out.replace(name, "OUTPUT"), pl.read_parquet(ws.root / "out" / name)
+
+    text, rows = imported("once.parquet")
+    monkeypatch.setattr(batchfiles, "GROUP_LINES", 3)  # 7 groups of lines
+    monkeypatch.setattr(batchfiles, "MATCH_ROWS", 4)  # 3 input batches a group
+    monkeypatch.setattr(batchfiles, "COMMIT_ROWS", 2)
+    grouped_text, grouped_rows = imported("grouped.parquet")
+    assert grouped_text == text
+    assert grouped_rows.equals(rows)
+    assert "20 lines in 2 file(s): imported 8 ok and 1 failed" in text
+    assert "left pending for `batchrun run`: 2 (" in text
+    assert "batch_expired 1" in text and "server_error 1" in text
+    for count in ("1 stale", "1 unknown", "4 duplicate", "2 already"):
+        assert f"not imported: {count}" in text
+    assert "job: 12 rows: 9 ok, 1 failed, 2 pending" in text
+    assert rows["id"].to_list() == [f"r{i:04d}" for i in range(12) if i not in (7, 9)]
+    assert rows.filter(pl.col("id") == "r0006")["usage_estimated"].to_list() == [True]
+    assert rows.filter(pl.col("status") == "failed")["id"].to_list() == ["r0005"]
