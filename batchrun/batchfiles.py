@@ -65,19 +65,17 @@ import pyarrow.parquet as pq
 
 from . import render, sink
 from .anchor import anchor
-from .checkpoint import FAILED_MARK, Checkpoint, atomic_file, checkpoint_dir, marked_fingerprint
-from .columns import FINGERPRINT, KEY, RowResult
+from .checkpoint import FAILED_MARK, Checkpoint, atomic_file, checkpoint_dir
+from .columns import FINGERPRINT, RowResult
 from .completion import Usage
 from .errors import JobError, UserError
 from .job import Job
 from .outcome import Action, Outcome, classify
-from .plan import Plan, RunOptions, plan_run
+from .plan import PRIOR, Plan, RunOptions, plan_run, settles, with_prior
 from .pricing import job_pricer
-from .render import Renderer
 from .results import counted_usage, failure_result, success_result
-from .source import POSITION, ROW_KEY
+from .source import ROW_KEY
 from .tokens import TokenCounter, counter_for
-from .walk import Walk
 
 MAX_REQUESTS = 50_000  # requests in one Batch input file: the API's limit
 MAX_BYTES = 200_000_000  # bytes in one Batch input file: the API's 200 MB
@@ -98,8 +96,7 @@ GROUP_LINES = 100_000  # answer lines an import takes at a time: what bounds its
 MATCH_ROWS = 25_000  # input rows an import reads at a time to find a group's rows
 SETTLED_NAME = "import-{:05d}.tmp"  # in the checkpoint folder: a group's `_Settled` rows
 
-_PRIOR = "__batchrun_prior"  # a row's latest committed fingerprint, marked when it failed
-_KEY, _ANSWERED = "key", "answered"  # the columns of a `_Settled` file, beside _PRIOR
+_KEY, _ANSWERED = "key", "answered"  # the columns of a `_Settled` file, beside PRIOR
 
 
 @dataclass(frozen=True)
@@ -195,8 +192,8 @@ def _pending_lines(
         for batch in batches:
             if not batch.height:
                 continue
-            frame = _with_prior(renderer, batch, walk)
-            done = _settles(retry_failed=options.retry_failed)
+            frame = with_prior(renderer, batch, walk)
+            done = settles(retry_failed=options.retry_failed)
             sendable = pl.col(render.REASON).is_null()
             counts = frame.select(done=done.sum(), unsendable=(~done & ~sendable).sum()).row(
                 0, named=True
@@ -206,32 +203,6 @@ def _pending_lines(
             for key, _, fp, payload, _ in renderer.rows(frame.filter(~done & sendable)):
                 summary.exported += 1
                 yield key, batch_line(key, fp, renderer.body(payload))
-
-
-def _with_prior(
-    renderer: Renderer, batch: pl.DataFrame, walk: Walk, only: pl.DataFrame | None = None
-) -> pl.DataFrame:
-    """An input batch rendered (see `Renderer.render_frame`), each row with the marked
-    fingerprint of its latest committed result in _PRIOR (null if it has none); with `only`
-    (a frame of keys in a ROW_KEY column), just its rows. The walk is taken past the batch's
-    positions."""
-    results = walk.until(int(batch[POSITION][-1]) + 1)
-    if only is not None:
-        # A semi join, not is_in: it took a third of the time on a group's 100,000 keys.
-        batch = batch.join(only, on=ROW_KEY, how="semi", maintain_order="left")
-    frame = renderer.render_frame(batch, ROW_KEY, POSITION)
-    prior = results.select(pl.col(KEY).alias(render.KEY), marked_fingerprint().alias(_PRIOR))
-    return frame.join(prior, on=render.KEY, how="left", maintain_order="left")
-
-
-def _settles(*, retry_failed: bool) -> pl.Expr:
-    """Whether a row's latest result settles it for its current request (`settled` of
-    `batchrun.checkpoint`, for a frame of `_with_prior`)."""
-    fp, prior = pl.col(render.FP), pl.col(_PRIOR)
-    failed = prior == FAILED_MARK + fp
-    if retry_failed:
-        failed = failed & pl.col(render.REASON).is_not_null()  # unsendable stays failed
-    return ((prior == fp) | failed).fill_null(False)
 
 
 def batch_line(key: str, fingerprint: str, body: Mapping[str, Any]) -> bytes:
@@ -400,7 +371,7 @@ def _match(
 ) -> tuple[dict[str, _Row], list[pl.DataFrame]]:
     """The rows whose keys are in `keys`, found in one pass over the input beside a walk of
     the checkpoint (which gives their latest results): by key, and as rendered frames (see
-    `_with_prior`). The pass ends once every key is found."""
+    `plan.with_prior`). The pass ends once every key is found."""
     rows: dict[str, _Row] = {}
     frames: list[pl.DataFrame] = []
     if not keys.len():
@@ -411,11 +382,11 @@ def _match(
         for batch in batches:
             if not batch.height:
                 continue
-            frame = _with_prior(plan.renderer, batch, walk, wanted)
+            frame = with_prior(plan.renderer, batch, walk, wanted)
             if not frame.height:
                 continue
             frames.append(frame)
-            columns = (frame[c].to_list() for c in (render.KEY, render.POSITION, render.FP, _PRIOR))
+            columns = (frame[c].to_list() for c in (render.KEY, render.POSITION, render.FP, PRIOR))
             rows.update((key, _Row(*row)) for key, *row in zip(*columns, strict=True))
             if len(rows) == keys.len():
                 break
@@ -444,7 +415,7 @@ class _Settled:
             pl.scan_parquet(self._files)
             .filter(pl.col(_KEY).is_in(keys.implode()))
             .group_by(_KEY)
-            .agg(pl.col(_ANSWERED).any(), pl.col(_PRIOR).first())
+            .agg(pl.col(_ANSWERED).any(), pl.col(PRIOR).first())
             .collect()
         )
         return {key: (answered, prior) for key, answered, prior in found.iter_rows()}
@@ -457,9 +428,9 @@ class _Settled:
             {
                 _KEY: list(settled),
                 _ANSWERED: list(settled.values()),
-                _PRIOR: [rows[key].prior for key in settled],
+                PRIOR: [rows[key].prior for key in settled],
             },
-            schema={_KEY: pl.String, _ANSWERED: pl.Boolean, _PRIOR: pl.String},
+            schema={_KEY: pl.String, _ANSWERED: pl.Boolean, PRIOR: pl.String},
         )
         path = self._folder / SETTLED_NAME.format(len(self._files) + 1)
         frame.write_parquet(path)

@@ -58,24 +58,14 @@ SMALLEST = 2000  # rows of the smallest size class (what a run commits at a time
 READ_TRIES = 8
 
 # In a row's latest result as the walks give it, a failed row's fingerprint carries this
-# mark in front.
+# mark in front (see `marked_fingerprint` and `batchrun.plan.settles`).
 FAILED_MARK = "!"
 
 T = TypeVar("T")
 
 
-def settled(prior: str | None, fingerprint: str, *, retry_failed: bool, sendable: bool) -> bool:
-    """Whether a row's latest committed result (`prior`, its fingerprint marked when it
-    failed) settles the row for the request `fingerprint`: an answer to that very request,
-    or a failure of it that is not to be sent again (with `retry_failed`, rows that can be
-    sent are)."""
-    if prior == fingerprint:
-        return True
-    return prior == FAILED_MARK + fingerprint and (not retry_failed or not sendable)
-
-
 def marked_fingerprint() -> pl.Expr:
-    """A result's fingerprint, marked when the result is a failure (see `settled`)."""
+    """A result's fingerprint, marked with FAILED_MARK when the result is a failure."""
     ok = pl.col("status") == "ok"
     return pl.when(ok).then(pl.col("fingerprint")).otherwise(FAILED_MARK + pl.col("fingerprint"))
 

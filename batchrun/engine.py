@@ -27,11 +27,11 @@ from pathlib import Path
 
 import polars as pl
 
-from . import render, sink
+from . import sink
 from .anchor import anchor
 from .asking import Item, plus_cost
-from .checkpoint import FAILED_MARK, Checkpoint, checkpoint_dir, marked_fingerprint
-from .columns import FINGERPRINT, KEY, RowResult
+from .checkpoint import Checkpoint, checkpoint_dir
+from .columns import FINGERPRINT, RowResult
 from .completion import Usage
 from .errors import (
     BadKey,
@@ -45,13 +45,13 @@ from .errors import (
 from .job import Job, Secret
 from .limits import Pacer, Sleep
 from .outcome import Action, Outcome, classify, classify_failure, classify_stream
-from .plan import Plan, RunOptions, plan_run
+from .plan import Plan, RunOptions, answered, plan_run, settles, with_prior
 from .pricing import Budget, job_pricer
 from .progress import Progress
 from .render import Rendered
 from .results import counted_usage, failure_result, success_result
 from .retry import QuotaGate, RetryPolicy
-from .source import POSITION, ROW_KEY, Source
+from .source import Source
 from .tokens import TokenCounter, counter_for
 from .walk import Walk
 from .wire import Reply, TransportFailure, Wire
@@ -388,17 +388,10 @@ class _Engine:
         batch = next(batches, None)
         if batch is None:
             return None
-        frame = self.renderer.render_frame(batch, ROW_KEY, POSITION)
-        end = int(batch[POSITION][-1]) + 1 if batch.height else 0
-        prior = walk.until(end).select(pl.col(KEY).alias(render.KEY), marked_fingerprint())
-        frame = frame.join(prior, on=render.KEY, how="left", maintain_order="left")
-        fp, before = pl.col(render.FP), pl.col(FINGERPRINT)
-        ok = before == fp
-        failed = before == FAILED_MARK + fp
-        if options.retry_failed:
-            failed = failed & pl.col(render.REASON).is_not_null()  # unsendable stays failed
-        counts = frame.select(ok.sum().alias("ok"), failed.sum().alias("failed")).row(0)
-        pending = frame.filter(~ok.fill_null(False) & ~failed.fill_null(False))
+        frame = with_prior(self.renderer, batch, walk)
+        ok, done = answered(), settles(retry_failed=options.retry_failed)
+        counts = frame.select(ok.sum().alias("ok"), (done & ~ok).sum().alias("failed")).row(0)
+        pending = frame.filter(~done)
         return pending, int(counts[0]), int(counts[1])
 
     def _prepare(self, rendered: Rendered) -> Item | None:

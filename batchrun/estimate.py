@@ -18,13 +18,12 @@ import polars as pl
 
 from . import render
 from .anchor import settle_positions
-from .checkpoint import FAILED_MARK, Checkpoint, checkpoint_dir, marked_fingerprint
-from .columns import FINGERPRINT, KEY
+from .checkpoint import Checkpoint, checkpoint_dir
+from .columns import FINGERPRINT
 from .engine import BATCH_ROWS
 from .job import Job
-from .plan import Plan, RunOptions, plan_run
+from .plan import PRIOR, Plan, RunOptions, answered, plan_run, settles, with_prior
 from .pricing import job_pricer
-from .source import POSITION, ROW_KEY
 from .tokens import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, TokenCounter, counter_for
 
 
@@ -124,26 +123,20 @@ def tally(plan: Plan, checkpoint: Checkpoint, counter: TokenCounter | None) -> T
     batches = plan.source.batches(renderer.columns, BATCH_ROWS * 2, plan.total)
     with contextlib.closing(batches), checkpoint.walk([FINGERPRINT, "status"]) as walk:
         for batch in batches:
-            frame = renderer.render_frame(batch, ROW_KEY, POSITION)
-            end = int(batch[POSITION][-1]) + 1 if batch.height else 0
-            prior = walk.until(end).select(pl.col(KEY).alias(render.KEY), marked_fingerprint())
-            frame = frame.join(prior, on=render.KEY, how="left", maintain_order="left")
-            fp, before = pl.col(render.FP), pl.col(FINGERPRINT)
-            ok, failed = (
-                (before == fp).fill_null(False),
-                (before == FAILED_MARK + fp).fill_null(False),
-            )
+            frame = with_prior(renderer, batch, walk)
+            ok, done = answered(), settles(retry_failed=False)
+            sendable = pl.col(render.REASON).is_null()
             counts = frame.select(
                 ok=ok.sum(),
-                failed=failed.sum(),
-                changed=(before.is_not_null() & ~ok & ~failed).sum(),
-                invalid=(~ok & ~failed & pl.col(render.REASON).is_not_null()).sum(),
+                failed=(done & ~ok).sum(),
+                changed=(pl.col(PRIOR).is_not_null() & ~done).sum(),
+                invalid=(~done & ~sendable).sum(),
             ).row(0, named=True)
             result.ok += counts["ok"]
             result.failed += counts["failed"]
             result.changed += counts["changed"]
             result.invalid += counts["invalid"]
-            sending = frame.filter(~ok & ~failed & pl.col(render.REASON).is_null())
+            sending = frame.filter(~done & sendable)
             result.to_send += sending.height
             if counter is None or not sending.height:
                 continue

@@ -9,13 +9,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .columns import INPUT_ROW, output_columns
+import polars as pl
+
+from . import render
+from .checkpoint import FAILED_MARK, marked_fingerprint
+from .columns import INPUT_ROW, KEY, output_columns
 from .errors import InputError, JobError
 from .job import Job
 from .pricing import job_pricer
 from .render import Renderer, completion_ceiling
 from .scoring import Annotator, job_annotator
-from .source import Source, open_source
+from .source import POSITION, Source, open_source
+from .walk import Walk
+
+PRIOR = "__batchrun_prior"  # a row's latest committed fingerprint, marked when it failed
 
 
 @dataclass(frozen=True)
@@ -101,3 +108,37 @@ def _check_budget(job: Job) -> None:
             f"{job.path}: [cost] budget_usd is set but [request] has no max_tokens: set it, "
             f"so that the worst case of each request is bounded."
         )
+
+
+def with_prior(
+    renderer: Renderer, batch: pl.DataFrame, walk: Walk, only: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """An input batch rendered (see `Renderer.render_frame`), each row with the marked
+    fingerprint of its latest committed result in PRIOR (null if it has none): how a run,
+    `status`, `estimate` and the Batch files sort rows, walking the input and the checkpoint
+    together. With `only` (a frame of keys in a ROW_KEY column), just its rows. The walk is
+    taken past the batch's positions."""
+    from .source import ROW_KEY
+
+    results = walk.until(int(batch[POSITION][-1]) + 1 if batch.height else 0)
+    if only is not None:
+        # A semi join, not is_in: it took a third of the time on a group's 100,000 keys.
+        batch = batch.join(only, on=ROW_KEY, how="semi", maintain_order="left")
+    frame = renderer.render_frame(batch, ROW_KEY, POSITION)
+    prior = results.select(pl.col(KEY).alias(render.KEY), marked_fingerprint().alias(PRIOR))
+    return frame.join(prior, on=render.KEY, how="left", maintain_order="left")
+
+
+def answered() -> pl.Expr:
+    """Whether a row of `with_prior` has an answer to its current request."""
+    return (pl.col(PRIOR) == pl.col(render.FP)).fill_null(False)
+
+
+def settles(*, retry_failed: bool) -> pl.Expr:
+    """Whether a row of `with_prior` is settled for its current request: answered, or
+    failed and not to be sent again (with `retry_failed`, a failed row that can be sent is
+    sent again; one that cannot, an empty prompt, stays failed)."""
+    failed = (pl.col(PRIOR) == FAILED_MARK + pl.col(render.FP)).fill_null(False)
+    if retry_failed:
+        failed = failed & pl.col(render.REASON).is_not_null()  # unsendable stays failed
+    return answered() | failed
