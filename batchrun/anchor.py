@@ -98,6 +98,8 @@ def settle_positions(folder: Path, source: Source) -> None:
         raise  # the input cannot be read: the command says so
     except UserError:
         pass  # a run holds the folder's lock
+    except OSError:
+        pass  # a folder this user cannot write: read it as it stands
 
 
 def aligned(segments: list[Path], source: Source) -> bool:
