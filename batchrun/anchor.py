@@ -147,7 +147,7 @@ def _texts(column: pa.ChunkedArray) -> pl.Series:
 def realign(checkpoint: Checkpoint, source: Source) -> int:
     """Move every committed result to its row's position in `source` (see the docstring)."""
     segments = checkpoint.segments()
-    committed = sum(pq.ParquetFile(p).metadata.num_rows for p in segments)
+    committed = sum(pq.read_metadata(p).num_rows for p in segments)
     parts = max(1, math.ceil(committed / PART_ROWS))
     scratch = checkpoint.folder / "anchor.tmp"
     remove_tree(scratch)

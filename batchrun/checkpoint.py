@@ -152,7 +152,7 @@ class Checkpoint:
         for path in set(self.folder.glob(SEGMENT_GLOB)) - set(current):
             path.unlink()  # superseded: a kill came between a merge and its clean-up
         fsync_dir(self.folder)
-        self._rows = {path: pq.ParquetFile(path).metadata.num_rows for path in current}
+        self._rows = {path: pq.read_metadata(path).num_rows for path in current}
         return self
 
     def start_merging(self) -> None:
