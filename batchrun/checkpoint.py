@@ -19,8 +19,8 @@ Exactly-once rests on these rules:
 4. A row's identity is its key (the id as text) and the fingerprint of its request body: the
    engine skips a row only if the latest result has the same fingerprint.
 
-Segments are merged as they come, in the background, in tiers: when FANOUT consecutive
-segments of one size class stand at the newest end, they become one. A five-million-row job
+Segments are merged as they come, in the background, in tiers: FANOUT neighbouring
+segments of one size class become one. A five-million-row job
 so keeps a few dozen files at most, and each row is rewritten a handful of times.
 
 One run at a time holds the folder's lock, so two runs of the same job cannot interleave.
@@ -270,21 +270,22 @@ class Checkpoint:
                 return
 
     def _due(self) -> list[Path] | None:
-        """The newest segments to merge now: FANOUT or more of one size class at the end."""
+        """The segments to merge next: the oldest FANOUT of the first FANOUT or more
+        neighbours of one size class. Never more at once: a merger that fell behind (an
+        import commits fast) catches up in merges of FANOUT, each done in moments, where one
+        merge of a 400-segment tail outlasted the import that made it."""
         with self._writing:
             current = current_segments(self.folder)
             if any(path not in self._rows for path in current):
                 return None  # a merge is putting its segment in place
-            sizes = [(path, self._rows[path]) for path in current]
-        if len(sizes) < FANOUT:
-            return None
-        newest = _size_class(sizes[-1][1])
-        tail = []
-        for path, rows in reversed(sizes):
-            if _size_class(rows) != newest:
-                break
-            tail.append(path)
-        return tail[::-1] if len(tail) >= FANOUT else None
+            classes = [_size_class(self._rows[path]) for path in current]
+        start = 0
+        for i in range(1, len(current) + 1):
+            if i == len(current) or classes[i] != classes[start]:
+                if i - start >= FANOUT:
+                    return current[start : start + FANOUT]
+                start = i
+        return None
 
     def _merge(self, segments: list[Path]) -> None:
         """Merge consecutive `segments` into one named for all of them, then remove them."""

@@ -196,3 +196,22 @@ def test_the_walk_gives_each_rows_latest_result_window_by_window(
     every = pl.concat(frames)
     assert dict(zip(every["position"], every["fingerprint"], strict=True)) == expected
     cp.close()
+
+
+def test_merges_take_fanout_neighbours_of_one_class_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoint_module, "SMALLEST", 1)
+    cp = Checkpoint(tmp_path / "cp").open()  # no merger: _due is asked directly
+    for i in range(3):
+        cp.commit([result(f"k{i}")])
+    cp.commit([result(f"k{10 + i}") for i in range(40)])  # a bigger class in between
+    for i in range(9):
+        cp.commit([result(f"k{100 + i}")])
+    names = [p.name for p in cp.segments()]
+    due = cp._due()
+    assert due is not None and [p.name for p in due] == names[4:8]  # the oldest four of nine
+    cp._merge(due)
+    due = cp._due()
+    assert due is not None and [p.name for p in due] == names[8:12]
+    cp.close()
