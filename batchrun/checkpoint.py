@@ -39,14 +39,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .columns import CHECKPOINT_SCHEMA, FINISHED_AT, KEY, POSITION, RowResult
 from .errors import UserError
-from .walk import ROW_GROUP_ROWS, Stopped, Walk, merge_segments
+from .walk import ROW_GROUP_ROWS, Stopped, Walk, merge_segments, sort_positions
 
 SEGMENT_GLOB = "seg-*.parquet"
 _NAME = re.compile(r"seg-(\d{12})-(\d{12})\.parquet")
@@ -214,8 +213,7 @@ class Checkpoint:
         records = [r.as_record() for r in results]
         if not records:
             return 0
-        records.sort(key=lambda record: record[POSITION])  # type: ignore[arg-type,return-value]
-        table = pa.Table.from_pylist(records, schema=CHECKPOINT_SCHEMA)
+        table = sort_positions(pa.Table.from_pylist(records, schema=CHECKPOINT_SCHEMA))
         with self._writing:
             path = self.folder / segment_name(self._next, self._next)
             self._next += 1
@@ -340,11 +338,6 @@ def _upgrade(folder: Path) -> None:
     for path in paths:
         path.unlink()
     fsync_dir(folder)
-
-
-def sort_positions(table: pa.Table) -> pa.Table:
-    """A table's rows in position order, rows at one position in their order."""
-    return table.take(np.argsort(table.column(POSITION).to_numpy(), kind="stable"))
 
 
 def remove_tree(folder: Path) -> None:

@@ -210,6 +210,11 @@ def _repeats(frame: pl.DataFrame) -> bool:
     return frame.height > 1 and bool((positions.diff().drop_nulls() == 0).any())
 
 
+def sort_positions(table: pa.Table) -> pa.Table:
+    """A table's rows in position order, rows at one position in their order."""
+    return table.take(np.argsort(table.column(POSITION).to_numpy(), kind="stable"))
+
+
 class Stopped(Exception):
     """A merge was asked to stop before it was done."""
 
@@ -236,8 +241,7 @@ def merge_segments(
             pieces = [cursor.take(end) for cursor in cursors]
             table = pa.concat_tables([p for p in pieces if p.num_rows] or [pieces[0]])
             if table.num_rows:
-                order = np.argsort(table.column(POSITION).to_numpy(), kind="stable")
-                writer.write_table(table.take(order), row_group_size=ROW_GROUP_ROWS)
+                writer.write_table(sort_positions(table), row_group_size=ROW_GROUP_ROWS)
                 written += table.num_rows
             if end is None:
                 return written

@@ -65,14 +65,9 @@ def build(root: Path, rows: int, evaluate: bool, merge: bool, segment_rows: int)
     import numpy as np
     import polars as pl
 
-    from batchrun.checkpoint import (
-        Checkpoint,
-        checkpoint_dir,
-        segment_name,
-        sort_positions,
-        write_atomic_table,
-    )
+    from batchrun.checkpoint import Checkpoint, checkpoint_dir, segment_name, write_atomic_table
     from batchrun.job import load_job
+    from batchrun.walk import sort_positions
 
     rng = np.random.default_rng(7)
     ids = pl.format("id{}", pl.int_range(rows).cast(pl.String).str.zfill(8))
