@@ -170,6 +170,7 @@ class Checkpoint:
                 self._wake.notify()
             self._merger.join()
             self._merger = None
+            self._closing = False  # asked of the merger alone: merges called here still run
 
     def close(self) -> None:
         """Stop merging and unlock."""
