@@ -61,7 +61,6 @@ from typing import Any, NamedTuple
 
 import orjson
 import polars as pl
-import pyarrow.parquet as pq
 
 from . import render, sink
 from .anchor import anchor
@@ -343,7 +342,7 @@ def import_batch(
         with contextlib.closing(importer):
             importer.take(itertools.chain.from_iterable(_read(path) for path in files))
         checkpoint.stop_merging()
-        summary.rows_written = sink.write_output(
+        written = sink.write_output(
             plan.source,
             checkpoint,
             job.output_path,
@@ -354,7 +353,7 @@ def import_batch(
         )
     finally:
         checkpoint.close()
-    summary.rows_ok, summary.rows_failed = _standing(job.output_path)
+    summary.rows_written, summary.rows_ok, summary.rows_failed = written
     return summary
 
 
@@ -600,18 +599,6 @@ class _Importer:
 
     def close(self) -> None:
         self.earlier.close()
-
-
-def _standing(output: Path) -> tuple[int, int]:
-    """Rows ok and failed for their current request, after the import: the output holds
-    exactly those, so they are counted in its `status` column, a row group at a time."""
-    ok = failed = 0
-    with pq.ParquetFile(output) as file:
-        for batch in file.iter_batches(columns=["status"]):
-            status = pl.Series(batch.column(0))
-            ok += int((status == "ok").sum())
-            failed += int((status == "failed").sum())
-    return ok, failed
 
 
 def _read(path: Path) -> Iterator[_Line]:

@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from .columns import CHECKPOINT_SCHEMA, FINISHED_AT, KEY, POSITION, RowResult
 from .errors import UserError
-from .walk import ROW_GROUP_ROWS, Stopped, Walk, merge_segments, sort_positions
+from .walk import ROW_GROUP_ROWS, Positions, Stopped, Walk, merge_segments, sort_positions
 
 SEGMENT_GLOB = "seg-*.parquet"
 _NAME = re.compile(r"seg-(\d{12})-(\d{12})\.parquet")
@@ -195,6 +195,10 @@ class Checkpoint:
         """A walk over the rows' latest results (see `batchrun.walk.Walk`)."""
         wanted = list(columns)
         return reading(self.folder, lambda segments: Walk(segments, wanted))
+
+    def positions(self) -> Positions:
+        """A walk over the positions that hold results (see `batchrun.walk.Positions`)."""
+        return reading(self.folder, Positions)
 
     def spend(self) -> float:
         """Every committed row's cost, superseded attempts included: money already spent."""

@@ -45,7 +45,7 @@ from .errors import (
 from .job import Job, Secret
 from .limits import Pacer, Sleep
 from .outcome import Action, Outcome, classify, classify_failure, classify_stream
-from .plan import Plan, RunOptions, answered, plan_run, settles, with_prior
+from .plan import Plan, RunOptions, answered, fresh, plan_run, settles, with_prior
 from .pricing import Budget, job_pricer
 from .progress import Progress
 from .render import Rendered
@@ -53,7 +53,6 @@ from .results import counted_usage, failure_result, success_result
 from .retry import QuotaGate, RetryPolicy
 from .source import Source
 from .tokens import TokenCounter, counter_for
-from .walk import Walk
 from .wire import Reply, TransportFailure, Wire
 
 log = logging.getLogger("batchrun")
@@ -143,7 +142,7 @@ async def run(
                     await engine.execute(options)
                 finally:
                     engine.progress.close()
-                rows_written = None
+                written = None
                 checkpoint.stop_merging()
                 if checkpoint.merge_error is not None:
                     log.warning(
@@ -152,7 +151,7 @@ async def run(
                         checkpoint.merge_error,
                     )
                 if not engine.hurried:
-                    rows_written = await asyncio.to_thread(
+                    written = await asyncio.to_thread(
                         sink.write_output,
                         plan.source,
                         checkpoint,
@@ -165,6 +164,11 @@ async def run(
                     )
     finally:
         checkpoint.close()
+    rows_written = written.rows if written is not None else None
+    if written is not None:
+        # What the output holds is the standing, whatever the feeds had counted when the
+        # run stopped (the one checking finished rows may not have reached them all).
+        engine.final_ok, engine.final_failed = written.ok, written.failed
     if engine.stop is None and rows_written != plan.total:
         # Every row has a committed result, so the output must hold them all: say so loudly
         # rather than exit 0 over a short file.
@@ -354,45 +358,85 @@ class _Engine:
     async def _produce(
         self, source: Source, options: RunOptions, queue: asyncio.Queue[Item | None]
     ) -> None:
+        """Two feeds share the queue, each walking the input and the checkpoint as it stood
+        when the run began: the rows that hold no result, sent from the first batch on (a
+        resume's first request never waits on the rows finished before it), and the rows
+        that hold one, counted as done or sent again when their request changed (or, with
+        --retry-failed, when they failed)."""
+        committed = bool(self.checkpoint.segments())
+        positions = await asyncio.to_thread(self.checkpoint.positions)
         walk = await asyncio.to_thread(self.checkpoint.walk, [FINGERPRINT, "status"])
-        batches = source.batches(self.renderer.columns, BATCH_ROWS, options.limit)
+        retry_failed = options.retry_failed
+
+        def new_rows(batch: pl.DataFrame) -> tuple[pl.DataFrame | None, int, int]:
+            return fresh(self.renderer, batch, positions), 0, 0
+
+        def seen_rows(batch: pl.DataFrame) -> tuple[pl.DataFrame | None, int, int]:
+            frame = with_prior(self.renderer, batch, walk, committed=True)
+            ok, done = answered(), settles(retry_failed=retry_failed)
+            counts = frame.select(ok.sum().alias("ok"), (done & ~ok).sum().alias("failed"))
+            settled_ok, settled_failed = counts.row(0)
+            return frame.filter(~done), int(settled_ok), int(settled_failed)
+
+        # The second feed waits for the first to queue a row or end: on two cores, checking
+        # every finished row beside it would delay the first request by as long again.
+        going = asyncio.Event()
+        feeds = [asyncio.create_task(self._feed(source, options, new_rows, queue, going))]
+        if committed:
+            feeds.append(
+                asyncio.create_task(self._feed(source, options, seen_rows, queue, after=going))
+            )
         try:
-            while self.stop is None:
-                step = await asyncio.to_thread(self._pending, batches, walk, options)
-                if step is None:
-                    break
-                pending, ok, failed = step
-                self.final_ok += ok
-                self.final_failed += failed
-                self.progress.skip(ok + failed)
-                for rendered in self.renderer.rows(pending):
-                    if self.stop is not None:
-                        break
-                    item = self._prepare(rendered)
-                    if item is not None:
-                        await queue.put(item)
+            await asyncio.gather(*feeds)
         finally:
-            with contextlib.suppress(ValueError):  # still running in its thread if cancelled
-                batches.close()
+            for feed in feeds:
+                feed.cancel()
+            await asyncio.gather(*feeds, return_exceptions=True)
+            positions.close()
             walk.close()
         # Only when not cancelled: a cancelled run cancels the workers too, and a full queue
         # with no worker left to empty it would block this forever.
         for _ in self._workers:
             await queue.put(None)
 
-    def _pending(
-        self, batches: Iterator[pl.DataFrame], walk: Walk, options: RunOptions
-    ) -> tuple[pl.DataFrame, int, int] | None:
-        """The next input batch, rendered, without the rows its committed results settle;
-        with how many of those are ok and failed. None at the end of the input."""
-        batch = next(batches, None)
-        if batch is None:
-            return None
-        frame = with_prior(self.renderer, batch, walk)
-        ok, done = answered(), settles(retry_failed=options.retry_failed)
-        counts = frame.select(ok.sum().alias("ok"), (done & ~ok).sum().alias("failed")).row(0)
-        pending = frame.filter(~done)
-        return pending, int(counts[0]), int(counts[1])
+    async def _feed(
+        self,
+        source: Source,
+        options: RunOptions,
+        pending: Callable[[pl.DataFrame], tuple[pl.DataFrame | None, int, int]],
+        queue: asyncio.Queue[Item | None],
+        going: asyncio.Event | None = None,
+        *,
+        after: asyncio.Event | None = None,
+    ) -> None:
+        """Queue the rows `pending` leaves of each input batch (it renders them, in a
+        thread, and says how many rows it found settled, ok and failed). `going` is set
+        once a row is queued or the feed ends; the feed starts once `after` is set."""
+        if after is not None:
+            await after.wait()
+        batches = source.batches(self.renderer.columns, BATCH_ROWS, options.limit)
+        try:
+            while self.stop is None:
+                step = await asyncio.to_thread(_next_pending, batches, pending)
+                if step is None:
+                    break
+                frame, ok, failed = step
+                self.final_ok += ok
+                self.final_failed += failed
+                self.progress.skip(ok + failed)
+                for rendered in self.renderer.rows(frame) if frame is not None else ():
+                    if self.stop is not None:
+                        break
+                    item = self._prepare(rendered)
+                    if item is not None:
+                        await queue.put(item)
+                        if going is not None:
+                            going.set()
+        finally:
+            if going is not None:
+                going.set()
+            with contextlib.suppress(ValueError):  # still running in its thread if cancelled
+                batches.close()
 
     def _prepare(self, rendered: Rendered) -> Item | None:
         """A pending row's request, or None when it cannot be sent (its failure recorded)."""
@@ -672,6 +716,14 @@ class _Engine:
 
     def _redact(self, text: str) -> str:
         return self.key.redact(text) if self.key is not None else text
+
+
+def _next_pending(
+    batches: Iterator[pl.DataFrame],
+    pending: Callable[[pl.DataFrame], tuple[pl.DataFrame | None, int, int]],
+) -> tuple[pl.DataFrame | None, int, int] | None:
+    batch = next(batches, None)
+    return None if batch is None else pending(batch)
 
 
 @contextlib.contextmanager

@@ -9,18 +9,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from . import render
 from .checkpoint import FAILED_MARK, marked_fingerprint
 from .columns import INPUT_ROW, KEY, output_columns
+from .columns import POSITION as RESULT_POSITION
 from .errors import InputError, JobError
 from .job import Job
 from .pricing import job_pricer
 from .render import Renderer, completion_ceiling
 from .scoring import Annotator, job_annotator
 from .source import POSITION, Source, open_source
-from .walk import Walk
+from .walk import Positions, Walk
 
 PRIOR = "__batchrun_prior"  # a row's latest committed fingerprint, marked when it failed
 
@@ -111,22 +113,56 @@ def _check_budget(job: Job) -> None:
 
 
 def with_prior(
-    renderer: Renderer, batch: pl.DataFrame, walk: Walk, only: pl.DataFrame | None = None
+    renderer: Renderer,
+    batch: pl.DataFrame,
+    walk: Walk,
+    only: pl.DataFrame | None = None,
+    *,
+    committed: bool = False,
 ) -> pl.DataFrame:
     """An input batch rendered (see `Renderer.render_frame`), each row with the marked
     fingerprint of its latest committed result in PRIOR (null if it has none): how a run,
     `status`, `estimate` and the Batch files sort rows, walking the input and the checkpoint
-    together. With `only` (a frame of keys in a ROW_KEY column), just its rows. The walk is
-    taken past the batch's positions."""
+    together. With `only` (a frame of keys in a ROW_KEY column), just its rows; with
+    `committed`, just the rows at positions that hold a result (the others are `fresh`'s).
+    The walk is taken past the batch's positions."""
     from .source import ROW_KEY
 
-    results = walk.until(int(batch[POSITION][-1]) + 1 if batch.height else 0)
+    results = walk.until(_end(batch))
     if only is not None:
         # A semi join, not is_in: it took a third of the time on a group's 100,000 keys.
         batch = batch.join(only, on=ROW_KEY, how="semi", maintain_order="left")
+    if committed:
+        batch = batch.filter(_at(results[RESULT_POSITION].to_numpy()))
     frame = renderer.render_frame(batch, ROW_KEY, POSITION)
     prior = results.select(pl.col(KEY).alias(render.KEY), marked_fingerprint().alias(PRIOR))
     return frame.join(prior, on=render.KEY, how="left", maintain_order="left")
+
+
+def fresh(renderer: Renderer, batch: pl.DataFrame, positions: Positions) -> pl.DataFrame | None:
+    """The rows of an input batch at positions that hold no committed result, rendered,
+    PRIOR null; None when there are none. A run sends them without reading any result, so
+    a resume's first request never waits on a walk of the rows finished before it.
+    `positions` is taken past the batch; `with_prior(committed=True)` on another walk has
+    the rest of the batch."""
+    from .source import ROW_KEY
+
+    taken = positions.until(_end(batch))
+    if len(taken):
+        batch = batch.filter(~_at(taken))
+    if not batch.height:
+        return None  # rendering nothing costs a millisecond, a batch skipped on a resume
+    frame = renderer.render_frame(batch, ROW_KEY, POSITION)
+    return frame.with_columns(pl.lit(None, pl.String).alias(PRIOR))
+
+
+def _end(batch: pl.DataFrame) -> int:
+    return int(batch[POSITION][-1]) + 1 if batch.height else 0
+
+
+def _at(positions: np.ndarray) -> pl.Expr:
+    """Whether a batch row's position is among `positions`."""
+    return pl.col(POSITION).cast(pl.Int64).is_in(pl.Series(positions, dtype=pl.Int64).implode())
 
 
 def answered() -> pl.Expr:

@@ -6,6 +6,7 @@ import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 import pyarrow as pa
@@ -25,6 +26,15 @@ OUTPUT_BATCH_ROWS = 16_384  # input rows joined and written at a time, one row g
 _KEY, _FP = "__batchrun_result_key", "__batchrun_result_fp"  # a result's, beside the input's
 
 
+class Written(NamedTuple):
+    """What an output holds: its rows, and of them those ok and failed (every row written
+    has its current request's result, so these are the job's standing)."""
+
+    rows: int
+    ok: int
+    failed: int
+
+
 def write_output(
     source: Source,
     checkpoint: Checkpoint,
@@ -35,7 +45,7 @@ def write_output(
     limit: int | None = None,
     annotator: Annotator | None = None,
     metadata: Mapping[str, object] | None = None,
-) -> int:
+) -> Written:
     """Write `path` atomically: the input with its latest committed results, in input order.
 
     The input and the checkpoint are walked together, a batch of positions at a time, and
@@ -45,12 +55,12 @@ def write_output(
     exactly the rows finished so far. Without an `id_column` the row's input position is
     written too (`input_row`), so that the rows of a partial output can be told apart. The
     annotator adds the `[parse]` and `[eval]` columns batch by batch; `metadata` is stored
-    as JSON under the Parquet key `batchrun`. Returns the number of rows written.
+    as JSON under the Parquet key `batchrun`.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     keep = [*source.columns, *([INPUT_ROW] if source.id_column is None else []), *columns]
     stored = {"batchrun": json.dumps(dict(metadata))} if metadata else None
-    written = 0
+    written = ok = failed = 0
     with atomic_file(path) as tmp, checkpoint.walk([FINGERPRINT, *columns]) as walk:
         writer: pq.ParquetWriter | None = None
         try:
@@ -64,6 +74,8 @@ def write_output(
                         writer = _writer(tmp, table.schema, stored)
                     writer.write_table(table.cast(writer.schema))
                     written += table.num_rows
+                    ok += int((frame["status"] == "ok").sum())
+                    failed += int((frame["status"] == "failed").sum())
             if writer is None:
                 empty = source.scan().head(0).collect()
                 batch = empty.with_columns(
@@ -74,7 +86,7 @@ def write_output(
         finally:
             if writer is not None:
                 writer.close()
-    return written
+    return Written(written, ok, failed)
 
 
 def _joined(

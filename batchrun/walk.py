@@ -7,6 +7,8 @@ segment's next rows, at most a row group beyond what was asked for. On that, two
 - `Walk` gives, window by window, each row's latest result (the last one in segment order,
   and within a segment in row order: the order they were committed in). An input batch and
   the results of its positions are then joined in memory the size of the batch.
+- `Positions` gives only which positions hold a result: what a run needs to send the rows
+  that have none without waiting on anything else.
 - `merge_segments` writes several segments as one, every row kept, in position order and
   commit order within a position, row group by row group.
 
@@ -178,6 +180,49 @@ class Walk:
             cursor.close()
 
     def __enter__(self) -> Walk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Positions:
+    """The positions that hold a committed result, window by window: the cheapest walk,
+    reading the position column alone, kept as plain arrays (a run takes it for every
+    input batch). `until(end)` returns the positions below `end` not returned before (a
+    position twice when several results stand there); ends must not decrease."""
+
+    def __init__(self, segments: Sequence[Path]) -> None:
+        self._cursors: list[_Cursor] = []
+        try:
+            for path in segments:
+                self._cursors.append(_Cursor(path, [POSITION]))
+        except BaseException:
+            self.close()
+            raise
+        self._buffers = [np.empty(0, dtype=np.int64) for _ in self._cursors]
+
+    def until(self, end: int | None) -> np.ndarray:
+        pieces = []
+        for i, cursor in enumerate(self._cursors):
+            buffer = self._buffers[i]
+            while not cursor.exhausted and (end is None or not len(buffer) or buffer[-1] < end):
+                low = cursor.unread
+                if end is not None and low is not None and low >= end:
+                    break  # the next row group starts at `end` or later
+                cursor.read_group()
+                buffer = np.concatenate([buffer, cursor.take(None).column(POSITION).to_numpy()])
+            cut = len(buffer) if end is None else int(np.searchsorted(buffer, end))
+            if cut:
+                pieces.append(buffer[:cut])
+            self._buffers[i] = buffer[cut:]
+        return np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
+
+    def close(self) -> None:
+        for cursor in self._cursors:
+            cursor.close()
+
+    def __enter__(self) -> Positions:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -194,6 +194,14 @@ def test_the_walk_gives_each_rows_latest_result_window_by_window(
     assert len(frames) > 3
     every = pl.concat(frames)
     assert dict(zip(every["position"], every["fingerprint"], strict=True)) == expected
+    with cp.positions() as positions:  # the positions alone, as a run's first feed takes them
+        pieces = [positions.until(end) for end in (0, 5, 6, 20, 33, 100)]
+    assert set(pieces[0]) == {p for p in expected if p < 0}
+    assert all(
+        set(piece) <= set(range(a, b))
+        for piece, a, b in zip(pieces[1:], (0, 5, 6, 20, 33), (5, 6, 20, 33, 100), strict=True)
+    )
+    assert {int(p) for piece in pieces for p in piece} == set(expected)
     cp.close()
 
 

@@ -86,3 +86,43 @@ def test_run_retry_failed_changed_request_and_early_stop_over_many_batches(
     committed = pl.scan_parquet(checkpoint_module.current_segments(checkpoint_dir(ws.output)))
     assert committed.select(pl.len()).collect().item() == 2 * ROWS + failed.height
     assert len(latest_results(checkpoint_dir(ws.output))) == ROWS
+
+
+def test_a_resume_sends_new_rows_and_changed_rows_once_each(ws: Workspace) -> None:
+    """A resume's two feeds: rows that hold no result (inserted between committed ones) are
+    sent without waiting on the check of the others; rows that hold one are counted as done
+    or, edited since, sent again. Each row once, in input order, unchanged answers kept."""
+    frame = reviews(ROWS)
+    first_rows = frame.filter(pl.int_range(ROWS) % 5 != 0)  # every fifth row comes later
+    ws.write_input(first_rows)
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url, input={"id_column": "id"})
+        assert ws.run("run", str(job), "-q").code == 0
+    before = ws.read_output()
+    edited = {f"r{i:04d}" for i in range(3, ROWS, 41) if i % 5}
+    changed = frame.with_columns(
+        pl.when(pl.col("id").is_in(list(edited)))
+        .then(pl.col("text") + " (edited)")
+        .otherwise(pl.col("text"))
+        .alias("text")
+    )
+    ws.write_input(changed)
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url, input={"id_column": "id"})
+        result = ws.run("run", str(job), "-q")
+        assert result.code == 0
+        inserted = frame.filter(pl.int_range(ROWS) % 5 == 0)
+        expected = [f"Review: {t}" for t in inserted["text"]]
+        expected += [
+            f"Review: {t}" for t in changed.filter(pl.col("id").is_in(list(edited)))["text"]
+        ]
+        assert sorted(asked(sim.requests)) == sorted(expected)
+    assert f"{ROWS:,} rows: {ROWS:,} ok, 0 failed, 0 pending" in result.out
+    after = ws.read_output()
+    assert after["id"].to_list() == frame["id"].to_list()
+    assert after["text"].to_list() == changed["text"].to_list()
+    untouched = before.filter(~pl.col("id").is_in(list(edited)))
+    kept = after.join(untouched.select("id", "response_id"), on="id", suffix="_before")
+    assert kept.height == untouched.height
+    assert kept["response_id"].to_list() == kept["response_id_before"].to_list()
+    assert after["response_id"].n_unique() == ROWS
