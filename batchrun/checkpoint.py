@@ -45,9 +45,11 @@ import pyarrow.parquet as pq
 
 from .columns import CHECKPOINT_SCHEMA, FINISHED_AT, KEY, POSITION, RowResult
 from .errors import UserError
+from .space import disk_full
 from .walk import ROW_GROUP_ROWS, Positions, Stopped, Walk, merge_segments, sort_positions
 
 SEGMENT_GLOB = "seg-*.parquet"
+MERGE_RETRY_S = 10.0  # a merge that failed for lack of space is tried again after this
 _NAME = re.compile(r"seg-(\d{12})-(\d{12})\.parquet")
 _OLD_NAME = re.compile(r"seg-(\d{12})(\.m)?\.parquet")  # before segments were sorted
 # FANOUT segments of one size class are merged into one; a class spans a factor of FANOUT.
@@ -255,10 +257,11 @@ class Checkpoint:
     # -- merging ---------------------------------------------------------------------------
 
     def _merge_loop(self) -> None:
+        resume_at = 0.0  # after a merge failed for lack of space, when to try again
         while True:
             with self._wake:
-                while not self._closing and self._due() is None:
-                    self._wake.wait()
+                while not self._closing and (time.monotonic() < resume_at or self._due() is None):
+                    self._wake.wait(max(resume_at - time.monotonic(), 0.0) or None)
                 if self._closing:
                     return
                 due = self._due()
@@ -268,6 +271,13 @@ class Checkpoint:
                 self._merge(due)
             except Stopped:
                 return  # closing: the merge's temporary file is gone, its inputs stay
+            except OSError as exc:
+                if not disk_full(exc):
+                    self.merge_error = exc
+                    return
+                # The merge's temporary file is gone and its inputs stay: merging is put
+                # off, the run (which waits for space on its own commits) goes on.
+                resume_at = time.monotonic() + MERGE_RETRY_S
             except BaseException as exc:  # kept for the run to report; the folder stays valid
                 self.merge_error = exc
                 return

@@ -1,7 +1,8 @@
 """The command line: parses arguments, runs the command, turns errors into sentences.
 
 Exit codes: 0 every row reached a final state; 2 the job or its input is wrong (nothing was
-sent); 3 a run-wide stop (bad key, quota, budget), progress kept; 130 interrupted.
+sent, or a path cannot be used); 3 a run-wide stop (bad key, quota, budget, a disk that
+stayed full), progress kept; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import BatchrunError, Interrupted, UserError
+from .errors import BatchrunError, Interrupted, RunStopped, UserError
 from .sim.cli import positive_int
+from .space import disk_full, what_is_full
 
 # pyarrow's default allocator (mimalloc) keeps freed memory: a walk over a million-row
 # checkpoint (a report) peaked at 385 MB with it and at 320 MB with the system's allocator,
@@ -28,8 +31,8 @@ os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 _EPILOG = (
     "exit codes: 0 every row reached a final state (ok or failed); 2 the job or its input is "
-    "wrong, nothing was sent; 3 the run stopped on a run-wide error (bad key, quota, budget), "
-    "progress kept; 130 interrupted, progress kept."
+    "wrong, nothing was sent; 3 the run stopped on a run-wide error (bad key, quota, budget, "
+    "a disk that stayed full), progress kept; 130 interrupted, progress kept."
 )
 
 
@@ -43,12 +46,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+    if hasattr(signal, "SIGXFSZ"):
+        # Past a file size limit (ulimit -f) a write fails with EFBIG, which the run waits
+        # out like a full disk, instead of the process being killed.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         code: int = args.handler(args)
         return code
     except BatchrunError as exc:
         _say(str(exc))
         return exc.exit_code
+    except OSError as exc:
+        # The machine's doing, not batchrun's (a full disk outside a run's commits, a file
+        # that cannot be written): one sentence naming the file, never a traceback.
+        where = f" {exc.filename}" if exc.filename else ""
+        if disk_full(exc):
+            _say(
+                f"Could not write{where}: the disk is {what_is_full(exc)}; free some space "
+                f"and run the same command again."
+            )
+            return RunStopped.exit_code
+        _say(
+            f"Could not use{where}: {exc.strerror or exc}; fix the path or its permissions "
+            f"and run the same command again."
+        )
+        return UserError.exit_code
     except KeyboardInterrupt:
         _say(str(Interrupted("Interrupted: finished rows are saved; run again to resume.")))
         return Interrupted.exit_code
@@ -243,7 +265,7 @@ def _run(args: argparse.Namespace) -> int:
     if summary.remapped:
         print(f"note: {summary.remapped:,} responses came from another model than requested")
     if summary.rows_written is None:
-        print(f"output: {summary.output_path} not rewritten (stopped at once); run again")
+        print(f"output: {summary.output_path} not rewritten; run again to write it")
     else:
         print(f"output: {summary.output_path} ({summary.rows_written:,} rows)")
         if job.parse is not None or job.eval is not None:

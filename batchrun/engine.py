@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -37,6 +38,7 @@ from .errors import (
     BadKey,
     BatchrunError,
     BudgetReached,
+    DiskFull,
     Interrupted,
     JobError,
     QuotaExhausted,
@@ -52,6 +54,7 @@ from .render import Rendered
 from .results import counted_usage, failure_result, success_result
 from .retry import QuotaGate, RetryPolicy
 from .source import Source
+from .space import RETRY_S, SpaceGate, disk_full, what_is_full
 from .tokens import TokenCounter, counter_for
 from .wire import Reply, TransportFailure, Wire
 
@@ -84,7 +87,7 @@ class RunSummary:
     spend: float
     elapsed_s: float
     output_path: Path
-    rows_written: int | None  # None when the output was not rewritten (stopped at once)
+    rows_written: int | None  # None: the output was not rewritten (stopped at once, disk full)
     remapped: int = 0  # responses whose model differs from the requested one
     stopped: BatchrunError | None = None
 
@@ -150,17 +153,21 @@ async def run(
                         job.name,
                         checkpoint.merge_error,
                     )
+                if isinstance(engine.stop, DiskFull):
+                    engine.stop = engine.disk_full_stop()  # with the answers lost since
                 if not engine.hurried:
-                    written = await asyncio.to_thread(
-                        sink.write_output,
-                        plan.source,
-                        checkpoint,
-                        job.output_path,
-                        plan.columns,
-                        plan.renderer,
-                        limit=options.limit,
-                        annotator=plan.annotator,
-                        metadata=sink.job_metadata(job, plan.total),
+                    written = await engine.write_output(
+                        functools.partial(
+                            sink.write_output,
+                            plan.source,
+                            checkpoint,
+                            job.output_path,
+                            plan.columns,
+                            plan.renderer,
+                            limit=options.limit,
+                            annotator=plan.annotator,
+                            metadata=sink.job_metadata(job, plan.total),
+                        )
                     )
     finally:
         checkpoint.close()
@@ -264,6 +271,8 @@ class _Engine:
         self._flush_lock = asyncio.Lock()  # one segment write at a time
         self._last_flush = time.monotonic()
         self.quota = QuotaGate(limits.quota_wait_s, clock, self._nap)
+        self.space = SpaceGate(limits.disk_wait_s, clock)
+        self._full = (checkpoint.folder, "full")  # the folder a shortage stopped on, and how
         self._workers: list[asyncio.Task[None]] = []
         self._producer: asyncio.Task[None] | None = None
         self._interrupts = 0  # Ctrl-C / SIGTERM received so far
@@ -333,6 +342,7 @@ class _Engine:
         self._stopping.set()
         self.pacer.close()
         self.quota.release()  # wake anyone waiting on the quota so they see the stop
+        self.space.release()
 
     def _quota_gone(self, message: str) -> None:
         self._halt(
@@ -349,7 +359,11 @@ class _Engine:
         while not finished.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), min(interval, REFRESH_S))
-            if self._buffer and time.monotonic() - self._last_flush >= interval:
+            if (
+                self._buffer
+                and not self._flush_lock.locked()  # a flush may be waiting for space
+                and time.monotonic() - self._last_flush >= interval
+            ):
                 await self._flush()
             self.progress.refresh()
 
@@ -477,11 +491,13 @@ class _Engine:
         tries = 0  # attempts that count toward max_attempts (quota probes do not)
         first_start = self.clock()
         while True:
+            await self.space.wait_open()
             if not self.quota.probing(item):
                 await self.quota.wait_open()
             if self.stop is not None:
                 return item.kept_answer(attempts, self.json_mode)
             await self.pacer.acquire(item.estimate)
+            await self.space.wait_open()  # again: the disk may have filled during the pacing
             if self.stop is not None:
                 return item.kept_answer(attempts, self.json_mode)
             worst = self._reserve(item)
@@ -697,22 +713,92 @@ class _Engine:
             await self._flush()
 
     async def _flush(self) -> None:
-        """Commit the buffered results as one segment.
+        """Commit the buffered results as one segment; on a full disk, wait for space.
 
         The write runs in a thread; if the awaiting task is cancelled (a second Ctrl-C), the
         write is still waited for, so that no commit is under way once the run moves on.
+        While the disk is full, the results stay in the buffer (with those that keep coming
+        back), no request starts, and the commit is tried again every RETRY_S until it
+        passes or `disk_wait_s` is over (see `batchrun.space`).
         """
         async with self._flush_lock:
-            batch, self._buffer = self._buffer, []
-            self._last_flush = time.monotonic()
-            if not batch:
-                return
-            writing = asyncio.ensure_future(asyncio.to_thread(self.checkpoint.commit, batch))
+            while self._buffer:
+                batch, self._buffer = self._buffer, []
+                self._last_flush = time.monotonic()
+                writing = asyncio.ensure_future(asyncio.to_thread(self.checkpoint.commit, batch))
+                try:
+                    await asyncio.shield(writing)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(OSError):
+                        await writing
+                    raise
+                except OSError as exc:
+                    if not disk_full(exc):
+                        raise
+                    self._buffer = batch + self._buffer
+                    if not await self._wait_for_space(exc, self.checkpoint.folder):
+                        return
+                    continue
+                if self.space.succeeded():
+                    self.progress.note(
+                        f"batchrun: there is space again in {self.checkpoint.folder}: "
+                        f"{len(batch):,} answers kept meanwhile are committed; going on."
+                    )
+                return  # what came back during the write waits for the next flush
+
+    async def _wait_for_space(self, exc: OSError, folder: Path) -> bool:
+        """A write into `folder` failed for lack of space: close the gate, say so once, and
+        wait RETRY_S; False when it is not to be tried again (time is up, or the run is
+        stopping), the run then stopped with what could not be saved."""
+        what = what_is_full(exc)
+        wait_s = self.job.limits.disk_wait_s
+        if self.space.gave_up:
+            return False
+        if self.space.failed():
+            self.progress.note(
+                f"batchrun: the disk holding {folder} is {what}: no request starts until "
+                f"there is space; {len(self._buffer):,} answers are kept in memory meanwhile, "
+                f"and the run waits up to {wait_s:g} s (limits.disk_wait_s)."
+            )
+        left = self.space.left()
+        if left <= 0 or self.stop is not None:
+            self.space.give_up()
+            if self.stop is None:
+                self._full = (folder, what)
+                self._halt(self.disk_full_stop())
+            return False
+        await self._nap(min(RETRY_S, left))
+        return True
+
+    def disk_full_stop(self) -> DiskFull:
+        """The stop for a disk that stayed full, counting the answers not saved now."""
+        folder, what = self._full
+        return DiskFull(
+            f"The disk holding {folder} stayed {what} for {self.job.limits.disk_wait_s:g} s: "
+            f"{len(self._buffer):,} answers could not be saved and will be asked again; free "
+            f"some space and run the same command to resume (every other answer is committed)."
+        )
+
+    async def write_output(self, write: Callable[[], sink.Written]) -> sink.Written | None:
+        """Write the output; on a full disk, wait for space as a commit does (unless the
+        run already gave up on it). None when it could not be written."""
+        while True:
             try:
-                await asyncio.shield(writing)
-            except asyncio.CancelledError:
-                await writing
-                raise
+                written = await asyncio.to_thread(write)
+            except OSError as exc:
+                if not disk_full(exc):
+                    raise
+                folder = self.job.output_path.parent
+                if not await self._wait_for_space(exc, folder):
+                    self.progress.note(
+                        f"batchrun: the output {self.job.output_path} could not be written "
+                        f"(the disk is {what_is_full(exc)}); every answer it would hold is "
+                        f"committed: run the same command once there is space to write it."
+                    )
+                    return None
+                continue
+            self.space.succeeded()
+            return written
 
     def _redact(self, text: str) -> str:
         return self.key.redact(text) if self.key is not None else text

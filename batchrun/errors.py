@@ -8,7 +8,8 @@
     │   ├── BadKey                the gateway rejected the key (401, 403, codes 900)
     │   ├── QuotaExhausted        the quota did not come back within quota_wait_s
     │   ├── BudgetReached         the next request could take spend past budget_usd
-    │   └── SystematicFailure     the first rows all failed the same way (bad model, parameter)
+    │   ├── SystematicFailure     the first rows all failed the same way (bad model, parameter)
+    │   └── DiskFull              the disk stayed full (or over quota) for disk_wait_s
     └── Interrupted               exit 130: Ctrl-C or SIGTERM; committed progress is kept
 
 Per-row failures are not exceptions: they are outcomes (`batchrun.outcome`) recorded in the
@@ -65,6 +66,10 @@ class BudgetReached(RunStopped):
 
 class SystematicFailure(RunStopped):
     """The first rows all failed with the same client error."""
+
+
+class DiskFull(RunStopped):
+    """The checkpoint's or the output's disk stayed full past disk_wait_s."""
 
 
 class Interrupted(BatchrunError):
