@@ -29,7 +29,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .checkpoint import Checkpoint, atomic_file, current_segments, remove_tree
+from .checkpoint import Checkpoint, atomic_file, current_segments, damaged, remove_tree
 from .columns import CHECKPOINT_SCHEMA, KEY, POSITION
 from .errors import InputError, UserError
 from .source import POSITION as INPUT_POSITION
@@ -91,6 +91,8 @@ def settle_positions(folder: Path, source: Source) -> None:
     folder (a run that holds it has realigned it already)."""
     if source.id_column is None or not current_segments(folder):
         return
+    if damaged(current_segments(folder)):
+        return  # the next run moves the damaged segment aside first, then realigns
     try:
         with Checkpoint(folder).open() as holder:
             anchor(holder, source)

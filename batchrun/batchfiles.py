@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -334,6 +335,8 @@ def import_batch(
             pass
     summary = ImportSummary(files=len(files), rows=plan.total, output_path=job.output_path)
     checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open()
+    for line in checkpoint.quarantined:
+        print(line, file=sys.stderr)
     sink.remove_temporaries(job.output_path)
     try:
         anchor(checkpoint, plan.source)

@@ -28,7 +28,9 @@ One run at a time holds the folder's lock, so two runs of the same job cannot in
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import math
 import os
 import re
@@ -41,6 +43,7 @@ from typing import TypeVar
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .columns import CHECKPOINT_SCHEMA, FINISHED_AT, KEY, POSITION, RowResult
@@ -49,6 +52,7 @@ from .space import disk_full
 from .walk import ROW_GROUP_ROWS, Positions, Stopped, Walk, merge_segments, sort_positions
 
 SEGMENT_GLOB = "seg-*.parquet"
+QUARANTINE = "quarantine"  # in the folder: damaged segments, moved aside by a run
 MERGE_RETRY_S = 10.0  # a merge that failed for lack of space is tried again after this
 _NAME = re.compile(r"seg-(\d{12})-(\d{12})\.parquet")
 _OLD_NAME = re.compile(r"seg-(\d{12})(\.m)?\.parquet")  # before segments were sorted
@@ -100,11 +104,93 @@ def current_segments(folder: Path) -> list[Path]:
     return kept
 
 
+def damage(path: Path) -> str | None:
+    """Why a segment cannot be read (it is not Parquet, or not of the checkpoint's schema),
+    in a few words; None when it is sound. Only its footer is read; the answer is kept for
+    as long as the file keeps its size and modification time."""
+    info = path.stat()
+    return _damage(str(path), info.st_size, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _damage(path: str, size: int, mtime_ns: int) -> str | None:
+    try:
+        schema = pq.read_schema(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        return f"it is not readable Parquet: {str(exc).splitlines()[0][:120]}"
+    for wanted in CHECKPOINT_SCHEMA:
+        index = schema.get_field_index(wanted.name)
+        if index < 0:
+            return f"it has no {wanted.name!r} column: it is not a batchrun checkpoint segment"
+        if not _compatible(schema.field(index).type, wanted.type):
+            return (
+                f"its {wanted.name!r} column is {schema.field(index).type}, not {wanted.type}: "
+                f"it is not a batchrun checkpoint segment"
+            )
+    return None
+
+
+def _compatible(found: pa.DataType, wanted: pa.DataType) -> bool:
+    """Whether a column of type `found` reads as `wanted` (text is text, whatever its
+    offsets: polars writes large strings, the readers cast)."""
+
+    def text(t: pa.DataType) -> bool:
+        return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
+
+    return found.equals(wanted) or (text(found) and text(wanted))
+
+
+def damaged(segments: Iterable[Path]) -> list[tuple[Path, str]]:
+    """The damaged ones among `segments`, each with why."""
+    found = []
+    for path in segments:
+        with contextlib.suppress(FileNotFoundError):  # merged away meanwhile
+            why = damage(path)
+            if why is not None:
+                found.append((path, why))
+    return found
+
+
+def skipped_notices(folder: Path) -> list[str]:
+    """For a command that reads the checkpoint without holding it (status, report,
+    estimate, export-batch): a warning for each damaged segment it skips."""
+    if not folder.is_dir():
+        return []
+    return [
+        f"batchrun: warning: skipped the damaged checkpoint segment {path} ({why}); "
+        f"`batchrun run` moves it aside and sends its rows again."
+        for path, why in damaged(current_segments(folder))
+    ]
+
+
+def _what_it_held(path: Path) -> str:
+    """ "the N rows it held, and $X spent on them", as far as a damaged file says."""
+    try:
+        rows = pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException):
+        return "what it held (the file cannot be read to say how many rows, or what they cost)"
+    try:
+        cost = pq.read_table(path, columns=["cost_usd"]).column(0)
+        spent = float(pc.sum(cost).as_py() or 0.0)
+    except (OSError, pa.ArrowException, KeyError):
+        return f"the {rows:,} results it held (what they cost cannot be read)"
+    return f"the {rows:,} results it held, and ${spent:,.4f} spent on them,"
+
+
+def sound_segments(folder: Path) -> list[Path]:
+    """The current segments but the damaged ones: what every reader reads."""
+    bad = {path for path, _ in damaged(current_segments(folder))}
+    return [path for path in current_segments(folder) if path not in bad]
+
+
 def reading(folder: Path, read: Callable[[list[Path]], T]) -> T:
-    """`read(segments)`, listed again if a merge removes one of them while it is opened."""
+    """`read(segments)` of the sound segments, listed again if a merge removes one of them
+    while it is opened."""
     for attempt in range(READ_TRIES):
         try:
-            return read(current_segments(folder))
+            return read(sound_segments(folder))
         except FileNotFoundError:
             if attempt == READ_TRIES - 1:
                 raise
@@ -124,6 +210,7 @@ class Checkpoint:
         self._merger: threading.Thread | None = None  # merges in the background while open
         self._closing = False  # asks the merger to stop
         self.merge_error: BaseException | None = None  # what stopped the merger, if anything
+        self.quarantined: list[str] = []  # warnings for the damaged segments `open` moved aside
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -152,9 +239,28 @@ class Checkpoint:
         current = current_segments(self.folder)
         for path in set(self.folder.glob(SEGMENT_GLOB)) - set(current):
             path.unlink()  # superseded: a kill came between a merge and its clean-up
+        self.quarantined = [self._quarantine(path, why) for path, why in damaged(current)]
         fsync_dir(self.folder)
+        current = current_segments(self.folder)
         self._rows = {path: pq.read_metadata(path).num_rows for path in current}
         return self
+
+    def _quarantine(self, path: Path, why: str) -> str:
+        """Move a damaged segment into QUARANTINE (never deleted: its owner may want it);
+        returns the warning that says so, with what it held where that can be read."""
+        aside = self.folder / QUARANTINE
+        aside.mkdir(exist_ok=True)
+        target = aside / path.name
+        while target.exists():
+            target = target.with_name(f"{target.stem}.{time.time_ns()}{target.suffix}")
+        held = _what_it_held(path)
+        os.replace(path, target)
+        fsync_dir(aside)
+        return (
+            f"batchrun: warning: the checkpoint segment {path.name} is damaged ({why}); it "
+            f"was moved to {target}, and {held} is no longer counted: its rows will be sent "
+            f"again."
+        )
 
     def start_merging(self) -> None:
         """Merge segments in a background thread from now until `close`."""

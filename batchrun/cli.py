@@ -17,11 +17,15 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import BatchrunError, Interrupted, RunStopped, UserError
 from .sim.cli import positive_int
 from .space import disk_full, what_is_full
+
+if TYPE_CHECKING:
+    from .job import Job
 
 # pyarrow's default allocator (mimalloc) keeps freed memory: a walk over a million-row
 # checkpoint (a report) peaked at 385 MB with it and at 320 MB with the system's allocator,
@@ -295,7 +299,9 @@ def _estimate(args: argparse.Namespace) -> int:
     from .estimate import estimate, render_estimate
     from .job import load_job
 
-    result = estimate(load_job(args.job, args.overrides, os.environ), args.limit)
+    job = load_job(args.job, args.overrides, os.environ)
+    _warn_damaged(job)
+    result = estimate(job, args.limit)
     print(json.dumps(result.as_dict(), indent=2) if args.json else render_estimate(result))
     return 0
 
@@ -304,7 +310,9 @@ def _status(args: argparse.Namespace) -> int:
     from .job import load_job
     from .status import job_status, render_status
 
-    result = job_status(load_job(args.job, args.overrides, os.environ))
+    job = load_job(args.job, args.overrides, os.environ)
+    _warn_damaged(job)
+    result = job_status(job)
     print(json.dumps(result.as_dict(), indent=2) if args.json else render_status(result))
     return 0
 
@@ -315,7 +323,9 @@ def _report(args: argparse.Namespace) -> int:
     from .report_html import render_html
     from .report_text import render_text
 
-    result = build_report(load_job(args.job, args.overrides, os.environ))
+    job = load_job(args.job, args.overrides, os.environ)
+    _warn_damaged(job)
+    result = build_report(job)
     if args.html:
         try:
             Path(args.html).write_text(render_html(result), encoding="utf-8")
@@ -333,6 +343,7 @@ def _export_batch(args: argparse.Namespace) -> int:
     from .job import load_job
 
     job = load_job(args.job, args.overrides, os.environ)
+    _warn_damaged(job)
     folder = Path(args.folder)
     summary = export_batch(
         job, folder, limit=args.limit, retry_failed=args.retry_failed, force=args.force
@@ -351,6 +362,14 @@ def _import_batch(args: argparse.Namespace) -> int:
     summary = import_batch(job, files, os.environ, price_factor=factor)
     print(render_import(summary, _job_command(args)))
     return 0
+
+
+def _warn_damaged(job: Job) -> None:
+    """Name each damaged checkpoint segment a reading command skips."""
+    from .checkpoint import checkpoint_dir, skipped_notices
+
+    for line in skipped_notices(checkpoint_dir(job.output_path)):
+        print(line, file=sys.stderr)
 
 
 def _job_command(args: argparse.Namespace) -> str:

@@ -135,6 +135,8 @@ async def run(
             engine.progress = Progress(
                 plan.total, 0, quiet=options.quiet, interactive=options.interactive
             )
+            for line in checkpoint.quarantined:
+                engine.progress.note(line)
             if engine.pricer.price is None:
                 engine.progress.note(
                     f"batchrun: warning: no price is known for model {engine.pricer.model!r}, "

@@ -194,3 +194,77 @@ def test_a_disk_that_stays_full_stops_the_run_with_exit_3_and_says_what_was_lost
     result = pl.read_parquet(output)
     assert result["id"].to_list() == reviews(ROWS)["id"].to_list()
     assert set(result["status"]) == {"ok"}
+
+
+# -- damaged files ---------------------------------------------------------------------------
+
+
+def finished_job(ws: Workspace, sim_url: str) -> tuple[Path, list[Path]]:
+    ws.write_input(reviews(ROWS))
+    job = ws.job(sim_url, input={"id_column": "id"}, limits={"concurrency": 4})
+    assert ws.run("run", str(job), "-q").code == 0
+    return job, current_segments(checkpoint_dir(ws.output))
+
+
+def test_a_truncated_segment_is_skipped_by_readers_and_moved_aside_by_run(ws: Workspace) -> None:
+    with start_in_thread(SimConfig()) as sim:
+        job, segments = finished_job(ws, sim.base_url)
+    victim = max(segments, key=lambda p: p.stat().st_size)
+    held = pl.read_parquet(victim)["row_key"].n_unique()
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])  # a copy cut short
+
+    status = ws.run("status", str(job))
+    assert status.code == 0 and "Traceback" not in status.err
+    assert f"skipped the damaged checkpoint segment {victim}" in status.err
+    assert "not readable Parquet" in status.err
+    assert f"pending  {held}" in status.out
+    report = ws.run("report", str(job))
+    assert report.code == 0 and f"skipped the damaged checkpoint segment {victim}" in report.err
+
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url, input={"id_column": "id"}, limits={"concurrency": 4})
+        result = ws.run("run", str(job), "-q")
+        assert result.code == 0, result.err
+        assert len(sim.requests) == held  # its rows, sent again; no other
+    aside = checkpoint_dir(ws.output) / "quarantine" / victim.name
+    assert aside.read_bytes() == data[: len(data) // 2]  # kept as found, never deleted
+    assert f"the checkpoint segment {victim.name} is damaged" in result.err
+    assert f"moved to {aside}" in result.err and "rows will be sent again" in result.err
+    out = ws.read_output()
+    assert out["id"].to_list() == reviews(ROWS)["id"].to_list()
+    assert set(out["status"]) == {"ok"}
+    again = ws.run("status", str(job))
+    assert "skipped" not in again.err and "pending  0" in again.out
+
+
+def test_a_segment_of_the_wrong_schema_is_named_and_its_rows_and_spend_said(
+    ws: Workspace,
+) -> None:
+    with start_in_thread(SimConfig()) as sim:
+        job, segments = finished_job(ws, sim.base_url)
+    victim = segments[-1]
+    frame = pl.read_parquet(victim)
+    frame.with_columns(pl.col("position").cast(pl.String)).write_parquet(victim)
+    spent = frame["cost_usd"].sum()
+    status = ws.run("status", str(job))
+    assert status.code == 0
+    assert "its 'position' column is" in status.err and "not int64" in status.err
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url, input={"id_column": "id"}, limits={"concurrency": 4})
+        result = ws.run("run", str(job), "-q")
+        assert result.code == 0, result.err
+        assert len(sim.requests) == frame["row_key"].n_unique()
+    assert f"the {frame.height:,} results it held, and ${spent:,.4f} spent on them," in result.err
+    assert ws.read_output()["id"].to_list() == reviews(ROWS)["id"].to_list()
+
+
+def test_a_damaged_output_is_rewritten_from_the_checkpoint(ws: Workspace) -> None:
+    with start_in_thread(SimConfig()) as sim:
+        job, _ = finished_job(ws, sim.base_url)
+        before = ws.read_output()
+        ws.output.write_bytes(ws.output.read_bytes()[:100])
+        result = ws.run("run", str(job), "-q")
+        assert result.code == 0, result.err
+        assert len(sim.requests) == ROWS  # the first run's; nothing sent again
+    assert ws.read_output().equals(before)
