@@ -334,6 +334,7 @@ def import_batch(
         for _ in _read(path):  # every file is checked before anything is committed
             pass
     summary = ImportSummary(files=len(files), rows=plan.total, output_path=job.output_path)
+    sink.check_writable(job.output_path)
     checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open()
     for line in checkpoint.quarantined:
         print(line, file=sys.stderr)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -46,6 +47,7 @@ from .errors import (
 )
 from .job import Job, Secret
 from .limits import Pacer, Sleep
+from .nofile import fitting_concurrency
 from .outcome import Action, Outcome, classify, classify_failure, classify_stream
 from .plan import Plan, RunOptions, answered, fresh, plan_run, settles, with_prior
 from .pricing import Budget, job_pricer
@@ -113,6 +115,7 @@ async def run(
     """Run or resume a job; see the module docstring."""
     plan = plan_run(job, options)
     key = job.api_key(environ)
+    sink.check_writable(job.output_path)
     checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open(fresh=options.fresh)
     sink.remove_temporaries(job.output_path)
     started = time.monotonic()
@@ -120,6 +123,12 @@ async def run(
         moved = await asyncio.to_thread(anchor, checkpoint, plan.source)
         if moved:
             log.info("%s: %d committed results moved with their rows in the input", job.name, moved)
+        concurrency, crowded = fitting_concurrency(
+            job.limits.concurrency, len(checkpoint.segments()), sim=job.uses_sim
+        )
+        if crowded is not None:
+            limits = job.limits.model_copy(update={"concurrency": concurrency})
+            job = dataclasses.replace(job, limits=limits)
         checkpoint.start_merging()
         with _endpoint(job) as base_url:
             engine = _Engine(
@@ -135,7 +144,7 @@ async def run(
             engine.progress = Progress(
                 plan.total, 0, quiet=options.quiet, interactive=options.interactive
             )
-            for line in checkpoint.quarantined:
+            for line in [*checkpoint.quarantined, *([crowded] if crowded else [])]:
                 engine.progress.note(line)
             if engine.pricer.price is None:
                 engine.progress.note(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -16,10 +18,12 @@ from . import render
 from .checkpoint import Checkpoint, atomic_file
 from .columns import FINGERPRINT, INPUT_ROW, KEY
 from .columns import POSITION as RESULT_POSITION
+from .errors import UserError
 from .job import Job
 from .render import Renderer
 from .scoring import Annotator
 from .source import POSITION, ROW_KEY, Source
+from .space import disk_full
 
 OUTPUT_BATCH_ROWS = 16_384  # input rows joined and written at a time, one row group each: a
 # batch of 100,000 held 140 MB more at its peak than one of 16,384, and was no faster
@@ -125,6 +129,27 @@ def job_metadata(job: Job, input_rows: int) -> dict[str, object]:
         "expected_column": job.eval.expected_column if job.eval is not None else None,
         "scorer": job.eval.scorer if job.eval is not None else None,
     }
+
+
+def check_writable(path: Path) -> None:
+    """Make the output's folder (where its checkpoint lives too) and write a file in it, or
+    raise a UserError naming the path: found before any request, not after an hour of them."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".{path.name}.{os.getpid()}.probe.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "it is a folder", str(path))
+    except OSError as exc:
+        if disk_full(exc):
+            raise  # the run waits for space, or says the disk is full
+        where = Path(exc.filename) if exc.filename else folder
+        raise UserError(
+            f"The output {path} cannot be written ({where}: {exc.strerror or exc}): choose "
+            f"another [output] path or fix that folder."
+        ) from None
 
 
 def remove_temporaries(path: Path) -> None:

@@ -81,6 +81,17 @@ class Running:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:  # a failed check: never leave the run behind
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
@@ -101,9 +112,6 @@ class Running:
         out = self.proc.stdout.read()  # stderr is the reader thread's
         self.proc.wait(timeout=timeout)
         self._reader.join(timeout=5)
-        self.proc.stdout.close()
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
         while not self.lines.empty():
             self.err.append(self.lines.get())
         return self.proc.returncode, out, "".join(self.err)
@@ -136,10 +144,13 @@ def start_then_fill(ws: Workspace, disk: Path, job: Path) -> tuple[Running, Path
     running = Running(job)
     output = disk / "out" / "result.parquet"
     deadline = time.monotonic() + 30
-    while committed(output) < 20:  # some answers committed: the run is well under way
-        assert time.monotonic() < deadline and running.proc.poll() is None, running.finish()
-        time.sleep(0.02)
-    fill(disk)
+    with contextlib.ExitStack() as on_failure:
+        on_failure.push(running.__exit__)
+        while committed(output) < 20:  # some answers committed: the run is well under way
+            assert time.monotonic() < deadline and running.proc.poll() is None, running.finish()
+            time.sleep(0.02)
+        fill(disk)
+        on_failure.pop_all()
     return running, output
 
 
@@ -149,15 +160,16 @@ def test_a_disk_that_fills_up_pauses_the_run_until_it_frees(
     with start_in_thread(SimConfig(latency_ms=20)) as sim:
         job = job_on(ws, small_disk, sim.base_url, wait_s=120)
         running, output = start_then_fill(ws, small_disk, job)
-        line = running.wait_for(WAITING)
-        assert str(checkpoint_dir(output)) in line and "is full" in line
-        time.sleep(0.3)  # requests sent before the line may still be on their way
-        paused_at = len(sim.requests)
-        time.sleep(1.5)  # the pause itself is the point: real time
-        assert len(sim.requests) == paused_at, "requests started while the disk was full"
-        assert paused_at < ROWS
-        free(small_disk)
-        code, out, err = running.finish()
+        with running:
+            line = running.wait_for(WAITING)
+            assert str(checkpoint_dir(output)) in line and "is full" in line
+            time.sleep(0.3)  # requests sent before the line may still be on their way
+            paused_at = len(sim.requests)
+            time.sleep(1.5)  # the pause itself is the point: real time
+            assert len(sim.requests) == paused_at, "requests started while the disk was full"
+            assert paused_at < ROWS
+            free(small_disk)
+            code, out, err = running.finish()
         assert code == 0, err
         assert "there is space again" in err and "Traceback" not in err
         assert len(sim.requests) == ROWS  # nothing paid twice: every answer kept was committed
@@ -173,7 +185,8 @@ def test_a_disk_that_stays_full_stops_the_run_with_exit_3_and_says_what_was_lost
     with start_in_thread(SimConfig(latency_ms=20)) as sim:
         job = job_on(ws, small_disk, sim.base_url, wait_s=1)
         running, output = start_then_fill(ws, small_disk, job)
-        code, _, err = running.finish()
+        with running:
+            code, _, err = running.finish()
         first = len(sim.requests)
     assert code == 3, err
     assert "Traceback" not in err
@@ -187,8 +200,8 @@ def test_a_disk_that_stays_full_stops_the_run_with_exit_3_and_says_what_was_lost
     free(small_disk)
     with start_in_thread(SimConfig()) as sim:
         job = job_on(ws, small_disk, sim.base_url, wait_s=1)
-        resumed = Running(job)
-        code, _, err = resumed.finish()
+        with Running(job) as resumed:
+            code, _, err = resumed.finish()
         assert code == 0, err
         assert len(sim.requests) == ROWS - kept  # the lost answers are the only ones paid twice
     result = pl.read_parquet(output)
@@ -268,3 +281,95 @@ def test_a_damaged_output_is_rewritten_from_the_checkpoint(ws: Workspace) -> Non
         assert result.code == 0, result.err
         assert len(sim.requests) == ROWS  # the first run's; nothing sent again
     assert ws.read_output().equals(before)
+
+
+# -- the open-files limit ----------------------------------------------------------------------
+
+
+def run_limited(job: Path, soft: int, hard: int) -> subprocess.CompletedProcess[str]:
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return subprocess.run(
+        [sys.executable, "-m", "batchrun.cli", "run", str(job), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+        env={**os.environ, "BATCHRUN_TEST_KEY": FAKE_KEY},
+    )
+
+
+@pytest.mark.parametrize(("soft", "hard", "lowered"), [(256, 256, True), (256, 8192, False)])
+def test_a_low_open_files_limit_is_raised_or_the_concurrency_lowered(
+    ws: Workspace, soft: int, hard: int, lowered: bool
+) -> None:
+    ws.write_input(reviews(600))
+    job = ws.job(
+        "sim",
+        input={"id_column": "id"},
+        limits={"concurrency": 512, "requests_per_minute": 1_000_000},
+        sim={"latency_ms": 200},
+    )
+    done = run_limited(job, soft, hard)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "Too many open files" not in done.stderr
+    warned = "the open-files limit is 256 (ulimit -n), too low for concurrency 512" in done.stderr
+    assert warned == lowered, done.stderr
+    if lowered:
+        assert "`ulimit -n 2048`" in done.stderr
+    out = ws.read_output()
+    assert out["id"].to_list() == reviews(600)["id"].to_list()
+    assert set(out["status"]) == {"ok"} and set(out["attempts"]) == {1}
+
+
+# -- paths and empty inputs ------------------------------------------------------------------
+
+
+def test_an_output_under_a_file_is_refused_before_any_request(ws: Workspace) -> None:
+    (ws.root / "blocker").write_text("a file, not a folder")
+    ws.write_input(reviews(10))
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url, output={"path": "blocker/out/result.parquet"})
+        result = ws.run("run", str(job), "-q")
+        assert len(sim.requests) == 0
+    assert result.code == 2
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.err
+    assert (
+        f"The output {ws.root / 'blocker' / 'out' / 'result.parquet'} cannot be written" in lines[0]
+    )
+
+
+def test_an_output_on_a_read_only_disk_is_refused_before_any_request(
+    ws: Workspace, small_disk: Path
+) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    ws.write_input(reviews(10))
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url, output={"path": str(small_disk / "out" / "result.parquet")})
+        result = ws.run("run", str(job), "-q")
+        assert len(sim.requests) == 0
+    assert result.code == 2 and "Read-only file system" in result.err
+    assert result.err.strip().count("\n") == 0 and "Traceback" not in result.err
+
+
+@pytest.mark.parametrize("name", ["input.parquet", "input.csv"])
+def test_an_empty_input_finishes_at_once_with_an_empty_output_of_the_right_schema(
+    ws: Workspace, name: str
+) -> None:
+    ws.write_input(reviews(1).head(0), name)
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url, input_path=name, input={"id_column": "id"})
+        result = ws.run("run", str(job), "-q")
+        assert len(sim.requests) == 0
+        assert result.code == 0, result.err
+        full = ws.job(sim.base_url, input_path="full.parquet", input={"id_column": "id"})
+        ws.write_input(reviews(1), "full.parquet")
+        empty = ws.read_output()
+        assert ws.run("run", str(full), "-q").code == 0
+    assert empty.height == 0
+    assert empty.schema == ws.read_output().schema
+    assert "0 rows: 0 ok, 0 failed, 0 pending" in result.out
