@@ -31,15 +31,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import json
 import math
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -53,6 +54,7 @@ from .walk import ROW_GROUP_ROWS, Positions, Stopped, Walk, merge_segments, sort
 
 SEGMENT_GLOB = "seg-*.parquet"
 QUARANTINE = "quarantine"  # in the folder: damaged segments, moved aside by a run
+GATEWAY_NOTE = "gateway.json"  # what rate the gateway let through when it rate-limited a run
 MERGE_RETRY_S = 10.0  # a merge that failed for lack of space is tried again after this
 _NAME = re.compile(r"seg-(\d{12})-(\d{12})\.parquet")
 _OLD_NAME = re.compile(r"seg-(\d{12})(\.m)?\.parquet")  # before segments were sorted
@@ -485,6 +487,21 @@ def atomic_file(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def save_note(folder: Path, name: str, figures: Mapping[str, object]) -> None:
+    """Keep a few figures about the job beside its segments (JSON, written atomically)."""
+    with atomic_file(folder / name) as tmp:
+        tmp.write_text(json.dumps(dict(figures)))
+
+
+def load_note(folder: Path, name: str) -> dict[str, Any] | None:
+    """The figures `save_note` kept, or None when there are none (or they cannot be read)."""
+    try:
+        figures = json.loads((folder / name).read_text())
+    except (OSError, ValueError):
+        return None
+    return figures if isinstance(figures, dict) else None
 
 
 def write_atomic_table(table: pa.Table, path: Path) -> None:

@@ -268,6 +268,11 @@ def _run(args: argparse.Namespace) -> int:
     )
     if summary.remapped:
         print(f"note: {summary.remapped:,} responses came from another model than requested")
+    if summary.allowed_rpm is not None:
+        from .limits import allowed_rate_line
+
+        rpm = job.limits.requests_per_minute
+        print(allowed_rate_line(summary.allowed_rpm, summary.rate_limited, rpm))
     if summary.rows_written is None:
         print(f"output: {summary.output_path} not rewritten; run again to write it")
     else:

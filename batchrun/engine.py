@@ -32,7 +32,7 @@ import polars as pl
 from . import sink
 from .anchor import anchor
 from .asking import Item, plus_cost
-from .checkpoint import Checkpoint, checkpoint_dir
+from .checkpoint import GATEWAY_NOTE, Checkpoint, checkpoint_dir, save_note
 from .columns import FINGERPRINT, RowResult
 from .completion import Usage
 from .errors import (
@@ -92,6 +92,8 @@ class RunSummary:
     rows_written: int | None  # None: the output was not rewritten (stopped at once, disk full)
     remapped: int = 0  # responses whose model differs from the requested one
     stopped: BatchrunError | None = None
+    rate_limited: int = 0  # 429s that were rate limits
+    allowed_rpm: float | None = None  # what got through when they came, a minute
 
 
 @dataclass
@@ -182,6 +184,20 @@ async def run(
                     )
     finally:
         checkpoint.close()
+    allowed_rpm = None
+    if engine.rate_limited and engine.pacer.allowed_rps is not None:
+        allowed_rpm = engine.pacer.allowed_rps * 60
+        with contextlib.suppress(OSError):  # for `report`; a figure, not a result
+            save_note(
+                checkpoint.folder,
+                GATEWAY_NOTE,
+                {
+                    "allowed_rpm": allowed_rpm,
+                    "rate_limited": engine.rate_limited,
+                    "requests_per_minute": job.limits.requests_per_minute,
+                    "at": time.time(),
+                },
+            )
     rows_written = written.rows if written is not None else None
     if written is not None:
         # What the output holds is the standing, whatever the feeds had counted when the
@@ -208,6 +224,8 @@ async def run(
         rows_written=rows_written,
         remapped=engine.counts.remapped,
         stopped=engine.stop,
+        rate_limited=engine.rate_limited,
+        allowed_rpm=allowed_rpm,
     )
 
 
@@ -287,6 +305,7 @@ class _Engine:
         self._workers: list[asyncio.Task[None]] = []
         self._producer: asyncio.Task[None] | None = None
         self._interrupts = 0  # Ctrl-C / SIGTERM received so far
+        self.rate_limited = 0  # 429s that were rate limits, this run
         self._in_flight = 0  # requests sent and not yet answered
         self._in_flight_tokens = 0  # their estimated tokens
 
@@ -516,6 +535,7 @@ class _Engine:
                 return item.kept_answer(attempts, self.json_mode)
             attempts += 1
             tries += 1
+            sent_at = self.clock()
             outcome, reply = await self._send(item)
             usage = self._usage(item, outcome)
             cost = self.pricer.cost(usage[0]) if usage else None
@@ -552,7 +572,11 @@ class _Engine:
                 )
                 return item.kept_answer(attempts, self.json_mode)
             if action is Action.RATE_LIMITED:
-                self.pacer.cool_down(outcome.retry_after_s or RATE_LIMIT_COOL_DOWN_S)
+                # Pacing is the run's job: a rate limit never uses up a row's attempts, only
+                # max_retry_s bounds its wait.
+                tries -= 1
+                self.rate_limited += 1
+                self.pacer.cool_down(outcome.retry_after_s or RATE_LIMIT_COOL_DOWN_S, sent_at)
             exhausted = tries >= self.policy.max_attempts
             if exhausted or self.clock() - first_start > self.policy.max_retry_s:
                 return self._failure(item, outcome, attempts, usage, cost)

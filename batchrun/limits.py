@@ -17,8 +17,16 @@ The pacer is a generic cell-rate algorithm (GCRA) on two meters that share one F
   `reconcile` moves the meter by the difference between the estimate and the real usage.
 
 The head of the queue holds the lock while it waits, so starts are strictly first come, first
-served. `cool_down` (a 429) pauses every start until a deadline and lowers the pace, which
-then recovers step by step with each success.
+served.
+
+A gateway whose real limit is below the job's answers 429. `cool_down` pauses every start
+until the gateway's reset and sets the pace to what really got through: the successes of
+the cycle since the previous 429 (or the start) over that cycle, up to the reset, which for
+a fixed window of L requests every W seconds is L / W whatever the pace that hit it. The
+pace goes to SETTLE of that, and at least 3% below where it was; only the first 429 of a
+storm counts (429s of requests sent before it are its echo). Then the pace creeps back up
+by PROBE_PER_MINUTE of that ceiling for each quiet minute, so a run settles just under the
+limit, finding out now and then whether it was raised, instead of swinging up and down.
 """
 
 from __future__ import annotations
@@ -33,10 +41,13 @@ Sleep = Callable[[float], Awaitable[None]]
 
 # Fraction of one second's share that may go at once to catch up.
 BURST_FRACTION = 0.1
-# After a 429 the pace drops to this fraction, and recovers by RECOVERY_STEP per success.
+# After a 429: the pace goes to SETTLE of what got through (at most DECREASE of where it was;
+# SLOWDOWN_FACTOR of it when nothing got through), never under MIN_FACTOR of the job's.
+SETTLE = 0.95
+DECREASE = 0.97
 SLOWDOWN_FACTOR = 0.5
-MIN_FACTOR = 0.05
-RECOVERY_STEP = 0.02
+MIN_FACTOR = 0.01
+PROBE_PER_MINUTE = 0.02  # how fast the pace creeps up, per quiet minute, towards the limits
 # A reset header asking for longer than this is not trusted further (quota logic handles outages).
 MAX_HEADER_HOLD_S = 60.0
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -83,6 +94,12 @@ class Pacer:
         self._paused_until = now  # no start before this (a shared 429 cool-down)
         self._factor = 1.0  # current pace as a fraction of the configured limits
         self._closed = False  # the run is stopping: starts are no longer paced
+        self._rps = rps  # the configured requests a second
+        self._cycle_start: float | None = None  # since the last 429's reset, or the first start
+        self._cycle_ok = 0  # successes since then
+        self._storm_start = -float("inf")  # when the last counted 429 came
+        self._settled: float | None = None  # the factor set by the last 429, None before one
+        self.allowed_rps: float | None = None  # what got through, measured at the last 429
 
     @property
     def factor(self) -> float:
@@ -102,6 +119,8 @@ class Pacer:
                 if ready <= now:
                     break
                 await self._sleep(ready - now)
+            if self._cycle_start is None:
+                self._cycle_start = now
             self._requests.charge(1, now, self._factor)
             if self._tokens is not None:
                 self._tokens.charge(tokens, now, self._factor)
@@ -115,12 +134,25 @@ class Pacer:
         if self._tokens is not None and actual != estimated:
             self._tokens.tat += (actual - estimated) / (self._tokens.per_second * self._factor)
 
-    def cool_down(self, seconds: float) -> None:
-        """Pause every start for `seconds` and lower the pace (a 429 was received)."""
+    def cool_down(self, seconds: float, sent_at: float | None = None) -> None:
+        """A 429 for a request started at `sent_at`: pause every start for `seconds`, and
+        set the pace to what got through (see the module docstring)."""
         now = self._clock()
-        if now >= self._paused_until:
-            # The first 429 of a storm lowers the pace; the others only extend the pause.
-            self._factor = max(MIN_FACTOR, self._factor * SLOWDOWN_FACTOR)
+        sent_at = now if sent_at is None else sent_at
+        if now >= self._paused_until and sent_at >= self._storm_start:
+            # The first 429 of a storm sets the pace; the others only extend the pause.
+            reset = now + seconds
+            cycle = reset - (now if self._cycle_start is None else self._cycle_start)
+            if self._cycle_ok and cycle > 0:
+                self.allowed_rps = self._cycle_ok / cycle
+                target = SETTLE * self.allowed_rps / self._rps
+                self._factor = min(target, self._factor * DECREASE)
+            else:
+                self._factor *= SLOWDOWN_FACTOR
+            self._factor = max(MIN_FACTOR, self._factor)
+            self._settled = self._factor
+            self._storm_start = now
+            self._cycle_start, self._cycle_ok = reset, 0
         self._paused_until = max(self._paused_until, now + seconds)
 
     def hold(self, until: float) -> None:
@@ -145,9 +177,25 @@ class Pacer:
                 self.hold(self._clock() + min(reset, MAX_HEADER_HOLD_S))
 
     def recover(self) -> None:
-        """One success: move the pace a step back towards the configured limits."""
-        if self._factor < 1.0:
-            self._factor = min(1.0, self._factor + RECOVERY_STEP)
+        """One success: counted for the cycle, and the pace crept up for the time since the
+        last 429 (see the module docstring)."""
+        self._cycle_ok += 1
+        if self._settled is not None and self._factor < 1.0:
+            start = self._clock() if self._cycle_start is None else self._cycle_start
+            quiet_min = max(self._clock() - start, 0.0) / 60
+            grown = self._settled * (1 + PROBE_PER_MINUTE * quiet_min / SETTLE)
+            self._factor = min(1.0, max(self._factor, grown))
+
+
+def allowed_rate_line(allowed_rpm: float, rate_limited: int, configured_rpm: float) -> str:
+    """What a rate-limited run says at its end, so that the next one starts there."""
+    shown = round(allowed_rpm, -1) if allowed_rpm >= 100 else round(allowed_rpm, 1)
+    return (
+        f"rate limits: the gateway answered 429 {rate_limited:,} "
+        f"time{'s' if rate_limited != 1 else ''} below the job's "
+        f"{configured_rpm:,g} requests a minute; about {shown:,g} requests a minute got "
+        f"through: set limits.requests_per_minute to that."
+    )
 
 
 def parse_duration(text: str | None) -> float | None:

@@ -20,8 +20,11 @@ Gateways send errors with HTTP 200, so the body decides as much as the status:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import email.utils
 import enum
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ from typing import Any
 import orjson
 
 from .completion import ChunkAssembler, Completion, NotACompletion, parse_completion
+from .limits import parse_duration
 
 # A Retry-After longer than this is treated as this (a gateway asking for an hour is not
 # honoured row by row; the quota logic handles long outages).
@@ -96,7 +100,21 @@ def classify(
     now: Callable[[], float] = time.time,
 ) -> Outcome:
     """Classify one HTTP exchange; see the module docstring for the table."""
-    retry_after = retry_after_seconds(headers, now())
+    outcome = _classify(status, headers, body, retry_after_seconds(headers, now()))
+    if outcome.action is Action.RATE_LIMITED and outcome.retry_after_s is None:
+        # A rate limit's wait where gateways put it besides Retry-After: their reset
+        # headers, or the message text ("Please try again in 20s").
+        wait = _reset_header(headers)
+        if wait is None:
+            wait = wait_in_message(outcome.message)
+        if wait is not None:
+            outcome = dataclasses.replace(outcome, retry_after_s=wait)
+    return outcome
+
+
+def _classify(
+    status: int, headers: Mapping[str, str], body: bytes, retry_after: float | None
+) -> Outcome:
     try:
         obj = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
@@ -221,7 +239,8 @@ def _error_object(error: Any, status: int, retry_after: float | None) -> Outcome
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
-    """`retry-after-ms`, else `Retry-After` in seconds or as an HTTP date; capped."""
+    """`retry-after-ms`, else `Retry-After` in seconds or as an HTTP date, else any other
+    header naming a retry-after (`x-retry-after`, `x-ms-retry-after-ms`, ...); capped."""
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
         try:
@@ -230,6 +249,12 @@ def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
             pass
     raw = headers.get("retry-after")
     if not raw:
+        for name, value in headers.items():
+            lower = name.lower()
+            if "retry-after" in lower or "retry_after" in lower:
+                with contextlib.suppress(ValueError):
+                    number = float(value)
+                    return _cap(number / 1000 if lower.endswith("ms") else number)
         return None
     try:
         return _cap(float(raw))
@@ -240,6 +265,44 @@ def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
     except (TypeError, ValueError):
         return None
     return _cap(when.timestamp() - now)
+
+
+def _reset_header(headers: Mapping[str, str]) -> float | None:
+    """The longer of `x-ratelimit-reset-requests` and `-tokens` ("1s", "6m0s", "20ms")."""
+    waits = [
+        wait
+        for kind in ("requests", "tokens")
+        if (wait := parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))) is not None
+    ]
+    return _cap(max(waits)) if waits else None
+
+
+_WAIT_TEXT = re.compile(
+    r"(?:try again|retry|wait|reset)\w*(?:\s+(?:in|after|for))?\s+(?:about\s+)?"
+    r"(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?)\b"
+    r"|(\d+(?:\.\d+)?)\s*秒",
+    re.IGNORECASE,
+)
+
+
+def wait_in_message(message: str | None) -> float | None:
+    """A wait written in a rate limit's message: "Please try again in 20s", "retry after
+    1.5 seconds", "wait 500ms", "请在 20 秒后重试"; None when it names none."""
+    if not message:
+        return None
+    match = _WAIT_TEXT.search(message)
+    if match is None:
+        return None
+    if match[3] is not None:
+        return _cap(float(match[3]))
+    unit = match[2].lower()
+    if unit in ("m", "min", "mins", "minute", "minutes"):
+        scale = 60.0
+    elif unit.startswith("m"):  # ms, millisecond(s)
+        scale = 0.001
+    else:
+        scale = 1.0
+    return _cap(float(match[1]) * scale)
 
 
 def _cap(seconds: float) -> float | None:

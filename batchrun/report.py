@@ -44,6 +44,9 @@ percentiles are exact. The terminal rendering is `batchrun.report_text`; the HTM
   {"scored", "correct", "accuracy", "low", "high"} (a 95% Wilson interval), "unscored",
   "groups": [{"column", "value", "scored", ...}], "confusion": {"expected", "answered",
   "counts"}}` (see `batchrun.evaluation`)
+- `"rate_limits"`: null unless a run was rate-limited; else, from the last such run,
+  `{"allowed_rpm", "rate_limited", "requests_per_minute"}`: what got through a minute, the
+  429s, and the job's limit then
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import checkpoint_dir, current_segments, reading
+from .checkpoint import GATEWAY_NOTE, checkpoint_dir, current_segments, load_note, reading
 from .evaluation import Evaluation, build_evaluation, evaluation_json
 from .job import Job
 from .report_tally import HISTOGRAM_BINS, TOKEN_KINDS, Tally, tally
@@ -139,6 +142,10 @@ class Report:
     usage_estimated: int = 0
     other_model_rows: int = 0
     evaluation: Evaluation | None = None  # with [parse] or [eval]
+    # When the last rate-limited run ended: what got through, a minute, and how many 429s.
+    allowed_rpm: float | None = None
+    rate_limited: int = 0
+    configured_rpm: float | None = None
 
 
 # -- building -------------------------------------------------------------------------------
@@ -155,7 +162,14 @@ def build_report(job: Job) -> Report:
     found = reading(folder, lambda segments: tally(segments, head.requested_model))
     if not found.totals["rows"]:
         return head
-    return replace(_records(head, found), evaluation=evaluation)
+    gateway = load_note(folder, GATEWAY_NOTE) or {}
+    return replace(
+        _records(head, found),
+        evaluation=evaluation,
+        allowed_rpm=gateway.get("allowed_rpm"),
+        rate_limited=int(gateway.get("rate_limited") or 0),
+        configured_rpm=gateway.get("requests_per_minute"),
+    )
 
 
 def _heading(job: Job) -> Report:
@@ -272,6 +286,13 @@ def report_json(report: Report) -> dict[str, Any]:
         "usage_estimated": report.usage_estimated,
         "other_model_rows": report.other_model_rows,
         "evaluation": evaluation_json(report.evaluation) if report.evaluation else None,
+        "rate_limits": None
+        if report.allowed_rpm is None
+        else {
+            "allowed_rpm": report.allowed_rpm,
+            "rate_limited": report.rate_limited,
+            "requests_per_minute": report.configured_rpm,
+        },
     }
 
 

@@ -11,6 +11,7 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 
 from .evaluation import Evaluation, interval
+from .limits import allowed_rate_line
 from .report import TOKEN_KINDS, Report
 
 # -- wording, shared with the page ------------------------------------------------------------
@@ -90,6 +91,18 @@ def summary_lines(report: Report) -> list[tuple[str, str]]:
             f"{report.requested_model}",
         ),
         ("throughput", _throughput(report)),
+        *(
+            [
+                (
+                    "rate limits",
+                    allowed_rate_line(
+                        report.allowed_rpm, report.rate_limited, report.configured_rpm or 0
+                    )[len("rate limits: ") :],
+                )
+            ]
+            if report.allowed_rpm is not None
+            else []
+        ),
     ]
 
 

@@ -123,7 +123,7 @@ def test_cool_down_pauses_everyone_once_and_lowers_the_pace() -> None:
         await pacer.acquire()
         pacer.cool_down(5.0)
         pacer.cool_down(5.0)  # a second 429 of the same storm does not halve again
-        assert pacer.factor == 0.5
+        assert pacer.factor == 0.5  # nothing got through: halved
         start = clock.now
         await pacer.acquire()
         return clock.now - start
@@ -131,4 +131,33 @@ def test_cool_down_pauses_everyone_once_and_lowers_the_pace() -> None:
     assert asyncio.run(go()) == pytest.approx(5.0, abs=0.01)
     for _ in range(100):
         pacer.recover()
-    assert pacer.factor == 1.0
+    assert pacer.factor == 0.5  # successes alone do not raise it: quiet time does
+    clock.now += 10 * 60
+    pacer.recover()
+    assert pacer.factor == pytest.approx(0.5 * (1 + 0.02 * 10 / 0.95))
+
+
+def test_a_429_sets_the_pace_to_what_got_through_and_its_echoes_do_not_count() -> None:
+    """A fixed window of 100 requests every 10 s, hit at 6,000 a minute (100 a second):
+    the 100 went in the first second, the 429 says the window resets in 9 s, so 100 got
+    through in 10 s. The pace goes to 0.95 of 10 a second, and 429s of requests sent before
+    that (in flight when it came) change nothing."""
+    clock = FakeClock()
+    pacer = Pacer(6000, clock=clock, sleep=clock.sleep)
+
+    async def go() -> None:
+        start = clock.now
+        for _ in range(100):
+            await pacer.acquire()
+            pacer.recover()
+        sent = clock.now
+        await pacer.acquire()
+        clock.now = start + 1.0
+        pacer.cool_down(9.0, sent)
+        pacer.cool_down(8.99, sent)  # the echo: sent before the storm
+        clock.now = start + 10.5
+        pacer.cool_down(0.5, sent)  # a late echo, after the pause: still not a new storm
+
+    asyncio.run(go())
+    assert pacer.allowed_rps == pytest.approx(10.0, rel=0.02)
+    assert pacer.factor == pytest.approx(0.95 * 10 / 100, rel=0.02)

@@ -9,6 +9,7 @@ output's rows, and how many requests the gateway saw (what was paid for).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import subprocess
@@ -25,6 +26,7 @@ from batchrun.checkpoint import checkpoint_dir, current_segments
 from batchrun.sim import SimConfig, start_in_thread
 
 from .conftest import FAKE_KEY, Workspace, reviews
+from .stingy import stingy_gateway
 
 ROWS = 300
 WAITING = "no request starts until there is space"
@@ -373,3 +375,39 @@ def test_an_empty_input_finishes_at_once_with_an_empty_output_of_the_right_schem
     assert empty.height == 0
     assert empty.schema == ws.read_output().schema
     assert "0 rows: 0 ok, 0 failed, 0 pending" in result.out
+
+
+# -- a gateway stingier than the job -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("hint", ["header", "message"])
+def test_a_gateway_stingier_than_the_job_costs_no_row_and_its_rate_is_found(
+    ws: Workspace, hint: str
+) -> None:
+    rows = 600
+    ws.write_input(reviews(rows))
+    with stingy_gateway(limit=100, window_s=2.0, hint=hint) as gateway:
+        job = ws.job(
+            gateway.base_url,
+            input={"id_column": "id"},
+            limits={
+                "requests_per_minute": 20 * gateway.limit_rpm,  # 20 times what it allows
+                "concurrency": 32,
+                "max_attempts": 2,  # a 429 uses up none of them
+            },
+        )
+        result = ws.run("run", str(job), "-q")
+        assert result.code == 0, result.err
+        sent = gateway.admitted + gateway.refused
+    out = ws.read_output()
+    assert out.height == rows and set(out["status"]) == {"ok"}
+    assert gateway.refused > 0  # the gateway did hold the run back
+    assert sent / rows < 1.5 and out["attempts"].sum() / rows < 1.5
+    line = next(x for x in result.out.splitlines() if x.startswith("rate limits:"))
+    said = float(line.split("about ")[1].split(" requests a minute")[0].replace(",", ""))
+    assert abs(said - gateway.limit_rpm) <= 0.15 * gateway.limit_rpm, line
+    assert "set limits.requests_per_minute to that" in line
+    report = ws.run("report", str(job), "--json")
+    figures = json.loads(report.out)["rate_limits"]
+    assert figures["allowed_rpm"] == pytest.approx(said, rel=0.05)
+    assert "rate limits" in ws.run("report", str(job)).out
