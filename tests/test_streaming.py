@@ -126,3 +126,44 @@ def test_a_resume_sends_new_rows_and_changed_rows_once_each(ws: Workspace) -> No
     assert kept.height == untouched.height
     assert kept["response_id"].to_list() == kept["response_id_before"].to_list()
     assert after["response_id"].n_unique() == ROWS
+
+
+def test_without_an_id_rows_that_moved_are_asked_again_where_their_prompt_changed(
+    ws: Workspace,
+) -> None:
+    """Without an id_column a row is its position: after rows are inserted and removed,
+    each position whose prompt now differs is asked again, the others keep their answers."""
+    frame = reviews(ROWS)
+    ws.write_input(frame)
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url)
+        assert ws.run("run", str(job), "-q").code == 0
+    before = ws.read_output()
+    moved = pl.concat(
+        [
+            frame.slice(0, 100),
+            reviews(3).with_columns(pl.col("text") + " new"),
+            frame.slice(100, 200),
+            frame.slice(310),
+        ]
+    )  # 3 in, 10 out
+    ws.write_input(moved)
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url)
+        assert ws.run("run", str(job), "-q").code == 0
+        asked_now = sorted(asked(sim.requests))
+    after = ws.read_output()
+    assert after["text"].to_list() == moved["text"].to_list()
+    assert after["input_row"].to_list() == list(range(moved.height))
+    changed = [
+        f"Review: {t}"
+        for i, t in enumerate(moved["text"])
+        if i >= before.height or before["text"][i] != t
+    ]
+    assert asked_now == sorted(changed)
+    same = [
+        i for i in range(min(before.height, moved.height)) if before["text"][i] == moved["text"][i]
+    ]
+    assert (
+        after["response_id"].gather(same).to_list() == before["response_id"].gather(same).to_list()
+    )

@@ -1,0 +1,162 @@
+"""Engine runs against real loopback servers with the engine's clock and sleep faked: pacing
+by tokens, the shared pause of a 429, a body over the cap, and an early stop after the
+request changed. The fake clock moves only when the engine sleeps on it, so the waits the
+engine chose are measured exactly and no test waits them out."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from aiohttp import web
+
+from batchrun.engine import RunSummary, run
+from batchrun.errors import BudgetReached
+from batchrun.job import load_job
+from batchrun.plan import RunOptions
+from batchrun.sim import SimConfig, start_in_thread
+from batchrun.wire import MAX_BODY_BYTES
+
+from .conftest import FAKE_KEY, Workspace, reviews
+
+ENV = {"BATCHRUN_TEST_KEY": FAKE_KEY}
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the engine sleeps on them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)
+
+
+def run_faked(job_path: Path, clock: FakeClock) -> RunSummary:
+    job = load_job(job_path, environ=ENV)
+    options = RunOptions(quiet=True)
+    return asyncio.run(run(job, options, ENV, sleep=clock.sleep, clock=clock))
+
+
+def test_tokens_per_minute_paces_a_real_run(ws: Workspace) -> None:
+    ws.write_input(reviews(60))
+    clock = FakeClock()
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(
+            sim.base_url,
+            limits={"requests_per_minute": 1_000_000, "tokens_per_minute": 6000, "concurrency": 8},
+        )
+        summary = run_faked(job, clock)
+        assert len(sim.requests) == 60
+    assert summary.ok == 60
+    used = int(ws.read_output()["total_tokens"].sum())
+    # 100 tokens a second: the starts take what the rows used, less the first tenth of a
+    # second's catching up and the last request's own share.
+    assert used / 100 * 0.8 <= clock.now - 1000.0 <= used / 100 * 1.2
+
+
+def test_a_429_pauses_every_start_for_its_retry_after(ws: Workspace) -> None:
+    """The simulator's rate_limit fault asks for 1 s: the run's clock moves by at least
+    that, once for the storm, and no row fails or uses up an attempt."""
+    ws.write_input(reviews(40))
+    clock = FakeClock()
+    with start_in_thread(SimConfig(faults={"rate_limit": 0.2}, seed=3)) as sim:
+        job = ws.job(sim.base_url, limits={"max_attempts": 1, "concurrency": 4})
+        summary = run_faked(job, clock)
+        limited = sum(1 for r in sim.requests if r.fault == "rate_limit")
+    assert limited >= 3 and summary.ok == 40 and summary.failed == 0
+    assert summary.rate_limited == limited
+    assert clock.now - 1000.0 >= 1.0  # waited as told, on the engine's clock
+    assert any(abs(s - 1.0) < 0.05 for s in clock.slept)
+    out = ws.read_output()
+    assert int(out["attempts"].sum()) == 40 + limited  # every 429 was asked again
+
+
+@contextmanager
+def huge_body_server() -> Iterator[str]:
+    """A gateway whose every answer is a body over batchrun's cap."""
+    loop = asyncio.new_event_loop()
+    ready, stop = threading.Event(), asyncio.Event()
+    url: list[str] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        chunk = b" " * (1 << 20)
+        for _ in range(MAX_BODY_BYTES // len(chunk) + 2):  # no Content-Length: streamed
+            await response.write(chunk)
+        return response
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url.append(f"http://127.0.0.1:{runner.addresses[0][1]}/v1")
+        ready.set()
+        await stop.wait()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield url[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+
+
+def test_a_body_over_the_cap_fails_its_row_after_its_attempts(ws: Workspace) -> None:
+    ws.write_input(reviews(2))
+    clock = FakeClock()
+    with huge_body_server() as url:
+        job = ws.job(url, limits={"max_attempts": 2, "concurrency": 2})
+        summary = run_faked(job, clock)
+    assert summary.failed == 2
+    out = ws.read_output()
+    assert set(out["error"]) == {"malformed_response"} and set(out["attempts"]) == {2}
+    assert all(str(MAX_BODY_BYTES) in m for m in out["error_message"])
+
+
+def test_an_early_stop_after_the_request_changed_keeps_only_current_answers(
+    ws: Workspace,
+) -> None:
+    """A run after `max_tokens` changed, stopped by its budget half-way: the output holds
+    the rows answered for the new request, never an answer to the old one."""
+    ws.write_input(reviews(40))
+    clock = FakeClock()
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url, input={"id_column": "id"}, limits={"concurrency": 2})
+        assert run_faked(job, clock).ok == 40
+        changed = ws.job(
+            sim.base_url,
+            input={"id_column": "id"},
+            limits={"concurrency": 2},
+            request={"max_tokens": 9},
+            cost={"budget_usd": 0.0006, "prices": {"gpt-4o-mini": {"input": 1.0, "output": 1.0}}},
+        )
+        summary = run_faked(changed, clock)
+        assert isinstance(summary.stopped, BudgetReached)
+    out = ws.read_output()
+    assert 0 < out.height < 40
+    assert set(out["status"]) == {"ok"}
+    bodies = {
+        r.body["messages"][-1]["content"]: r.body["max_tokens"] for r in sim.requests[40:] if r.body
+    }
+    assert all(bodies.get(f"Review: {t}") == 9 for t in out["text"])
+    assert out["id"].to_list() == sorted(out["id"].to_list())  # input order
+    assert out["id"].is_unique().all()
+    assert summary.ok == out.height and summary.pending == 40 - out.height
