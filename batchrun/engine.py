@@ -185,6 +185,7 @@ async def run(
     finally:
         checkpoint.close()
     allowed_rpm = None
+    engine.pacer.settle()  # a storm the run ended in
     if engine.rate_limited and engine.pacer.allowed_rps is not None:
         allowed_rpm = engine.pacer.allowed_rps * 60
         with contextlib.suppress(OSError):  # for `report`; a figure, not a result
@@ -550,7 +551,7 @@ class _Engine:
                 continue
             self.quota.passed(item)
             if action is Action.OK:
-                self.pacer.recover()
+                self.pacer.recover(sent_at)
                 assert usage is not None
                 self.pacer.reconcile(item.estimate, usage[0].total_tokens)
                 if self.parser and item.ask_again(

@@ -20,8 +20,10 @@ The head of the queue holds the lock while it waits, so starts are strictly firs
 served.
 
 A gateway whose real limit is below the job's answers 429. `cool_down` pauses every start
-until the gateway's reset and sets the pace to what really got through: the successes of
-the cycle since the previous 429 (or the start) over that cycle, up to the reset, which for
+until the gateway's reset and then sets the pace to what really got through: the requests
+sent in the cycle since the previous reset (or the first start) that succeeded, over that
+cycle up to the reset (counted when the pause ends, so that the answers in flight at the
+429 are in), which for
 a fixed window of L requests every W seconds is L / W whatever the pace that hit it. The
 pace goes to SETTLE of that, and at least 3% below where it was; only the first 429 of a
 storm counts (429s of requests sent before it are its echo). Then the pace creeps back up
@@ -98,6 +100,7 @@ class Pacer:
         self._cycle_start: float | None = None  # since the last 429's reset, or the first start
         self._cycle_ok = 0  # successes since then
         self._storm_start = -float("inf")  # when the last counted 429 came
+        self._storm_pending = False  # a storm's pace is set when its pause ends
         self._settled: float | None = None  # the factor set by the last 429, None before one
         self.allowed_rps: float | None = None  # what got through, measured at the last 429
 
@@ -119,6 +122,8 @@ class Pacer:
                 if ready <= now:
                     break
                 await self._sleep(ready - now)
+            if self._storm_pending:
+                self.settle()
             if self._cycle_start is None:
                 self._cycle_start = now
             self._requests.charge(1, now, self._factor)
@@ -140,20 +145,31 @@ class Pacer:
         now = self._clock()
         sent_at = now if sent_at is None else sent_at
         if now >= self._paused_until and sent_at >= self._storm_start:
-            # The first 429 of a storm sets the pace; the others only extend the pause.
-            reset = now + seconds
-            cycle = reset - (now if self._cycle_start is None else self._cycle_start)
-            if self._cycle_ok and cycle > 0:
-                self.allowed_rps = self._cycle_ok / cycle
-                target = SETTLE * self.allowed_rps / self._rps
-                self._factor = min(target, self._factor * DECREASE)
-            else:
-                self._factor *= SLOWDOWN_FACTOR
-            self._factor = max(MIN_FACTOR, self._factor)
-            self._settled = self._factor
+            # The first 429 of a storm begins one; the others only extend the pause. The
+            # pace is set when the pause ends (`settle`), once the answers of the requests
+            # sent before the storm have come back and been counted for its cycle.
             self._storm_start = now
-            self._cycle_start, self._cycle_ok = reset, 0
+            self._storm_pending = True
         self._paused_until = max(self._paused_until, now + seconds)
+
+    def settle(self) -> None:
+        """Set the pace after a storm, from what got through in its cycle (see the module
+        docstring); done by the first start after the pause, or at the end of a run."""
+        if not self._storm_pending:
+            return
+        self._storm_pending = False
+        reset = self._paused_until
+        start = self._storm_start if self._cycle_start is None else self._cycle_start
+        cycle = reset - start
+        if self._cycle_ok and cycle > 0:
+            self.allowed_rps = self._cycle_ok / cycle
+            target = SETTLE * self.allowed_rps / self._rps
+            self._factor = min(target, self._factor * DECREASE)
+        else:
+            self._factor *= SLOWDOWN_FACTOR
+        self._factor = max(MIN_FACTOR, self._factor)
+        self._settled = self._factor
+        self._cycle_start, self._cycle_ok = reset, 0
 
     def hold(self, until: float) -> None:
         """Allow no start before the monotonic time `until` (a gateway's reset header)."""
@@ -176,10 +192,12 @@ class Pacer:
             if reset:
                 self.hold(self._clock() + min(reset, MAX_HEADER_HOLD_S))
 
-    def recover(self) -> None:
-        """One success: counted for the cycle, and the pace crept up for the time since the
-        last 429 (see the module docstring)."""
-        self._cycle_ok += 1
+    def recover(self, sent_at: float | None = None) -> None:
+        """One success, of a request started at `sent_at`: counted for its cycle (an answer
+        of a cycle already settled no longer counts), and the pace crept up for the time
+        since the last 429 (see the module docstring)."""
+        if sent_at is None or self._cycle_start is None or sent_at >= self._cycle_start:
+            self._cycle_ok += 1
         if self._settled is not None and self._factor < 1.0:
             start = self._clock() if self._cycle_start is None else self._cycle_start
             quiet_min = max(self._clock() - start, 0.0) / 60

@@ -9,7 +9,7 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -73,22 +73,25 @@ class Stingy:
         )
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 @contextmanager
-def stingy_gateway(limit: int, window_s: float, hint: str) -> Iterator[Stingy]:
-    gateway = Stingy(limit, window_s, hint)
+def loopback_gateway(handle: Handler) -> Iterator[str]:
+    """A chat-completions endpoint on 127.0.0.1 served by `handle` in a thread of its own;
+    yields its base URL."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     stop = asyncio.Event()
+    url: list[str] = []
 
     async def serve() -> None:
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", gateway.handle)
+        app.router.add_post("/v1/chat/completions", handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        gateway.base_url = f"http://127.0.0.1:{port}/v1"
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url.append(f"http://127.0.0.1:{runner.addresses[0][1]}/v1")
         ready.set()
         await stop.wait()
         await runner.cleanup()
@@ -97,8 +100,16 @@ def stingy_gateway(limit: int, window_s: float, hint: str) -> Iterator[Stingy]:
     thread.start()
     ready.wait(10)
     try:
-        yield gateway
+        yield url[0]
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         loop.close()
+
+
+@contextmanager
+def stingy_gateway(limit: int, window_s: float, hint: str) -> Iterator[Stingy]:
+    gateway = Stingy(limit, window_s, hint)
+    with loopback_gateway(gateway.handle) as url:
+        gateway.base_url = url
+        yield gateway

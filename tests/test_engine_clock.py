@@ -6,9 +6,6 @@ engine chose are measured exactly and no test waits them out."""
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from aiohttp import web
@@ -21,6 +18,7 @@ from batchrun.sim import SimConfig, start_in_thread
 from batchrun.wire import MAX_BODY_BYTES
 
 from .conftest import FAKE_KEY, Workspace, reviews
+from .stingy import loopback_gateway
 
 ENV = {"BATCHRUN_TEST_KEY": FAKE_KEY}
 
@@ -81,48 +79,21 @@ def test_a_429_pauses_every_start_for_its_retry_after(ws: Workspace) -> None:
     assert int(out["attempts"].sum()) == 40 + limited  # every 429 was asked again
 
 
-@contextmanager
-def huge_body_server() -> Iterator[str]:
-    """A gateway whose every answer is a body over batchrun's cap."""
-    loop = asyncio.new_event_loop()
-    ready, stop = threading.Event(), asyncio.Event()
-    url: list[str] = []
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(request)
-        chunk = b" " * (1 << 20)
-        for _ in range(MAX_BODY_BYTES // len(chunk) + 2):  # no Content-Length: streamed
-            await response.write(chunk)
-        return response
-
-    async def serve() -> None:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url.append(f"http://127.0.0.1:{runner.addresses[0][1]}/v1")
-        ready.set()
-        await stop.wait()
-        await runner.cleanup()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    ready.wait(10)
-    try:
-        yield url[0]
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        loop.close()
+async def huge_body(request: web.Request) -> web.StreamResponse:
+    """A gateway's answer over batchrun's cap, streamed without a Content-Length."""
+    await request.read()
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    chunk = b" " * (1 << 20)
+    for _ in range(MAX_BODY_BYTES // len(chunk) + 2):
+        await response.write(chunk)
+    return response
 
 
 def test_a_body_over_the_cap_fails_its_row_after_its_attempts(ws: Workspace) -> None:
     ws.write_input(reviews(2))
     clock = FakeClock()
-    with huge_body_server() as url:
+    with loopback_gateway(huge_body) as url:
         job = ws.job(url, limits={"max_attempts": 2, "concurrency": 2})
         summary = run_faked(job, clock)
     assert summary.failed == 2

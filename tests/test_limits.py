@@ -123,9 +123,9 @@ def test_cool_down_pauses_everyone_once_and_lowers_the_pace() -> None:
         await pacer.acquire()
         pacer.cool_down(5.0)
         pacer.cool_down(5.0)  # a second 429 of the same storm does not halve again
-        assert pacer.factor == 0.5  # nothing got through: halved
         start = clock.now
         await pacer.acquire()
+        assert pacer.factor == 0.5  # nothing got through: halved, once the pause is over
         return clock.now - start
 
     assert asyncio.run(go()) == pytest.approx(5.0, abs=0.01)
@@ -140,23 +140,31 @@ def test_cool_down_pauses_everyone_once_and_lowers_the_pace() -> None:
 def test_a_429_sets_the_pace_to_what_got_through_and_its_echoes_do_not_count() -> None:
     """A fixed window of 100 requests every 10 s, hit at 6,000 a minute (100 a second):
     the 100 went in the first second, the 429 says the window resets in 9 s, so 100 got
-    through in 10 s. The pace goes to 0.95 of 10 a second, and 429s of requests sent before
-    that (in flight when it came) change nothing."""
+    through in 10 s, the last 10 of them answered after the 429. The pace goes to 0.95 of
+    10 a second, and 429s of requests sent before that (in flight when it came) change
+    nothing."""
     clock = FakeClock()
     pacer = Pacer(6000, clock=clock, sleep=clock.sleep)
 
     async def go() -> None:
         start = clock.now
+        sent = []
         for _ in range(100):
             await pacer.acquire()
-            pacer.recover()
-        sent = clock.now
+            sent.append(clock.now)
+        for at in sent[:90]:
+            pacer.recover(at)
         await pacer.acquire()
         clock.now = start + 1.0
-        pacer.cool_down(9.0, sent)
-        pacer.cool_down(8.99, sent)  # the echo: sent before the storm
+        pacer.cool_down(9.0, clock.now - 0.01)
+        pacer.cool_down(8.99, clock.now - 0.01)  # the echo: sent before the storm
+        for at in sent[90:]:  # answers that were in flight when the storm came
+            pacer.recover(at)
+        await pacer.acquire()  # after the pause: the pace is set
         clock.now = start + 10.5
-        pacer.cool_down(0.5, sent)  # a late echo, after the pause: still not a new storm
+        pacer.cool_down(0.5, start + 0.99)  # a late echo, after the pause: not a new storm
+        pacer.recover(start + 0.5)  # a late answer of the settled cycle: not counted
+        await pacer.acquire()
 
     asyncio.run(go())
     assert pacer.allowed_rps == pytest.approx(10.0, rel=0.02)
