@@ -25,7 +25,8 @@ sent in the cycle since the previous reset (or the first start) that succeeded, 
 cycle up to the reset (counted when the pause ends, so that the answers in flight at the
 429 are in), which for
 a fixed window of L requests every W seconds is L / W whatever the pace that hit it. The
-pace goes to SETTLE of that, and at least 3% below where it was; only the first 429 of a
+pace goes to SETTLE of that, at least 3% below where it was and at most half of it (a
+sporadic 429 after a short cycle is not taken for a tight limit); only the first 429 of a
 storm counts (429s of requests sent before it are its echo). Then the pace creeps back up
 by PROBE_PER_MINUTE of that ceiling for each quiet minute, so a run settles just under the
 limit, finding out now and then whether it was raised, instead of swinging up and down.
@@ -164,7 +165,9 @@ class Pacer:
         if self._cycle_ok and cycle > 0:
             self.allowed_rps = self._cycle_ok / cycle
             target = SETTLE * self.allowed_rps / self._rps
-            self._factor = min(target, self._factor * DECREASE)
+            # At most halved by one storm: a sporadic 429 (an upstream hiccup, not a limit)
+            # after a short cycle would otherwise pass for a tight limit.
+            self._factor = max(min(target, self._factor * DECREASE), self._factor * SLOWDOWN_FACTOR)
         else:
             self._factor *= SLOWDOWN_FACTOR
         self._factor = max(MIN_FACTOR, self._factor)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
+import polars as pl
 import pytest
 
 from batchrun.sim import SimServer
@@ -10,19 +14,35 @@ from .conftest import Workspace, reviews
 
 
 def mini_cost(prompt: int, completion: int, cached: int) -> float:
+    """gpt-4o-mini at the shipped table's prices (batchrun/data/prices.toml), USD."""
     return ((prompt - cached) * 0.15 + cached * 0.075 + completion * 0.60) / 1_000_000
+
+
+def spent_this_run(out: str) -> float:
+    """The run's spend as its summary line gives it."""
+    (dollars,) = re.findall(r"tokens, \$([\d,.]+), ", out)
+    return float(dollars.replace(",", ""))
+
+
+def check_costs(out: pl.DataFrame, cost: Callable[[int, int, int], float]) -> float:
+    """Every row's cost_usd is `cost` of its usage columns; returns their sum."""
+    assert out.height > 0 and out["usage_estimated"].to_list() == [False] * out.height
+    for row in out.iter_rows(named=True):
+        expected = cost(row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"])
+        assert row["cost_usd"] == pytest.approx(expected, rel=1e-9, abs=1e-15), row
+    return float(out["cost_usd"].sum())
 
 
 def test_cost_follows_the_price_table_with_cached_tokens(ws: Workspace, sim: SimServer) -> None:
     ws.write_input(reviews(10))
     system = "Label the review as positive, negative or neutral. " * 8  # long enough to cache
     job = ws.job(sim.base_url, request={"max_tokens": 40}, prompt={"system": system})
-    assert ws.run("run", str(job), "-q").code == 0
+    result = ws.run("run", str(job), "-q")
+    assert result.code == 0, result.err
     out = ws.read_output()
     assert (out["cached_tokens"] > 0).any()
-    for row in out.iter_rows(named=True):
-        expected = mini_cost(row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"])
-        assert row["cost_usd"] == pytest.approx(expected)
+    total = check_costs(out, mini_cost)
+    assert spent_this_run(result.out) == round(total, 4)
 
 
 def test_a_price_in_the_job_overrides_the_table(ws: Workspace, sim: SimServer) -> None:
@@ -51,14 +71,16 @@ def test_the_budget_stops_before_spend_could_pass_it(ws: Workspace, sim: SimServ
     assert "budget of $0.00 is reached" in result.err and "raise cost.budget_usd" in result.err
     out = ws.read_output()
     assert 10 < out.height < 300 and set(out["status"]) == {"ok"}
-    spent = out["cost_usd"].sum()
+    spent = check_costs(out, mini_cost)
     assert spent <= budget
+    assert spent_this_run(result.out) == round(spent, 4)
     assert len(sim.requests) == out.height  # nothing was sent that is not in the output
     # a bigger budget carries on, counting what was already spent
     result = ws.run("run", str(job), "-q", "--set", f"cost.budget_usd={2 * budget}")
     assert result.code == 3
-    total = ws.read_output()["cost_usd"].sum()
+    total = check_costs(ws.read_output(), mini_cost)
     assert spent < total <= 2 * budget
+    assert spent_this_run(result.out) == round(total - spent, 4)
 
 
 def test_a_budget_needs_a_price_and_max_tokens(ws: Workspace, sim: SimServer) -> None:
@@ -69,9 +91,24 @@ def test_a_budget_needs_a_price_and_max_tokens(ws: Workspace, sim: SimServer) ->
     job = ws.job(sim.base_url, cost={"budget_usd": 1.0}, request={"max_tokens": None})
     result = ws.run("run", str(job), "-q")
     assert result.code == 2 and "no max_tokens" in result.err
-    prices = {"qwen-max": {"input": 0.4, "output": 1.2}}
+    # Given a price, it runs, and costs what the job's price says of each row's usage. The
+    # prices are high and the system prompt long enough to be half cached, so the summary's
+    # four decimals and the cached-token price both show.
+    prices = {"qwen-max": {"input": 40.0, "cached_input": 10.0, "output": 120.0}}
     job = ws.job(
-        sim.base_url, cost={"budget_usd": 1.0, "prices": prices}, request={"model": "qwen-max"}
+        sim.base_url,
+        cost={"budget_usd": 1.0, "prices": prices},
+        request={"model": "qwen-max"},
+        prompt={"system": "Label the review as positive, negative or neutral. " * 8},
     )
-    assert ws.run("run", str(job), "-q").code == 0
-    assert sim.requests
+    result = ws.run("run", str(job), "-q")
+    assert result.code == 0, result.err
+    out = ws.read_output()
+    assert out.height == 3 and set(out["status"]) == {"ok"} and (out["cached_tokens"] > 0).all()
+
+    def qwen_cost(prompt: int, completion: int, cached: int) -> float:
+        return ((prompt - cached) * 40.0 + cached * 10.0 + completion * 120.0) / 1_000_000
+
+    total = check_costs(out, qwen_cost)
+    assert total > 0.0001 and spent_this_run(result.out) == round(total, 4)
+    assert len(sim.requests) == 3

@@ -1,14 +1,15 @@
 """Ctrl-C and SIGTERM during `batchrun run`: exit 130, finished rows kept, the next run completes.
 
-Each run here is a real `batchrun run` process with its own embedded simulator
-(`base_url = "sim"`); the signal goes to that process. The run after it resumes in-process,
-with the simulator's latency turned down (an endpoint setting, not part of any request, so it
-changes no row's fingerprint).
+Each run signalled here is a real `batchrun run` process with its own embedded simulator
+(`base_url = "sim"`); the signal goes to that process. The runs before and after it run
+in-process, with the simulator's latency turned down (an endpoint setting, not part of any
+request, so it changes no row's fingerprint).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import signal
 import subprocess
 import sys
@@ -21,12 +22,14 @@ import polars as pl
 import pytest
 
 from batchrun.checkpoint import Checkpoint, checkpoint_dir
+from batchrun.cli import main
 from batchrun.columns import FINISHED_AT, KEY
+from batchrun.engine import INTERRUPT_GRACE_S
 
 from .conftest import Workspace, latest_results, reviews
 
 ROWS = 300
-GRACE_S = 5.0  # batchrun.engine.INTERRUPT_GRACE_S: how long requests in flight may finish
+GRACE_S = INTERRUPT_GRACE_S  # how long requests in flight may finish after one signal
 INPUT_IDS = reviews(ROWS)["id"].to_list()
 
 
@@ -124,35 +127,102 @@ def test_a_signal_stops_the_run_keeps_finished_rows_and_the_next_run_completes(
     resume_to_the_end(ws, job, out.height)
 
 
+@dataclass(frozen=True)
+class FileState:
+    """What an output file was: its bytes, modification time and inode (None: no file)."""
+
+    content: bytes | None
+    mtime_ns: int | None
+    inode: int | None
+
+    @classmethod
+    def of(cls, path: Path) -> FileState:
+        if not path.exists():
+            return cls(None, None, None)
+        stat = path.stat()
+        return cls(path.read_bytes(), stat.st_mtime_ns, stat.st_ino)
+
+
 @dataclass
 class DoubleInterrupt:
-    """A run interrupted twice, 0.2 s apart, while requests were in flight."""
+    """A run interrupted twice, 0.2 s apart, while requests that outlast the grace were in
+    flight, after an earlier run had committed PRIOR_ROWS rows and written them out."""
 
     ws_root: Path
     job: Path
     code: int | None
-    err: str
+    out: str
+    err: str  # with the log lines the launcher asked for left out
     elapsed_s: float  # from the first SIGINT to the process's exit
-    committed_before: pl.DataFrame  # commits seen before the first SIGINT
+    committed_before: pl.DataFrame  # commits there before the first SIGINT
+    committed_after: pl.DataFrame  # commits there once the process had exited
+    output_before: FileState
+    output_after: FileState
+    output: Path
+    temporaries: list[Path]  # half-written outputs left beside the output
+
+
+PRIOR_ROWS = 16
+SLOWER_THAN_GRACE_MS = (GRACE_S + 10) * 1000  # requests still in flight when the grace ends
+
+
+def launched(job: Path, grace_s: float | None = None) -> list[str]:
+    """`batchrun run JOB -q` logging at info (its first line says it is sending, so its
+    signal handlers are set), with the grace set to `grace_s` if given."""
+    patch = f"engine.INTERRUPT_GRACE_S = {grace_s!r}; " if grace_s is not None else ""
+    code = (
+        f"import sys; import batchrun.engine as engine; {patch}"
+        "from batchrun.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    return ["-c", code, "--log-level", "info", "run", str(job), "-q"]
+
+
+def wait_until_sending(proc: subprocess.Popen[str]) -> None:
+    """Until the run logs that it is sending, then long enough for its first requests to go."""
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert "sending to" in line, line
+    time.sleep(0.5)
+
+
+def without_log_lines(err: str) -> str:
+    return "\n".join(line for line in err.splitlines() if " INFO batchrun" not in line)
 
 
 @pytest.fixture(scope="module")
 def double_interrupt(tmp_path_factory: pytest.TempPathFactory) -> DoubleInterrupt:
-    # Requests take 1.5 s, started in waves of 8: the first wave is committed at about 2 s,
-    # the second is in flight until about 3 s, so both signals land while it is.
     root = tmp_path_factory.mktemp("double")
-    ws = Workspace(root, None)  # type: ignore[arg-type]  # capsys: runs nothing in-process
-    job = write_job(ws, latency_ms=1500)
-    with running(*batchrun_run(job)) as proc:
-        wait_for_first_commit(ws.output, proc)
-        before = commits(ws.output)
+    ws = Workspace(root, None)  # type: ignore[arg-type]  # capsys: runs nothing through it
+    job = write_job(ws, latency_ms=SLOWER_THAN_GRACE_MS)
+    # An earlier run commits the first rows and writes them out: the output to be kept.
+    fast = ["run", str(job), "-q", "--limit", str(PRIOR_ROWS), "--set", "sim.latency_ms=0"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(fast) == 0
+    before = commits(ws.output)
+    output_before = FileState.of(ws.output)
+    with running(*launched(job)) as proc:
+        wait_until_sending(proc)
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=GRACE_S + 5)
+        out, err = proc.communicate(timeout=GRACE_S + 5)
         elapsed = time.monotonic() - sent
-    return DoubleInterrupt(root, job, proc.returncode, err, elapsed, before)
+    temporaries = list(ws.output.parent.glob(f".{ws.output.name}.*.tmp"))
+    return DoubleInterrupt(
+        root,
+        job,
+        proc.returncode,
+        out,
+        without_log_lines(err),
+        elapsed,
+        before,
+        commits(ws.output),
+        output_before,
+        FileState.of(ws.output),
+        ws.output,
+        temporaries,
+    )
 
 
 def test_two_sigints_exit_130_and_lose_nothing_committed(
@@ -161,41 +231,48 @@ def test_two_sigints_exit_130_and_lose_nothing_committed(
     run = double_interrupt
     assert run.code == 130, run.err
     assert_one_sentence_on_stderr(run.err)
-    assert run.committed_before.height > 0
-    ws = Workspace(run.ws_root, capsys)
-    after = commits(ws.output)
-    assert after.join(run.committed_before, on=[KEY, FINISHED_AT]).height == (
-        run.committed_before.height
-    )  # every commit made before the signals is still there, unchanged
-    resume_to_the_end(ws, run.job, after[KEY].n_unique())
+    assert run.committed_before.height == PRIOR_ROWS
+    # Every commit made before the signals is still there, unchanged, and nothing else: the
+    # requests in flight were given up, not waited for.
+    assert run.committed_after.sort(KEY).equals(run.committed_before.sort(KEY))
+    assert f"{PRIOR_ROWS} ok, 0 failed, {ROWS - PRIOR_ROWS} pending" in run.out
+    assert "this run 0 rows" in run.out
+    resume_to_the_end(Workspace(run.ws_root, capsys), run.job, PRIOR_ROWS)
 
 
-def test_a_second_sigint_exits_at_once(double_interrupt: DoubleInterrupt) -> None:
-    code, elapsed = double_interrupt.code, double_interrupt.elapsed_s
-    assert code == 130
-    assert elapsed < 2.0  # well under the grace
+def test_a_second_sigint_exits_at_once_and_leaves_the_output_as_it_was(
+    double_interrupt: DoubleInterrupt,
+) -> None:
+    run = double_interrupt
+    assert run.code == 130, run.err
+    # Its requests outlast the grace, so one SIGINT would have waited all of it (see the
+    # test below): the second one is what ended the run, at once.
+    assert run.elapsed_s < GRACE_S / 2
+    assert run.output_before.content is not None  # the earlier run's output ...
+    assert run.output_after == run.output_before  # ... neither rewritten nor touched
+    assert run.temporaries == []  # not even begun
+    assert f"output: {run.output} not rewritten; run again to write it" in run.out, run.out
 
 
 def test_a_signal_exits_after_the_grace_even_if_requests_are_still_in_flight(
     ws: Workspace,
 ) -> None:
     # Requests take 4 s, longer than the grace (cut to 1 s here to keep the test short).
+    grace_s = 1.0
     job = write_job(ws, latency_ms=4000, concurrency=2)
-    code = (
-        "import sys; import batchrun.engine as engine; engine.INTERRUPT_GRACE_S = 1.0; "
-        "from batchrun.cli import main; sys.exit(main(sys.argv[1:]))"
-    )
-    argv = ["-c", code, "--log-level", "info", "run", str(job), "-q"]
-    with running(*argv) as proc:
-        assert proc.stderr is not None
-        assert "batchrun" in proc.stderr.readline()  # logged once sending: handlers are set
-        time.sleep(0.3)
+    with running(*launched(job, grace_s)) as proc:
+        wait_until_sending(proc)
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         try:
-            proc.communicate(timeout=3.0)
+            out, err = proc.communicate(timeout=grace_s + 2)
         except subprocess.TimeoutExpired:
-            pytest.fail("the run was still going 3 s after SIGINT with a 1 s grace")
+            pytest.fail(f"the run was still going {grace_s + 2:g} s after SIGINT")
         elapsed = time.monotonic() - sent
-    assert proc.returncode == 130
-    assert elapsed < 3.0
+    assert proc.returncode == 130, err
+    # One SIGINT waits for the requests in flight, for the whole grace since they outlast
+    # it; then the output is written with the rows finished (none here).
+    assert grace_s <= elapsed < grace_s + 2
+    assert_one_sentence_on_stderr(without_log_lines(err))
+    assert f"output: {ws.output} (0 rows)" in out, out
+    assert ws.read_output().height == 0

@@ -105,17 +105,34 @@ def test_reset_durations(text: str | None, seconds: float | None) -> None:
 
 
 def test_ratelimit_headers_hold_starts_until_the_reset() -> None:
+    """Every start, recorded on the fake clock: none before the reset the headers name, the
+    first one right at it, whether the request budget or the token budget ran low."""
     clock = FakeClock()
     pacer = Pacer(60_000, tokens_per_minute=10_000_000, clock=clock, sleep=clock.sleep)
+    starts: list[float] = []
 
-    async def go() -> tuple[float, float]:
-        await pacer.acquire(10)
+    async def start(n: int = 1) -> list[float]:
+        """n concurrent starts; their times."""
+        before = len(starts)
+
+        async def one() -> None:
+            await pacer.acquire(10)
+            starts.append(clock.now)
+
+        await asyncio.gather(*(one() for _ in range(n)))
+        return starts[before:]
+
+    async def go() -> None:
+        await start()
+        # 100 requests left with 4 in flight: no hold (the pace alone: 1,000 a second).
+        told = clock.now
         pacer.follow_headers(
             {"x-ratelimit-remaining-requests": "100", "x-ratelimit-reset-requests": "9s"}, 4, 40
         )
-        start = clock.now
-        await pacer.acquire(10)
-        assert clock.now - start < 0.01  # plenty left: no hold
+        assert max(await start(3)) < told + 0.01
+        # 3 left with 4 in flight: no start until the window resets in 2 s; plenty of tokens
+        # left, so their reset (a minute) holds nothing.
+        told = clock.now
         pacer.follow_headers(
             {
                 "x-ratelimit-remaining-requests": "3",
@@ -126,16 +143,18 @@ def test_ratelimit_headers_hold_starts_until_the_reset() -> None:
             4,
             40,
         )
-        start = clock.now
-        await pacer.acquire(10)
-        held = clock.now - start
+        held = await start(5)
+        assert min(held) >= told + 2.0  # none before the reset ...
+        assert held[0] == pytest.approx(told + 2.0, abs=0.001)  # ... the first at it
+        assert max(held) < told + 2.01  # ... and the others at the pace after it
+        # 30 tokens left with 40 in flight: held until the tokens' reset, 0.5 s.
+        told = clock.now
         pacer.follow_headers(
             {"x-ratelimit-remaining-tokens": "30", "x-ratelimit-reset-tokens": "500ms"}, 2, 40
         )
-        start = clock.now
-        await pacer.acquire(10)
-        return held, clock.now - start
+        held = await start(2)
+        assert min(held) >= told + 0.5
+        assert held[0] == pytest.approx(told + 0.5, abs=0.001)
 
-    held_requests, held_tokens = asyncio.run(go())
-    assert held_requests == pytest.approx(2.0, abs=0.01)
-    assert held_tokens == pytest.approx(0.5, abs=0.01)
+    asyncio.run(go())
+    assert starts == sorted(starts) and len(starts) == 1 + 3 + 5 + 2
