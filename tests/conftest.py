@@ -13,6 +13,9 @@ import polars as pl
 import pytest
 
 from batchrun.cli import main
+from batchrun.engine import RunSummary, run
+from batchrun.job import load_job
+from batchrun.plan import RunOptions
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
 FAKE_KEY = "sk-test-CANARY-0123456789abcdefXYZ"
@@ -140,3 +143,29 @@ def latest_results(folder: Path) -> dict[str, str]:
                 zip(frame["row_key"].to_list(), frame["fingerprint"].to_list(), strict=True)
             )
     return found
+
+
+ENV = {"BATCHRUN_TEST_KEY": FAKE_KEY}
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the engine sleeps on them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)
+
+
+def run_faked(job_path: Path, clock: FakeClock) -> RunSummary:
+    """`batchrun run` of a job file through the engine, on `clock`."""
+    job = load_job(job_path, environ=ENV)
+    options = RunOptions(quiet=True)
+    return asyncio.run(run(job, options, ENV, sleep=clock.sleep, clock=clock))

@@ -5,44 +5,14 @@ engine chose are measured exactly and no test waits them out."""
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
-
 from aiohttp import web
 
-from batchrun.engine import RunSummary, run
 from batchrun.errors import BudgetReached
-from batchrun.job import load_job
-from batchrun.plan import RunOptions
 from batchrun.sim import SimConfig, start_in_thread
 from batchrun.wire import MAX_BODY_BYTES
 
-from .conftest import FAKE_KEY, Workspace, reviews
+from .conftest import FakeClock, Workspace, reviews, run_faked
 from .stingy import loopback_gateway
-
-ENV = {"BATCHRUN_TEST_KEY": FAKE_KEY}
-
-
-class FakeClock:
-    """Monotonic seconds that move only when the engine sleeps on them."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += max(seconds, 0.0)
-        await asyncio.sleep(0)
-
-
-def run_faked(job_path: Path, clock: FakeClock) -> RunSummary:
-    job = load_job(job_path, environ=ENV)
-    options = RunOptions(quiet=True)
-    return asyncio.run(run(job, options, ENV, sleep=clock.sleep, clock=clock))
 
 
 def test_tokens_per_minute_paces_a_real_run(ws: Workspace) -> None:
