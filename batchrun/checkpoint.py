@@ -183,8 +183,9 @@ def _what_it_held(path: Path) -> str:
 
 def sound_segments(folder: Path) -> list[Path]:
     """The current segments but the damaged ones: what every reader reads."""
-    bad = {path for path, _ in damaged(current_segments(folder))}
-    return [path for path in current_segments(folder) if path not in bad]
+    current = current_segments(folder)
+    bad = {path for path, _ in damaged(current)}
+    return [path for path in current if path not in bad]
 
 
 def reading(folder: Path, read: Callable[[list[Path]], T]) -> T:

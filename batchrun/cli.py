@@ -272,7 +272,7 @@ def _run(args: argparse.Namespace) -> int:
         from .limits import allowed_rate_line
 
         rpm = job.limits.requests_per_minute
-        print(allowed_rate_line(summary.allowed_rpm, summary.rate_limited, rpm))
+        print(f"rate limits: {allowed_rate_line(summary.allowed_rpm, summary.rate_limited, rpm)}")
     if summary.rows_written is None:
         print(f"output: {summary.output_path} not rewritten; run again to write it")
     else:

@@ -209,10 +209,11 @@ class Pacer:
 
 
 def allowed_rate_line(allowed_rpm: float, rate_limited: int, configured_rpm: float) -> str:
-    """What a rate-limited run says at its end, so that the next one starts there."""
+    """What a rate-limited run says at its end (under "rate limits"), so that the next one
+    starts there."""
     shown = round(allowed_rpm, -1) if allowed_rpm >= 100 else round(allowed_rpm, 1)
     return (
-        f"rate limits: the gateway answered 429 {rate_limited:,} "
+        f"the gateway answered 429 {rate_limited:,} "
         f"time{'s' if rate_limited != 1 else ''} below the job's "
         f"{configured_rpm:,g} requests a minute; about {shown:,g} requests a minute got "
         f"through: set limits.requests_per_minute to that."

@@ -97,7 +97,7 @@ def summary_lines(report: Report) -> list[tuple[str, str]]:
                     "rate limits",
                     allowed_rate_line(
                         report.allowed_rpm, report.rate_limited, report.configured_rpm or 0
-                    )[len("rate limits: ") :],
+                    ),
                 )
             ]
             if report.allowed_rpm is not None

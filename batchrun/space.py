@@ -42,11 +42,6 @@ class SpaceGate:
         self._since: float | None = None  # when the current shortage began; None: no shortage
         self.gave_up = False  # the shortage outlasted wait_s: nothing waits for space again
 
-    @property
-    def short(self) -> bool:
-        """Whether the last write failed for lack of space."""
-        return self._since is not None
-
     async def wait_open(self) -> None:
         await self._open.wait()
 

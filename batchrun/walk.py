@@ -188,9 +188,9 @@ class Walk:
 
 class Positions:
     """The positions that hold a committed result, window by window: the cheapest walk,
-    reading the position column alone, kept as plain arrays (a run takes it for every
-    input batch). `until(end)` returns the positions below `end` not returned before (a
-    position twice when several results stand there); ends must not decrease."""
+    reading the position column alone (a run takes it for every input batch). `until(end)`
+    returns the positions below `end` not returned before (a position twice when several
+    results stand there); ends must not decrease."""
 
     def __init__(self, segments: Sequence[Path]) -> None:
         self._cursors: list[_Cursor] = []
@@ -200,22 +200,12 @@ class Positions:
         except BaseException:
             self.close()
             raise
-        self._buffers = [np.empty(0, dtype=np.int64) for _ in self._cursors]
 
     def until(self, end: int | None) -> np.ndarray:
         pieces = []
-        for i, cursor in enumerate(self._cursors):
-            buffer = self._buffers[i]
-            while not cursor.exhausted and (end is None or not len(buffer) or buffer[-1] < end):
-                low = cursor.unread
-                if end is not None and low is not None and low >= end:
-                    break  # the next row group starts at `end` or later
-                cursor.read_group()
-                buffer = np.concatenate([buffer, cursor.take(None).column(POSITION).to_numpy()])
-            cut = len(buffer) if end is None else int(np.searchsorted(buffer, end))
-            if cut:
-                pieces.append(buffer[:cut])
-            self._buffers[i] = buffer[cut:]
+        for cursor in self._cursors:
+            cursor.fill(end)
+            pieces.append(cursor.take(end).column(POSITION).to_numpy())
         return np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
 
     def close(self) -> None:
