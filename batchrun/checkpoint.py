@@ -214,6 +214,9 @@ class Checkpoint:
         self._closing = False  # asks the merger to stop
         self.merge_error: BaseException | None = None  # what stopped the merger, if anything
         self.quarantined: list[str] = []  # warnings for the damaged segments `open` moved aside
+        # Where commit numbers come from when other processes commit into the folder too
+        # (the workers of a Ray run): each number is given once, cluster-wide.
+        self._allocate: Callable[[], int] | None = None
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -246,6 +249,18 @@ class Checkpoint:
         fsync_dir(self.folder)
         current = current_segments(self.folder)
         self._rows = {path: pq.read_metadata(path).num_rows for path in current}
+        return self
+
+    @property
+    def next_commit(self) -> int:
+        """The number the next commit takes (for the allocator of a shared folder)."""
+        return self._next
+
+    def attach(self, allocate: Callable[[], int]) -> Checkpoint:
+        """Commit into a folder that another process holds open (a Ray run's driver, which
+        cleared it and merges it), numbering commits by `allocate`, which never gives a
+        number twice. Such a writer neither locks nor merges."""
+        self._allocate = allocate
         return self
 
     def _quarantine(self, path: Path, why: str) -> str:
@@ -331,8 +346,9 @@ class Checkpoint:
             return 0
         table = sort_positions(pa.Table.from_pylist(records, schema=CHECKPOINT_SCHEMA))
         with self._writing:
-            path = self.folder / segment_name(self._next, self._next)
-            self._next += 1
+            number = self._allocate() if self._allocate is not None else self._next
+            self._next = max(self._next, number + 1)
+            path = self.folder / segment_name(number, number)
             write_atomic_table(table, path)
             self._rows[path] = table.num_rows
         with self._wake:
@@ -395,15 +411,25 @@ class Checkpoint:
         """The segments to merge next: the oldest FANOUT of the first FANOUT or more
         neighbours of one size class. Never more at once: a merger that fell behind (an
         import commits fast) catches up in merges of FANOUT, each done in moments, where one
-        merge of a 400-segment tail outlasted the import that made it."""
+        merge of a 400-segment tail outlasted the import that made it.
+
+        Neighbours must hold consecutive commits: where other processes commit into the
+        folder (see `attach`), a number may be given and its segment not yet in place, and
+        a merge spanning it would supersede that segment when it lands."""
         with self._writing:
             current = current_segments(self.folder)
-            if any(path not in self._rows for path in current):
-                return None  # a merge is putting its segment in place
+            for path in current:
+                if path not in self._rows:  # committed by another process
+                    try:
+                        self._rows[path] = pq.read_metadata(path).num_rows
+                    except FileNotFoundError:
+                        return None  # merged away meanwhile: list again next time
             classes = [_size_class(self._rows[path]) for path in current]
+            spans = [_span(path) for path in current]
         start = 0
         for i in range(1, len(current) + 1):
-            if i == len(current) or classes[i] != classes[start]:
+            gap = i < len(current) and spans[i][0] != spans[i - 1][1] + 1  # type: ignore[index]
+            if i == len(current) or gap or classes[i] != classes[start]:
                 if i - start >= FANOUT:
                     return current[start : start + FANOUT]
                 start = i

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -118,6 +119,13 @@ def _parser() -> argparse.ArgumentParser:
         help="also send again the rows whose committed result is a failure",
     )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    run.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default=None,
+        help="run in this process (local), or on a Ray cluster ([engine] in the job says "
+        "which cluster and how many workers)",
+    )
     run.set_defaults(handler=_run)
 
     estimate = commands.add_parser(
@@ -256,7 +264,14 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(
         fresh=args.fresh, retry_failed=args.retry_failed, limit=args.limit, quiet=args.quiet
     )
-    summary = asyncio.run(run(job, options, os.environ))
+    if args.engine is not None:
+        job = dataclasses.replace(job, engine=job.engine.model_copy(update={"kind": args.engine}))
+    if job.engine.kind == "ray":
+        from . import ray as ray_engine
+
+        summary = ray_engine.run(job, options, os.environ)
+    else:
+        summary = asyncio.run(run(job, options, os.environ))
     parts = [
         f"{summary.ok:,} ok",
         f"{summary.failed:,} failed",

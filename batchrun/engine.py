@@ -46,6 +46,7 @@ from .errors import (
     SystematicFailure,
 )
 from .job import Job, Secret
+from .lease import SharedBudget
 from .limits import Pacer, Sleep
 from .nofile import fitting_concurrency
 from .outcome import Action, Outcome, classify, classify_failure, classify_stream
@@ -94,6 +95,7 @@ class RunSummary:
     stopped: BatchrunError | None = None
     rate_limited: int = 0  # 429s that were rate limits
     allowed_rpm: float | None = None  # what got through when they came, a minute
+    workers: Mapping[str, object] | None = None  # a Ray run's: how many, their peak memory
 
 
 @dataclass
@@ -260,7 +262,11 @@ class _Engine:
         sleep: Sleep,
         clock: Callable[[], float],
         rng: random.Random,
+        pacer: Pacer | None = None,
+        budget: Budget | None = None,
     ) -> None:
+        """`pacer` and `budget` stand in for the job's own (a Ray worker's shared ones);
+        with `pacer`, `budget` is only what is given."""
         limits = job.limits
         self.job = job
         self.plan = plan
@@ -281,7 +287,7 @@ class _Engine:
         self.rng = rng
         self.policy = RetryPolicy(max_attempts=limits.max_attempts, max_retry_s=limits.max_retry_s)
         self._stopping = asyncio.Event()  # set with `stop`: cuts every wait short
-        self.pacer = Pacer(
+        self.pacer = pacer or Pacer(
             limits.requests_per_minute, limits.tokens_per_minute, clock=clock, sleep=self._nap
         )
         # Prompts are counted before sending only where a count is used: pacing by tokens
@@ -289,9 +295,9 @@ class _Engine:
         self._count_prompts = bool(job.limits.tokens_per_minute or job.cost.budget_usd)
         self.pricer = job_pricer(job)
         self.parser = plan.annotator.parser if plan.annotator is not None else None
-        self.budget = (
-            Budget(job.cost.budget_usd, checkpoint.spend()) if job.cost.budget_usd else None
-        )
+        self.budget: Budget | SharedBudget | None = budget
+        if pacer is None and job.cost.budget_usd:
+            self.budget = Budget(job.cost.budget_usd, checkpoint.spend())
         self.progress = Progress(0, 0, quiet=True)  # replaced by run() before executing
         self.counts = _Counts()
         self.final_ok = 0  # rows whose latest result is ok (before and during this run)
@@ -309,6 +315,7 @@ class _Engine:
         self.rate_limited = 0  # 429s that were rate limits, this run
         self._in_flight = 0  # requests sent and not yet answered
         self._in_flight_tokens = 0  # their estimated tokens
+        self.shard: tuple[int, int | None] = (0, None)  # the input positions this run covers
 
     # -- the run as a whole ---------------------------------------------------------------
 
@@ -411,6 +418,10 @@ class _Engine:
         committed = bool(self.checkpoint.segments())
         positions = await asyncio.to_thread(self.checkpoint.positions)
         walk = await asyncio.to_thread(self.checkpoint.walk, [FINGERPRINT, "status"])
+        start = self.shard[0]
+        if start:
+            await asyncio.to_thread(positions.seek, start)
+            await asyncio.to_thread(walk.seek, start)
         retry_failed = options.retry_failed
 
         def new_rows(batch: pl.DataFrame) -> tuple[pl.DataFrame | None, int, int]:
@@ -459,7 +470,10 @@ class _Engine:
         once a row is queued or the feed ends; the feed starts once `after` is set."""
         if after is not None:
             await after.wait()
-        batches = source.batches(self.renderer.columns, BATCH_ROWS, options.limit)
+        start, end = self.shard
+        batches = source.batches(
+            self.renderer.columns, BATCH_ROWS, options.limit, start=start, end=end
+        )
         try:
             while self.stop is None:
                 step = await asyncio.to_thread(_next_pending, batches, pending)

@@ -8,6 +8,7 @@ key variable and `OPENAI_BASE_URL`, from the mapping it is handed); everything b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -17,7 +18,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -84,6 +85,14 @@ class LimitsSpec(_Section):
     max_retry_s: float = Field(900, gt=0)
     commit_interval_s: float = Field(0.5, gt=0)
     disk_wait_s: float = Field(300, ge=0)  # how long to wait for space on a full disk
+
+
+class EngineSpec(_Section):
+    kind: Literal["local", "ray"] = "local"
+    workers: int = Field(2, ge=1, le=1024)  # actors running shards of the input (ray)
+    address: str | None = None  # a running cluster ("auto", "ray://..."); None: start one here
+    worker_cpus: float = Field(0.25, gt=0, le=64)  # CPUs Ray reserves for each worker actor
+    shard_rows: int | None = Field(None, ge=1)  # rows a worker takes at once; None: a few each
 
 
 class OutputSpec(_Section):
@@ -173,6 +182,7 @@ class _JobModel(_Section):
     parse: ParseSpec | None = None
     eval: EvalSpec | None = None
     sim: dict[str, Any] = Field(default_factory=dict)
+    engine: EngineSpec = EngineSpec()
 
     @model_validator(mode="after")
     def _has_model(self) -> _JobModel:
@@ -236,6 +246,16 @@ class Job:
     headers: Mapping[str, str]  # the preset's, then the job's own
     price_as: Mapping[str, str]  # model patterns billed as another model
     non_stream_price_factor: float  # non-streaming requests cost this much of the list price
+    engine: EngineSpec = dataclasses.field(default_factory=EngineSpec)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as plain dicts (a mappingproxy does not pickle): Ray sends jobs to its
+        workers so. A job holds no key, only the name of the variable that has it."""
+        fields = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            fields[f.name] = dict(value) if isinstance(value, types.MappingProxyType) else value
+        return (_unpickle_job, (fields,))
 
     @property
     def uses_sim(self) -> bool:
@@ -323,7 +343,17 @@ def build_job(
         headers=types.MappingProxyType({**preset.headers, **endpoint.headers}),
         price_as=types.MappingProxyType(dict(price_as)),
         non_stream_price_factor=factor,
+        engine=model.engine,
     )
+
+
+def _unpickle_job(fields: dict[str, Any]) -> Job:
+    proxied = ("request", "sim", "headers", "price_as")
+    values: dict[str, Any] = {
+        name: types.MappingProxyType(value) if name in proxied else value
+        for name, value in fields.items()
+    }
+    return Job(**values)
 
 
 def set_key(raw: dict[str, Any], dotted: str, value: Any, job_path: Path) -> None:

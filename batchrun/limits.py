@@ -131,6 +131,36 @@ class Pacer:
             if self._tokens is not None:
                 self._tokens.charge(tokens, now, self._factor)
 
+    def schedule(self, count: int, tokens_each: int = 0) -> list[float]:
+        """Start times for `count` requests of `tokens_each` estimated tokens, charged now
+        as if each started at its time, without waiting: what a cluster's limiter leases to
+        a worker (see `batchrun.lease`). Starts come no sooner than `acquire` would allow."""
+        if self._storm_pending and self._clock() >= self._paused_until:
+            self.settle()
+        now = self._clock()
+        starts = []
+        for _ in range(count):
+            ready = max(now, self._requests.ready_at, self._paused_until)
+            if self._tokens is not None:
+                ready = max(ready, self._tokens.ready_at)
+            if self._cycle_start is None:
+                self._cycle_start = ready
+            self._requests.charge(1, ready, self._factor)
+            if self._tokens is not None:
+                self._tokens.charge(tokens_each, ready, self._factor)
+            starts.append(ready)
+        return starts
+
+    @property
+    def paused_until(self) -> float:
+        """No start before this time (a 429's cool-down, a reset header's hold)."""
+        return self._paused_until
+
+    @property
+    def requests_per_second(self) -> float:
+        """The pace now, in requests a second."""
+        return self._rps * self._factor
+
     def close(self) -> None:
         """Let every waiter through at once (the run is stopping; they will not send)."""
         self._closed = True

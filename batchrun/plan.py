@@ -50,8 +50,10 @@ class Plan:
     annotator: Annotator | None  # what [parse] and [eval] add to the output
 
 
-def plan_run(job: Job, options: RunOptions) -> Plan:
-    """Check the job against its input (columns, ids, text); raise a UserError if wrong."""
+def plan_run(job: Job, options: RunOptions, *, total: int | None = None) -> Plan:
+    """Check the job against its input (columns, ids, text); raise a UserError if wrong.
+    With `total` (a Ray worker's plan: the driver checked the input), the rows are not
+    read again."""
     _check_budget(job)
     source = open_source(job.input_path, job.input.id_column)
     n = job.request.get("n", 1)
@@ -78,7 +80,8 @@ def plan_run(job: Job, options: RunOptions) -> Plan:
         )
     check_eval_columns(job, source.columns)
     renderer = Renderer(job.prompt, job.request, source.columns)
-    total = source.check(options.limit)
+    if total is None:
+        total = source.check(options.limit)
     return Plan(source, renderer, columns, json_mode, total, annotator)
 
 

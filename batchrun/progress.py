@@ -69,6 +69,18 @@ class Progress:
             self._bar.last_print_n += rows
             self._bar.initial += rows
 
+    def show(
+        self, *, done: int, settled: int, ok: int, failed: int, tokens: int, spend: float
+    ) -> None:
+        """Set the figures from a count kept elsewhere (the workers of a Ray run, summed by
+        their desk): `settled` of the `done` rows were finished before this run."""
+        self._start_done = settled
+        self.done, self.ok, self.failed, self.tokens, self.spend = done, ok, failed, tokens, spend
+        if self._bar is not None:
+            self._bar.initial = settled
+            self._bar.n = done
+        self.refresh()
+
     def note(self, text: str) -> None:
         """A line for the user (a warning), shown even when quiet, without breaking the bar."""
         if self._bar is not None:

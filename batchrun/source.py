@@ -48,21 +48,33 @@ class Source:
         return frame.with_columns(key.cast(pl.String).alias(ROW_KEY))
 
     def batches(
-        self, columns: Sequence[str], size: int, limit: int | None = None
+        self,
+        columns: Sequence[str],
+        size: int,
+        limit: int | None = None,
+        *,
+        start: int = 0,
+        end: int | None = None,
     ) -> Generator[pl.DataFrame, None, None]:
-        """Batches of `columns` plus position and key, streamed from disk."""
+        """Batches of `columns` plus position and key, streamed from disk: the rows at
+        positions `start` to `end` (a shard of the input) of the first `limit`."""
+        if end is not None:
+            limit = end if limit is None else min(limit, end)
         with _reading(self):
             if self.kind == "parquet":
-                yield from self._parquet_batches(columns, size, limit)
+                yield from self._parquet_batches(columns, size, limit, start)
             else:
                 frame = self.keyed(limit).select(POSITION, ROW_KEY, *columns)
+                if start:
+                    frame = frame.slice(start)
                 yield from frame.collect_batches(chunk_size=size)
 
     def _parquet_batches(
-        self, columns: Sequence[str], size: int, limit: int | None
+        self, columns: Sequence[str], size: int, limit: int | None, start: int = 0
     ) -> Generator[pl.DataFrame, None, None]:
         """Parquet through pyarrow's batch reader: memory stays flat whatever the input's
-        size (polars' streaming collect held 150 MB more on a million rows)."""
+        size (polars' streaming collect held 150 MB more on a million rows). Files and row
+        groups wholly before `start` are passed over by their footers, unread."""
         wanted = list(dict.fromkeys([*columns, *([self.id_column] if self.id_column else [])]))
         position = 0
         for path in self.files:
@@ -71,13 +83,31 @@ class Source:
                 return
             reader = pq.ParquetFile(path)
             try:
-                for record_batch in reader.iter_batches(batch_size=size, columns=wanted):
+                groups = list(range(reader.metadata.num_row_groups))
+                while groups and position + reader.metadata.row_group(groups[0]).num_rows <= start:
+                    skipped = reader.metadata.row_group(groups.pop(0)).num_rows
+                    position += skipped
+                    if left is not None:
+                        left -= skipped
+                if left is not None and left <= 0:
+                    return
+                for record_batch in reader.iter_batches(
+                    batch_size=size, columns=wanted, row_groups=groups
+                ):
                     frame = pl.from_arrow(record_batch)
                     assert isinstance(frame, pl.DataFrame)
+                    if position < start:  # the first rows of a row group that `start` cuts
+                        cut = min(start - position, frame.height)
+                        frame = frame.slice(cut)
+                        position += cut
+                        if left is not None:
+                            left -= cut
                     if left is not None:
                         frame = frame.head(left)
                         left -= frame.height
                     rows = frame.height
+                    if not rows:
+                        continue
                     key = pl.col(self.id_column) if self.id_column else pl.col(POSITION)
                     frame = frame.with_columns(
                         pl.int_range(position, position + rows, dtype=pl.UInt32).alias(POSITION)

@@ -100,6 +100,17 @@ class _Cursor:
             return low
         return self.last if self.last is not None else -(2**62)
 
+    def skip_before(self, start: int) -> None:
+        """Pass over the unread row groups wholly below `start` without reading them: a
+        row group's rows are at most the next one's lowest position."""
+        if len(self._positions):
+            return
+        while self._next_group + 1 < len(self._lows):
+            following = self._lows[self._next_group + 1]
+            if following is None or following >= start:
+                return
+            self._next_group += 1
+
     def read_group(self) -> None:
         """Read the next row group into the buffer."""
         if self._reader is None:
@@ -162,6 +173,13 @@ class Walk:
             pieces.append(cursor.take(end))
         return latest(pieces, self.columns)
 
+    def seek(self, start: int) -> None:
+        """Pass over every result below position `start` (a shard's walk), reading at most
+        one row group of each segment to do so."""
+        for cursor in self._cursors:
+            cursor.skip_before(start)
+        self.until(start)
+
     def windows(self, start: int | None = None, size: int = WINDOW) -> Iterator[pl.DataFrame]:
         """Every row's latest result from position `start` on (None: from the lowest, the
         results of rows no longer in the input included), a window of positions at a time."""
@@ -207,6 +225,12 @@ class Positions:
             cursor.fill(end)
             pieces.append(cursor.take(end).column(POSITION).to_numpy())
         return np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
+
+    def seek(self, start: int) -> None:
+        """Pass over every position below `start` (see `Walk.seek`)."""
+        for cursor in self._cursors:
+            cursor.skip_before(start)
+        self.until(start)
 
     def close(self) -> None:
         for cursor in self._cursors:

@@ -1,0 +1,498 @@
+"""The Ray engine: one job run by many workers, with one rate limit and one checkpoint.
+
+`batchrun run JOB --engine ray` (or `[engine] kind = "ray"`) splits the input into shards of
+positions. Each worker is a Ray actor running batchrun's own async engine
+(`batchrun.engine`) on one shard at a time: the same requests, retries, classification and
+commits as a local run, nothing reimplemented. What the workers share lives in a named actor
+holding a `batchrun.lease.Desk`: the pace of each endpoint (leased in slices), the stop, the
+pauses, the budget and the checkpoint's commit numbers.
+
+Exactly once comes from the commit, as on one machine. Every worker commits segments into
+the job's checkpoint folder with the usual atomic protocol, each under a number the desk
+gives once; the driver holds the folder (its lock, its clean-up, its merges, which never
+span a number whose segment is not in place yet) and, once every shard is done, writes the
+output from it as a local run does. A shard whose worker died (the actor killed, its node
+removed) is run again by a restarted worker: it reads the checkpoint first, so the rows its
+predecessor committed are settled and never paid for again; only answers that were not yet
+committed are asked again.
+
+The key is read from the job's variable on each worker's own machine: it never travels
+through Ray (task arguments and runtime environments are stored by the cluster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import random
+import signal
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import sink
+from .anchor import anchor
+from .checkpoint import GATEWAY_NOTE, Checkpoint, checkpoint_dir, save_note
+from .engine import BATCH_ROWS, RunSummary, _endpoint, _Engine
+from .errors import BatchrunError, Interrupted, UserError
+from .job import Job
+from .lease import SYNC_S, Desk, LeasedPacer, SharedBudget, Tally, stop_from
+from .plan import RunOptions, plan_run
+from .progress import Progress
+from .retry import QuotaGate
+
+try:
+    import ray
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+except ImportError:  # pragma: no cover - the extra is not installed
+    ray = None  # type: ignore[assignment]
+
+log = logging.getLogger("batchrun")
+
+ENDPOINT = "default"  # the desk's key for a job's one endpoint (the next issue adds more)
+SHARDS_PER_WORKER = 4  # shards are small enough that a slow or restarted worker is caught up
+MAX_SHARD_ATTEMPTS = 5  # a shard whose workers keep dying stops the run
+QUOTA_HOLD_MARGIN_S = 1.0  # others wait this much past a quota probe's next try
+INTERRUPTED = "Interrupted: finished rows are saved; run the same command to resume."
+
+
+def require_ray() -> Any:
+    if ray is None:
+        raise UserError(
+            "The Ray engine needs Ray: pip install 'batchrun[ray]' (or run with --engine local)."
+        )
+    return ray
+
+
+# -- the worker -----------------------------------------------------------------------------
+
+
+class _ActorLink:
+    """A worker's way to the desk actor (see `batchrun.lease.DeskLink`)."""
+
+    def __init__(self, desk: Any, worker: str) -> None:
+        self._desk = desk
+        self._worker = worker
+
+    def lease(self, want: int, tokens_each: int, successes: list[float], token_delta: int) -> Any:
+        return self._desk.lease.remote(
+            ENDPOINT, self._worker, want, tokens_each, successes, token_delta
+        )
+
+    def cool_down(self, seconds: float, sent_at: float | None) -> None:
+        self._desk.cool_down.remote(ENDPOINT, seconds, sent_at)
+
+    def hold(self, until: float) -> None:
+        self._desk.hold.remote(ENDPOINT, until)
+
+    def allow(self, want: float) -> float:
+        return float(ray.get(self._desk.allow.remote(want)))
+
+
+class _SharedQuotaGate(QuotaGate):
+    """The quota gate of one worker, whose probing pauses every other worker too."""
+
+    def __init__(self, wait_s: float, clock: Any, sleep: Any, link: _ActorLink) -> None:
+        super().__init__(wait_s, clock, sleep)
+        self._link = link
+
+    async def exhausted(self, row: object) -> bool:
+        if self._prober is None or self._prober is row:
+            self._link.hold(self._clock() + self._next_wait + QUOTA_HOLD_MARGIN_S)
+        return await super().exhausted(row)
+
+
+class _ShardEngine(_Engine):
+    """The engine on one shard, its stops handed on to every other worker."""
+
+    desk: Any = None
+    from_desk = False  # the stop came from the desk (another worker, the driver)
+
+    def _halt(self, error: BatchrunError) -> None:
+        first = self.stop is None
+        super()._halt(error)
+        if first and not self.from_desk and self.desk is not None:
+            self.desk.halt.remote(type(error).__name__, str(error))
+
+    def halt_from_desk(self, kind: str, message: str) -> None:
+        if self.stop is None:
+            self.from_desk = True
+            self._halt(stop_from(kind, message))
+
+    def tally(self) -> Tally:
+        ok, failed = self.counts.ok, self.counts.failed
+        pacer = self.pacer
+        return Tally(
+            settled_ok=self.final_ok - ok,
+            settled_failed=self.final_failed - failed,
+            ok=ok,
+            failed=failed,
+            tokens=self.progress.tokens,
+            spend=self.progress.spend,
+            rate_limited=self.rate_limited,
+            remapped=self.counts.remapped,
+            requests=pacer.requests if isinstance(pacer, LeasedPacer) else 0,
+        )
+
+
+@dataclass
+class ShardDone:
+    """What a worker hands back for a shard."""
+
+    shard: int
+    tally: dict[str, Any]
+    stop: tuple[str, str] | None
+    pid: int
+    peak_rss_mb: float
+
+
+class ShardWorker:
+    """A Ray actor that runs shards of one job (see the module docstring)."""
+
+    def __init__(
+        self,
+        job: Job,
+        options: RunOptions,
+        total: int,
+        folder: str,
+        desk_name: str,
+        base_url: str,
+        concurrency: int,
+    ) -> None:
+        limits = job.limits.model_copy(update={"concurrency": concurrency})
+        self.job = dataclasses.replace(job, limits=limits)
+        self.options = options
+        self.total = total
+        self.folder = Path(folder)
+        self.desk = ray.get_actor(desk_name)  # by name: a handle as an argument is kept
+        self.base_url = base_url
+        self.name = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run_shard(self, shard: int, start: int, end: int) -> ShardDone:
+        # On an event loop of its own, in a thread of its own: Ray may run actor methods
+        # inside a loop, and the budget's rare blocking call to the desk must not stall it.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batchrun") as pool:
+            return pool.submit(asyncio.run, self._run(shard, start, end)).result()
+
+    async def _run(self, shard: int, start: int, end: int) -> ShardDone:
+        job, desk = self.job, self.desk
+        key = job.api_key(os.environ)
+        plan = plan_run(job, self.options, total=self.total)
+        checkpoint = Checkpoint(self.folder).attach(
+            lambda: int(ray.get(desk.commit_number.remote()))  # type: ignore[call-overload]
+        )
+        link = _ActorLink(desk, self.name)
+        limits = job.limits
+        pacer = LeasedPacer(link, limits.requests_per_minute, limits.tokens_per_minute)
+        engine = _ShardEngine(
+            job,
+            plan,
+            checkpoint,
+            self.base_url,
+            key,
+            sleep=asyncio.sleep,
+            clock=time.time,
+            rng=random.Random(),
+            pacer=pacer,
+            budget=None,
+        )
+        engine.desk = desk
+        engine.shard = (start, end)
+        if job.cost.budget_usd:
+            engine.budget = SharedBudget(link.allow, job.cost.budget_usd, 0.0)
+        engine.quota = _SharedQuotaGate(limits.quota_wait_s, time.time, engine._nap, link)
+        engine.progress = Progress(end - start, 0, quiet=True)
+        attempt = uuid.uuid4().hex
+        finished = asyncio.Event()
+
+        async def sync() -> None:
+            while True:
+                state = await desk.sync.remote(shard, attempt, asdict(engine.tally()))
+                if state.stop is not None:
+                    engine.halt_from_desk(*state.stop)
+                pacer.learn_pause(state.paused_until.get(ENDPOINT, 0.0))
+                if finished.is_set():
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), SYNC_S)
+
+        syncing = asyncio.create_task(sync())
+        try:
+            await engine.execute(self.options)
+        finally:
+            finished.set()
+            await syncing
+            if isinstance(engine.budget, SharedBudget):
+                desk.give_back.remote(engine.budget.unspent())
+        stop = engine.stop
+        if stop is not None and engine.from_desk:
+            stop = None  # another's: the driver has it from the desk
+        import resource
+
+        return ShardDone(
+            shard=shard,
+            tally=asdict(engine.tally()),
+            stop=(type(stop).__name__, str(stop)) if stop is not None else None,
+            pid=os.getpid(),
+            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
+
+
+# -- the driver -------------------------------------------------------------------------------
+
+
+def shards(total: int, workers: int, rows: int | None = None) -> list[tuple[int, int]]:
+    """The input's positions cut into ranges of `rows`, or else a few per worker of whole
+    input batches each."""
+    if total <= 0:
+        return []
+    size = rows
+    if size is None:
+        size = max(BATCH_ROWS, math.ceil(total / (workers * SHARDS_PER_WORKER)))
+        size = math.ceil(size / BATCH_ROWS) * BATCH_ROWS
+    return [(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+@contextlib.contextmanager
+def connected(job: Job) -> Iterator[Any]:
+    """Ray, connected to the job's cluster or to a local instance started for the run (shut
+    down after it); a caller's own connection is used and left as it is."""
+    rt = require_ray()
+    if rt.is_initialized():
+        yield rt
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # At ERROR: Ray warns at every start that its token authentication is on (it stays on).
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if job.engine.address:
+        rt.init(address=job.engine.address, **kwargs)
+    else:
+        cpus = max(os.cpu_count() or 1, math.ceil(job.engine.workers * job.engine.worker_cpus))
+        rt.init(num_cpus=cpus, include_dashboard=False, **kwargs)
+    try:
+        yield rt
+    finally:
+        rt.shutdown()
+
+
+def run(job: Job, options: RunOptions, environ: Mapping[str, str]) -> RunSummary:
+    """Run or resume a job on Ray; see the module docstring. The same summary as a local
+    run, over the whole job."""
+    require_ray()
+    plan = plan_run(job, options)
+    job.api_key(environ)  # a missing key is an error before anything starts
+    sink.check_writable(job.output_path)
+    folder = checkpoint_dir(job.output_path)
+    checkpoint = Checkpoint(folder).open(fresh=options.fresh)
+    sink.remove_temporaries(job.output_path)
+    started = time.monotonic()
+    progress = Progress(plan.total, 0, quiet=options.quiet, interactive=options.interactive)
+    try:
+        moved = anchor(checkpoint, plan.source)
+        if moved:
+            log.info("%s: %d committed results moved with their rows in the input", job.name, moved)
+        for line in checkpoint.quarantined:
+            progress.note(line)
+        checkpoint.start_merging()
+        with _endpoint(job) as base_url, connected(job) as rt:
+            figures, stop, hurried = _drive(
+                rt, job, options, plan.total, checkpoint, base_url, progress
+            )
+        progress.close()
+        checkpoint.stop_merging()
+        written = None
+        if not hurried:
+            written = sink.write_output(
+                plan.source,
+                checkpoint,
+                job.output_path,
+                plan.columns,
+                plan.renderer,
+                limit=options.limit,
+                annotator=plan.annotator,
+                metadata=sink.job_metadata(job, plan.total),
+            )
+    finally:
+        progress.close()
+        checkpoint.close()
+    endpoint = figures["endpoints"][ENDPOINT]
+    allowed_rpm = None
+    if endpoint["rate_limited"] and endpoint["allowed_rps"] is not None:
+        allowed_rpm = endpoint["allowed_rps"] * 60
+        with contextlib.suppress(OSError):
+            save_note(
+                folder,
+                GATEWAY_NOTE,
+                {
+                    "allowed_rpm": allowed_rpm,
+                    "rate_limited": endpoint["rate_limited"],
+                    "requests_per_minute": job.limits.requests_per_minute,
+                    "at": time.time(),
+                },
+            )
+    if written is not None:
+        ok, failed = written.ok, written.failed
+    else:
+        ok = figures["settled_ok"] + figures["ok"]
+        failed = figures["settled_failed"] + figures["failed"]
+    return RunSummary(
+        total=plan.total,
+        ok=ok,
+        failed=failed,
+        pending=max(plan.total - ok - failed, 0),
+        ran=figures["ok"] + figures["failed"],
+        tokens=figures["tokens"],
+        spend=figures["spend"],
+        elapsed_s=time.monotonic() - started,
+        output_path=job.output_path,
+        rows_written=written.rows if written is not None else None,
+        remapped=figures["remapped"],
+        stopped=stop,
+        rate_limited=endpoint["rate_limited"],
+        allowed_rpm=allowed_rpm,
+        workers=figures.get("workers"),
+    )
+
+
+def _drive(
+    rt: Any,
+    job: Job,
+    options: RunOptions,
+    total: int,
+    checkpoint: Checkpoint,
+    base_url: str,
+    progress: Progress,
+) -> tuple[dict[str, Any], BatchrunError | None, bool]:
+    """Start the desk and the workers, hand out the shards until all are done (again where
+    a worker died), show the progress; returns the desk's figures and the run's stop."""
+    engine = job.engine
+    limits = job.limits
+    desk_name = f"batchrun-desk-{uuid.uuid4().hex[:12]}"
+    desk = (
+        rt.remote(Desk)
+        .options(name=desk_name, max_restarts=0, num_cpus=0)
+        .remote(
+            {ENDPOINT: (limits.requests_per_minute, limits.tokens_per_minute)},
+            budget_usd=job.cost.budget_usd,
+            spent=checkpoint.spend() if job.cost.budget_usd else 0.0,
+            next_commit=checkpoint.next_commit,
+        )
+    )
+    concurrency = max(1, math.ceil(limits.concurrency / engine.workers))
+    worker_class = rt.remote(ShardWorker)
+    workers = [
+        worker_class.options(
+            name=f"{desk_name}-worker-{i}",
+            num_cpus=engine.worker_cpus,
+            max_restarts=-1,
+            max_task_retries=0,
+            max_concurrency=2,
+        ).remote(job, options, total, str(checkpoint.folder), desk_name, base_url, concurrency)
+        for i in range(engine.workers)
+    ]
+    todo: deque[tuple[int, int, int]] = deque(
+        (i, start, end)
+        for i, (start, end) in enumerate(shards(total, engine.workers, engine.shard_rows))
+    )
+    attempts: dict[int, int] = {}
+    running: dict[Any, tuple[int, tuple[int, int, int]]] = {}
+    idle = list(range(len(workers)))
+    stop: BatchrunError | None = None
+    interrupts = 0
+    peaks: dict[int, float] = {}
+
+    def interrupted(*_: object) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        desk.halt.remote("Interrupted", INTERRUPTED)
+
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    _route(interrupted, interrupted)
+    try:
+        while todo or running:
+            while idle and todo and stop is None and interrupts == 0:
+                index, shard = idle.pop(), todo.popleft()
+                attempts[shard[0]] = attempts.get(shard[0], 0) + 1
+                running[workers[index].run_shard.remote(*shard)] = (index, shard)
+            if interrupts >= 2:  # a second Ctrl-C: stop at once, the output not rewritten
+                stop = Interrupted(INTERRUPTED)
+                break
+            ready, _ = rt.wait(list(running), num_returns=1, timeout=SYNC_S * 2)
+            figures = rt.get(desk.totals.remote())
+            _show(progress, figures)
+            if figures["stop"] is not None and stop is None:
+                stop = stop_from(*figures["stop"])
+            for ref in ready:
+                index, shard = running.pop(ref)
+                try:
+                    done: ShardDone = rt.get(ref)
+                except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+                    if attempts[shard[0]] >= MAX_SHARD_ATTEMPTS:
+                        raise BatchrunError(
+                            f"The workers running rows {shard[1]:,} to {shard[2]:,} died "
+                            f"{MAX_SHARD_ATTEMPTS} times ({_first_line(exc)}): look at the Ray "
+                            f"cluster's logs, then run the same command to resume."
+                        ) from None
+                    log.warning("a worker died on rows %d to %d; running them again", *shard[1:])
+                    todo.appendleft(shard)
+                    idle.append(index)  # Ray restarts the actor behind the same handle
+                    continue
+                except RayTaskError as exc:
+                    cause = exc.cause if isinstance(exc.cause, BaseException) else None
+                    if isinstance(cause, BatchrunError):
+                        raise cause from None
+                    raise
+                peaks[done.pid] = max(peaks.get(done.pid, 0.0), done.peak_rss_mb)
+                if done.stop is not None and stop is None:
+                    stop = stop_from(*done.stop)
+                idle.append(index)
+            if stop is not None and not running:
+                break
+        figures = rt.get(desk.totals.remote())
+        _show(progress, figures)
+        if figures["stop"] is not None and stop is None:
+            stop = stop_from(*figures["stop"])
+    finally:
+        _route(*previous)
+    figures["workers"] = {"count": len(workers), "peak_rss_mb": sorted(peaks.values())}
+    with contextlib.suppress(Exception):
+        for worker in workers:
+            rt.kill(worker, no_restart=True)
+        rt.kill(desk)
+    return figures, stop, interrupts >= 2
+
+
+def _show(progress: Progress, figures: Mapping[str, Any]) -> None:
+    progress.show(
+        done=figures["done"],
+        settled=figures["settled_ok"] + figures["settled_failed"],
+        ok=figures["ok"],
+        failed=figures["failed"],
+        tokens=figures["tokens"],
+        spend=figures["spend"],
+    )
+
+
+def _route(on_int: Any, on_term: Any) -> None:
+    """Set the handlers of Ctrl-C and SIGTERM (from the main thread only: elsewhere the
+    caller handles interrupts)."""
+    with contextlib.suppress(ValueError, TypeError):
+        signal.signal(signal.SIGINT, on_int)
+        signal.signal(signal.SIGTERM, on_term)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -1,0 +1,214 @@
+"""The Ray engine on a local Ray instance: the same output as a local run, one rate limit for
+the cluster, exactly once when a worker dies, a bad key and the budget reaching every worker.
+
+Ray starts once for the module (start and stop take seconds), with the test key in its
+environment: workers read the key from their own machine's environment, never from Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from batchrun.job import load_job
+from batchrun.plan import RunOptions
+from batchrun.sim import SimConfig, SimServer, start_in_thread
+
+from .conftest import ENV, FAKE_KEY, Workspace, latest_results, reviews
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+WORKERS = 2
+# Columns that must agree row for row between a local and a Ray run (times and latencies
+# differ by nature).
+SAME = ["id", "text", "input_row", "status", "response"]
+SAME += ["prompt_tokens", "completion_tokens", "cost_usd"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance() -> Iterator[None]:
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["BATCHRUN_TEST_KEY"] = FAKE_KEY
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def ray_job(ws: Workspace, base_url: str, **sections: Any) -> Path:
+    engine = {"kind": "ray", "workers": WORKERS, **sections.pop("engine", {})}
+    return ws.job(base_url, engine=engine, **sections)
+
+
+def ray_run(job_path: Path, **options: Any) -> Any:
+    from batchrun import ray as ray_engine
+
+    job = load_job(job_path, environ=ENV)
+    return ray_engine.run(job, RunOptions(quiet=True, **options), ENV)
+
+
+def row_of(record: Any) -> int:
+    """The input row a simulator request was for (its review text ends in `#i`)."""
+    return int(record.body["messages"][-1]["content"].rsplit("#", 1)[1])
+
+
+def busiest(times: list[float], window_s: float) -> int:
+    """The most of `times` (sorted) in any window of `window_s`."""
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window_s:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def test_a_ray_run_gives_the_local_run_s_output_row_for_row(ws: Workspace, sim: SimServer) -> None:
+    ws.write_input(reviews(2400))
+    local = ws.job(sim.base_url, output={"path": "out/local.parquet"})
+    assert ws.run("run", str(local), "--quiet").code == 0
+    job = ray_job(ws, sim.base_url, engine={"shard_rows": 500})
+    summary = ray_run(job)
+    assert summary.stopped is None
+    assert (summary.ok, summary.failed, summary.pending, summary.ran) == (2400, 0, 0, 2400)
+    a = pl.read_parquet(ws.root / "out" / "local.parquet").select(SAME)
+    b = ws.read_output().select(SAME)
+    assert b.equals(a)  # row for row, in input order
+    assert summary.workers["count"] == WORKERS
+    # Both workers ran shards (five of 500 rows for two workers): one peak per process.
+    assert len(summary.workers["peak_rss_mb"]) == WORKERS
+    # A resume asks nothing again.
+    before = len(sim.requests)
+    again = ray_run(job)
+    assert (again.ok, again.ran) == (2400, 0)
+    assert len(sim.requests) == before
+
+
+def test_the_cluster_never_passes_the_job_s_requests_and_tokens_a_minute(
+    ws: Workspace,
+) -> None:
+    rpm, tpm = 1800, 60_000  # 30 requests a second; tokens allow about 25 of these a second
+    with start_in_thread(SimConfig()) as server:
+        ws.write_input(reviews(240))
+        job = ray_job(
+            ws,
+            server.base_url,
+            engine={"shard_rows": 40, "workers": 3},
+            limits={"requests_per_minute": rpm, "tokens_per_minute": tpm, "concurrency": 24},
+        )
+        summary = ray_run(job)
+        records = server.requests
+    assert summary.stopped is None and summary.ok == 240
+    times = [r.t for r in records]
+    # The local pacer's promise, for the cluster: no second carries more than 1.1 times its
+    # share (the GCRA's tolerance), the run as a whole no more than the limit.
+    assert busiest(times, 1.0) <= rpm / 60 * 1.1 + 1
+    span = times[-1] - times[0]
+    assert len(times) - 1 <= rpm / 60 * span * 1.05 + 3
+    tokens = sum(r.body["max_tokens"] for r in records)  # the sim's usage is prompt + answer
+    used = pl.read_parquet(ws.output)["total_tokens"].sum()
+    assert used <= tpm / 60 * (span + 1) * 1.1 + tokens  # within a minute's limit, paced
+    assert summary.workers["count"] == 3
+
+
+def test_a_worker_killed_mid_run_leaves_every_row_once_and_nothing_paid_twice(
+    ws: Workspace,
+) -> None:
+    with start_in_thread(SimConfig(latency_ms=20)) as server:
+        ws.write_input(reviews(3000))
+        job = ray_job(
+            ws,
+            server.base_url,
+            engine={"shard_rows": 300},
+            limits={"requests_per_minute": 60_000, "concurrency": 16, "commit_interval_s": 0.2},
+        )
+        folder = ws.output.with_name(ws.output.name + ".checkpoint")
+        killed: dict[str, Any] = {}
+
+        def kill_one() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and len(latest_results(folder)) < 600:
+                time.sleep(0.1)
+            names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+            worker = sorted(n for n in names if "-worker-" in n)[0]
+            killed["committed"] = set(latest_results(folder))
+            killed["at"] = time.monotonic()
+            ray.kill(ray.get_actor(worker), no_restart=False)
+
+        killer = threading.Thread(target=kill_one)
+        killer.start()
+        summary = ray_run(job)
+        killer.join()
+        records = server.requests
+    assert "at" in killed, "the worker was not killed"
+    assert summary.stopped is None
+    out = ws.read_output()
+    assert out.height == 3000 and out["id"].n_unique() == 3000
+    assert out["status"].to_list() == ["ok"] * 3000
+    # No row committed before the kill was asked again after it.
+    committed = {int(key) for key in killed["committed"]}  # keys are positions here
+    again = [row_of(r) for r in records if r.t > killed["at"] + 0.5 and row_of(r) in committed]
+    assert again == []
+    # Rows asked twice are at most those in flight or not yet committed at the kill.
+    twice = [row for row, n in Counter(row_of(r) for r in records).items() if n > 1]
+    assert len(twice) <= 16 + 300
+
+
+def test_a_bad_key_stops_every_worker(ws: Workspace) -> None:
+    with start_in_thread(SimConfig(api_key="sk-the-right-one-000000")) as server:
+        ws.write_input(reviews(2000))
+        job = ray_job(ws, server.base_url, engine={"shard_rows": 200, "workers": 3})
+        summary = ray_run(job)
+        records = server.requests
+    from batchrun.errors import BadKey
+
+    assert isinstance(summary.stopped, BadKey)
+    assert "BATCHRUN_TEST_KEY" in str(summary.stopped)
+    assert FAKE_KEY not in str(summary.stopped)
+    # The first 401 stops every worker within a sync: far fewer requests than rows.
+    assert len(records) < 200
+    assert summary.ok == 0
+
+
+def test_the_budget_holds_across_workers(ws: Workspace, sim: SimServer) -> None:
+    ws.write_input(reviews(3000))
+    budget = 0.05
+    job = ray_job(
+        ws,
+        sim.base_url,
+        engine={"shard_rows": 200, "workers": 3},
+        cost={"budget_usd": budget, "prices": {"gpt-4o-mini": {"input": 15.0, "output": 60.0}}},
+    )
+    summary = ray_run(job)
+    from batchrun.errors import BudgetReached
+
+    assert isinstance(summary.stopped, BudgetReached)
+    out = ws.read_output()
+    spent = float(out["cost_usd"].sum())
+    assert 0 < spent <= budget
+    assert 0 < out.height < 3000
+    # The checkpoint's spend (every attempt paid) is within the budget too.
+    from batchrun.checkpoint import Checkpoint
+
+    folder = ws.output.with_name(ws.output.name + ".checkpoint")
+    assert Checkpoint(folder).spend() <= budget
+
+
+def test_the_key_is_nowhere_in_the_cluster_s_logs(ws: Workspace, sim: SimServer) -> None:
+    ws.write_input(reviews(300))
+    job = ray_job(ws, sim.base_url, engine={"shard_rows": 100})
+    summary = ray_run(job)
+    assert summary.ok == 300
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    for path in session.rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert FAKE_KEY.encode() not in path.read_bytes(), path
