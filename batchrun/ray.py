@@ -30,7 +30,9 @@ import logging
 import math
 import os
 import random
+import resource
 import signal
+import tempfile
 import time
 import uuid
 from collections import deque
@@ -46,7 +48,7 @@ from .engine import BATCH_ROWS, RunSummary, _endpoint, _Engine
 from .errors import BatchrunError, Interrupted, UserError
 from .job import Job
 from .lease import SYNC_S, Desk, LeasedPacer, SharedBudget, Tally, stop_from
-from .plan import RunOptions, plan_run
+from .plan import Plan, RunOptions, plan_run
 from .progress import Progress
 from .retry import QuotaGate
 
@@ -187,60 +189,25 @@ class ShardWorker:
             return pool.submit(asyncio.run, self._run(shard, start, end)).result()
 
     async def _run(self, shard: int, start: int, end: int) -> ShardDone:
-        job, desk = self.job, self.desk
-        key = job.api_key(os.environ)
-        plan = plan_run(job, self.options, total=self.total)
+        desk = self.desk
+        plan = plan_run(self.job, self.options, total=self.total)
         checkpoint = Checkpoint(self.folder).attach(
             lambda: int(ray.get(desk.commit_number.remote()))  # type: ignore[call-overload]
         )
-        link = _ActorLink(desk, self.name)
-        limits = job.limits
-        pacer = LeasedPacer(link, limits.requests_per_minute, limits.tokens_per_minute)
-        engine = _ShardEngine(
-            job,
+        engine = await run_on_desk(
+            self.job,
+            self.options,
             plan,
             checkpoint,
+            desk,
+            self.name,
             self.base_url,
-            key,
-            sleep=asyncio.sleep,
-            clock=time.time,
-            rng=random.Random(),
-            pacer=pacer,
-            budget=None,
+            shard,
+            (start, end),
         )
-        engine.desk = desk
-        engine.shard = (start, end)
-        if job.cost.budget_usd:
-            engine.budget = SharedBudget(link.allow, job.cost.budget_usd, 0.0)
-        engine.quota = _SharedQuotaGate(limits.quota_wait_s, time.time, engine._nap, link)
-        engine.progress = Progress(end - start, 0, quiet=True)
-        attempt = uuid.uuid4().hex
-        finished = asyncio.Event()
-
-        async def sync() -> None:
-            while True:
-                state = await desk.sync.remote(shard, attempt, asdict(engine.tally()))
-                if state.stop is not None:
-                    engine.halt_from_desk(*state.stop)
-                pacer.learn_pause(state.paused_until.get(ENDPOINT, 0.0))
-                if finished.is_set():
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(finished.wait(), SYNC_S)
-
-        syncing = asyncio.create_task(sync())
-        try:
-            await engine.execute(self.options)
-        finally:
-            finished.set()
-            await syncing
-            if isinstance(engine.budget, SharedBudget):
-                desk.give_back.remote(engine.budget.unspent())
         stop = engine.stop
         if stop is not None and engine.from_desk:
             stop = None  # another's: the driver has it from the desk
-        import resource
-
         return ShardDone(
             shard=shard,
             tally=asdict(engine.tally()),
@@ -248,6 +215,193 @@ class ShardWorker:
             pid=os.getpid(),
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         )
+
+
+async def run_on_desk(
+    job: Job,
+    options: RunOptions,
+    plan: Plan,
+    checkpoint: Checkpoint,
+    desk: Any,
+    name: str,
+    base_url: str,
+    shard: int,
+    span: tuple[int, int | None],
+) -> _ShardEngine:
+    """batchrun's engine on the rows at positions `span`, paced, stopped and budgeted by the
+    desk, syncing with it every SYNC_S until it ends; returns the engine, ended."""
+    key = job.api_key(os.environ)
+    link = _ActorLink(desk, name)
+    limits = job.limits
+    pacer = LeasedPacer(link, limits.requests_per_minute, limits.tokens_per_minute)
+    engine = _ShardEngine(
+        job,
+        plan,
+        checkpoint,
+        base_url,
+        key,
+        sleep=asyncio.sleep,
+        clock=time.time,
+        rng=random.Random(),
+        pacer=pacer,
+        budget=None,
+    )
+    engine.desk = desk
+    engine.shard = span
+    if job.cost.budget_usd:
+        engine.budget = SharedBudget(link.allow, job.cost.budget_usd, 0.0)
+    engine.quota = _SharedQuotaGate(limits.quota_wait_s, time.time, engine._nap, link)
+    engine.progress = Progress(plan.total, 0, quiet=True)
+    attempt = uuid.uuid4().hex
+    finished = asyncio.Event()
+
+    async def sync() -> None:
+        while True:
+            state = await desk.sync.remote(shard, attempt, asdict(engine.tally()))
+            if state.stop is not None:
+                engine.halt_from_desk(*state.stop)
+            pacer.learn_pause(state.paused_until.get(ENDPOINT, 0.0))
+            if finished.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), SYNC_S)
+
+    syncing = asyncio.create_task(sync())
+    try:
+        await engine.execute(options)
+    finally:
+        finished.set()
+        await syncing
+        if isinstance(engine.budget, SharedBudget):
+            desk.give_back.remote(engine.budget.unspent())
+    return engine
+
+
+# -- the Ray Data stage -----------------------------------------------------------------------
+
+
+class ChatStage:
+    """batchrun as one stage of a Ray Data pipeline, between its own read and write::
+
+        ds = ray.data.read_parquet("s3://bucket/reviews/")
+        ds = ds.map_batches(
+            batchrun.ray.ChatStage,
+            fn_constructor_kwargs={"job": "label.toml"},
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=4),
+            num_cpus=0.25,
+        )
+        ds.write_parquet("s3://bucket/labeled/")
+
+    (or `batchrun.ray.run(job, dataset=ds)`, which does the same). Each batch in is the same
+    batch out with the job's result columns added (failed rows have status "failed"; a
+    run-wide stop, such as a bad key or the budget, fails the pipeline with its message).
+    The pool's actors share one desk (`batchrun.lease.Desk`, named after the job, created
+    by the first actor): one rate limit, one budget, one stop for the whole pool. Each
+    batch is run by batchrun's engine on a scratch checkpoint of its own: a batch that Ray
+    runs again (a task retry) is asked again, as with any Ray Data stage; for exactly once
+    over a whole table, run the job itself on Ray (`--engine ray`).
+    """
+
+    def __init__(self, job: Job | str | os.PathLike[str], desk: str | None = None) -> None:
+        require_ray()
+        from .job import load_job
+
+        self.job = job if isinstance(job, Job) else load_job(Path(job), environ=os.environ)
+        self.desk = open_desk(self.job, desk)
+        self.name = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._sim = contextlib.ExitStack()
+        self.base_url = self._sim.enter_context(_endpoint(self.job))
+
+    async def __call__(self, batch: Any) -> Any:
+        # On an event loop of its own (see ShardWorker.run_shard).
+        return await asyncio.to_thread(self._answer, batch)
+
+    def _answer(self, batch: Any) -> Any:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from .columns import INPUT_ROW
+
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_pandas(batch)
+        with tempfile.TemporaryDirectory(prefix="batchrun-stage-") as scratch:
+            source = Path(scratch) / "batch.parquet"
+            pq.write_table(table, source)
+            job = dataclasses.replace(
+                self.job, input_path=str(source), output_path=Path(scratch) / "answers.parquet"
+            )
+            options = RunOptions(quiet=True)
+            plan = plan_run(job, options)
+            checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open()
+            try:
+                engine = asyncio.run(
+                    run_on_desk(
+                        job,
+                        options,
+                        plan,
+                        checkpoint,
+                        self.desk,
+                        self.name,
+                        self.base_url,
+                        uuid.uuid4().int & 0x7FFF_FFFF_FFFF,
+                        (0, None),
+                    )
+                )
+                if engine.stop is not None:
+                    raise engine.stop
+                sink.write_output(
+                    plan.source,
+                    checkpoint,
+                    job.output_path,
+                    plan.columns,
+                    plan.renderer,
+                    annotator=plan.annotator,
+                )
+            finally:
+                checkpoint.close()
+            answered = pq.read_table(job.output_path)
+        if job.input.id_column is None and INPUT_ROW in answered.column_names:
+            answered = answered.drop_columns([INPUT_ROW])  # a position within the batch
+        return answered
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._sim.close()
+
+
+def open_desk(job: Job, name: str | None = None) -> Any:
+    """The desk a job's ChatStage actors share, created by the first one that asks.
+
+    `batchrun.ray.run(job, dataset=...)` creates it on the driver (it lives as long as the
+    driver) and names it to the stage. Without a name, the stage's actors share one named
+    after the job, detached so that it outlives whichever actor created it: it stays until
+    `release(job)` or the cluster's end."""
+    limits = job.limits
+    options: dict[str, Any] = {"get_if_exists": True, "num_cpus": 0}
+    if name is None:
+        name, options["lifetime"] = stage_desk(job), "detached"
+    return (
+        ray.remote(Desk)
+        .options(name=name, **options)
+        .remote(
+            {ENDPOINT: (limits.requests_per_minute, limits.tokens_per_minute)},
+            budget_usd=job.cost.budget_usd,
+        )
+    )
+
+
+def stage_desk(job: Job) -> str:
+    """The name of the detached desk a job's ChatStage actors share by default."""
+    return f"batchrun-stage-{job.name}"
+
+
+def release(job: Job) -> None:
+    """End the detached desk that ChatStage actors of `job` shared (see `open_desk`)."""
+    with contextlib.suppress(ValueError):
+        ray.kill(ray.get_actor(stage_desk(job)))
+
+
+_DESKS: dict[str, Any] = {}  # desks this driver created for its pipelines: kept referenced
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -280,17 +434,41 @@ def connected(job: Job) -> Iterator[Any]:
         rt.init(address=job.engine.address, **kwargs)
     else:
         cpus = max(os.cpu_count() or 1, math.ceil(job.engine.workers * job.engine.worker_cpus))
-        rt.init(num_cpus=cpus, include_dashboard=False, **kwargs)
+        rt.init(address="local", num_cpus=cpus, include_dashboard=False, **kwargs)
     try:
         yield rt
     finally:
         rt.shutdown()
 
 
-def run(job: Job, options: RunOptions, environ: Mapping[str, str]) -> RunSummary:
+def run(
+    job: Job,
+    options: RunOptions | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    dataset: Any = None,
+) -> Any:
     """Run or resume a job on Ray; see the module docstring. The same summary as a local
-    run, over the whole job."""
-    require_ray()
+    run, over the whole job (a `RunSummary`).
+
+    With `dataset` (a Ray Data `Dataset`), returns that dataset with the job's answers
+    added by a `ChatStage` pool of `[engine] workers` actors (lazy, as Ray Data is); the
+    job's input and output paths are not used."""
+    rt = require_ray()
+    if dataset is not None:
+        import ray.data
+
+        name = f"batchrun-stage-{uuid.uuid4().hex[:12]}"
+        _DESKS[name] = open_desk(job, name)
+        return dataset.map_batches(
+            ChatStage,
+            fn_constructor_kwargs={"job": job, "desk": name},
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=job.engine.workers),
+            num_cpus=job.engine.worker_cpus,
+        )
+    options = options or RunOptions()
+    environ = os.environ if environ is None else environ
     plan = plan_run(job, options)
     job.api_key(environ)  # a missing key is an error before anything starts
     sink.check_writable(job.output_path)
@@ -466,7 +644,15 @@ def _drive(
             stop = stop_from(*figures["stop"])
     finally:
         _route(*previous)
-    figures["workers"] = {"count": len(workers), "peak_rss_mb": sorted(peaks.values())}
+    endpoint = figures["endpoints"][ENDPOINT]
+    figures["workers"] = {
+        "count": len(workers),
+        "peak_rss_mb": sorted(peaks.values()),  # of each worker process that ran a shard
+        "requests": figures["requests"],  # starts the workers took
+        "leases": endpoint["leases"],  # calls to the desk for them
+        "shards": len(attempts),
+        "shard_attempts": sum(attempts.values()),
+    }
     with contextlib.suppress(Exception):
         for worker in workers:
             rt.kill(worker, no_restart=True)

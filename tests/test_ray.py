@@ -38,7 +38,13 @@ SAME += ["prompt_tokens", "completion_tokens", "cost_usd"]
 def ray_instance() -> Iterator[None]:
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["BATCHRUN_TEST_KEY"] = FAKE_KEY
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
     try:
         yield
     finally:
@@ -212,3 +218,36 @@ def test_the_key_is_nowhere_in_the_cluster_s_logs(ws: Workspace, sim: SimServer)
     for path in session.rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert FAKE_KEY.encode() not in path.read_bytes(), path
+
+
+def test_a_ray_data_pipeline_puts_batchrun_between_its_read_and_write(ws: Workspace) -> None:
+    """`batchrun.ray.run(job, dataset=ds)`: a pool of ChatStage actors, one rate limit."""
+    from batchrun import ray as ray_engine
+
+    rpm = 1200  # 20 a second for the pool, whatever its size
+    with start_in_thread(SimConfig()) as server:
+        job_path = ray_job(
+            ws, server.base_url, limits={"requests_per_minute": rpm, "concurrency": 8}
+        )
+        job = load_job(job_path, environ=ENV)
+        dataset = ray.data.from_arrow(reviews(200).to_arrow()).repartition(8)
+        answered = ray_engine.run(job, dataset=dataset)
+        frame = pl.from_arrow(pa_concat(answered))
+        records = server.requests
+    assert frame.height == 200
+    assert sorted(frame["id"].to_list()) == sorted(reviews(200)["id"].to_list())
+    assert set(frame["status"].to_list()) == {"ok"}
+    assert frame["response"].null_count() == 0
+    times = [r.t for r in records]
+    assert len(times) == 200
+    # One limit across the pool's actors. Over two seconds: the simulator shares the driver's
+    # process with Ray Data's executor, and its arrival stamps bunch when its thread waits
+    # (a second once held 30 stamps where the clients' starts were 20 a second).
+    assert busiest(times, 2.0) <= 2 * rpm / 60 * 1.1 + 1
+    assert len(times) - 1 <= rpm / 60 * (times[-1] - times[0]) * 1.05 + 3
+
+
+def pa_concat(dataset: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.concat_tables(ray.get(dataset.to_arrow_refs()))
