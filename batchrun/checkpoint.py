@@ -61,6 +61,10 @@ _OLD_NAME = re.compile(r"seg-(\d{12})(\.m)?\.parquet")  # before segments were s
 # FANOUT segments of one size class are merged into one; a class spans a factor of FANOUT.
 FANOUT = 4
 SMALLEST = 2000  # rows of the smallest size class (what a run commits at a time)
+# How segments are written: statistics for the position alone, which the walks use to pass
+# over row groups; those of every column made a five-million-row segment's footer 4 MB,
+# parsed whole by every reader of it.
+SEGMENT_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_statistics": [POSITION]}
 # A reader racing a merge may find a listed segment gone: it lists again this many times.
 READ_TRIES = 8
 
@@ -459,7 +463,7 @@ def _size_class(rows: int) -> int:
 def write_segment(target: Path, write: Callable[[pq.ParquetWriter], int]) -> int:
     """Write a segment through a ParquetWriter, atomically; returns its rows."""
     with atomic_file(target) as tmp:
-        writer = pq.ParquetWriter(tmp, CHECKPOINT_SCHEMA, compression="zstd")
+        writer = pq.ParquetWriter(tmp, CHECKPOINT_SCHEMA, **SEGMENT_OPTIONS)
         try:
             rows = write(writer)
         finally:
@@ -534,7 +538,7 @@ def load_note(folder: Path, name: str) -> dict[str, Any] | None:
 def write_atomic_table(table: pa.Table, path: Path) -> None:
     """Write a Parquet file atomically (see `atomic_file`), in row groups a walk reads whole."""
     with atomic_file(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, **SEGMENT_OPTIONS)
 
 
 def fsync_dir(folder: Path) -> None:

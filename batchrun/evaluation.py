@@ -276,22 +276,35 @@ def interval(a: Accuracy) -> str:
 
 
 def output_line(path: Path) -> str | None:
-    """One line for the end of a run: how many answers did not parse, and the accuracy."""
-    columns = pl.read_parquet_schema(path)
-    figures = []
-    if PARSE_ERROR in columns:
-        figures.append(pl.col(PARSE_ERROR).is_not_null().sum().alias("unparsed"))
-    if SCORE in columns:
-        figures += [pl.col(SCORE).count().alias("scored"), pl.col(SCORE).sum().alias("right")]
-    if not figures:
+    """One line for the end of a run: how many answers did not parse, and the accuracy.
+    Read a row group at a time (polars' collect of two columns of five million rows held
+    150 MB at the end of a run)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    reader = pq.ParquetFile(path)
+    wanted = [c for c in (PARSE_ERROR, SCORE) if c in reader.schema_arrow.names]
+    if not wanted:
         return None
-    row = pl.scan_parquet(path).select(figures).collect().row(0, named=True)
+    unparsed = scored = 0
+    right: float = 0
+    try:
+        for batch in reader.iter_batches(columns=wanted, batch_size=65_536):
+            if PARSE_ERROR in wanted:
+                column = batch.column(PARSE_ERROR)
+                unparsed += len(column) - column.null_count
+            if SCORE in wanted:
+                column = batch.column(SCORE)
+                scored += len(column) - column.null_count
+                right += pc.sum(column).as_py() or 0
+    finally:
+        reader.close()
     parts = []
-    if row.get("unparsed"):
-        parts.append(f"unparsed answers: {row['unparsed']:,} (see parse_error)")
-    if row.get("scored"):
-        parts.append(f"accuracy {interval(Accuracy.of(row['right'], row['scored']))} 95% CI")
-        parts[-1] += f" over {row['scored']:,} scored rows"
+    if unparsed:
+        parts.append(f"unparsed answers: {unparsed:,} (see parse_error)")
+    if scored:
+        parts.append(f"accuracy {interval(Accuracy.of(right, scored))} 95% CI")
+        parts[-1] += f" over {scored:,} scored rows"
     return "; ".join(parts) if parts else None
 
 

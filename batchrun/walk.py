@@ -289,6 +289,21 @@ def merge_segments(
     turns true between two row groups."""
     cursors = open_cursors(segments, CHECKPOINT_SCHEMA.names)
     written = 0
+    # Sorted rows not yet written: whole row groups of ROW_GROUP_ROWS go out at once, so
+    # that a merged segment's row groups never shrink to its inputs' (a footer holds an
+    # entry for every row group of every column, and every reader parses it whole).
+    held: list[pa.Table] = []
+    holding = 0
+
+    def flush(rows: int) -> None:
+        nonlocal held, holding, written
+        table = pa.concat_tables(held)
+        cut = table.num_rows if rows >= table.num_rows else rows
+        writer.write_table(table.slice(0, cut), row_group_size=ROW_GROUP_ROWS)
+        written += cut
+        rest = table.slice(cut)
+        held, holding = ([rest] if rest.num_rows else []), rest.num_rows
+
     try:
         while True:
             if stop():
@@ -300,9 +315,13 @@ def merge_segments(
             pieces = [cursor.take(end) for cursor in cursors]
             table = pa.concat_tables([p for p in pieces if p.num_rows] or [pieces[0]])
             if table.num_rows:
-                writer.write_table(sort_positions(table), row_group_size=ROW_GROUP_ROWS)
-                written += table.num_rows
+                held.append(sort_positions(table))
+                holding += table.num_rows
+                if holding >= ROW_GROUP_ROWS:
+                    flush(holding - holding % ROW_GROUP_ROWS)
             if end is None:
+                if holding:
+                    flush(holding)
                 return written
             for cursor in cursors:
                 if cursor.unread == end:
