@@ -442,7 +442,7 @@ def connected(job: Job) -> Iterator[Any]:
 
 
 def run(
-    job: Job,
+    job: Job | str | os.PathLike[str],
     options: RunOptions | None = None,
     environ: Mapping[str, str] | None = None,
     *,
@@ -455,6 +455,10 @@ def run(
     added by a `ChatStage` pool of `[engine] workers` actors (lazy, as Ray Data is); the
     job's input and output paths are not used."""
     rt = require_ray()
+    if not isinstance(job, Job):
+        from .job import load_job
+
+        job = load_job(Path(job), environ=os.environ if environ is None else environ)
     if dataset is not None:
         import ray.data
 
