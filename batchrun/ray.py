@@ -635,7 +635,12 @@ def _drive(
                     cause = exc.cause if isinstance(exc.cause, BaseException) else None
                     if isinstance(cause, BatchrunError):
                         raise cause from None
-                    raise
+                    what = f"{type(cause).__name__}: {_first_line(cause)}" if cause else ""
+                    raise BatchrunError(
+                        f"A worker failed on rows {shard[1]:,} to {shard[2]:,} ({what or exc}): "
+                        f"every committed row is kept; run the same command to resume, and "
+                        f"please report this if it happens again."
+                    ) from None
                 peaks[done.pid] = max(peaks.get(done.pid, 0.0), done.peak_rss_mb)
                 if done.stop is not None and stop is None:
                     stop = stop_from(*done.stop)
