@@ -283,6 +283,8 @@ class LeasedPacer(Pacer):
         self._token_delta = 0  # real minus estimated tokens, not yet reported
         self._appetite = 4  # starts to ask for next: grows while leases run out quickly
         self._leased_at = 0.0
+        self._granted = 0  # starts the last lease gave
+        self._used_at_lease = 0  # starts taken before it
         self.requests = 0  # starts taken
         self.leases = 0  # lease calls made
 
@@ -306,15 +308,18 @@ class LeasedPacer(Pacer):
 
     async def _refill(self, tokens: int) -> None:
         now = self._clock()
-        if self.leases and now - self._leased_at < LEASE_S:
-            self._appetite = min(self._appetite * 2, MAX_LEASE)  # the last one ran out fast
-        elif self.leases and now - self._leased_at > 4 * LEASE_S:
-            self._appetite = max(self._appetite // 2, 1)
+        if self.leases:
+            used = self.requests - self._used_at_lease
+            if used < self._granted // 2 or now - self._leased_at > 4 * LEASE_S:
+                self._appetite = max(self._appetite // 2, 1)  # starts expired unused
+            elif now - self._leased_at < LEASE_S:
+                self._appetite = min(self._appetite * 2, MAX_LEASE)  # all used, and fast
         successes, self._successes = self._successes, []
         delta, self._token_delta = self._token_delta, 0
         starts, paused_until = await self._link.lease(self._appetite, tokens, successes, delta)
         self.leases += 1
         self._leased_at = self._clock()
+        self._granted, self._used_at_lease = len(starts), self.requests
         self._paused_until = max(self._paused_until, paused_until)
         self._starts.extend(starts)
 

@@ -63,6 +63,7 @@ log = logging.getLogger("batchrun")
 ENDPOINT = "default"  # the desk's key for a job's one endpoint (the next issue adds more)
 SHARDS_PER_WORKER = 4  # shards are small enough that a slow or restarted worker is caught up
 MAX_SHARD_ATTEMPTS = 5  # a shard whose workers keep dying stops the run
+RESTART_WAIT_S = 300.0  # how long a worker Ray restarts may take to come back
 QUOTA_HOLD_MARGIN_S = 1.0  # others wait this much past a quota probe's next try
 INTERRUPTED = "Interrupted: finished rows are saved; run the same command to resume."
 
@@ -430,11 +431,19 @@ def connected(job: Job) -> Iterator[Any]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # At ERROR: Ray warns at every start that its token authentication is on (it stays on).
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
-    if job.engine.address:
-        rt.init(address=job.engine.address, **kwargs)
-    else:
-        cpus = max(os.cpu_count() or 1, math.ceil(job.engine.workers * job.engine.worker_cpus))
-        rt.init(address="local", num_cpus=cpus, include_dashboard=False, **kwargs)
+    try:
+        if job.engine.address:
+            rt.init(address=job.engine.address, **kwargs)
+        else:
+            cpus = max(os.cpu_count() or 1, math.ceil(job.engine.workers * job.engine.worker_cpus))
+            rt.init(address="local", num_cpus=cpus, include_dashboard=False, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = job.engine.address or "a local instance"
+        raise UserError(
+            f"Could not start or join the Ray cluster at {where} ({_first_line(exc)}): check "
+            f"[engine] address, and that this process has the cluster's RAY_AUTH_MODE and "
+            f"token (~/.ray/auth_token) if it uses token authentication."
+        ) from None
     try:
         yield rt
     finally:
@@ -562,9 +571,14 @@ def _drive(
     engine = job.engine
     limits = job.limits
     desk_name = f"batchrun-desk-{uuid.uuid4().hex[:12]}"
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # On the driver's node: the node that holds the checkpoint's lock is the one whose loss
+    # ends the run anyway.
+    here = NodeAffinitySchedulingStrategy(rt.get_runtime_context().get_node_id(), soft=False)
     desk = (
         rt.remote(Desk)
-        .options(name=desk_name, max_restarts=0, num_cpus=0)
+        .options(name=desk_name, max_restarts=0, num_cpus=0, scheduling_strategy=here)
         .remote(
             {ENDPOINT: (limits.requests_per_minute, limits.tokens_per_minute)},
             budget_usd=job.cost.budget_usd,
@@ -590,6 +604,7 @@ def _drive(
     )
     attempts: dict[int, int] = {}
     running: dict[Any, tuple[int, tuple[int, int, int]]] = {}
+    restarting: dict[Any, tuple[int, float]] = {}  # a ready call -> (worker, since when)
     idle = list(range(len(workers)))
     stop: BatchrunError | None = None
     interrupts = 0
@@ -605,31 +620,55 @@ def _drive(
     try:
         while todo or running:
             while idle and todo and stop is None and interrupts == 0:
-                index, shard = idle.pop(), todo.popleft()
+                index, shard = idle.pop(0), todo.popleft()
                 attempts[shard[0]] = attempts.get(shard[0], 0) + 1
                 running[workers[index].run_shard.remote(*shard)] = (index, shard)
             if interrupts >= 2:  # a second Ctrl-C: stop at once, the output not rewritten
                 stop = Interrupted(INTERRUPTED)
                 break
-            ready, _ = rt.wait(list(running), num_returns=1, timeout=SYNC_S * 2)
-            figures = rt.get(desk.totals.remote())
+            waiting = [*running, *restarting]
+            ready, _ = rt.wait(waiting, num_returns=1, timeout=SYNC_S * 2) if waiting else ([], [])
+            figures = _desk_call(rt, desk.totals)
             _show(progress, figures)
             if figures["stop"] is not None and stop is None:
                 stop = stop_from(*figures["stop"])
             for ref in ready:
+                if ref in restarting:  # a worker Ray was restarting: back, or not yet
+                    index, since = restarting.pop(ref)
+                    try:
+                        rt.get(ref)
+                    except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+                        if time.monotonic() - since > RESTART_WAIT_S:
+                            raise BatchrunError(
+                                f"A worker of the run could not be restarted within "
+                                f"{RESTART_WAIT_S:g} s ({_first_line(exc)}): the cluster may "
+                                f"lack room for it; run the same command to resume."
+                            ) from None
+                        time.sleep(SYNC_S)
+                        restarting[workers[index].pid.remote()] = (index, since)
+                        continue
+                    idle.append(index)
+                    continue
                 index, shard = running.pop(ref)
                 try:
                     done: ShardDone = rt.get(ref)
                 except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+                    # A worker is given work only once it answers (see `restarting`), so
+                    # each of these is a worker lost while it ran the shard.
                     if attempts[shard[0]] >= MAX_SHARD_ATTEMPTS:
                         raise BatchrunError(
                             f"The workers running rows {shard[1]:,} to {shard[2]:,} died "
                             f"{MAX_SHARD_ATTEMPTS} times ({_first_line(exc)}): look at the Ray "
                             f"cluster's logs, then run the same command to resume."
                         ) from None
-                    log.warning("a worker died on rows %d to %d; running them again", *shard[1:])
-                    todo.appendleft(shard)
-                    idle.append(index)  # Ray restarts the actor behind the same handle
+                    else:
+                        log.warning(
+                            "a worker died on rows %d to %d; running them again", *shard[1:]
+                        )
+                    todo.appendleft(shard)  # to the next worker that is up
+                    # Ray restarts the actor behind the same handle: it takes work again
+                    # once it answers.
+                    restarting[workers[index].pid.remote()] = (index, time.monotonic())
                     continue
                 except RayTaskError as exc:
                     cause = exc.cause if isinstance(exc.cause, BaseException) else None
@@ -647,12 +686,20 @@ def _drive(
                 idle.append(index)
             if stop is not None and not running:
                 break
-        figures = rt.get(desk.totals.remote())
+        _desk_call(rt, desk.settle)  # a 429 storm the run ended in sets its figures
+        figures = _desk_call(rt, desk.totals)
         _show(progress, figures)
         if figures["stop"] is not None and stop is None:
             stop = stop_from(*figures["stop"])
     finally:
         _route(*previous)
+        # However the run ended: no worker may go on sending, or committing into a folder
+        # the driver is about to unlock.
+        with contextlib.suppress(Exception):
+            desk.halt.remote("Interrupted", INTERRUPTED)
+            for worker in workers:
+                rt.kill(worker, no_restart=True)
+            rt.kill(desk)
     endpoint = figures["endpoints"][ENDPOINT]
     figures["workers"] = {
         "count": len(workers),
@@ -662,11 +709,19 @@ def _drive(
         "shards": len(attempts),
         "shard_attempts": sum(attempts.values()),
     }
-    with contextlib.suppress(Exception):
-        for worker in workers:
-            rt.kill(worker, no_restart=True)
-        rt.kill(desk)
     return figures, stop, interrupts >= 2
+
+
+def _desk_call(rt: Any, method: Any) -> Any:
+    """A call to the desk; its loss (its node gone) ends the run in one sentence."""
+    try:
+        return rt.get(method.remote())
+    except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+        raise BatchrunError(
+            f"The run's desk (the actor that holds its rate limit, on the driver's node) was "
+            f"lost ({_first_line(exc)}): every committed row is kept; run the same command "
+            f"to resume."
+        ) from None
 
 
 def _show(progress: Progress, figures: Mapping[str, Any]) -> None:

@@ -135,3 +135,18 @@ def test_stops_and_commit_numbers_are_one_for_the_cluster() -> None:
     assert desk.halt("BudgetReached", "second") == ("BadKey", "first")
     assert desk.sync(0, "x", {}).stop == ("BadKey", "first")
     assert desk.lease("e", "a", 4)[0] == []  # no start after a stop
+
+
+def test_a_storm_the_run_ends_in_still_gives_what_got_through() -> None:
+    now = [1000.0]
+    desk = Desk({"e": (600.0, None)}, clock=lambda: now[0])
+    starts: list[float] = []
+    while len(starts) < 20:  # two seconds of starts, taken as they come due
+        got, _ = desk.lease("e", "a", 10)
+        starts += got
+        now[0] = max(now[0], got[-1])
+    desk.lease("e", "a", 1, successes=starts)  # all of them answered
+    desk.cool_down("e", 2.0, now[0])
+    assert desk.totals()["endpoints"]["e"]["allowed_rps"] is None
+    desk.settle()  # the run ended inside the pause
+    assert desk.totals()["endpoints"]["e"]["allowed_rps"] is not None
