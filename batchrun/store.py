@@ -1,0 +1,426 @@
+"""Where a job's files live: a local folder or an S3 prefix, through pyarrow's filesystems.
+
+A location is a local path or an `s3://bucket/prefix` URL; `resolve` turns it into a pyarrow
+`FileSystem` and a path on it, which the helpers here take. They keep the checkpoint's rule
+that nothing half-written is ever visible:
+
+- `put_whole` publishes a file whole or not at all. On S3 a PUT is atomic (a multipart upload
+  is invisible until completed), but a pyarrow output stream that fails mid-write can still
+  publish the part written so far (apache/arrow#40502: closing the stream completes the
+  upload). So a file is serialised whole in memory first (`parquet_bytes`) and handed over in
+  one write and one close; an error while producing it never reaches the store. The
+  filesystem is opened with `allow_delayed_open`, so a file under pyarrow's part size (10 MiB)
+  goes up in a single PutObject. Locally, the file is written under a temporary name, fsynced
+  and renamed, as `batchrun.checkpoint.atomic_file` does.
+- Nothing is renamed on S3: pyarrow's `move` there is a copy and a delete, not atomic.
+- Reads and listings after a write are strongly consistent on S3, so `list_names` sees every
+  file published before it was called.
+
+One run at a time (`Lease`). A local checkpoint is locked with flock; shared storage needs a
+lease object. Two protocols were weighed, against moto 5.2 and pyarrow 26:
+
+- a conditional create (`If-None-Match: *`), a conditional replace (`If-Match: <etag>`) for
+  renewals and takeovers, and a conditional delete for release. S3, botocore and moto all
+  have them (moto answers 412 PreconditionFailed to each, as S3 does); pyarrow has no API
+  for any. Chosen: each step is one atomic request, and two runs racing for a lapsed lease
+  both name the etag they saw, so exactly one wins.
+- pyarrow alone: each contender writes a uniquely named claim, lists the claims, and the
+  earliest unexpired one wins. Not chosen: "earliest" is the object's LastModified, which
+  is not the moment the claim became visible (S3 stamps the start of an upload), so a claim
+  begun first can land after a rival has listed and seen itself alone, and both believe
+  they won; closing that hole needs waits tuned to the store.
+
+So the lease talks to S3 through botocore, which comes with boto3: an optional dependency of
+the S3 path only, imported when a lease is made, with the filesystem's own endpoint,
+region and credentials. A lease's expiry is wall-clock time from the holder's clock:
+the hosts of the runs that share a location must keep their clocks within a small part of
+the lease's ttl (NTP does).
+
+Credentials come from the standard AWS variables (or, when those are unset, the AWS
+SDK's own chain); they are never logged nor put in a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .errors import RunStopped, UserError
+
+S3_SCHEME = "s3://"
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach S3: what the AWS variables say, or what a filesystem was made with."""
+
+    region: str | None = None  # None: the SDK's default
+    endpoint: str | None = None  # host[:port], without scheme; None: AWS itself
+    scheme: str = "https"  # how to talk to `endpoint`
+    access_key: str | None = field(default=None, repr=False)  # None: the SDK's chain
+    secret_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> S3Settings:
+        """The settings the standard AWS variables give (AWS_REGION, AWS_ENDPOINT_URL...)."""
+        region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None
+        url = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
+        endpoint, scheme = _endpoint(url) if url else (None, "https")
+        access_key = environ.get("AWS_ACCESS_KEY_ID") or None
+        secret_key = environ.get("AWS_SECRET_ACCESS_KEY") or None
+        if (access_key is None) != (secret_key is None):
+            given, missing = (
+                ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                if access_key
+                else ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
+            )
+            raise UserError(f"{given} is set but {missing} is not: set both, or neither.")
+        return cls(
+            region=region,
+            endpoint=endpoint,
+            scheme=scheme,
+            access_key=access_key,
+            secret_key=secret_key,
+            session_token=environ.get("AWS_SESSION_TOKEN") or None,
+        )
+
+    @classmethod
+    def of(cls, fs: pafs.S3FileSystem) -> S3Settings:
+        """The settings `fs` was made with (read from its pickled state)."""
+        options: dict[str, Any] = fs.__reduce__()[1][0]
+        endpoint = options.get("endpoint_override") or None
+        scheme = options.get("scheme") or "https"
+        if endpoint and "://" in endpoint:  # pyarrow's own reading of AWS_ENDPOINT_URL
+            endpoint, scheme = _endpoint(endpoint)
+        return cls(
+            region=options.get("region") or None,
+            endpoint=endpoint,
+            scheme=scheme,
+            access_key=options.get("access_key") or None,
+            secret_key=options.get("secret_key") or None,
+            session_token=options.get("session_token") or None,
+        )
+
+    def filesystem(self) -> pafs.S3FileSystem:
+        """A pyarrow filesystem on these settings."""
+        options: dict[str, Any] = {"scheme": self.scheme, "allow_delayed_open": True}
+        if self.region:
+            options["region"] = self.region
+        if self.endpoint:
+            options["endpoint_override"] = self.endpoint
+        if self.access_key:
+            options.update(access_key=self.access_key, secret_key=self.secret_key)
+            if self.session_token:
+                options["session_token"] = self.session_token
+        return pafs.S3FileSystem(**options)
+
+    def client(self) -> Any:
+        """A botocore S3 client on these settings (botocore is imported only here)."""
+        import botocore.config
+        import botocore.session
+
+        config = botocore.config.Config(s3={"addressing_style": "path"} if self.endpoint else {})
+        return botocore.session.get_session().create_client(
+            "s3",
+            region_name=self.region,
+            endpoint_url=f"{self.scheme}://{self.endpoint}" if self.endpoint else None,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            aws_session_token=self.session_token,
+            config=config,
+        )
+
+
+def _endpoint(url: str) -> tuple[str, str]:
+    """An endpoint URL as (host[:port], scheme); without a scheme, https."""
+    if "://" not in url:
+        return url.rstrip("/"), "https"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise UserError(
+            f"The S3 endpoint {url!r} is not of the form http(s)://host[:port]: "
+            f"fix AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3)."
+        )
+    return parts.netloc, parts.scheme
+
+
+def resolve(location: str, environ: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
+    """A local path or an `s3://bucket/key` URL as a filesystem and a path on it.
+
+    The S3 settings come from `environ` (by default the process's), read here rather than
+    left to pyarrow: pyarrow 26's `FileSystem.from_uri` reads AWS_ENDPOINT_URL(_S3) itself,
+    but its `S3FileSystem` constructor does not, and a lease needs the same settings."""
+    if location.startswith(S3_SCHEME):
+        bucket, _, key = location[len(S3_SCHEME) :].partition("/")
+        if not bucket:
+            raise UserError(f"{location!r} names no bucket: write s3://bucket/prefix.")
+        settings = S3Settings.from_env(os.environ if environ is None else environ)
+        return settings.filesystem(), f"{bucket}/{key}".rstrip("/")
+    if "://" in location:
+        raise UserError(
+            f"{location!r} is neither a local path nor an s3:// URL: batchrun reads and "
+            f"writes only those."
+        )
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
+
+
+def is_s3(fs: pafs.FileSystem) -> bool:
+    return isinstance(fs, pafs.S3FileSystem)
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+def parquet_bytes(
+    schema: pa.Schema, write: Callable[[pq.ParquetWriter], int], **options: Any
+) -> tuple[pa.Buffer, int]:
+    """A Parquet file written whole in memory by `write` (which returns its rows), and its
+    rows: what `put_whole` then publishes. An error in `write` leaves nothing anywhere."""
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, schema, **options) as writer:
+        rows = write(writer)
+    return sink.getvalue(), rows
+
+
+def put_whole(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
+    """Publish `data` at `path` whole or not at all, replacing what was there."""
+    if is_s3(fs):
+        stream = fs.open_output_stream(path)
+        # One write, then close. Not `with`: leaving a `with` on an error closes the stream,
+        # and closing completes the upload with whatever was written (apache/arrow#40502).
+        stream.write(data)
+        stream.close()
+    elif isinstance(fs, pafs.LocalFileSystem):
+        _put_local(path, data)
+    else:
+        raise TypeError(f"put_whole supports local and S3 filesystems, not {fs.type_name}")
+
+
+def _put_local(path: str, data: bytes | pa.Buffer) -> None:
+    """Write beside `path`, fsync, rename into place and fsync the folder."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(memoryview(data))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_names(fs: pafs.FileSystem, folder: str, pattern: str = "*") -> list[str]:
+    """The names of the files right in `folder` that match the glob `pattern`, sorted;
+    none when the folder does not exist."""
+    selector = pafs.FileSelector(folder, allow_not_found=True, recursive=False)
+    return sorted(
+        info.base_name
+        for info in fs.get_file_info(selector)
+        if info.type == pafs.FileType.File and fnmatch.fnmatchcase(info.base_name, pattern)
+    )
+
+
+def read_whole(fs: pafs.FileSystem, path: str) -> bytes:
+    """A whole file's bytes (FileNotFoundError when it is not there)."""
+    with fs.open_input_stream(path) as stream:
+        return bytes(stream.read())
+
+
+def open_input(fs: pafs.FileSystem, path: str) -> pa.NativeFile:
+    """A file opened for random access: what `pq.ParquetFile` takes to read a footer and
+    then only the row groups it needs."""
+    return fs.open_input_file(path)
+
+
+def remove(fs: pafs.FileSystem, path: str) -> None:
+    """Delete a file; one already gone is no error (a merge raced us, or a retry)."""
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(path)
+
+
+# -- one run at a time ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A lease object as read: who holds it, since and until when, and its etag."""
+
+    holder: str
+    since: float  # when the holder acquired it (wall-clock seconds)
+    expires: float  # when it lapses unless renewed
+    etag: str
+
+
+class Lease:
+    """One run at a time on a location: an object at `path` on S3 that one holder holds for
+    `ttl_s` seconds at a time, renewed before it lapses. A lease whose holder stopped
+    renewing it (dead, or cut off) may be taken over once it lapsed. See the module's
+    docstring for the protocol and why."""
+
+    def __init__(
+        self,
+        fs: pafs.FileSystem,
+        path: str,
+        holder: str,
+        ttl_s: float,
+        *,
+        clock: Callable[[], float] = time.time,
+        client: Any = None,
+    ) -> None:
+        if not is_s3(fs):
+            raise TypeError(
+                "A Lease is for S3; a local checkpoint is locked by batchrun.checkpoint "
+                "(flock) instead."
+            )
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be positive, not {ttl_s}")
+        self.path = path
+        self.holder = holder
+        self.ttl_s = ttl_s
+        self._clock = clock  # wall-clock seconds, compared with other holders' clocks
+        self._bucket, _, self._key = path.partition("/")
+        self._client = client if client is not None else S3Settings.of(fs).client()
+        self._etag: str | None = None  # of the lease object as we last wrote it; None: not held
+        self._since = 0.0  # when we acquired it
+
+    def __repr__(self) -> str:
+        state = "held" if self._etag else "not held"
+        return f"Lease(s3://{self.path}, holder={self.holder!r}, ttl_s={self.ttl_s}, {state})"
+
+    @property
+    def held(self) -> bool:
+        return self._etag is not None
+
+    def acquire(self) -> Lease:
+        """Take the lease, or take it over when it lapsed; UserError when another holds it."""
+        for _ in range(8):  # each turn, the lease changed hands under us: look again
+            self._since = self._clock()
+            body = self._body()
+            etag = self._put(body, IfNoneMatch="*")
+            if etag is not None:
+                self._etag = etag
+                return self
+            held = self._read()
+            if held is None:
+                continue  # released between our create and our read
+            if held.expires > self._since:
+                raise UserError(
+                    f"Another batchrun run ({held.holder}) has held s3://{self.path} since "
+                    f"{_when(held.since)} (its lease lapses at {_when(held.expires)} unless "
+                    f"renewed): wait for it to finish or stop it."
+                )
+            etag = self._put(body, IfMatch=held.etag)  # lapsed: take it over, if still so
+            if etag is not None:
+                self._etag = etag
+                return self
+        raise UserError(
+            f"The lease s3://{self.path} kept changing hands while this run tried to take "
+            f"it: another run is starting; wait for it to finish or stop it."
+        )
+
+    def renew(self) -> None:
+        """Push the lease's expiry ttl_s past now; RunStopped when another took it over."""
+        if self._etag is None:
+            raise RuntimeError("renew() of a lease not held")
+        etag = self._put(self._body(), IfMatch=self._etag)
+        if etag is None:
+            self._etag = None
+            held = self._read()
+            who = f"another run ({held.holder})" if held else "another run"
+            raise RunStopped(
+                f"This run lost its lease on s3://{self.path} to {who} after it lapsed, and "
+                f"stopped so that the two runs do not interleave."
+            )
+        self._etag = etag
+
+    def release(self) -> None:
+        """Give the lease up (not if another took it over meanwhile)."""
+        if self._etag is None:
+            return
+        etag, self._etag = self._etag, None
+        self._call("delete_object", IfMatch=etag)
+
+    def __enter__(self) -> Lease:
+        return self.acquire()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    # -- the lease object ------------------------------------------------------------------
+
+    def _body(self) -> bytes:
+        figures = {
+            "holder": self.holder,
+            "since": self._since,
+            "expires": self._clock() + self.ttl_s,
+            "nonce": uuid.uuid4().hex,  # every write a new etag, even of the same figures
+        }
+        return json.dumps(figures).encode()
+
+    def _read(self) -> _Held | None:
+        """The lease object as it stands, or None when there is none."""
+        answer = self._call("get_object")
+        if answer is None:
+            return None
+        try:
+            figures = json.loads(answer["Body"].read())
+            return _Held(
+                str(figures["holder"]),
+                float(figures["since"]),
+                float(figures["expires"]),
+                answer["ETag"],
+            )
+        except (ValueError, KeyError, TypeError):
+            # Not a lease batchrun wrote: treated as lapsed long ago, so it can be replaced.
+            return _Held("unknown", 0.0, 0.0, answer["ETag"])
+
+    def _put(self, body: bytes, **condition: str) -> str | None:
+        """Write the lease object on `condition`; its new etag, or None when the condition
+        failed."""
+        answer = self._call("put_object", Body=body, **condition)
+        return None if answer is None else str(answer["ETag"])
+
+    def _call(self, operation: str, **arguments: Any) -> Any:
+        """One S3 request on the lease object; None when S3 said its precondition failed,
+        or that the object is not there. Where botocore's errors become batchrun's."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self._client, operation)(Bucket=self._bucket, Key=self._key, **arguments)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            # 409 ConditionalRequestConflict: S3 saw a concurrent conditional write win.
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+                return None
+            raise OSError(f"S3 {operation} of s3://{self.path} failed: {code or exc}") from exc
+        except BotoCoreError as exc:
+            raise OSError(f"S3 {operation} of s3://{self.path} failed: {exc}") from exc
+
+
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
