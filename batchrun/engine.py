@@ -172,17 +172,7 @@ async def run(
                     engine.stop = engine.disk_full_stop()  # with the answers lost since
                 if not engine.hurried:
                     written = await engine.write_output(
-                        functools.partial(
-                            sink.write_output,
-                            plan.source,
-                            checkpoint,
-                            job.output_path,
-                            plan.columns,
-                            plan.renderer,
-                            limit=options.limit,
-                            annotator=plan.annotator,
-                            metadata=sink.job_metadata(job, plan.total),
-                        )
+                        functools.partial(write_job_output, job, plan, checkpoint, options)
                     )
     finally:
         checkpoint.close()
@@ -190,17 +180,7 @@ async def run(
     engine.pacer.settle()  # a storm the run ended in
     if engine.rate_limited and engine.pacer.allowed_rps is not None:
         allowed_rpm = engine.pacer.allowed_rps * 60
-        with contextlib.suppress(OSError):  # for `report`; a figure, not a result
-            save_note(
-                checkpoint.folder,
-                GATEWAY_NOTE,
-                {
-                    "allowed_rpm": allowed_rpm,
-                    "rate_limited": engine.rate_limited,
-                    "requests_per_minute": job.limits.requests_per_minute,
-                    "at": time.time(),
-                },
-            )
+        note_gateway(job, checkpoint.folder, allowed_rpm, engine.rate_limited)
     rows_written = written.rows if written is not None else None
     if written is not None:
         # What the output holds is the standing, whatever the feeds had counted when the
@@ -230,6 +210,37 @@ async def run(
         rate_limited=engine.rate_limited,
         allowed_rpm=allowed_rpm,
     )
+
+
+def write_job_output(
+    job: Job, plan: Plan, checkpoint: Checkpoint, options: RunOptions
+) -> sink.Written:
+    """The job's output, written from its checkpoint (see `batchrun.sink.write_output`)."""
+    return sink.write_output(
+        plan.source,
+        checkpoint,
+        job.output_path,
+        plan.columns,
+        plan.renderer,
+        limit=options.limit,
+        annotator=plan.annotator,
+        metadata=sink.job_metadata(job, plan.total),
+    )
+
+
+def note_gateway(job: Job, folder: Path, allowed_rpm: float, rate_limited: int) -> None:
+    """Keep what rate the gateway let through when it rate-limited, for `report`."""
+    with contextlib.suppress(OSError):  # a figure, not a result
+        save_note(
+            folder,
+            GATEWAY_NOTE,
+            {
+                "allowed_rpm": allowed_rpm,
+                "rate_limited": rate_limited,
+                "requests_per_minute": job.limits.requests_per_minute,
+                "at": time.time(),
+            },
+        )
 
 
 @contextlib.contextmanager

@@ -43,8 +43,15 @@ from typing import Any
 
 from . import sink
 from .anchor import anchor
-from .checkpoint import GATEWAY_NOTE, Checkpoint, checkpoint_dir, save_note
-from .engine import BATCH_ROWS, RunSummary, _endpoint, _Engine
+from .checkpoint import Checkpoint, checkpoint_dir
+from .engine import (
+    BATCH_ROWS,
+    RunSummary,
+    _endpoint,
+    _Engine,
+    note_gateway,
+    write_job_output,
+)
 from .errors import BatchrunError, Interrupted, UserError
 from .job import Job
 from .lease import SYNC_S, Desk, LeasedPacer, SharedBudget, Tally, stop_from
@@ -505,16 +512,7 @@ def run(
         checkpoint.stop_merging()
         written = None
         if not hurried:
-            written = sink.write_output(
-                plan.source,
-                checkpoint,
-                job.output_path,
-                plan.columns,
-                plan.renderer,
-                limit=options.limit,
-                annotator=plan.annotator,
-                metadata=sink.job_metadata(job, plan.total),
-            )
+            written = write_job_output(job, plan, checkpoint, options)
     finally:
         progress.close()
         checkpoint.close()
@@ -522,17 +520,7 @@ def run(
     allowed_rpm = None
     if endpoint["rate_limited"] and endpoint["allowed_rps"] is not None:
         allowed_rpm = endpoint["allowed_rps"] * 60
-        with contextlib.suppress(OSError):
-            save_note(
-                folder,
-                GATEWAY_NOTE,
-                {
-                    "allowed_rpm": allowed_rpm,
-                    "rate_limited": endpoint["rate_limited"],
-                    "requests_per_minute": job.limits.requests_per_minute,
-                    "at": time.time(),
-                },
-            )
+        note_gateway(job, folder, allowed_rpm, endpoint["rate_limited"])
     if written is not None:
         ok, failed = written.ok, written.failed
     else:
