@@ -251,3 +251,28 @@ def pa_concat(dataset: Any) -> Any:
     import pyarrow as pa
 
     return pa.concat_tables(ray.get(dataset.to_arrow_refs()))
+
+
+def test_a_quota_that_never_returns_stops_every_worker_within_quota_wait(
+    ws: Workspace,
+) -> None:
+    with start_in_thread(SimConfig(quota_window=(0.0, float("inf")))) as server:
+        ws.write_input(reviews(2000))
+        job = ray_job(
+            ws,
+            server.base_url,
+            engine={"shard_rows": 200, "workers": 3},
+            limits={"quota_wait_s": 3, "concurrency": 18},
+        )
+        summary = ray_run(job)
+        records = server.requests
+    from batchrun.errors import QuotaExhausted
+
+    assert isinstance(summary.stopped, QuotaExhausted)
+    assert "within 3 s" in str(summary.stopped)
+    assert summary.ok == 0
+    # Each worker's first wave (six in flight each), then a probe at growing intervals
+    # while every other start is held: no storm of refused requests.
+    first, last = records[0].t, records[-1].t
+    assert last - first < 3 + 3
+    assert len(records) <= 18 + 3 * 6
