@@ -357,14 +357,7 @@ class ChatStage:
                 )
                 if engine.stop is not None:
                     raise engine.stop
-                sink.write_output(
-                    plan.source,
-                    checkpoint,
-                    job.output_path,
-                    plan.columns,
-                    plan.renderer,
-                    annotator=plan.annotator,
-                )
+                write_job_output(job, plan, checkpoint, options)
             finally:
                 checkpoint.close()
             answered = pq.read_table(job.output_path)
