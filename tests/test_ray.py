@@ -240,10 +240,11 @@ def test_a_ray_data_pipeline_puts_batchrun_between_its_read_and_write(ws: Worksp
     assert frame["response"].null_count() == 0
     times = [r.t for r in records]
     assert len(times) == 200
-    # One limit across the pool's actors. Over two seconds: the simulator shares the driver's
-    # process with Ray Data's executor, and its arrival stamps bunch when its thread waits
-    # (a second once held 30 stamps where the clients' starts were 20 a second).
-    assert busiest(times, 2.0) <= 2 * rpm / 60 * 1.1 + 1
+    # One limit across the pool's actors (one desk each would let twice as many through).
+    # Over four seconds: the simulator shares the driver's process with Ray Data's
+    # executor, and its arrival stamps bunch when its thread waits (a second once held 30
+    # stamps, two seconds 47, where the clients' starts were 20 a second).
+    assert busiest(times, 4.0) <= 4 * rpm / 60 * 1.1 + 1
     assert len(times) - 1 <= rpm / 60 * (times[-1] - times[0]) * 1.05 + 3
 
 
