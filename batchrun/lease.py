@@ -46,6 +46,7 @@ from .limits import Clock, Pacer, Sleep
 
 LEASE_S = 0.5  # a lease covers about this much of the cluster's pace, shared among workers
 EXPIRE_S = 0.1  # a leased start not used this long after its time is dropped
+EMPTY_LEASE_WAIT_S = 0.05  # after a lease that gave nothing (a stop), before asking again
 SYNC_S = 0.25  # how often a worker syncs with the desk: stops and pauses reach it this fast
 ACTIVE_S = 2.0  # a worker that leased within this long shares the pace
 MAX_LEASE = 1024  # starts in one lease at most
@@ -322,6 +323,8 @@ class LeasedPacer(Pacer):
         self._granted, self._used_at_lease = len(starts), self.requests
         self._paused_until = max(self._paused_until, paused_until)
         self._starts.extend(starts)
+        if not starts:  # the desk has a stop this worker learns at its next sync
+            await self._sleep(EMPTY_LEASE_WAIT_S)
 
     def learn_pause(self, until: float) -> None:
         """The desk says no start before `until` (another worker's 429 or hold)."""
