@@ -117,16 +117,10 @@ async def run(
     interrupts: RouteInterrupts | None = None,
 ) -> RunSummary:
     """Run or resume a job; see the module docstring."""
-    plan = plan_run(job, options)
-    key = job.api_key(environ)
-    sink.check_writable(job.output_path)
-    checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open(fresh=options.fresh)
-    sink.remove_temporaries(job.output_path)
+    plan, key, checkpoint = open_run(job, options, environ)
     started = time.monotonic()
     try:
-        moved = await asyncio.to_thread(anchor, checkpoint, plan.source)
-        if moved:
-            log.info("%s: %d committed results moved with their rows in the input", job.name, moved)
+        await asyncio.to_thread(realign, job, plan, checkpoint)
         concurrency, crowded = fitting_concurrency(
             job.limits.concurrency, len(checkpoint.segments()), sim=job.uses_sim
         )
@@ -186,14 +180,7 @@ async def run(
         # What the output holds is the standing, whatever the feeds had counted when the
         # run stopped (the one checking finished rows may not have reached them all).
         engine.final_ok, engine.final_failed = written.ok, written.failed
-    if engine.stop is None and rows_written != plan.total:
-        # Every row has a committed result, so the output must hold them all: say so loudly
-        # rather than exit 0 over a short file.
-        raise BatchrunError(
-            f"The output {job.output_path} has {rows_written} rows where {plan.total} were "
-            f"expected, although every row is committed: run the same command again to "
-            f"rewrite it, and please report this."
-        )
+    check_complete(job, plan, engine.stop, rows_written)
     return RunSummary(
         total=plan.total,
         ok=engine.final_ok,
@@ -210,6 +197,39 @@ async def run(
         rate_limited=engine.rate_limited,
         allowed_rpm=allowed_rpm,
     )
+
+
+def open_run(
+    job: Job, options: RunOptions, environ: Mapping[str, str]
+) -> tuple[Plan, Secret | None, Checkpoint]:
+    """What every run does before anything starts: check the job against its input, read
+    the key, check the output can be written, and hold the checkpoint."""
+    plan = plan_run(job, options)
+    key = job.api_key(environ)
+    sink.check_writable(job.output_path)
+    checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open(fresh=options.fresh)
+    sink.remove_temporaries(job.output_path)
+    return plan, key, checkpoint
+
+
+def realign(job: Job, plan: Plan, checkpoint: Checkpoint) -> None:
+    """Move committed results with their rows where the input's rows moved (`anchor`)."""
+    moved = anchor(checkpoint, plan.source)
+    if moved:
+        log.info("%s: %d committed results moved with their rows in the input", job.name, moved)
+
+
+def check_complete(
+    job: Job, plan: Plan, stop: BatchrunError | None, rows_written: int | None
+) -> None:
+    """A run that did not stop has a committed result for every row, so the output must
+    hold them all: say so loudly rather than exit 0 over a short file."""
+    if stop is None and rows_written != plan.total:
+        raise BatchrunError(
+            f"The output {job.output_path} has {rows_written} rows where {plan.total} were "
+            f"expected, although every row is committed: run the same command again to "
+            f"rewrite it, and please report this."
+        )
 
 
 def write_job_output(

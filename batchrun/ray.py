@@ -41,15 +41,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import sink
-from .anchor import anchor
 from .checkpoint import Checkpoint, checkpoint_dir
 from .engine import (
     BATCH_ROWS,
     RunSummary,
     _endpoint,
     _Engine,
+    check_complete,
     note_gateway,
+    open_run,
+    realign,
     write_job_output,
 )
 from .errors import BatchrunError, Interrupted, UserError
@@ -482,18 +483,13 @@ def run(
         )
     options = options or RunOptions()
     environ = os.environ if environ is None else environ
-    plan = plan_run(job, options)
-    job.api_key(environ)  # a missing key is an error before anything starts
-    sink.check_writable(job.output_path)
-    folder = checkpoint_dir(job.output_path)
-    checkpoint = Checkpoint(folder).open(fresh=options.fresh)
-    sink.remove_temporaries(job.output_path)
+    # The key is only checked here: each worker reads it on its own machine.
+    plan, _, checkpoint = open_run(job, options, environ)
+    folder = checkpoint.folder
     started = time.monotonic()
     progress = Progress(plan.total, 0, quiet=options.quiet, interactive=options.interactive)
     try:
-        moved = anchor(checkpoint, plan.source)
-        if moved:
-            log.info("%s: %d committed results moved with their rows in the input", job.name, moved)
+        realign(job, plan, checkpoint)
         for line in checkpoint.quarantined:
             progress.note(line)
         checkpoint.start_merging()
@@ -514,6 +510,7 @@ def run(
     if endpoint["rate_limited"] and endpoint["allowed_rps"] is not None:
         allowed_rpm = endpoint["allowed_rps"] * 60
         note_gateway(job, folder, allowed_rpm, endpoint["rate_limited"])
+    check_complete(job, plan, stop, written.rows if written is not None else None)
     if written is not None:
         ok, failed = written.ok, written.failed
     else:
