@@ -34,6 +34,7 @@ from .columns import CHECKPOINT_SCHEMA, KEY, POSITION
 from .errors import InputError, UserError
 from .source import POSITION as INPUT_POSITION
 from .source import ROW_KEY, Source
+from .store import Remote
 from .walk import ROW_GROUP_ROWS, merge_segments, open_cursors
 
 PART_ROWS = 100_000  # committed rows per part of a realignment
@@ -85,7 +86,7 @@ def _stamp(source: Source) -> dict[str, object]:
     return {"id_column": source.id_column, "files": files}
 
 
-def settle_positions(folder: Path, source: Source) -> None:
+def settle_positions(folder: Path, source: Source, remote: Remote | None = None) -> None:
     """For a command that reads a checkpoint beside the input (status, estimate, the
     report's evaluation): realign the checkpoint first if rows moved, unless a run holds the
     folder (a run that holds it has realigned it already)."""
@@ -94,7 +95,7 @@ def settle_positions(folder: Path, source: Source) -> None:
     if damaged(current_segments(folder)):
         return  # the next run moves the damaged segment aside first, then realigns
     try:
-        with Checkpoint(folder).open() as holder:
+        with Checkpoint(folder, remote).open() as holder:
             anchor(holder, source)
     except InputError:
         raise  # the input cannot be read: the command says so

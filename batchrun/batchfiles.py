@@ -165,7 +165,7 @@ def export_batch(
         )
     summary = ExportSummary(total=plan.total)
     # The lock keeps a run from settling rows while they are being exported.
-    checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open()
+    checkpoint = Checkpoint(checkpoint_dir(job.output_path), job.checkpoint_remote).open()
     try:
         anchor(checkpoint, plan.source)
         with _writing(folder):
@@ -335,7 +335,7 @@ def import_batch(
             pass
     summary = ImportSummary(files=len(files), rows=plan.total, output_path=job.output_path)
     sink.check_writable(job.output_path)
-    checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open()
+    checkpoint = Checkpoint(checkpoint_dir(job.output_path), job.checkpoint_remote).open()
     for line in checkpoint.quarantined:
         print(line, file=sys.stderr)
     sink.remove_temporaries(job.output_path)
@@ -355,6 +355,7 @@ def import_batch(
             annotator=plan.annotator,
             metadata=sink.job_metadata(job, plan.total),
         )
+        sink.publish(job.output_path, job.output_remote)
     finally:
         checkpoint.close()
     summary.rows_written, summary.rows_ok, summary.rows_failed = written

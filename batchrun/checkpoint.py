@@ -35,6 +35,7 @@ import json
 import math
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -48,8 +49,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .columns import CHECKPOINT_SCHEMA, FINISHED_AT, KEY, POSITION, RowResult
-from .errors import UserError
+from .errors import RunStopped, UserError
 from .space import disk_full
+from .store import Lease, Remote, pull, put_whole, remove, upload_file
 from .walk import ROW_GROUP_ROWS, Positions, Stopped, Walk, merge_segments, sort_positions
 
 SEGMENT_GLOB = "seg-*.parquet"
@@ -67,6 +69,9 @@ SMALLEST = 2000  # rows of the smallest size class (what a run commits at a time
 SEGMENT_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_statistics": [POSITION]}
 # A reader racing a merge may find a listed segment gone: it lists again this many times.
 READ_TRIES = 8
+LEASE = "lease.json"  # on S3, beside the segments: who runs the job (see `batchrun.store`)
+RENEWALS = 4  # a run renews its lease this many times in the lease's time ([storage] lease_s)
+PULL_LOCK = "pull.lock"  # in a local copy: one pull from S3 at a time
 
 # In a row's latest result as the walks give it, a failed row's fingerprint carries this
 # mark in front (see `marked_fingerprint` and `batchrun.plan.settles`).
@@ -192,6 +197,38 @@ def sound_segments(folder: Path) -> list[Path]:
     return [path for path in current if path not in bad]
 
 
+def refresh_copy(folder: Path, remote: Remote | None) -> None:
+    """For a command that reads a checkpoint on S3 (status, report, estimate,
+    export-batch): bring its local copy up to date first. Nothing for a local one."""
+    if remote is None:
+        return
+    try:
+        _pull(folder, remote)
+    except OSError as exc:
+        raise UserError(
+            f"The checkpoint {remote.url} cannot be read ({str(exc).splitlines()[0][:160]}): "
+            f"check the bucket, the credentials and the endpoint."
+        ) from None
+
+
+def _pull(folder: Path, remote: Remote) -> bool:
+    """`store.pull` of the segments into `folder`, one pull at a time on this machine,
+    listed again when a merge elsewhere removed a segment between listing and download."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / PULL_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for attempt in range(READ_TRIES):
+            try:
+                return pull(remote, folder, SEGMENT_GLOB)
+            except FileNotFoundError:
+                if attempt == READ_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+    finally:
+        os.close(fd)
+
+
 def reading(folder: Path, read: Callable[[list[Path]], T]) -> T:
     """`read(segments)` of the sound segments, listed again if a merge removes one of them
     while it is opened."""
@@ -207,8 +244,16 @@ def reading(folder: Path, read: Callable[[list[Path]], T]) -> T:
 class Checkpoint:
     """The folder of committed segments for one job's output."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, remote: Remote | None = None) -> None:
         self.folder = folder
+        # On S3: the checkpoint itself, of which `folder` is this machine's copy. Every
+        # segment goes up whole before its commit counts (`commit`), merges go up before
+        # their inputs are removed, and the copy is made the remote's when opened.
+        self.remote = remote
+        self._lease: Lease | None = None
+        self._renewer: threading.Thread | None = None
+        self._renewing = threading.Event()  # set: stop renewing
+        self.lease_lost: RunStopped | None = None  # another run took the lease over
         self._lock_file: int | None = None  # fd holding the exclusive lock while open
         self._next = 1  # number of the next commit
         self._writing = threading.Lock()  # commits come from worker threads, one at a time
@@ -236,11 +281,17 @@ class Checkpoint:
                 f"Another batchrun run is using {self.folder}: wait for it to finish or stop it."
             ) from None
         self._lock_file = fd
+        try:
+            self._hold_remote()
+        except BaseException:
+            self.close()
+            raise
         for tmp in self.folder.glob("*.tmp"):
             tmp.unlink()
         remove_tree(self.folder / "anchor.tmp")
         if fresh:
             for seg in self.folder.glob(SEGMENT_GLOB):
+                self._unpublish(seg)
                 seg.unlink()
             fsync_dir(self.folder)
         _upgrade(self.folder)
@@ -248,12 +299,84 @@ class Checkpoint:
         self._next = max((last for _, last in spans), default=0) + 1
         current = current_segments(self.folder)
         for path in set(self.folder.glob(SEGMENT_GLOB)) - set(current):
+            self._unpublish(path)
             path.unlink()  # superseded: a kill came between a merge and its clean-up
         self.quarantined = [self._quarantine(path, why) for path, why in damaged(current)]
         fsync_dir(self.folder)
         current = current_segments(self.folder)
         self._rows = {path: pq.read_metadata(path).num_rows for path in current}
         return self
+
+    def _hold_remote(self) -> None:
+        """On S3: take the job's lease (one run at a time, across machines), keep it
+        renewed, and make the local copy the remote's."""
+        if self.remote is None:
+            return
+        holder = f"{socket.gethostname()} pid {os.getpid()}"
+        ttl = self.remote.spec.lease_s
+        lease = Lease(self.remote.fs, self.remote.child(LEASE), holder, ttl)
+        try:
+            lease.acquire()
+        except OSError as exc:
+            raise UserError(
+                f"The checkpoint {self.remote.url} cannot be reached "
+                f"({str(exc).splitlines()[0][:160]}): check the bucket, the credentials and "
+                f"the endpoint."
+            ) from None
+        self._lease = lease
+        self._renewing.clear()
+        self._renewer = threading.Thread(target=self._renew, name="batchrun-lease", daemon=True)
+        self._renewer.start()
+        _pull(self.folder, self.remote)
+
+    def _renew(self) -> None:
+        assert self._lease is not None
+        while not self._renewing.wait(self._lease.ttl_s / RENEWALS):
+            try:
+                self._lease.renew()
+            except RunStopped as exc:
+                self.lease_lost = exc
+                return
+            except OSError:
+                continue  # S3 unreachable for now: tried again before the lease lapses
+
+    def refresh(self) -> bool:
+        """Bring the local copy up to date with what other processes committed to S3 (the
+        workers of a Ray run); whether anything changed. Nothing for a local folder."""
+        if self.remote is None:
+            return False
+        with self._writing:
+            changed = _pull(self.folder, self.remote)
+        if changed:
+            with self._wake:
+                self._wake.notify()  # the merger has segments to look at
+        return changed
+
+    def _write_segment(self, target: Path, write: Callable[[pq.ParquetWriter], int]) -> int:
+        """`write_segment`, on S3 uploaded (whole or not at all) from its temporary file
+        before that is renamed into the copy: a segment appears in a copy only once it is
+        in the checkpoint, so no pull (by a reader on this machine) can take it for one
+        that a merge elsewhere removed."""
+        if self.remote is None:
+            return write_segment(target, write)
+        remote = self.remote
+        name = target.name
+        rows = write_segment(
+            target, write, lambda tmp: upload_file(remote.fs, remote.child(name), tmp)
+        )
+        self._stamp(target)
+        return rows
+
+    def _stamp(self, path: Path) -> None:
+        """Give the local copy the remote's modification time, which `pull` compares."""
+        assert self.remote is not None
+        info = self.remote.fs.get_file_info(self.remote.child(path.name))
+        if info.mtime_ns is not None:
+            os.utime(path, ns=(info.mtime_ns, info.mtime_ns))
+
+    def _unpublish(self, path: Path) -> None:
+        if self.remote is not None:
+            remove(self.remote.fs, self.remote.child(path.name))
 
     @property
     def next_commit(self) -> int:
@@ -276,6 +399,7 @@ class Checkpoint:
         while target.exists():
             target = target.with_name(f"{target.stem}.{time.time_ns()}{target.suffix}")
         held = _what_it_held(path)
+        self._unpublish(path)  # on S3, the damaged file's only copy is the one moved aside
         os.replace(path, target)
         fsync_dir(aside)
         return (
@@ -303,8 +427,16 @@ class Checkpoint:
             self._closing = False  # asked of the merger alone: merges called here still run
 
     def close(self) -> None:
-        """Stop merging and unlock."""
+        """Stop merging and unlock (on S3: give the lease up)."""
         self.stop_merging()
+        if self._renewer is not None:
+            self._renewing.set()
+            self._renewer.join()
+            self._renewer = None
+        if self._lease is not None:
+            with contextlib.suppress(OSError):  # it lapses on its own
+                self._lease.release()
+            self._lease = None
         if self._lock_file is not None:
             os.close(self._lock_file)
             self._lock_file = None
@@ -349,11 +481,31 @@ class Checkpoint:
         if not records:
             return 0
         table = sort_positions(pa.Table.from_pylist(records, schema=CHECKPOINT_SCHEMA))
+        if self.lease_lost is not None:
+            raise self.lease_lost
         with self._writing:
             number = self._allocate() if self._allocate is not None else self._next
             self._next = max(self._next, number + 1)
             path = self.folder / segment_name(number, number)
-            write_atomic_table(table, path)
+            if self.remote is None:
+                write_atomic_table(table, path)
+            else:
+                # Serialised whole in memory, up in one PUT: the commit; then the copy.
+                sink = pa.BufferOutputStream()
+                pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, **SEGMENT_OPTIONS)
+                data = sink.getvalue()
+                try:
+                    put_whole(self.remote.fs, self.remote.child(path.name), data)
+                except OSError as exc:
+                    raise RunStopped(
+                        f"Committing to {self.remote.url} failed "
+                        f"({str(exc).splitlines()[0][:160]}): the run stopped, and answers "
+                        f"not committed will be asked again; check the connection and the "
+                        f"credentials, then run the same command to resume."
+                    ) from None
+                with atomic_file(path) as tmp:
+                    tmp.write_bytes(memoryview(data))
+                self._stamp(path)
             self._rows[path] = table.num_rows
         with self._wake:
             self._wake.notify()
@@ -369,10 +521,11 @@ class Checkpoint:
             first = min(_span(p)[0] for p in current)  # type: ignore[index]
             last = max(_span(p)[1] for p in current)  # type: ignore[index]
             target = self.folder / segment_name(first, last)
-            rows = write_segment(target, write)
+            rows = self._write_segment(target, write)
             for path in current:
                 if path != target:
-                    path.unlink()
+                    self._unpublish(path)
+                    path.unlink(missing_ok=True)
             fsync_dir(self.folder)
             self._rows = {target: rows}
 
@@ -447,11 +600,12 @@ class Checkpoint:
         def write(writer: pq.ParquetWriter) -> int:
             return merge_segments(segments, writer, stop=lambda: self._closing)
 
-        rows = write_segment(target, write)
+        rows = self._write_segment(target, write)
         with self._writing:
             self._rows[target] = rows
             for path in segments:
-                path.unlink()
+                self._unpublish(path)
+                path.unlink(missing_ok=True)  # a reader's pull may have removed it first
                 self._rows.pop(path, None)
             fsync_dir(self.folder)
 
@@ -460,9 +614,14 @@ def _size_class(rows: int) -> int:
     return int(math.log(max(rows, 1) / SMALLEST, FANOUT)) if rows > SMALLEST else 0
 
 
-def write_segment(target: Path, write: Callable[[pq.ParquetWriter], int]) -> int:
-    """Write a segment through a ParquetWriter, atomically; returns its rows."""
-    with atomic_file(target) as tmp:
+def write_segment(
+    target: Path,
+    write: Callable[[pq.ParquetWriter], int],
+    publish: Callable[[Path], None] | None = None,
+) -> int:
+    """Write a segment through a ParquetWriter, atomically; returns its rows. `publish` is
+    given the complete temporary file before it is renamed into place."""
+    with atomic_file(target, publish) as tmp:
         writer = pq.ParquetWriter(tmp, CHECKPOINT_SCHEMA, **SEGMENT_OPTIONS)
         try:
             rows = write(writer)
@@ -504,15 +663,18 @@ def remove_tree(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
+def atomic_file(path: Path, publish: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a hidden temporary path to write; then fsync it, rename it to `path` and fsync
     the folder, so that `path` is either absent (or as before) or complete, never torn.
-    The temporary is `.<name>.<pid>.<ns>.tmp`: what a kill leaves is recognisable."""
+    The temporary is `.<name>.<pid>.<ns>.tmp`: what a kill leaves is recognisable.
+    `publish`, if given, is called with the complete temporary before the rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        if publish is not None:
+            publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -207,7 +207,9 @@ def open_run(
     plan = plan_run(job, options)
     key = job.api_key(environ)
     sink.check_writable(job.output_path)
-    checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open(fresh=options.fresh)
+    checkpoint = Checkpoint(checkpoint_dir(job.output_path), job.checkpoint_remote).open(
+        fresh=options.fresh
+    )
     sink.remove_temporaries(job.output_path)
     return plan, key, checkpoint
 
@@ -235,8 +237,9 @@ def check_complete(
 def write_job_output(
     job: Job, plan: Plan, checkpoint: Checkpoint, options: RunOptions
 ) -> sink.Written:
-    """The job's output, written from its checkpoint (see `batchrun.sink.write_output`)."""
-    return sink.write_output(
+    """The job's output, written from its checkpoint (see `batchrun.sink.write_output`),
+    and uploaded when it goes to S3."""
+    written = sink.write_output(
         plan.source,
         checkpoint,
         job.output_path,
@@ -246,6 +249,8 @@ def write_job_output(
         annotator=plan.annotator,
         metadata=sink.job_metadata(job, plan.total),
     )
+    sink.publish(job.output_path, job.output_remote)
+    return written
 
 
 def note_gateway(job: Job, folder: Path, allowed_rpm: float, rate_limited: int) -> None:
@@ -813,6 +818,10 @@ class _Engine:
                     with contextlib.suppress(OSError):
                         await writing
                     raise
+                except BatchrunError as exc:  # the checkpoint on S3 is lost or unreachable
+                    self._buffer = batch + self._buffer
+                    self._halt(exc)
+                    return
                 except OSError as exc:
                     if not disk_full(exc):
                         raise

@@ -18,7 +18,7 @@ import polars as pl
 
 from . import render
 from .anchor import settle_positions
-from .checkpoint import Checkpoint, checkpoint_dir
+from .checkpoint import Checkpoint, checkpoint_dir, refresh_copy
 from .columns import FINGERPRINT
 from .engine import BATCH_ROWS
 from .job import Job
@@ -55,7 +55,8 @@ def estimate(job: Job, limit: int | None = None) -> Estimate:
     """Estimate a run of `job`; reads the input and the checkpoint, sends nothing."""
     plan = plan_run(job, RunOptions(limit=limit))
     checkpoint = Checkpoint(checkpoint_dir(job.output_path))
-    settle_positions(checkpoint.folder, plan.source)
+    refresh_copy(checkpoint.folder, job.checkpoint_remote)
+    settle_positions(checkpoint.folder, plan.source, job.checkpoint_remote)
     counter = counter_for(str(job.request["model"]))
     counted = tally(plan, checkpoint, counter)
     done, invalid, to_send = counted.ok + counted.failed, counted.invalid, counted.to_send

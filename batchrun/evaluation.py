@@ -119,9 +119,9 @@ def _count(job: Job, folder: Path, annotator: Annotator) -> _Tally:
     wanted = list(dict.fromkeys([job.eval.expected_column, *job.eval.group_by])) if job.eval else []
     if not wanted:
         return reading(folder, lambda segments: _count_results(segments, annotator, job))
-    source = open_source(job.input_path, job.input.id_column)
+    source = open_source(job.local_input(), job.input.id_column)
     check_eval_columns(job, source.columns)
-    settle_positions(folder, source)
+    settle_positions(folder, source, job.checkpoint_remote)
     return reading(
         folder, lambda segments: _count_with_input(segments, source, wanted, annotator, job)
     )

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import JobError
 from .presets import PRESETS, Preset
+from .store import S3_SCHEME, Remote, S3Spec, stage_input
 
 SIM = "sim"
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -97,6 +98,21 @@ class EngineSpec(_Section):
 
 class OutputSpec(_Section):
     path: str
+
+
+class StorageSpec(_Section):
+    """How S3 locations are reached (see `batchrun.store.S3Spec`), and where their local
+    copies go."""
+
+    region: str | None = None  # None: AWS_REGION
+    endpoint_url: str | None = None  # None: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, or AWS
+    access_key_id_env: str = "AWS_ACCESS_KEY_ID"  # the variable holding the key id
+    secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    session_token_env: str = "AWS_SESSION_TOKEN"
+    cache: str | None = None  # local copies of S3 files; None: $BATCHRUN_CACHE, ~/.cache/batchrun
+    # A run's lease on an S3 checkpoint lapses this long after it was last renewed (every
+    # quarter of it): how long a killed run keeps the next one waiting.
+    lease_s: float = Field(60, ge=1, le=3600)
 
 
 class PriceSpec(_Section):
@@ -183,6 +199,7 @@ class _JobModel(_Section):
     eval: EvalSpec | None = None
     sim: dict[str, Any] = Field(default_factory=dict)
     engine: EngineSpec = EngineSpec()
+    storage: StorageSpec = StorageSpec()
 
     @model_validator(mode="after")
     def _has_model(self) -> _JobModel:
@@ -247,6 +264,9 @@ class Job:
     price_as: Mapping[str, str]  # model patterns billed as another model
     non_stream_price_factor: float  # non-streaming requests cost this much of the list price
     engine: EngineSpec = dataclasses.field(default_factory=EngineSpec)
+    storage: StorageSpec = dataclasses.field(default_factory=StorageSpec)
+    output_url: str | None = None  # an s3:// output; `output_path` is then its local copy
+    cache: Path = Path()  # where local copies of S3 files go
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled as plain dicts (a mappingproxy does not pickle): Ray sends jobs to its
@@ -256,6 +276,36 @@ class Job:
             value = getattr(self, f.name)
             fields[f.name] = dict(value) if isinstance(value, types.MappingProxyType) else value
         return (_unpickle_job, (fields,))
+
+    @property
+    def s3(self) -> S3Spec:
+        storage = self.storage
+        return S3Spec(
+            region=storage.region,
+            endpoint_url=storage.endpoint_url,
+            access_key_id_env=storage.access_key_id_env,
+            secret_access_key_env=storage.secret_access_key_env,
+            session_token_env=storage.session_token_env,
+            lease_s=storage.lease_s,
+        )
+
+    @property
+    def output_remote(self) -> Remote | None:
+        """The output on S3, or None for a local output."""
+        return Remote.of_url(self.output_url, self.s3) if self.output_url else None
+
+    @property
+    def checkpoint_remote(self) -> Remote | None:
+        """The checkpoint on S3 (beside an S3 output), or None for a local one."""
+        remote = self.output_remote
+        return remote.sibling(".checkpoint") if remote is not None else None
+
+    def local_input(self) -> str:
+        """The input as local files: the path as given, or an S3 input's copy in the cache,
+        downloaded where it is new or changed."""
+        if not self.input_path.startswith(S3_SCHEME):
+            return self.input_path
+        return str(stage_input(Remote.of_url(self.input_path, self.s3), self.cache))
 
     @property
     def uses_sim(self) -> bool:
@@ -324,6 +374,7 @@ def build_job(
     )
     price_as = preset.price_as if endpoint.price_as is None else endpoint.price_as
     factor = endpoint.non_stream_price_factor or preset.non_stream_price_factor
+    cache = _cache(base, model.storage.cache, environ)
     return Job(
         path=path,
         name=model.name or path.stem,
@@ -337,14 +388,44 @@ def build_job(
         parse=model.parse,
         eval=model.eval,
         sim=types.MappingProxyType(dict(model.sim)),
-        input_path=os.path.normpath(base / model.input.path),
-        output_path=(base / model.output.path).resolve(),
+        input_path=_location(base, model.input.path),
+        output_path=_local_output(base, model.output.path, cache),
+        output_url=model.output.path if model.output.path.startswith(S3_SCHEME) else None,
+        storage=model.storage,
+        cache=cache,
         base_url=base_url.rstrip("/"),
         headers=types.MappingProxyType({**preset.headers, **endpoint.headers}),
         price_as=types.MappingProxyType(dict(price_as)),
         non_stream_price_factor=factor,
         engine=model.engine,
     )
+
+
+def _location(base: Path, path: str) -> str:
+    """An input path made absolute, or an S3 URL as it is."""
+    return path if path.startswith(S3_SCHEME) else os.path.normpath(base / path)
+
+
+def _cache(base: Path, cache: str | None, environ: Mapping[str, str]) -> Path:
+    """The folder for local copies of S3 files: the job's, $BATCHRUN_CACHE, or the user's
+    cache folder."""
+    chosen = cache or environ.get("BATCHRUN_CACHE") or os.environ.get("BATCHRUN_CACHE")
+    if chosen:
+        return (base / os.path.expanduser(chosen)).resolve()
+    return Path("~/.cache/batchrun").expanduser()
+
+
+def _local_output(base: Path, path: str, cache: Path) -> Path:
+    """Where the output is written: its own path, or, for an S3 URL, its copy in the cache
+    (from which it is uploaded whole)."""
+    if not path.startswith(S3_SCHEME):
+        if "://" in path:
+            raise JobError(f"output.path {path!r} is neither a local path nor an s3:// URL.")
+        return (base / path).resolve()
+    bucket, _, key = path[len(S3_SCHEME) :].partition("/")
+    if not bucket or not key.strip("/") or ".." in key.split("/"):
+        raise JobError(f"output.path {path!r} names no object: write s3://bucket/key.parquet.")
+    return cache / "s3" / bucket / key
 
 
 def _unpickle_job(fields: dict[str, Any]) -> Job:

@@ -55,7 +55,7 @@ def plan_run(job: Job, options: RunOptions, *, total: int | None = None) -> Plan
     With `total` (a Ray worker's plan: the driver checked the input), the rows are not
     read again."""
     _check_budget(job)
-    source = open_source(job.input_path, job.input.id_column)
+    source = open_source(job.local_input(), job.input.id_column)
     n = job.request.get("n", 1)
     response_format = job.request.get("response_format")
     json_mode = isinstance(response_format, Mapping) and response_format.get("type") in (

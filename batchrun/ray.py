@@ -59,6 +59,7 @@ from .lease import SYNC_S, Desk, LeasedPacer, SharedBudget, Tally, stop_from
 from .plan import Plan, RunOptions, plan_run
 from .progress import Progress
 from .retry import QuotaGate
+from .store import Remote
 
 try:
     import ray
@@ -72,6 +73,7 @@ ENDPOINT = "default"  # the desk's key for a job's one endpoint (the next issue 
 SHARDS_PER_WORKER = 4  # shards are small enough that a slow or restarted worker is caught up
 MAX_SHARD_ATTEMPTS = 5  # a shard whose workers keep dying stops the run
 RESTART_WAIT_S = 300.0  # how long a worker Ray restarts may take to come back
+PULL_S = 2.0  # with the checkpoint on S3, how often the driver pulls the workers' segments
 QUOTA_HOLD_MARGIN_S = 1.0  # others wait this much past a quota probe's next try
 INTERRUPTED = "Interrupted: finished rows are saved; run the same command to resume."
 
@@ -178,12 +180,16 @@ class ShardWorker:
         desk_name: str,
         base_url: str,
         concurrency: int,
+        remote: Remote | None = None,
     ) -> None:
         limits = job.limits.model_copy(update={"concurrency": concurrency})
         self.job = dataclasses.replace(job, limits=limits)
         self.options = options
         self.total = total
-        self.folder = Path(folder)
+        # A checkpoint on S3: this worker commits there and keeps a copy of its own, pulled
+        # before each shard (the rows committed in its range by workers before it).
+        self.remote = remote
+        self.folder = Path(folder) if remote is None else Path(tempfile.mkdtemp(prefix="batchrun-"))
         self.desk = ray.get_actor(desk_name)  # by name: a handle as an argument is kept
         self.base_url = base_url
         self.name = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -200,9 +206,10 @@ class ShardWorker:
     async def _run(self, shard: int, start: int, end: int) -> ShardDone:
         desk = self.desk
         plan = plan_run(self.job, self.options, total=self.total)
-        checkpoint = Checkpoint(self.folder).attach(
+        checkpoint = Checkpoint(self.folder, self.remote).attach(
             lambda: int(ray.get(desk.commit_number.remote()))  # type: ignore[call-overload]
         )
+        checkpoint.refresh()
         engine = await run_on_desk(
             self.job,
             self.options,
@@ -499,6 +506,7 @@ def run(
             )
         progress.close()
         checkpoint.stop_merging()
+        checkpoint.refresh()  # every worker's last segments (S3)
         written = None
         if not hurried:
             written = write_job_output(job, plan, checkpoint, options)
@@ -573,7 +581,16 @@ def _drive(
             max_restarts=-1,
             max_task_retries=0,
             max_concurrency=2,
-        ).remote(job, options, total, str(checkpoint.folder), desk_name, base_url, concurrency)
+        ).remote(
+            job,
+            options,
+            total,
+            str(checkpoint.folder),
+            desk_name,
+            base_url,
+            concurrency,
+            checkpoint.remote,
+        )
         for i in range(engine.workers)
     ]
     todo: deque[tuple[int, int, int]] = deque(
@@ -587,6 +604,7 @@ def _drive(
     stop: BatchrunError | None = None
     interrupts = 0
     peaks: dict[int, float] = {}
+    pulled = time.monotonic()  # when the workers' segments were last pulled from S3
 
     def interrupted(*_: object) -> None:
         nonlocal interrupts
@@ -610,6 +628,12 @@ def _drive(
             _show(progress, figures)
             if figures["stop"] is not None and stop is None:
                 stop = stop_from(*figures["stop"])
+            if checkpoint.remote is not None and time.monotonic() >= pulled + PULL_S:
+                checkpoint.refresh()  # the workers' segments, for the merger
+                pulled = time.monotonic()
+            if checkpoint.lease_lost is not None and stop is None:
+                stop = checkpoint.lease_lost  # another run took the job over: every worker stops
+                desk.halt.remote(type(stop).__name__, str(stop))
             for ref in ready:
                 if ref in restarting:  # a worker Ray was restarting: back, or not yet
                     index, since = restarting.pop(ref)

@@ -55,7 +55,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import GATEWAY_NOTE, checkpoint_dir, current_segments, load_note, reading
+from .checkpoint import (
+    GATEWAY_NOTE,
+    checkpoint_dir,
+    current_segments,
+    load_note,
+    reading,
+    refresh_copy,
+)
 from .evaluation import Evaluation, build_evaluation, evaluation_json
 from .job import Job
 from .report_tally import HISTOGRAM_BINS, TOKEN_KINDS, Tally, tally
@@ -155,6 +162,7 @@ def build_report(job: Job) -> Report:
     """The report of the job's checkpoint as it is now (during a run too)."""
     head = _heading(job)
     folder = checkpoint_dir(job.output_path)
+    refresh_copy(folder, job.checkpoint_remote)
     if not current_segments(folder):
         return head
     # First, for it may realign the checkpoint's positions to the input it reads beside.

@@ -18,12 +18,13 @@ from . import render
 from .checkpoint import Checkpoint, atomic_file
 from .columns import FINGERPRINT, INPUT_ROW, KEY
 from .columns import POSITION as RESULT_POSITION
-from .errors import UserError
+from .errors import BatchrunError, UserError
 from .job import Job
 from .render import Renderer
 from .scoring import Annotator
 from .source import POSITION, ROW_KEY, Source
 from .space import disk_full
+from .store import Remote, upload_file
 
 OUTPUT_BATCH_ROWS = 16_384  # input rows joined and written at a time, one row group each: a
 # batch of 100,000 held 140 MB more at its peak than one of 16,384, and was no faster
@@ -156,3 +157,19 @@ def remove_temporaries(path: Path) -> None:
     """Delete output files a killed run left half-written (only ever under a hidden .tmp name)."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         tmp.unlink(missing_ok=True)
+
+
+def publish(path: Path, remote: Remote | None) -> None:
+    """Upload the output written at `path` to its S3 location, whole or not at all (see
+    `batchrun.store.upload_file`); nothing for a local output. The local file stays: it is
+    the copy later commands read."""
+    if remote is None:
+        return
+    try:
+        upload_file(remote.fs, remote.path, path)
+    except OSError as exc:
+        raise BatchrunError(
+            f"The output could not be uploaded to {remote.url} "
+            f"({str(exc).splitlines()[0][:160]}); every answer is committed and the output is "
+            f"at {path}: run the same command again to upload it."
+        ) from None

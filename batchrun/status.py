@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .anchor import settle_positions
-from .checkpoint import Checkpoint, checkpoint_dir
+from .checkpoint import Checkpoint, checkpoint_dir, refresh_copy
 from .estimate import tally
 from .job import Job
 from .plan import RunOptions, plan_run
@@ -36,7 +36,8 @@ def job_status(job: Job) -> Status:
     """Sort the job's rows by their committed results."""
     plan = plan_run(job, RunOptions())
     checkpoint = Checkpoint(checkpoint_dir(job.output_path))
-    settle_positions(checkpoint.folder, plan.source)
+    refresh_copy(checkpoint.folder, job.checkpoint_remote)
+    settle_positions(checkpoint.folder, plan.source, job.checkpoint_remote)
     counted = tally(plan, checkpoint, None)
     return Status(
         rows=plan.total,

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import json
 import os
 import time
@@ -424,3 +425,215 @@ class Lease:
 
 def _when(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# -- a local folder kept as a copy of a remote one -----------------------------------------
+
+PART_BYTES = 16 << 20  # a file larger than this goes up in parts of this size (S3: >= 5 MiB)
+
+
+@dataclass(frozen=True)
+class S3Spec:
+    """How a job reaches S3: a region and endpoint of its own, or the names of the
+    variables that hold its credentials; what is not given comes from the standard AWS
+    variables. It holds no secret, so it travels to Ray workers, which read the
+    variables in their own environment."""
+
+    region: str | None = None
+    endpoint_url: str | None = None
+    access_key_id_env: str = "AWS_ACCESS_KEY_ID"
+    secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    session_token_env: str = "AWS_SESSION_TOKEN"
+    lease_s: float = 60.0  # a run's lease on a checkpoint lapses this long after its renewal
+
+    def settings(self, environ: Mapping[str, str] | None = None) -> S3Settings:
+        environ = os.environ if environ is None else environ
+        standard = {k: v for k, v in environ.items() if k.startswith("AWS_")}
+        for name, wanted in (
+            ("AWS_ACCESS_KEY_ID", self.access_key_id_env),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key_env),
+            ("AWS_SESSION_TOKEN", self.session_token_env),
+        ):
+            standard.pop(name, None)
+            if environ.get(wanted):
+                standard[name] = environ[wanted]
+        if self.region:
+            standard["AWS_REGION"] = self.region
+        if self.endpoint_url:
+            standard["AWS_ENDPOINT_URL_S3"] = self.endpoint_url
+        return S3Settings.from_env(standard)
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A folder or file on S3 (`bucket/key`, no scheme) and how to reach it. Picklable
+    without secrets (see `S3Spec`), so a Ray worker can be handed one."""
+
+    path: str
+    spec: S3Spec = S3Spec()
+
+    @classmethod
+    def of_url(cls, url: str, spec: S3Spec) -> Remote:
+        bucket, _, key = url[len(S3_SCHEME) :].partition("/")
+        if not bucket or not key.strip("/"):
+            raise UserError(f"{url!r} names no object: write s3://bucket/key.")
+        return cls(f"{bucket}/{key}".rstrip("/"), spec)
+
+    @functools.cached_property
+    def fs(self) -> pafs.S3FileSystem:
+        return self.spec.settings().filesystem()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "spec": self.spec}  # not the filesystem
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        object.__setattr__(self, "path", state["path"])
+        object.__setattr__(self, "spec", state["spec"])
+
+    def sibling(self, suffix: str) -> Remote:
+        """The object or folder named as this one with `suffix` added."""
+        return Remote(self.path + suffix, self.spec)
+
+    @property
+    def url(self) -> str:
+        return f"{S3_SCHEME}{self.path}"
+
+    def child(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def names(self, pattern: str = "*") -> dict[str, tuple[int, int]]:
+        """name -> (size, modification time in ns) of the files right under this folder
+        that match `pattern`."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
+        return {
+            info.base_name: (int(info.size or 0), int(info.mtime_ns or 0))
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and fnmatch.fnmatchcase(info.base_name, pattern)
+        }
+
+
+def upload_file(fs: pafs.FileSystem, path: str, local: str | os.PathLike[str]) -> None:
+    """Publish the local file `local` at `path`, whole or not at all.
+
+    Up to PART_BYTES it is read into memory and goes up in one PUT (`put_whole`). A larger
+    one (a merged segment, an output) goes up as an S3 multipart upload driven here through
+    botocore, a part at a time from the file: it becomes visible only when completed, after
+    its last part, and any error aborts it, so no partial object is ever published (which a
+    pyarrow output stream can do: see the module's docstring). Memory: one part."""
+    size = os.path.getsize(local)
+    if size <= PART_BYTES or not is_s3(fs):
+        with open(local, "rb") as handle:
+            put_whole(fs, path, handle.read())
+        return
+    client = S3Settings.of(fs).client()
+    bucket, _, key = path.partition("/")
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    try:
+        parts: list[dict[str, Any]] = []
+        with open(local, "rb") as handle:
+            while chunk := handle.read(PART_BYTES):
+                number = len(parts) + 1
+                answer = client.upload_part(
+                    Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=chunk
+                )
+                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        client.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+        raise
+
+
+def download_file(fs: pafs.FileSystem, path: str, local: str | os.PathLike[str]) -> None:
+    """Copy `path` to the local file `local` (under a temporary name, then renamed: a local
+    reader never sees half of it); FileNotFoundError when `path` is not there."""
+    folder, name = os.path.split(os.fspath(local))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        with fs.open_input_stream(path) as stream, open(tmp, "wb") as handle:
+            while chunk := stream.read(PART_BYTES):
+                handle.write(chunk)
+        os.replace(tmp, local)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def pull(remote: Remote, folder: str | os.PathLike[str], pattern: str) -> bool:
+    """Make the files of `folder` that match `pattern` those of `remote`: download what is
+    new or differs in size or modification time (a copy takes its object's time), delete
+    what the remote no longer has. Returns whether anything changed. A file removed remotely
+    between the listing and its download (a merge elsewhere) is FileNotFoundError: the
+    caller lists again."""
+    there = remote.names(pattern)
+    os.makedirs(folder, exist_ok=True)
+    here = {
+        entry.name: (entry.stat().st_size, entry.stat().st_mtime_ns)
+        for entry in os.scandir(folder)
+        if entry.is_file() and fnmatch.fnmatchcase(entry.name, pattern)
+    }
+    changed = False
+    for name in sorted(set(here) - set(there)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(folder, name))
+        changed = True
+    for name, (size, mtime_ns) in sorted(there.items()):
+        if here.get(name) != (size, mtime_ns):
+            target = os.path.join(folder, name)
+            download_file(remote.fs, remote.child(name), target)
+            os.utime(target, ns=(mtime_ns, mtime_ns))
+            changed = True
+    return changed
+
+
+def stage_input(remote: Remote, cache: str | os.PathLike[str]) -> str:
+    """An S3 input (one object, or a prefix of .parquet and .csv parts) as local files in
+    `cache`: the path of the copy (the file, or the folder of parts). Each part is
+    downloaded when its copy is missing or differs in size or modification time from the
+    object, so a job's later runs and commands read the copy. Why a copy and not remote
+    reads: a run reads its input two or three times (the check of every row and id, the
+    alignment check, the batches), and a local copy is read at disk speed each time."""
+    local = os.path.join(os.fspath(cache), "s3", *remote.path.split("/"))
+    fs = remote.fs
+    try:
+        info = fs.get_file_info(remote.path)
+        if info.type == pafs.FileType.File:
+            parts = {"": info}
+        elif info.type == pafs.FileType.Directory or remote.path.count("/") == 0:
+            selector = pafs.FileSelector(remote.path, allow_not_found=True, recursive=True)
+            parts = {
+                part.path[len(remote.path) + 1 :]: part
+                for part in fs.get_file_info(selector)
+                if part.type == pafs.FileType.File
+            }
+        else:
+            parts = {}
+    except OSError as exc:
+        raise UserError(
+            f"The input {remote.url} cannot be listed ({str(exc).splitlines()[0][:160]}): check "
+            f"the bucket, the credentials and the endpoint."
+        ) from None
+    if not parts:
+        raise UserError(f"The input {remote.url} does not exist: check input.path in the job.")
+    for name, part in parts.items():
+        target = os.path.join(local, name) if name else local
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        mtime_ns = int(part.mtime_ns or 0)
+        try:
+            here = os.stat(target)
+            if here.st_size == part.size and here.st_mtime_ns == mtime_ns:
+                continue
+        except FileNotFoundError:
+            pass
+        try:
+            download_file(fs, part.path, target)
+        except OSError as exc:
+            raise UserError(
+                f"The input {S3_SCHEME}{part.path} cannot be read "
+                f"({str(exc).splitlines()[0][:160]}): check the credentials and the endpoint."
+            ) from None
+        os.utime(target, ns=(mtime_ns, mtime_ns))
+    return local

@@ -23,6 +23,7 @@ from batchrun.plan import RunOptions
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
 from .conftest import ENV, FAKE_KEY, Workspace, latest_results, reviews
+from .s3server import BUCKET, FAKE_KEY_ID, FAKE_SECRET, moto_server
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -32,12 +33,22 @@ WORKERS = 2
 # differ by nature).
 SAME = ["id", "text", "input_row", "status", "response"]
 SAME += ["prompt_tokens", "completion_tokens", "cost_usd"]
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": FAKE_KEY_ID,
+    "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
+    "AWS_CONFIG_FILE": "/nonexistent",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance() -> Iterator[None]:
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["BATCHRUN_TEST_KEY"] = FAKE_KEY
+    # The S3 test's credentials, before Ray starts: workers read them from their own
+    # environment, as they do the key (the endpoint is the job's own [storage] key).
+    saved = {name: os.environ.get(name) for name in S3_CREDENTIALS}
+    os.environ.update(S3_CREDENTIALS)
     ray.init(
         address="local",
         num_cpus=4,
@@ -49,6 +60,11 @@ def ray_instance() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def ray_job(ws: Workspace, base_url: str, **sections: Any) -> Path:
@@ -97,6 +113,53 @@ def test_a_ray_run_gives_the_local_run_s_output_row_for_row(ws: Workspace, sim: 
     again = ray_run(job)
     assert (again.ok, again.ran) == (2400, 0)
     assert len(sim.requests) == before
+
+
+def test_a_ray_run_with_everything_on_s3_gives_the_local_run_s_output(
+    ws: Workspace, sim: SimServer
+) -> None:
+    import pyarrow.parquet as pq
+
+    from batchrun.store import Remote, S3Spec, put_whole
+
+    rows = 1800
+    ws.write_input(reviews(rows))
+    local = ws.job(sim.base_url, output={"path": "out/local.parquet"})
+    assert ws.run("run", str(local), "--quiet").code == 0
+    with moto_server() as endpoint:
+        spec = S3Spec(region="us-east-1", endpoint_url=endpoint)
+        prefix = f"{BUCKET}/ray-run"
+        put_whole(
+            Remote(prefix, spec).fs,
+            f"{prefix}/input.parquet",
+            (ws.root / "input.parquet").read_bytes(),
+        )
+        storage = {"region": "us-east-1", "endpoint_url": endpoint, "cache": str(ws.root / "cache")}
+        job = ray_job(
+            ws,
+            sim.base_url,
+            input={"path": f"s3://{prefix}/input.parquet"},
+            output={"path": f"s3://{prefix}/out/result.parquet"},
+            storage=storage,
+            engine={"shard_rows": 300, "workers": 3},
+            limits={"commit_interval_s": 0.1},
+        )
+        summary = ray_run(job)
+        assert summary.stopped is None
+        assert (summary.ok, summary.ran) == (rows, rows)
+        remote = Remote(f"{prefix}/out/result.parquet", spec)
+        with remote.fs.open_input_file(remote.path) as handle:
+            b = pl.from_arrow(pq.read_table(handle)).select(SAME)
+        a = pl.read_parquet(ws.root / "out" / "local.parquet").select(SAME)
+        assert b.equals(a)  # row for row, in input order, from the workers' S3 commits
+        # Another machine resumes from S3 alone, and asks nothing again.
+        before = len(sim.requests)
+        elsewhere = load_job(job, environ=ENV, values={"storage.cache": str(ws.root / "other")})
+        from batchrun import ray as ray_engine
+
+        again = ray_engine.run(elsewhere, RunOptions(quiet=True), ENV)
+        assert (again.ok, again.ran) == (rows, 0)
+        assert len(sim.requests) == before
 
 
 def test_the_cluster_never_passes_the_job_s_requests_and_tokens_a_minute(

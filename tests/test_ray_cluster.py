@@ -8,6 +8,7 @@ environment: the nodes' workers read the key from their own environment, never f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from batchrun.plan import RunOptions
 from batchrun.sim import SimConfig, start_in_thread
 
 from .conftest import ENV, FAKE_KEY, Workspace, latest_results, reviews
+from .s3server import BUCKET, FAKE_KEY_ID, FAKE_SECRET, moto_server
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -38,6 +40,12 @@ LATENCY_MS = 15
 KILL_AFTER = 600  # rows committed before the node or the driver goes
 WAIT_S = 120  # for a run to reach KILL_AFTER, or to end, at most (the machine may be busy)
 LIMITS = {"requests_per_minute": 60_000, "concurrency": CONCURRENCY, "commit_interval_s": 0.2}
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": FAKE_KEY_ID,
+    "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
+    "AWS_CONFIG_FILE": "/nonexistent",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +53,9 @@ def cluster() -> Iterator[Any]:
     """A head and two worker nodes of one CPU each; this process is a driver on it."""
     from ray.cluster_utils import Cluster
 
-    saved = {
-        name: os.environ.get(name) for name in ("RAY_USAGE_STATS_ENABLED", "BATCHRUN_TEST_KEY")
-    }
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ["BATCHRUN_TEST_KEY"] = FAKE_KEY  # before any node starts: workers inherit it
+    given = {"RAY_USAGE_STATS_ENABLED": "0", "BATCHRUN_TEST_KEY": FAKE_KEY, **S3_CREDENTIALS}
+    saved = {name: os.environ.get(name) for name in given}
+    os.environ.update(given)  # before any node starts: workers inherit them
     head = {
         "num_cpus": 1,
         "include_dashboard": False,
@@ -87,10 +93,14 @@ def run_actors() -> list[dict[str, Any]]:
     ]
 
 
-def wait_for_commits(folder: Path, rows: int, alive: Any = lambda: True) -> set[int]:
-    """Wait until `rows` rows are committed in the checkpoint folder; returns their keys."""
+def wait_for_commits(
+    folder: Path, rows: int, alive: Any = lambda: True, refresh: Any = lambda: None
+) -> set[int]:
+    """Wait until `rows` rows are committed in the checkpoint folder (after `refresh`, which
+    copies an S3 checkpoint there); returns their keys."""
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline and alive():
+        refresh()
         committed = latest_results(folder)
         if len(committed) >= rows:
             return {int(key) for key in committed}  # keys are input positions here
@@ -188,10 +198,14 @@ def test_a_node_lost_mid_run_leaves_every_row_once_and_nothing_committed_asked_a
     assert set(asked.values()) <= {1, 2}
 
 
+@pytest.mark.parametrize("storage", ["local", "s3"])
 def test_a_driver_killed_and_run_again_ends_with_every_row_once(
-    cluster: Any, ws: Workspace
+    cluster: Any, ws: Workspace, storage: str
 ) -> None:
-    with start_in_thread(SimConfig(latency_ms=LATENCY_MS)) as server:
+    """Local: the checkpoint in a folder on the driver's machine. S3: input, output and
+    checkpoint on S3, and the second driver on "another machine" (a cache of its own)."""
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(start_in_thread(SimConfig(latency_ms=LATENCY_MS)))
         ws.write_input(reviews(ROWS))
         engine = {
             "kind": "ray",
@@ -199,12 +213,45 @@ def test_a_driver_killed_and_run_again_ends_with_every_row_once(
             "address": cluster.address,
             "shard_rows": SHARD_ROWS,
         }
-        job_path = ws.job(server.base_url, engine=engine, limits=LIMITS)
+        sections: dict[str, Any] = {}
         folder = ws.output.with_name(ws.output.name + ".checkpoint")
+        if storage == "s3":
+            from batchrun.store import Remote, S3Spec, pull, put_whole
+
+            endpoint = stack.enter_context(moto_server())
+            spec = S3Spec(region="us-east-1", endpoint_url=endpoint)
+            prefix = f"{BUCKET}/driver-killed"
+            remote = Remote(f"{prefix}/out/result.parquet.checkpoint", spec)
+            put_whole(
+                remote.fs, f"{prefix}/input.parquet", (ws.root / "input.parquet").read_bytes()
+            )
+            sections = {
+                "input": {"path": f"s3://{prefix}/input.parquet"},
+                "output": {"path": f"s3://{prefix}/out/result.parquet"},
+                "storage": {
+                    "region": "us-east-1",
+                    "endpoint_url": endpoint,
+                    "cache": str(ws.root / "first-machine"),
+                    "lease_s": 2,  # the killed driver's lease lapses before the rerun
+                },
+            }
+            peek = ws.root / "peek"
+            folder = peek
+
+            def copy_checkpoint() -> None:
+                with contextlib.suppress(FileNotFoundError):  # merged meanwhile: next time
+                    pull(remote, peek, "seg-*.parquet")
+        else:
+
+            def copy_checkpoint() -> None:
+                pass
+
+        job_path = ws.job(server.base_url, engine=engine, limits=LIMITS, **sections)
         env = {
             "BATCHRUN_TEST_KEY": FAKE_KEY,
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "RAY_USAGE_STATS_ENABLED": "0",
+            **S3_CREDENTIALS,
         }
         # The cluster's token authentication, as this process has it (a local `ray.init`
         # earlier in the session turns it on: RAY_AUTH_MODE=token, the token in ~/.ray).
@@ -215,7 +262,9 @@ def test_a_driver_killed_and_run_again_ends_with_every_row_once(
         with log.open("wb") as sink:
             first = subprocess.Popen(command, env=env, cwd=ws.root, stdout=sink, stderr=sink)
             try:
-                committed = wait_for_commits(folder, KILL_AFTER, lambda: first.poll() is None)
+                committed = wait_for_commits(
+                    folder, KILL_AFTER, lambda: first.poll() is None, copy_checkpoint
+                )
             except AssertionError:
                 first.kill()
                 first.wait()
@@ -232,10 +281,18 @@ def test_a_driver_killed_and_run_again_ends_with_every_row_once(
         lingering = [r for r in server.requests if killed_at + 2 < r.t < restarted_at]
         assert lingering == [], f"{len(lingering)} requests after the driver was killed"
         assert left == []
+        if storage == "s3":
+            command += ["--set", f"storage.cache={ws.root / 'second-machine'}"]
         second = subprocess.run(
             command, env=env, cwd=ws.root, capture_output=True, text=True, timeout=WAIT_S
         )
         records = server.requests
+        if storage == "s3":
+            import pyarrow.parquet as pq
+
+            with remote.fs.open_input_file(f"{prefix}/out/result.parquet") as handle:
+                ws.output.parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(pq.read_table(handle), ws.output)  # for check_output
     assert second.returncode == 0, second.stderr
     assert f"{ROWS:,} ok, 0 failed, 0 pending" in second.stdout
     check_output(ws)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun import store
 from batchrun.errors import RunStopped, UserError
 from batchrun.store import (
     Lease,
@@ -24,8 +26,8 @@ from batchrun.store import (
     resolve,
 )
 
-BUCKET = "batchrun-test"
-FAKE_SECRET = "fake-secret-CANARY-9f8e7d"
+from .s3server import BUCKET, FAKE_SECRET, aws_env, moto_server
+
 SCHEMA = pa.schema([("position", pa.int64()), ("text", pa.string())])
 
 
@@ -33,35 +35,12 @@ SCHEMA = pa.schema([("position", pa.int64()), ("text", pa.string())])
 def s3() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 with BUCKET, and the AWS variables pointing at it;
     yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        _, port = server.get_host_and_port()
-        endpoint = f"http://127.0.0.1:{port}"
-        with pytest.MonkeyPatch.context() as env:
-            for name in ("AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-                env.delenv(name, raising=False)
-            env.setenv("AWS_ACCESS_KEY_ID", "fake-key-id")
-            env.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
-            env.setenv("AWS_REGION", "us-east-1")
-            env.setenv("AWS_ENDPOINT_URL", endpoint)
-            env.setenv("AWS_CONFIG_FILE", "/nonexistent")  # no profile of the host's
-            env.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-            S3Settings.from_env(_env(endpoint)).client().create_bucket(Bucket=BUCKET)
-            yield endpoint
-    finally:
-        server.stop()
-
-
-def _env(endpoint: str) -> dict[str, str]:
-    return {
-        "AWS_ACCESS_KEY_ID": "fake-key-id",
-        "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-    }
+    with moto_server() as endpoint, pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            env.delenv(name, raising=False)
+        for name, value in aws_env(endpoint).items():
+            env.setenv(name, value)
+        yield endpoint
 
 
 @pytest.fixture
@@ -92,7 +71,7 @@ def test_resolve_s3_reads_the_aws_variables(s3: str, prefix: str) -> None:
 
 
 def test_settings_never_show_the_credentials(s3: str) -> None:
-    settings = S3Settings.from_env({**_env(s3), "AWS_SESSION_TOKEN": "tok-CANARY"})
+    settings = S3Settings.from_env({**aws_env(s3), "AWS_SESSION_TOKEN": "tok-CANARY"})
     assert FAKE_SECRET not in repr(settings) and "tok-CANARY" not in repr(settings)
     assert settings.session_token == "tok-CANARY"
 
@@ -253,3 +232,55 @@ def test_a_lease_is_for_s3(tmp_path: Path) -> None:
     fs, path = resolve(str(tmp_path / "lease"))
     with pytest.raises(TypeError, match="flock"):
         Lease(fs, path, "me", ttl_s=60)
+
+
+# -- large files, and local copies ---------------------------------------------------------
+
+
+def test_a_large_file_goes_up_in_parts_whole_or_not_at_all(
+    prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "PART_BYTES", 5 << 20)  # S3's smallest part
+    local = tmp_path / "big.bin"
+    data = os.urandom(11 << 20)  # three parts
+    local.write_bytes(data)
+    fs, folder = resolve(prefix)
+    store.upload_file(fs, f"{folder}/big.bin", local)
+    assert read_whole(fs, f"{folder}/big.bin") == data
+    # A failure after the first part: nothing is published, and the upload is aborted.
+    client = S3Settings.from_env(os.environ).client()
+    real = client.upload_part
+    calls = []
+
+    def failing(**arguments: object) -> object:
+        calls.append(arguments["PartNumber"])
+        if len(calls) == 2:
+            raise OSError("the connection dropped")
+        return real(**arguments)
+
+    monkeypatch.setattr(client, "upload_part", failing)
+    monkeypatch.setattr(S3Settings, "client", lambda self: client)
+    with pytest.raises(OSError, match="connection dropped"):
+        store.upload_file(fs, f"{folder}/torn.bin", local)
+    assert fs.get_file_info(f"{folder}/torn.bin").type == pafs.FileType.NotFound
+    bucket, _, key = f"{folder}/torn.bin".partition("/")
+    pending = client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
+    assert pending == []
+
+
+def test_a_pull_makes_the_copy_the_remote_s(prefix: str, tmp_path: Path) -> None:
+    fs, folder = resolve(prefix)
+    remote = store.Remote(folder)
+    put_whole(fs, f"{folder}/seg-a.parquet", b"one")
+    put_whole(fs, f"{folder}/seg-b.parquet", b"two")
+    put_whole(fs, f"{folder}/other.json", b"{}")  # not a segment: not pulled
+    copy = tmp_path / "copy"
+    assert store.pull(remote, copy, "seg-*.parquet")
+    assert sorted(p.name for p in copy.iterdir()) == ["seg-a.parquet", "seg-b.parquet"]
+    assert not store.pull(remote, copy, "seg-*.parquet")  # nothing new: nothing fetched
+    remove(fs, f"{folder}/seg-a.parquet")  # merged away elsewhere
+    put_whole(fs, f"{folder}/seg-b.parquet", b"two, rewritten")
+    (copy / "seg-c.parquet").write_bytes(b"a copy of what never went up")
+    assert store.pull(remote, copy, "seg-*.parquet")
+    assert sorted(p.name for p in copy.iterdir()) == ["seg-b.parquet"]
+    assert (copy / "seg-b.parquet").read_bytes() == b"two, rewritten"

@@ -1,0 +1,205 @@
+"""Input, output and checkpoint on S3 (a moto server on loopback): a run, a resume on
+another machine (another cache), one run at a time by the lease, a driver killed and run
+again, and what a user sees when S3 cannot be reached."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batchrun.sim import SimConfig, start_in_thread
+from batchrun.store import Lease, Remote, pull, put_whole
+
+from .conftest import FAKE_KEY, Workspace, latest_results, reviews
+from .s3server import BUCKET, FAKE_SECRET, aws_env, moto_server
+
+ROWS = 40
+KILL_ROWS = 1500
+KILL_AFTER = 300  # rows committed on S3 before the run is killed
+WAIT_S = 120
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[str]:
+    """The moto server, with the AWS variables pointing at it for this module's tests."""
+    with moto_server() as endpoint, pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            env.delenv(name, raising=False)
+        for name, value in aws_env(endpoint).items():
+            env.setenv(name, value)
+        yield endpoint
+
+
+@pytest.fixture
+def prefix(s3: str) -> str:
+    return f"{BUCKET}/{uuid.uuid4().hex}"
+
+
+def upload_input(ws: Workspace, prefix: str, rows: int) -> str:
+    """The reviews as a Parquet object on S3; returns its URL."""
+    table = reviews(rows).to_arrow()
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=max(rows // 3, 1))
+    put_whole(Remote(prefix).fs, f"{prefix}/input.parquet", sink.getvalue())
+    return f"s3://{prefix}/input.parquet"
+
+
+def s3_job(ws: Workspace, base_url: str, prefix: str, rows: int, **sections: Any) -> Path:
+    storage = {"cache": str(ws.root / "cache"), **sections.pop("storage", {})}
+    return ws.job(
+        base_url,
+        input_path=upload_input(ws, prefix, rows),
+        output={"path": f"s3://{prefix}/out/result.parquet"},
+        storage=storage,
+        **sections,
+    )
+
+
+def read_s3(path: str) -> pa.Table:
+    remote = Remote(path)
+    with remote.fs.open_input_file(path) as handle:
+        return pq.read_table(handle)
+
+
+def committed_on_s3(prefix: str, scratch: Path) -> dict[str, str]:
+    """The rows committed in the job's checkpoint on S3 (a copy pulled into `scratch`)."""
+    remote = Remote(f"{prefix}/out/result.parquet.checkpoint")
+    for _ in range(8):
+        try:
+            pull(remote, scratch, "seg-*.parquet")
+            return latest_results(scratch)
+        except FileNotFoundError:
+            continue  # a merge removed a segment while it was listed
+    raise AssertionError("the checkpoint kept changing under the pull")
+
+
+def test_a_run_reads_and_writes_s3_and_another_machine_resumes_from_it(
+    ws: Workspace, prefix: str
+) -> None:
+    with start_in_thread(SimConfig()) as server:
+        job = s3_job(ws, server.base_url, prefix, ROWS, limits={"commit_interval_s": 0.05})
+        first = ws.run("run", str(job), "--quiet")
+        assert first.code == 0, first.err
+        out = read_s3(f"{prefix}/out/result.parquet")
+        assert out.column("id").to_pylist() == [f"r{i:04d}" for i in range(ROWS)]
+        assert out.column("status").to_pylist() == ["ok"] * ROWS
+        names = Remote(f"{prefix}/out/result.parquet.checkpoint").names()
+        assert any(name.startswith("seg-") for name in names)
+        assert "lease.json" not in names  # given up at the end of the run
+        sent = len(server.requests)
+        assert sent == ROWS
+        # Another machine: nothing of the first one's copies. It sends nothing, and its
+        # status and report count every row.
+        elsewhere = ["--set", f"storage.cache={ws.root / 'elsewhere'}"]
+        again = ws.run("run", str(job), "--quiet", *elsewhere)
+        assert again.code == 0, again.err
+        assert len(server.requests) == sent
+        status = ws.run("status", str(job), "--set", f"storage.cache={ws.root / 'third'}")
+        assert status.code == 0, status.err
+        assert f"done     {ROWS}" in status.out
+        report = ws.run(
+            "report", str(job), "--json", "--set", f"storage.cache={ws.root / 'fourth'}"
+        )
+        assert report.code == 0, report.err
+        assert f'"ok": {ROWS}' in report.out.replace("\n", " ") or f'"ok":{ROWS}' in report.out
+    for result in (first, again, status, report):
+        assert FAKE_SECRET not in result.out + result.err
+        assert FAKE_KEY not in result.out + result.err
+
+
+def test_one_run_at_a_time_on_s3(ws: Workspace, prefix: str) -> None:
+    with start_in_thread(SimConfig()) as server:
+        job = s3_job(ws, server.base_url, prefix, ROWS)
+        remote = Remote(f"{prefix}/out/result.parquet.checkpoint")
+        with Lease(remote.fs, remote.child("lease.json"), "the other machine", 60):
+            taken = ws.run("run", str(job), "--quiet")
+        assert taken.code == 2
+        assert "Another batchrun run (the other machine) has held" in taken.err
+        assert "Traceback" not in taken.err
+        assert server.requests == []
+        free = ws.run("run", str(job), "--quiet")  # released: the next run goes
+        assert free.code == 0, free.err
+
+
+def test_an_unreachable_s3_is_one_sentence(ws: Workspace, prefix: str) -> None:
+    with start_in_thread(SimConfig()) as server:
+        job = s3_job(ws, server.base_url, prefix, ROWS)
+        lost = ws.run("run", str(job), "--set", "storage.endpoint_url=http://127.0.0.1:9")
+    assert lost.code == 2
+    assert "check the bucket, the credentials and the endpoint" in lost.err
+    assert len(lost.err.strip().splitlines()) == 1
+    assert FAKE_SECRET not in lost.err
+
+
+def test_a_run_killed_on_s3_resumes_elsewhere_with_every_row_once(
+    ws: Workspace, s3: str, prefix: str
+) -> None:
+    with start_in_thread(SimConfig(latency_ms=10)) as server:
+        job = s3_job(
+            ws,
+            server.base_url,
+            prefix,
+            KILL_ROWS,
+            limits={"requests_per_minute": 60_000, "concurrency": 8, "commit_interval_s": 0.1},
+            storage={"lease_s": 2},
+        )
+        env = {
+            "BATCHRUN_TEST_KEY": FAKE_KEY,
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            **{k: v for k, v in os.environ.items() if k in ("HOME", "PYTHONPATH")},
+            **aws_env(s3),
+        }
+        command = [sys.executable, "-m", "batchrun.cli", "run", str(job), "--quiet"]
+        log = ws.root / "first.log"
+        with log.open("wb") as sink:
+            first = subprocess.Popen(command, env=env, cwd=ws.root, stdout=sink, stderr=sink)
+            deadline = time.monotonic() + WAIT_S
+            committed: dict[str, str] = {}
+            while time.monotonic() < deadline and first.poll() is None:
+                committed = committed_on_s3(prefix, ws.root / "peek")
+                if len(committed) >= KILL_AFTER:
+                    break
+                time.sleep(0.1)
+            assert first.poll() is None, log.read_text(errors="replace")
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        killed_at = time.monotonic()
+        # Committed is what S3 holds after the kill (a commit under way may have landed).
+        committed = committed_on_s3(prefix, ws.root / "peek")
+        assert KILL_AFTER <= len(committed) < KILL_ROWS
+        # Another machine (another cache) while the killed run's lease has not lapsed: told
+        # to wait; then, once it lapsed, the resume.
+        elsewhere = [*command, "--set", f"storage.cache={ws.root / 'elsewhere'}"]
+        early = subprocess.run(elsewhere, env=env, cwd=ws.root, capture_output=True, text=True)
+        if time.monotonic() - killed_at < 1.5:  # surely before the 2-second lease lapsed
+            assert early.returncode == 2, early.stderr
+            assert "Another batchrun run" in early.stderr
+        time.sleep(2.5)
+        restarted_at = time.monotonic()
+        second = subprocess.run(
+            elsewhere, env=env, cwd=ws.root, capture_output=True, text=True, timeout=WAIT_S
+        )
+        records = server.requests
+    assert second.returncode == 0, second.stderr
+    out = read_s3(f"{prefix}/out/result.parquet")
+    assert out.column("id").to_pylist() == [f"r{i:04d}" for i in range(KILL_ROWS)]
+    assert out.column("status").to_pylist() == ["ok"] * KILL_ROWS
+    row_of = lambda record: f"r{int(record.body['messages'][-1]['content'].rsplit('#', 1)[1]):04d}"  # noqa: E731
+    again = [row_of(r) for r in records if r.t >= restarted_at and row_of(r) in committed]
+    assert again == []  # nothing committed before the kill was asked (or paid) again
+    asked = Counter(row_of(r) for r in records)
+    assert set(asked) == {f"r{i:04d}" for i in range(KILL_ROWS)}
+    assert set(asked.values()) <= {1, 2}  # twice: in flight or uncommitted at the kill
+    assert sum(n - 1 for n in asked.values()) <= 8 * 2 + 200  # concurrency, commit buffer
