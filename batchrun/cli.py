@@ -407,12 +407,24 @@ def _price_factor(text: str) -> float:
     return value
 
 
+def _local_copy(path: str) -> str:
+    """A path as it is, or an s3:// output copied into the cache ($BATCHRUN_CACHE, or
+    ~/.cache/batchrun), reached as the standard AWS variables say."""
+    if not path.startswith("s3://"):
+        return path
+    from .store import Remote, S3Spec, stage_input
+
+    cache = os.environ.get("BATCHRUN_CACHE") or os.path.expanduser("~/.cache/batchrun")
+    return stage_input(Remote.of_url(path, S3Spec()), cache, what="output")
+
+
 def _compare(args: argparse.Namespace) -> int:
     from .compare import compare
     from .compare_text import render_text
 
     out = Path(args.out) if args.out else None
-    result = compare(Path(args.a), Path(args.b), id_column=args.id_column, out=out)
+    a, b = (Path(_local_copy(path)) for path in (args.a, args.b))
+    result = compare(a, b, id_column=args.id_column, out=out)
     # default=str: ids may be dates or other values JSON has no type for.
     print(json.dumps(result.as_dict(), indent=2, default=str) if args.json else render_text(result))
     return 0

@@ -164,7 +164,8 @@ async def run(
                     )
                 if isinstance(engine.stop, DiskFull):
                     engine.stop = engine.disk_full_stop()  # with the answers lost since
-                if not engine.hurried:
+                # A run that lost its lease leaves the output to the run that holds it now.
+                if not engine.hurried and checkpoint.lease_lost is None:
                     written = await engine.write_output(
                         functools.partial(write_job_output, job, plan, checkpoint, options)
                     )

@@ -31,6 +31,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import signal
 import tempfile
 import time
@@ -196,6 +197,11 @@ class ShardWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def release(self) -> None:
+        """Remove this worker's copy of an S3 checkpoint (the run is over)."""
+        if self.remote is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def run_shard(self, shard: int, start: int, end: int) -> ShardDone:
         # On an event loop of its own, in a thread of its own: Ray may run actor methods
@@ -508,7 +514,7 @@ def run(
         checkpoint.stop_merging()
         checkpoint.refresh()  # every worker's last segments (S3)
         written = None
-        if not hurried:
+        if not hurried and checkpoint.lease_lost is None:  # else another run holds the job
             written = write_job_output(job, plan, checkpoint, options)
     finally:
         progress.close()
@@ -699,6 +705,8 @@ def _drive(
         # the driver is about to unlock.
         with contextlib.suppress(Exception):
             desk.halt.remote("Interrupted", INTERRUPTED)
+            if checkpoint.remote is not None:  # their copies of the checkpoint
+                rt.wait([w.release.remote() for w in workers], num_returns=len(workers), timeout=10)
             for worker in workers:
                 rt.kill(worker, no_restart=True)
             rt.kill(desk)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from .anchor import settle_positions
 from .checkpoint import Checkpoint, checkpoint_dir, refresh_copy
 from .estimate import tally
@@ -46,8 +48,19 @@ def job_status(job: Job) -> Status:
         pending=counted.to_send + counted.invalid,
         changed=counted.changed,
         spend_usd=checkpoint.spend(),
-        output_exists=job.output_path.exists(),
+        output_exists=_output_exists(job),
     )
+
+
+def _output_exists(job: Job) -> bool:
+    """Whether the output is there: on S3 for an S3 output (this machine may have no copy)."""
+    remote = job.output_remote
+    if remote is None:
+        return job.output_path.exists()
+    try:
+        return bool(remote.fs.get_file_info(remote.path).type == pafs.FileType.File)
+    except OSError:
+        return job.output_path.exists()
 
 
 def render_status(status: Status) -> str:

@@ -132,8 +132,13 @@ class S3Settings:
 
     def client(self) -> Any:
         """A botocore S3 client on these settings (botocore is imported only here)."""
-        import botocore.config
-        import botocore.session
+        try:
+            import botocore.config
+            import botocore.session
+        except ImportError:
+            raise UserError(
+                "s3:// locations need botocore: pip install 'batchrun[s3]' (or boto3)."
+            ) from None
 
         config = botocore.config.Config(s3={"addressing_style": "path"} if self.endpoint else {})
         return botocore.session.get_session().create_client(
@@ -589,7 +594,7 @@ def pull(remote: Remote, folder: str | os.PathLike[str], pattern: str) -> bool:
     return changed
 
 
-def stage_input(remote: Remote, cache: str | os.PathLike[str]) -> str:
+def stage_input(remote: Remote, cache: str | os.PathLike[str], what: str = "input") -> str:
     """An S3 input (one object, or a prefix of .parquet and .csv parts) as local files in
     `cache`: the path of the copy (the file, or the folder of parts). Each part is
     downloaded when its copy is missing or differs in size or modification time from the
@@ -613,11 +618,12 @@ def stage_input(remote: Remote, cache: str | os.PathLike[str]) -> str:
             parts = {}
     except OSError as exc:
         raise UserError(
-            f"The input {remote.url} cannot be listed ({str(exc).splitlines()[0][:160]}): check "
+            f"The {what} {remote.url} cannot be listed ({str(exc).splitlines()[0][:160]}): check "
             f"the bucket, the credentials and the endpoint."
         ) from None
     if not parts:
-        raise UserError(f"The input {remote.url} does not exist: check input.path in the job.")
+        fix = "input.path in the job" if what == "input" else "the URL"
+        raise UserError(f"The {what} {remote.url} does not exist: check {fix}.")
     for name, part in parts.items():
         target = os.path.join(local, name) if name else local
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -632,7 +638,7 @@ def stage_input(remote: Remote, cache: str | os.PathLike[str]) -> str:
             download_file(fs, part.path, target)
         except OSError as exc:
             raise UserError(
-                f"The input {S3_SCHEME}{part.path} cannot be read "
+                f"The {what} {S3_SCHEME}{part.path} cannot be read "
                 f"({str(exc).splitlines()[0][:160]}): check the credentials and the endpoint."
             ) from None
         os.utime(target, ns=(mtime_ns, mtime_ns))

@@ -4,10 +4,12 @@ again, and what a user sees when S3 cannot be reached."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -114,7 +116,12 @@ def test_a_run_reads_and_writes_s3_and_another_machine_resumes_from_it(
         )
         assert report.code == 0, report.err
         assert f'"ok": {ROWS}' in report.out.replace("\n", " ") or f'"ok":{ROWS}' in report.out
-    for result in (first, again, status, report):
+        # compare reads S3 outputs too.
+        url = f"s3://{prefix}/out/result.parquet"
+        compared = ws.run("compare", url, url, "--json")
+        assert compared.code == 0, compared.err
+        assert json.loads(compared.out)["rows"]["both"] == ROWS
+    for result in (first, again, status, report, compared):
         assert FAKE_SECRET not in result.out + result.err
         assert FAKE_KEY not in result.out + result.err
 
@@ -203,3 +210,42 @@ def test_a_run_killed_on_s3_resumes_elsewhere_with_every_row_once(
     assert set(asked) == {f"r{i:04d}" for i in range(KILL_ROWS)}
     assert set(asked.values()) <= {1, 2}  # twice: in flight or uncommitted at the kill
     assert sum(n - 1 for n in asked.values()) <= 8 * 2 + 200  # concurrency, commit buffer
+
+
+def test_a_run_whose_lease_is_taken_over_stops_and_leaves_the_output_alone(
+    ws: Workspace, prefix: str
+) -> None:
+    rows = 600
+    remote = Remote(f"{prefix}/out/result.parquet.checkpoint")
+    lease = remote.child("lease.json")
+
+    def take_over() -> None:
+        """Overwrite the lease once the run holds it, as a run on another machine that
+        found it lapsed would (the run here cannot tell the difference)."""
+        deadline = time.monotonic() + WAIT_S
+        while "lease.json" not in remote.names() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)
+        figures = {"holder": "the other machine", "since": time.time(), "expires": time.time() + 60}
+        put_whole(remote.fs, lease, json.dumps(figures).encode())
+
+    with start_in_thread(SimConfig(latency_ms=20)) as server:
+        job = s3_job(
+            ws,
+            server.base_url,
+            prefix,
+            rows,
+            limits={"concurrency": 4, "commit_interval_s": 0.1},
+            storage={"lease_s": 1},
+        )
+        thief = threading.Thread(target=take_over)
+        thief.start()
+        lost = ws.run("run", str(job))
+        thief.join()
+        sent = len(server.requests)
+    assert lost.code == 3, lost.err
+    assert "lost its lease" in lost.err and "the other machine" in lost.err
+    assert "Traceback" not in lost.err
+    assert sent < rows  # it stopped at once, not at the end
+    assert "result.parquet" not in Remote(f"{prefix}/out").names()  # not over the other's
+    assert "lease.json" in remote.names()  # the other run's lease is left in place
