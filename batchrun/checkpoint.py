@@ -24,6 +24,13 @@ segments of one size class become one. A five-million-row job
 so keeps a few dozen files at most, and each row is rewritten a handful of times.
 
 One run at a time holds the folder's lock, so two runs of the same job cannot interleave.
+
+A checkpoint on S3 (`remote`) keeps the same rules, with the folder as this machine's copy
+of it: the lock is a lease object there as well (`batchrun.store.Lease`), a commit's
+segment is uploaded whole in one PUT before it is written to the copy and counted, a
+merge's segment is uploaded before it is renamed into the copy and before its inputs are
+deleted on S3, and the copy is made the remote's (`pull`) when a run opens it and before
+a reader reads it. Nothing is renamed on S3.
 """
 
 from __future__ import annotations

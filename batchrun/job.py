@@ -403,7 +403,11 @@ def build_job(
 
 def _location(base: Path, path: str) -> str:
     """An input path made absolute, or an S3 URL as it is."""
-    return path if path.startswith(S3_SCHEME) else os.path.normpath(base / path)
+    if path.startswith(S3_SCHEME):
+        return path
+    if "://" in path:
+        raise JobError(f"input.path {path!r} is neither a local path nor an s3:// URL.")
+    return os.path.normpath(base / path)
 
 
 def _cache(base: Path, cache: str | None, environ: Mapping[str, str]) -> Path:

@@ -1,20 +1,18 @@
-"""Where a job's files live: a local folder or an S3 prefix, through pyarrow's filesystems.
+"""S3 for batchrun: where it is (`S3Spec`, `Remote`), and files on it that are never seen
+half-written, through pyarrow's `S3FileSystem`.
 
-A location is a local path or an `s3://bucket/prefix` URL; `resolve` turns it into a pyarrow
-`FileSystem` and a path on it, which the helpers here take. They keep the checkpoint's rule
-that nothing half-written is ever visible:
-
-- `put_whole` publishes a file whole or not at all. On S3 a PUT is atomic (a multipart upload
-  is invisible until completed), but a pyarrow output stream that fails mid-write can still
-  publish the part written so far (apache/arrow#40502: closing the stream completes the
-  upload). So a file is serialised whole in memory first (`parquet_bytes`) and handed over in
-  one write and one close; an error while producing it never reaches the store. The
-  filesystem is opened with `allow_delayed_open`, so a file under pyarrow's part size (10 MiB)
-  goes up in a single PutObject. Locally, the file is written under a temporary name, fsynced
-  and renamed, as `batchrun.checkpoint.atomic_file` does.
+- `put_whole` publishes bytes whole or not at all. A PUT is atomic, but a pyarrow output
+  stream that fails mid-write can still publish the part written so far (apache/arrow#40502:
+  closing the stream completes the upload). So a file is serialised whole in memory first
+  and handed over in one write and one close; an error while producing it never reaches the
+  store. The filesystem is opened with `allow_delayed_open`, so a file under pyarrow's part
+  size (10 MiB) goes up in a single PutObject.
+- `upload_file` publishes a local file the same way; a large one as a multipart upload
+  driven through botocore, completed after its last part and aborted on any error.
 - Nothing is renamed on S3: pyarrow's `move` there is a copy and a delete, not atomic.
-- Reads and listings after a write are strongly consistent on S3, so `list_names` sees every
-  file published before it was called.
+- Reads and listings after a write are strongly consistent on S3, so a listing sees every
+  file published before it was made: `pull` makes a local copy of a folder the remote's,
+  and `stage_input` keeps local copies of an input.
 
 One run at a time (`Lease`). A local checkpoint is locked with flock; shared storage needs a
 lease object. Two protocols were weighed, against moto 5.2 and pyarrow 26:
@@ -36,8 +34,8 @@ region and credentials. A lease's expiry is wall-clock time from the holder's cl
 the hosts of the runs that share a location must keep their clocks within a small part of
 the lease's ttl (NTP does).
 
-Credentials come from the standard AWS variables (or, when those are unset, the AWS
-SDK's own chain); they are never logged nor put in a message.
+Credentials come from the standard AWS variables, or those a job names (or, when those are
+unset, the AWS SDK's own chain); they are never logged nor put in a message.
 """
 
 from __future__ import annotations
@@ -58,7 +56,6 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from .errors import RunStopped, UserError
 
@@ -165,26 +162,6 @@ def _endpoint(url: str) -> tuple[str, str]:
     return parts.netloc, parts.scheme
 
 
-def resolve(location: str, environ: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
-    """A local path or an `s3://bucket/key` URL as a filesystem and a path on it.
-
-    The S3 settings come from `environ` (by default the process's), read here rather than
-    left to pyarrow: pyarrow 26's `FileSystem.from_uri` reads AWS_ENDPOINT_URL(_S3) itself,
-    but its `S3FileSystem` constructor does not, and a lease needs the same settings."""
-    if location.startswith(S3_SCHEME):
-        bucket, _, key = location[len(S3_SCHEME) :].partition("/")
-        if not bucket:
-            raise UserError(f"{location!r} names no bucket: write s3://bucket/prefix.")
-        settings = S3Settings.from_env(os.environ if environ is None else environ)
-        return settings.filesystem(), f"{bucket}/{key}".rstrip("/")
-    if "://" in location:
-        raise UserError(
-            f"{location!r} is neither a local path nor an s3:// URL: batchrun reads and "
-            f"writes only those."
-        )
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
-
-
 def is_s3(fs: pafs.FileSystem) -> bool:
     return isinstance(fs, pafs.S3FileSystem)
 
@@ -192,73 +169,15 @@ def is_s3(fs: pafs.FileSystem) -> bool:
 # -- files ---------------------------------------------------------------------------------
 
 
-def parquet_bytes(
-    schema: pa.Schema, write: Callable[[pq.ParquetWriter], int], **options: Any
-) -> tuple[pa.Buffer, int]:
-    """A Parquet file written whole in memory by `write` (which returns its rows), and its
-    rows: what `put_whole` then publishes. An error in `write` leaves nothing anywhere."""
-    sink = pa.BufferOutputStream()
-    with pq.ParquetWriter(sink, schema, **options) as writer:
-        rows = write(writer)
-    return sink.getvalue(), rows
-
-
 def put_whole(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
-    """Publish `data` at `path` whole or not at all, replacing what was there."""
-    if is_s3(fs):
-        stream = fs.open_output_stream(path)
-        # One write, then close. Not `with`: leaving a `with` on an error closes the stream,
-        # and closing completes the upload with whatever was written (apache/arrow#40502).
-        stream.write(data)
-        stream.close()
-    elif isinstance(fs, pafs.LocalFileSystem):
-        _put_local(path, data)
-    else:
-        raise TypeError(f"put_whole supports local and S3 filesystems, not {fs.type_name}")
-
-
-def _put_local(path: str, data: bytes | pa.Buffer) -> None:
-    """Write beside `path`, fsync, rename into place and fsync the folder."""
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(memoryview(data))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def list_names(fs: pafs.FileSystem, folder: str, pattern: str = "*") -> list[str]:
-    """The names of the files right in `folder` that match the glob `pattern`, sorted;
-    none when the folder does not exist."""
-    selector = pafs.FileSelector(folder, allow_not_found=True, recursive=False)
-    return sorted(
-        info.base_name
-        for info in fs.get_file_info(selector)
-        if info.type == pafs.FileType.File and fnmatch.fnmatchcase(info.base_name, pattern)
-    )
-
-
-def read_whole(fs: pafs.FileSystem, path: str) -> bytes:
-    """A whole file's bytes (FileNotFoundError when it is not there)."""
-    with fs.open_input_stream(path) as stream:
-        return bytes(stream.read())
-
-
-def open_input(fs: pafs.FileSystem, path: str) -> pa.NativeFile:
-    """A file opened for random access: what `pq.ParquetFile` takes to read a footer and
-    then only the row groups it needs."""
-    return fs.open_input_file(path)
+    """Publish `data` at `path` on S3 whole or not at all, replacing what was there."""
+    if not is_s3(fs):
+        raise TypeError(f"put_whole is for S3, not {fs.type_name}: locally, use atomic_file")
+    stream = fs.open_output_stream(path)
+    # One write, then close. Not `with`: leaving a `with` on an error closes the stream,
+    # and closing completes the upload with whatever was written (apache/arrow#40502).
+    stream.write(data)
+    stream.close()
 
 
 def remove(fs: pafs.FileSystem, path: str) -> None:
@@ -526,7 +445,7 @@ def upload_file(fs: pafs.FileSystem, path: str, local: str | os.PathLike[str]) -
     its last part, and any error aborts it, so no partial object is ever published (which a
     pyarrow output stream can do: see the module's docstring). Memory: one part."""
     size = os.path.getsize(local)
-    if size <= PART_BYTES or not is_s3(fs):
+    if size <= PART_BYTES:
         with open(local, "rb") as handle:
             put_whole(fs, path, handle.read())
         return

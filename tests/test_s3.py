@@ -249,3 +249,15 @@ def test_a_run_whose_lease_is_taken_over_stops_and_leaves_the_output_alone(
     assert sent < rows  # it stopped at once, not at the end
     assert "result.parquet" not in Remote(f"{prefix}/out").names()  # not over the other's
     assert "lease.json" in remote.names()  # the other run's lease is left in place
+
+
+@pytest.mark.parametrize("section", ["input", "output"])
+def test_a_url_batchrun_cannot_reach_is_a_job_error(ws: Workspace, section: str) -> None:
+    ws.write_input(reviews(3))
+    job = ws.job("http://127.0.0.1:9/v1", **{section: {"path": "gs://bucket/rows.parquet"}})
+    wrong = ws.run("run", str(job))
+    assert wrong.code == 2
+    assert (
+        f"{section}.path 'gs://bucket/rows.parquet' is neither a local path nor an s3:// URL"
+        in wrong.err
+    )
