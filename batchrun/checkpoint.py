@@ -58,7 +58,7 @@ import pyarrow.parquet as pq
 from .columns import CHECKPOINT_SCHEMA, FINISHED_AT, KEY, POSITION, RowResult
 from .errors import RunStopped, UserError
 from .space import disk_full
-from .store import Lease, Remote, pull, put_whole, remove, upload_file
+from .store import Lease, Remote, download_file, pull, put_whole, remove, upload_file
 from .walk import ROW_GROUP_ROWS, Positions, Stopped, Walk, merge_segments, sort_positions
 
 SEGMENT_GLOB = "seg-*.parquet"
@@ -308,7 +308,10 @@ class Checkpoint:
         for path in set(self.folder.glob(SEGMENT_GLOB)) - set(current):
             self._unpublish(path)
             path.unlink()  # superseded: a kill came between a merge and its clean-up
-        self.quarantined = [self._quarantine(path, why) for path, why in damaged(current)]
+        bad = damaged(current)
+        if bad and self.remote is not None:
+            bad = self._fetch_again(bad)
+        self.quarantined = [self._quarantine(path, why) for path, why in bad]
         fsync_dir(self.folder)
         current = current_segments(self.folder)
         self._rows = {path: pq.read_metadata(path).num_rows for path in current}
@@ -346,6 +349,16 @@ class Checkpoint:
                 return
             except OSError:
                 continue  # S3 unreachable for now: tried again before the lease lapses
+
+    def _fetch_again(self, bad: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+        """Download the copies found damaged once more (the damage may be this machine's
+        alone); those the checkpoint on S3 holds damaged too."""
+        assert self.remote is not None
+        for path, _ in bad:
+            download_file(self.remote.fs, self.remote.child(path.name), path)
+            self._stamp(path)
+        _damage.cache_clear()  # a copy fetched again may keep the size and time it had
+        return damaged(path for path, _ in bad)
 
     def refresh(self) -> bool:
         """Bring the local copy up to date with what other processes committed to S3 (the

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.checkpoint import _damage
 from batchrun.sim import SimConfig, start_in_thread
 from batchrun.store import Lease, Remote, pull, put_whole
 
@@ -261,3 +262,24 @@ def test_a_url_batchrun_cannot_reach_is_a_job_error(ws: Workspace, section: str)
         f"{section}.path 'gs://bucket/rows.parquet' is neither a local path nor an s3:// URL"
         in wrong.err
     )
+
+
+def test_a_copy_damaged_on_this_machine_is_fetched_again_not_quarantined(
+    ws: Workspace, prefix: str
+) -> None:
+    with start_in_thread(SimConfig()) as server:
+        job = s3_job(ws, server.base_url, prefix, ROWS, limits={"commit_interval_s": 0.05})
+        assert ws.run("run", str(job), "--quiet").code == 0
+        copy = ws.root / "cache" / "s3" / prefix / "out" / "result.parquet.checkpoint"
+        segment = sorted(copy.glob("seg-*.parquet"))[0]
+        info = segment.stat()
+        segment.write_bytes(b"\0" * info.st_size)  # the same size and time: a bad disk
+        os.utime(segment, ns=(info.st_atime_ns, info.st_mtime_ns))
+        _damage.cache_clear()  # what this process saw of the file before (a new one sees none)
+        sent = len(server.requests)
+        again = ws.run("run", str(job), "--quiet")
+        assert again.code == 0, again.err
+        assert "damaged" not in again.err
+        assert len(server.requests) == sent  # nothing asked again
+        assert not (copy / "quarantine").exists()
+        assert pq.read_metadata(segment).num_rows > 0
