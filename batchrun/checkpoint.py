@@ -294,12 +294,12 @@ class Checkpoint:
             self.close()
             raise
         for tmp in self.folder.glob("*.tmp"):
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
         remove_tree(self.folder / "anchor.tmp")
         if fresh:
             for seg in self.folder.glob(SEGMENT_GLOB):
                 self._unpublish(seg)
-                seg.unlink()
+                seg.unlink(missing_ok=True)
             fsync_dir(self.folder)
         _upgrade(self.folder)
         spans = [span for path in self.folder.glob(SEGMENT_GLOB) if (span := _span(path))]
@@ -307,7 +307,7 @@ class Checkpoint:
         current = current_segments(self.folder)
         for path in set(self.folder.glob(SEGMENT_GLOB)) - set(current):
             self._unpublish(path)
-            path.unlink()  # superseded: a kill came between a merge and its clean-up
+            path.unlink(missing_ok=True)  # superseded: a kill came between a merge and its clean-up
         bad = damaged(current)
         if bad and self.remote is not None:
             bad = self._fetch_again(bad)
@@ -341,14 +341,25 @@ class Checkpoint:
 
     def _renew(self) -> None:
         assert self._lease is not None
-        while not self._renewing.wait(self._lease.ttl_s / RENEWALS):
+        lease = self._lease
+        while not self._renewing.wait(lease.ttl_s / RENEWALS):
             try:
-                self._lease.renew()
+                lease.renew()
             except RunStopped as exc:
                 self.lease_lost = exc
                 return
-            except OSError:
-                continue  # S3 unreachable for now: tried again before the lease lapses
+            except OSError as exc:
+                # S3 unreachable for now: tried again, but not past the point where the
+                # lease may have lapsed and another run taken it over.
+                stale = time.monotonic() - lease.renewed_at
+                if stale > lease.ttl_s * (1 - 1 / RENEWALS):
+                    self.lease_lost = RunStopped(
+                        f"This run could not renew its lease on {self.remote_url} for "
+                        f"{stale:.0f} s ({str(exc).splitlines()[0][:160]}), and stopped so that "
+                        f"a run taking the lapsed lease over cannot interleave with it: check "
+                        f"the connection to S3, then run the same command to resume."
+                    )
+                    return
 
     def _fetch_again(self, bad: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
         """Download the copies found damaged once more (the damage may be this machine's
@@ -359,6 +370,10 @@ class Checkpoint:
             self._stamp(path)
         _damage.cache_clear()  # a copy fetched again may keep the size and time it had
         return damaged(path for path, _ in bad)
+
+    @property
+    def remote_url(self) -> str:
+        return self.remote.url if self.remote is not None else str(self.folder)
 
     def refresh(self) -> bool:
         """Bring the local copy up to date with what other processes committed to S3 (the
@@ -381,21 +396,42 @@ class Checkpoint:
             return write_segment(target, write)
         remote = self.remote
         name = target.name
-        rows = write_segment(
-            target, write, lambda tmp: upload_file(remote.fs, remote.child(name), tmp)
-        )
+
+        def publish(tmp: Path) -> None:
+            if self.lease_lost is not None:  # the job may be another run's by now
+                raise self.lease_lost
+            upload_file(remote.fs, remote.child(name), tmp)
+
+        rows = write_segment(target, write, publish)
         self._stamp(target)
         return rows
 
-    def _stamp(self, path: Path) -> None:
-        """Give the local copy the remote's modification time, which `pull` compares."""
+    def _put_commit(self, name: str, data: pa.Buffer) -> None:
         assert self.remote is not None
-        info = self.remote.fs.get_file_info(self.remote.child(path.name))
-        if info.mtime_ns is not None:
-            os.utime(path, ns=(info.mtime_ns, info.mtime_ns))
+        if self.lease_lost is not None:
+            raise self.lease_lost
+        try:
+            put_whole(self.remote.fs, self.remote.child(name), data)
+        except OSError as exc:
+            raise RunStopped(
+                f"Committing to {self.remote.url} failed ({str(exc).splitlines()[0][:160]}): "
+                f"the run stopped, and answers not committed will be asked again; check the "
+                f"connection and the credentials, then run the same command to resume."
+            ) from None
+
+    def _stamp(self, path: Path) -> None:
+        """Give the local copy the remote's modification time, which `pull` compares. A
+        failure costs nothing but a download at the next pull."""
+        assert self.remote is not None
+        with contextlib.suppress(OSError):
+            info = self.remote.fs.get_file_info(self.remote.child(path.name))
+            if info.mtime_ns is not None:
+                os.utime(path, ns=(info.mtime_ns, info.mtime_ns))
 
     def _unpublish(self, path: Path) -> None:
         if self.remote is not None:
+            if self.lease_lost is not None:  # the job may be another run's by now
+                raise self.lease_lost
             remove(self.remote.fs, self.remote.child(path.name))
 
     @property
@@ -419,9 +455,9 @@ class Checkpoint:
         while target.exists():
             target = target.with_name(f"{target.stem}.{time.time_ns()}{target.suffix}")
         held = _what_it_held(path)
-        self._unpublish(path)  # on S3, the damaged file's only copy is the one moved aside
         os.replace(path, target)
         fsync_dir(aside)
+        self._unpublish(path)  # on S3 (damaged there too): the copy moved aside is kept
         return (
             f"batchrun: warning: the checkpoint segment {path.name} is damaged ({why}); it "
             f"was moved to {target}, and {held} is no longer counted: its rows will be sent "
@@ -510,20 +546,13 @@ class Checkpoint:
             if self.remote is None:
                 write_atomic_table(table, path)
             else:
-                # Serialised whole in memory, up in one PUT: the commit; then the copy.
+                # Serialised whole in memory and up in one PUT (the commit), between the
+                # copy's temporary file being written and its rename: a full local disk
+                # fails the commit before anything reached S3, and it is tried again.
                 sink = pa.BufferOutputStream()
                 pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, **SEGMENT_OPTIONS)
                 data = sink.getvalue()
-                try:
-                    put_whole(self.remote.fs, self.remote.child(path.name), data)
-                except OSError as exc:
-                    raise RunStopped(
-                        f"Committing to {self.remote.url} failed "
-                        f"({str(exc).splitlines()[0][:160]}): the run stopped, and answers "
-                        f"not committed will be asked again; check the connection and the "
-                        f"credentials, then run the same command to resume."
-                    ) from None
-                with atomic_file(path) as tmp:
+                with atomic_file(path, lambda _: self._put_commit(path.name, data)) as tmp:
                     tmp.write_bytes(memoryview(data))
                 self._stamp(path)
             self._rows[path] = table.num_rows
@@ -574,11 +603,12 @@ class Checkpoint:
             except Stopped:
                 return  # closing: the merge's temporary file is gone, its inputs stay
             except OSError as exc:
-                if not disk_full(exc):
+                if not disk_full(exc) and self.remote is None:
                     self.merge_error = exc
                     return
                 # The merge's temporary file is gone and its inputs stay: merging is put
-                # off, the run (which waits for space on its own commits) goes on.
+                # off, the run (which waits for space on its own commits) goes on. On S3,
+                # any failure is taken for a passing one (a dropped connection, a 503).
                 resume_at = time.monotonic() + MERGE_RETRY_S
             except BaseException as exc:  # kept for the run to report; the folder stays valid
                 self.merge_error = exc

@@ -288,10 +288,11 @@ def _run(args: argparse.Namespace) -> int:
 
         rpm = job.limits.requests_per_minute
         print(f"rate limits: {allowed_rate_line(summary.allowed_rpm, summary.rate_limited, rpm)}")
+    where = job.output_url or summary.output_path  # an S3 output by its URL, not its copy
     if summary.rows_written is None:
-        print(f"output: {summary.output_path} not rewritten; run again to write it")
+        print(f"output: {where} not rewritten; run again to write it")
     else:
-        print(f"output: {summary.output_path} ({summary.rows_written:,} rows)")
+        print(f"output: {where} ({summary.rows_written:,} rows)")
         if job.parse is not None or job.eval is not None:
             from .evaluation import output_line
 
@@ -386,9 +387,11 @@ def _import_batch(args: argparse.Namespace) -> int:
 
 def _warn_damaged(job: Job) -> None:
     """Name each damaged checkpoint segment a reading command skips."""
-    from .checkpoint import checkpoint_dir, skipped_notices
+    from .checkpoint import checkpoint_dir, refresh_copy, skipped_notices
 
-    for line in skipped_notices(checkpoint_dir(job.output_path)):
+    folder = checkpoint_dir(job.output_path)
+    refresh_copy(folder, job.checkpoint_remote)  # the copy as S3 has it now
+    for line in skipped_notices(folder):
         print(line, file=sys.stderr)
 
 
@@ -412,10 +415,10 @@ def _local_copy(path: str) -> str:
     ~/.cache/batchrun), reached as the standard AWS variables say."""
     if not path.startswith("s3://"):
         return path
+    from .job import default_cache
     from .store import Remote, S3Spec, stage_input
 
-    cache = os.environ.get("BATCHRUN_CACHE") or os.path.expanduser("~/.cache/batchrun")
-    return stage_input(Remote.of_url(path, S3Spec()), cache, what="output")
+    return stage_input(Remote.of_url(path, S3Spec()), default_cache(os.environ), what="output")
 
 
 def _compare(args: argparse.Namespace) -> int:

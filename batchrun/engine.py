@@ -229,7 +229,8 @@ def check_complete(
     hold them all: say so loudly rather than exit 0 over a short file."""
     if stop is None and rows_written != plan.total:
         raise BatchrunError(
-            f"The output {job.output_path} has {rows_written} rows where {plan.total} were "
+            f"The output {job.output_url or job.output_path} has {rows_written} rows where "
+            f"{plan.total} were "
             f"expected, although every row is committed: run the same command again to "
             f"rewrite it, and please report this."
         )

@@ -375,6 +375,10 @@ def build_job(
     price_as = preset.price_as if endpoint.price_as is None else endpoint.price_as
     factor = endpoint.non_stream_price_factor or preset.non_stream_price_factor
     cache = _cache(base, model.storage.cache, environ)
+    input_path = _location(base, model.input.path)
+    output_path = _local_output(base, model.output.path, cache)
+    output_url = model.output.path if model.output.path.startswith(S3_SCHEME) else None
+    _apart(input_path, output_url or str(output_path))
     return Job(
         path=path,
         name=model.name or path.stem,
@@ -388,9 +392,9 @@ def build_job(
         parse=model.parse,
         eval=model.eval,
         sim=types.MappingProxyType(dict(model.sim)),
-        input_path=_location(base, model.input.path),
-        output_path=_local_output(base, model.output.path, cache),
-        output_url=model.output.path if model.output.path.startswith(S3_SCHEME) else None,
+        input_path=input_path,
+        output_path=output_path,
+        output_url=output_url,
         storage=model.storage,
         cache=cache,
         base_url=base_url.rstrip("/"),
@@ -410,13 +414,31 @@ def _location(base: Path, path: str) -> str:
     return os.path.normpath(base / path)
 
 
+def _apart(input_path: str, output: str) -> None:
+    """Refuse an output inside the input's folder or prefix: its file and its checkpoint's
+    segments would be read as input rows."""
+    folder = input_path.rstrip("/")
+    if input_path.startswith(S3_SCHEME) == output.startswith(S3_SCHEME) and (
+        output.startswith(folder + "/") or output.startswith(folder + os.sep)
+    ):
+        raise JobError(
+            f"output.path {output} is inside the input {input_path}: its file and its "
+            f"checkpoint would be read as input; write the output elsewhere."
+        )
+
+
 def _cache(base: Path, cache: str | None, environ: Mapping[str, str]) -> Path:
     """The folder for local copies of S3 files: the job's, $BATCHRUN_CACHE, or the user's
     cache folder."""
-    chosen = cache or environ.get("BATCHRUN_CACHE") or os.environ.get("BATCHRUN_CACHE")
-    if chosen:
-        return (base / os.path.expanduser(chosen)).resolve()
-    return Path("~/.cache/batchrun").expanduser()
+    if cache:
+        return (base / os.path.expanduser(cache)).resolve()
+    return default_cache({**os.environ, **environ})
+
+
+def default_cache(environ: Mapping[str, str]) -> Path:
+    """$BATCHRUN_CACHE, or the user's cache folder."""
+    chosen = environ.get("BATCHRUN_CACHE")
+    return Path(chosen).expanduser().resolve() if chosen else Path("~/.cache/batchrun").expanduser()
 
 
 def _local_output(base: Path, path: str, cache: Path) -> Path:

@@ -55,7 +55,7 @@ from .engine import (
     write_job_output,
 )
 from .errors import BatchrunError, Interrupted, UserError
-from .job import Job
+from .job import Job, default_cache
 from .lease import SYNC_S, Desk, LeasedPacer, SharedBudget, Tally, stop_from
 from .plan import Plan, RunOptions, plan_run
 from .progress import Progress
@@ -75,6 +75,7 @@ SHARDS_PER_WORKER = 4  # shards are small enough that a slow or restarted worker
 MAX_SHARD_ATTEMPTS = 5  # a shard whose workers keep dying stops the run
 RESTART_WAIT_S = 300.0  # how long a worker Ray restarts may take to come back
 PULL_S = 2.0  # with the checkpoint on S3, how often the driver pulls the workers' segments
+PULL_TRIES = 3  # a worker's tries to pull an S3 checkpoint before a shard
 QUOTA_HOLD_MARGIN_S = 1.0  # others wait this much past a quota probe's next try
 INTERRUPTED = "Interrupted: finished rows are saved; run the same command to resume."
 
@@ -184,7 +185,10 @@ class ShardWorker:
         remote: Remote | None = None,
     ) -> None:
         limits = job.limits.model_copy(update={"concurrency": concurrency})
-        self.job = dataclasses.replace(job, limits=limits)
+        # Copies of S3 files go to this node's cache: the driver's default is in its
+        # user's home, which another node may not have ([storage] cache is kept as given).
+        cache = job.cache if job.storage.cache else default_cache(os.environ)
+        self.job = dataclasses.replace(job, limits=limits, cache=cache)
         self.options = options
         self.total = total
         # A checkpoint on S3: this worker commits there and keeps a copy of its own, pulled
@@ -215,7 +219,7 @@ class ShardWorker:
         checkpoint = Checkpoint(self.folder, self.remote).attach(
             lambda: int(ray.get(desk.commit_number.remote()))  # type: ignore[call-overload]
         )
-        checkpoint.refresh()
+        _pull_for_shard(checkpoint)
         engine = await run_on_desk(
             self.job,
             self.options,
@@ -237,6 +241,23 @@ class ShardWorker:
             pid=os.getpid(),
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         )
+
+
+def _pull_for_shard(checkpoint: Checkpoint) -> None:
+    """Bring a worker's copy of an S3 checkpoint up to date before a shard: what is settled
+    in its range is known only then. A few tries, then one sentence."""
+    for attempt in range(PULL_TRIES):
+        try:
+            checkpoint.refresh()
+            return
+        except OSError as exc:
+            if attempt == PULL_TRIES - 1:
+                raise BatchrunError(
+                    f"A worker could not read the checkpoint {checkpoint.remote_url} "
+                    f"({_first_line(exc)}): check that every node reaches S3 with the job's "
+                    f"credentials, then run the same command to resume."
+                ) from None
+            time.sleep(1.0)
 
 
 async def run_on_desk(
@@ -349,8 +370,11 @@ class ChatStage:
         with tempfile.TemporaryDirectory(prefix="batchrun-stage-") as scratch:
             source = Path(scratch) / "batch.parquet"
             pq.write_table(table, source)
-            job = dataclasses.replace(
-                self.job, input_path=str(source), output_path=Path(scratch) / "answers.parquet"
+            job = dataclasses.replace(  # the job's own input and output are not this batch's
+                self.job,
+                input_path=str(source),
+                output_path=Path(scratch) / "answers.parquet",
+                output_url=None,
             )
             options = RunOptions(quiet=True)
             plan = plan_run(job, options)
@@ -635,7 +659,10 @@ def _drive(
             if figures["stop"] is not None and stop is None:
                 stop = stop_from(*figures["stop"])
             if checkpoint.remote is not None and time.monotonic() >= pulled + PULL_S:
-                checkpoint.refresh()  # the workers' segments, for the merger
+                try:
+                    checkpoint.refresh()  # the workers' segments, for the merger
+                except OSError as exc:  # S3 not answering for now: the next tick tries again
+                    log.warning("pulling the checkpoint from S3 failed (%s)", _first_line(exc))
                 pulled = time.monotonic()
             if checkpoint.lease_lost is not None and stop is None:
                 stop = checkpoint.lease_lost  # another run took the job over: every worker stops

@@ -197,6 +197,7 @@ class _Held:
     since: float  # when the holder acquired it (wall-clock seconds)
     expires: float  # when it lapses unless renewed
     etag: str
+    nonce: str = ""  # of the write that made it
 
 
 class Lease:
@@ -230,6 +231,8 @@ class Lease:
         self._client = client if client is not None else S3Settings.of(fs).client()
         self._etag: str | None = None  # of the lease object as we last wrote it; None: not held
         self._since = 0.0  # when we acquired it
+        self._nonce = ""  # of our last write
+        self.renewed_at = 0.0  # when our last write landed (monotonic seconds)
 
     def __repr__(self) -> str:
         state = "held" if self._etag else "not held"
@@ -299,11 +302,12 @@ class Lease:
     # -- the lease object ------------------------------------------------------------------
 
     def _body(self) -> bytes:
+        self._nonce = uuid.uuid4().hex  # every write a new etag, even of the same figures
         figures = {
             "holder": self.holder,
             "since": self._since,
             "expires": self._clock() + self.ttl_s,
-            "nonce": uuid.uuid4().hex,  # every write a new etag, even of the same figures
+            "nonce": self._nonce,
         }
         return json.dumps(figures).encode()
 
@@ -319,6 +323,7 @@ class Lease:
                 float(figures["since"]),
                 float(figures["expires"]),
                 answer["ETag"],
+                str(figures.get("nonce", "")),
             )
         except (ValueError, KeyError, TypeError):
             # Not a lease batchrun wrote: treated as lapsed long ago, so it can be replaced.
@@ -326,9 +331,18 @@ class Lease:
 
     def _put(self, body: bytes, **condition: str) -> str | None:
         """Write the lease object on `condition`; its new etag, or None when the condition
-        failed."""
+        failed. A write whose answer was lost is sent again by botocore, and then fails
+        its condition against itself: the object then carries this write's nonce, and it
+        is taken for the success it was."""
         answer = self._call("put_object", Body=body, **condition)
-        return None if answer is None else str(answer["ETag"])
+        if answer is not None:
+            self.renewed_at = time.monotonic()
+            return str(answer["ETag"])
+        held = self._read()
+        if held is not None and held.nonce == self._nonce:
+            self.renewed_at = time.monotonic()
+            return held.etag
+        return None
 
     def _call(self, operation: str, **arguments: Any) -> Any:
         """One S3 request on the lease object; None when S3 said its precondition failed,
@@ -449,8 +463,18 @@ def upload_file(fs: pafs.FileSystem, path: str, local: str | os.PathLike[str]) -
         with open(local, "rb") as handle:
             put_whole(fs, path, handle.read())
         return
-    client = S3Settings.of(fs).client()
+    client = S3Settings.of(fs).client()  # a UserError without botocore
+    from botocore.exceptions import BotoCoreError, ClientError
+
     bucket, _, key = path.partition("/")
+    try:
+        _multipart(client, bucket, key, local)
+    except (BotoCoreError, ClientError) as exc:  # batchrun's callers take OSError
+        raise OSError(f"S3 upload of s3://{path} failed: {exc}") from exc
+
+
+def _multipart(client: Any, bucket: str, key: str, local: str | os.PathLike[str]) -> None:
+    """A multipart upload of `local`, a part at a time, aborted on any error."""
     upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
     try:
         parts: list[dict[str, Any]] = []
@@ -491,14 +515,20 @@ def pull(remote: Remote, folder: str | os.PathLike[str], pattern: str) -> bool:
     new or differs in size or modification time (a copy takes its object's time), delete
     what the remote no longer has. Returns whether anything changed. A file removed remotely
     between the listing and its download (a merge elsewhere) is FileNotFoundError: the
-    caller lists again."""
-    there = remote.names(pattern)
+    caller lists again.
+
+    The folder is scanned before the remote is listed. Whoever writes into it (a run's
+    commits and merges, on this machine) puts a file on the remote before it appears here,
+    so a file seen here and then missing from the later listing was removed remotely; a
+    file that appears here after the scan is left alone."""
     os.makedirs(folder, exist_ok=True)
-    here = {
-        entry.name: (entry.stat().st_size, entry.stat().st_mtime_ns)
-        for entry in os.scandir(folder)
-        if entry.is_file() and fnmatch.fnmatchcase(entry.name, pattern)
-    }
+    here = {}
+    for entry in os.scandir(folder):
+        if entry.is_file() and fnmatch.fnmatchcase(entry.name, pattern):
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                info = entry.stat()
+                here[entry.name] = (info.st_size, info.st_mtime_ns)
+    there = remote.names(pattern)
     changed = False
     for name in sorted(set(here) - set(there)):
         with contextlib.suppress(FileNotFoundError):
@@ -543,6 +573,12 @@ def stage_input(remote: Remote, cache: str | os.PathLike[str], what: str = "inpu
     if not parts:
         fix = "input.path in the job" if what == "input" else "the URL"
         raise UserError(f"The {what} {remote.url} does not exist: check {fix}.")
+    if "" not in parts and os.path.isdir(local):  # a prefix: parts gone from it go here too
+        for folder, _, names in os.walk(local):
+            for name in names:
+                path = os.path.join(folder, name)
+                if os.path.relpath(path, local) not in parts:
+                    os.unlink(path)
     for name, part in parts.items():
         target = os.path.join(local, name) if name else local
         os.makedirs(os.path.dirname(target), exist_ok=True)

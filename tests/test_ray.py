@@ -160,6 +160,14 @@ def test_a_ray_run_with_everything_on_s3_gives_the_local_run_s_output(
         again = ray_engine.run(elsewhere, RunOptions(quiet=True), ENV)
         assert (again.ok, again.ran) == (rows, 0)
         assert len(sim.requests) == before
+        # The same job as a pipeline stage answers its batches, and leaves the job's own
+        # output on S3 as it was.
+        written = remote.fs.get_file_info(remote.path)
+        dataset = ray.data.from_arrow(reviews(20).to_arrow()).repartition(3)
+        staged = ray_engine.run(elsewhere, dataset=dataset)
+        assert pa_concat(staged).num_rows == 20
+        after = remote.fs.get_file_info(remote.path)
+        assert (after.size, after.mtime_ns) == (written.size, written.mtime_ns)
 
 
 def test_the_cluster_never_passes_the_job_s_requests_and_tokens_a_minute(

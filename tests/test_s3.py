@@ -23,7 +23,7 @@ import pytest
 
 from batchrun.checkpoint import _damage
 from batchrun.sim import SimConfig, start_in_thread
-from batchrun.store import Lease, Remote, pull, put_whole
+from batchrun.store import Lease, Remote, S3Spec, pull, put_whole
 
 from .conftest import FAKE_KEY, Workspace, latest_results, reviews
 from .s3server import BUCKET, FAKE_SECRET, aws_env, moto_server
@@ -283,3 +283,55 @@ def test_a_copy_damaged_on_this_machine_is_fetched_again_not_quarantined(
         assert len(server.requests) == sent  # nothing asked again
         assert not (copy / "quarantine").exists()
         assert pq.read_metadata(segment).num_rows > 0
+
+
+def test_a_run_that_cannot_renew_its_lease_stops_before_it_may_have_lapsed(
+    prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchrun.checkpoint import Checkpoint
+    from batchrun.columns import RowResult
+    from batchrun.errors import RunStopped
+
+    remote = Remote(f"{prefix}/ckpt", S3Spec(lease_s=1))
+    checkpoint = Checkpoint(tmp_path / "copy", remote).open()
+    row = RowResult("r0", 0, "fp", "ok", 1, time.time(), response="positive")
+    assert checkpoint.commit([row]) == 1
+
+    def unreachable(self: Lease) -> None:
+        raise OSError("S3 put_object failed: connection reset")
+
+    monkeypatch.setattr(Lease, "renew", unreachable)
+    deadline = time.monotonic() + 5
+    while checkpoint.lease_lost is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lost = checkpoint.lease_lost
+    assert lost is not None and "could not renew its lease" in str(lost)
+    with pytest.raises(RunStopped, match="could not renew"):
+        checkpoint.commit([RowResult("r1", 1, "fp", "ok", 1, time.time(), response="neutral")])
+    assert sorted(remote.names("seg-*.parquet")) == ["seg-000000000001-000000000001.parquet"]
+    checkpoint.close()
+
+
+def test_an_input_prefix_is_copied_as_it_stands_now(ws: Workspace, prefix: str) -> None:
+    from batchrun.store import stage_input
+
+    remote = Remote(f"{prefix}/parts")
+    for name in ("a.parquet", "b.parquet"):
+        put_whole(remote.fs, remote.child(name), b"x")
+    local = Path(stage_input(remote, ws.root / "cache"))
+    assert sorted(p.name for p in local.iterdir()) == ["a.parquet", "b.parquet"]
+    Remote(prefix).fs.delete_file(remote.child("a.parquet"))
+    put_whole(remote.fs, remote.child("c.parquet"), b"y")
+    assert Path(stage_input(remote, ws.root / "cache")) == local
+    assert sorted(p.name for p in local.iterdir()) == ["b.parquet", "c.parquet"]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_an_output_inside_the_input_folder_is_refused(ws: Workspace, where: str) -> None:
+    (ws.root / "rows").mkdir()
+    ws.write_input(reviews(3), "rows/part.parquet")
+    base = "s3://bucket/rows" if where == "s3" else "rows"
+    job = ws.job("http://127.0.0.1:9/v1", input_path=base, output={"path": f"{base}/out.parquet"})
+    wrong = ws.run("run", str(job))
+    assert wrong.code == 2
+    assert "is inside the input" in wrong.err and "write the output elsewhere" in wrong.err

@@ -288,3 +288,22 @@ def test_a_pull_makes_the_copy_the_remote_s(prefix: str, tmp_path: Path) -> None
     assert store.pull(remote, copy, "seg-*.parquet")
     assert sorted(p.name for p in copy.iterdir()) == ["seg-b.parquet"]
     assert (copy / "seg-b.parquet").read_bytes() == b"two, rewritten"
+
+
+def test_a_renewal_whose_answer_was_lost_is_taken_for_the_success_it_was(prefix: str) -> None:
+    """botocore sends a PUT again when its answer is lost; the retry then fails its
+    condition against the write that landed, which carries this lease's nonce."""
+    fs, folder = _fs(prefix), prefix
+    lease = Lease(fs, f"{folder}/lease", "host-a:101", ttl_s=60).acquire()
+    real = lease._call
+
+    def landed_but_lost(operation: str, **arguments: object) -> object:
+        answer = real(operation, **arguments)
+        return None if operation == "put_object" else answer  # as a 412 to the retry
+
+    lease._call = landed_but_lost  # type: ignore[method-assign]
+    lease.renew()  # no RunStopped: the lease is still this one's
+    assert lease.held
+    lease._call = real  # type: ignore[method-assign]
+    lease.renew()
+    lease.release()
