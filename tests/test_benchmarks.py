@@ -205,3 +205,21 @@ def test_scale_quick_runs_every_command_and_keeps_every_row_once(tmp_path: Path)
     assert whole == round(scratch["rows_per_s"]) and steady == round(scratch["steady_rows_per_s"])
     checks = len(size["checks"])
     assert f"checks: {checks} of {checks} passed" in proc.stdout
+
+
+@pytest.mark.timeout(200)
+def test_s3_scale_quick_runs_a_job_on_s3_and_resumes_it_elsewhere() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "s3_scale.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=BENCHMARKS,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("1,000 rows")
+    # Both runs sent every row once; the resume from another cache sent none (asserted in
+    # the script); every step printed its figures.
+    for step in ("run, local disk", "run, S3", "status from another cache", "resume from a"):
+        assert any(line.strip().startswith(step) and "peak" in line for line in lines), step
