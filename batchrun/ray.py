@@ -57,6 +57,7 @@ from .engine import (
 from .errors import BatchrunError, Interrupted, UserError
 from .job import Job, default_cache
 from .lease import SYNC_S, Desk, LeasedPacer, SharedBudget, Tally, stop_from
+from .nofile import fitting_concurrency
 from .plan import Plan, RunOptions, plan_run
 from .progress import Progress
 from .retry import QuotaGate
@@ -220,8 +221,18 @@ class ShardWorker:
             lambda: int(ray.get(desk.commit_number.remote()))  # type: ignore[call-overload]
         )
         _pull_for_shard(checkpoint)
+        # This node's open-files limit, as a local run fits its concurrency to its own.
+        job = self.job
+        fits, crowded = fitting_concurrency(
+            job.limits.concurrency, len(checkpoint.segments()), sim=False
+        )
+        if crowded is not None:
+            log.warning("%s", crowded)
+            job = dataclasses.replace(
+                job, limits=job.limits.model_copy(update={"concurrency": fits})
+            )
         engine = await run_on_desk(
-            self.job,
+            job,
             self.options,
             plan,
             checkpoint,
