@@ -89,10 +89,11 @@ NOT_BATCHED = ("stream", "stream_options")  # request keys a Batch body leaves o
 BATCH_ROWS = 10_000  # input rows an export reads and renders at a time, as a run reads them
 # Results committed as one segment. More than a run's 2,000: an import commits far faster
 # than a run does, and at 2,000 a million rows once left 400 segments the background merger
-# had not caught up with, each of them opened by every walk (10,000 also took a tenth less
-# CPU).
-COMMIT_ROWS = 10_000
-GROUP_LINES = 100_000  # answer lines an import takes at a time: what bounds its memory
+# had not caught up with, each of them opened by every walk. Together with GROUP_LINES,
+# what an import holds: 5,000 and 50,000 peaked at 368 MB on a million answers, 10,000 and
+# 100,000 at 443 MB, for a tenth more time (benchmarks/RESULTS.md).
+COMMIT_ROWS = 5_000
+GROUP_LINES = 50_000  # answer lines an import takes at a time: what bounds its memory
 MATCH_ROWS = 25_000  # input rows an import reads at a time to find a group's rows
 SETTLED_NAME = "import-{:05d}.tmp"  # in the checkpoint folder: a group's `_Settled` rows
 
