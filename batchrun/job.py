@@ -279,15 +279,7 @@ class Job:
 
     @property
     def s3(self) -> S3Spec:
-        storage = self.storage
-        return S3Spec(
-            region=storage.region,
-            endpoint_url=storage.endpoint_url,
-            access_key_id_env=storage.access_key_id_env,
-            secret_access_key_env=storage.secret_access_key_env,
-            session_token_env=storage.session_token_env,
-            lease_s=storage.lease_s,
-        )
+        return S3Spec(**self.storage.model_dump(exclude={"cache"}))
 
     @property
     def output_remote(self) -> Remote | None:

@@ -110,6 +110,20 @@ def ws(
     return Workspace(tmp_path, capsys)
 
 
+@pytest.fixture(scope="module")
+def s3() -> Iterator[str]:
+    """A moto S3 server on loopback (see `tests.s3server`), with the AWS variables pointing
+    at it for the module's tests; yields its endpoint URL."""
+    from .s3server import aws_env, moto_server
+
+    with moto_server() as endpoint, pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            env.delenv(name, raising=False)
+        for name, value in aws_env(endpoint).items():
+            env.setenv(name, value)
+        yield endpoint
+
+
 @pytest.fixture
 def sim() -> Iterator[SimServer]:
     with start_in_thread(SimConfig()) as server:

@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +25,12 @@ from batchrun.sim import SimConfig, start_in_thread
 from batchrun.store import Lease, Remote, S3Spec, pull, put_whole
 
 from .conftest import FAKE_KEY, Workspace, latest_results, reviews
-from .s3server import BUCKET, FAKE_SECRET, aws_env, moto_server
+from .s3server import BUCKET, FAKE_SECRET, aws_env
 
 ROWS = 40
 KILL_ROWS = 1500
 KILL_AFTER = 300  # rows committed on S3 before the run is killed
 WAIT_S = 120
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[str]:
-    """The moto server, with the AWS variables pointing at it for this module's tests."""
-    with moto_server() as endpoint, pytest.MonkeyPatch.context() as env:
-        for name in ("AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-            env.delenv(name, raising=False)
-        for name, value in aws_env(endpoint).items():
-            env.setenv(name, value)
-        yield endpoint
 
 
 @pytest.fixture

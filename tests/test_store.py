@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,21 +20,9 @@ from batchrun.store import (
     remove,
 )
 
-from .s3server import BUCKET, FAKE_SECRET, aws_env, moto_server
+from .s3server import BUCKET, FAKE_SECRET, aws_env
 
 SCHEMA = pa.schema([("position", pa.int64()), ("text", pa.string())])
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 with BUCKET, and the AWS variables pointing at it;
-    yields its endpoint URL."""
-    with moto_server() as endpoint, pytest.MonkeyPatch.context() as env:
-        for name in ("AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-            env.delenv(name, raising=False)
-        for name, value in aws_env(endpoint).items():
-            env.setenv(name, value)
-        yield endpoint
 
 
 @pytest.fixture
