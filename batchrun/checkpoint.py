@@ -55,7 +55,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .columns import CHECKPOINT_SCHEMA, FINISHED_AT, KEY, POSITION, RowResult
+from .columns import (
+    ADDED_COLUMNS,
+    CHECKPOINT_SCHEMA,
+    ENDPOINT_COLUMN,
+    FINISHED_AT,
+    KEY,
+    POSITION,
+    RowResult,
+)
 from .errors import RunStopped, UserError
 from .space import disk_full
 from .store import Lease, Remote, download_file, pull, put_whole, remove, upload_file
@@ -64,6 +72,7 @@ from .walk import ROW_GROUP_ROWS, Positions, Stopped, Walk, merge_segments, sort
 SEGMENT_GLOB = "seg-*.parquet"
 QUARANTINE = "quarantine"  # in the folder: damaged segments, moved aside by a run
 GATEWAY_NOTE = "gateway.json"  # what rate the gateway let through when it rate-limited a run
+ENDPOINTS_NOTE = "endpoints.json"  # what each of several endpoints did in the last run
 MERGE_RETRY_S = 10.0  # a merge that failed for lack of space is tried again after this
 _NAME = re.compile(r"seg-(\d{12})-(\d{12})\.parquet")
 _OLD_NAME = re.compile(r"seg-(\d{12})(\.m)?\.parquet")  # before segments were sorted
@@ -140,6 +149,8 @@ def _damage(path: str, size: int, mtime_ns: int) -> str | None:
         return f"it is not readable Parquet: {str(exc).splitlines()[0][:120]}"
     for wanted in CHECKPOINT_SCHEMA:
         index = schema.get_field_index(wanted.name)
+        if index < 0 and wanted.name in ADDED_COLUMNS:
+            continue  # written before the column was: it reads as nulls
         if index < 0:
             return f"it has no {wanted.name!r} column: it is not a batchrun checkpoint segment"
         if not _compatible(schema.field(index).type, wanted.type):
@@ -529,6 +540,31 @@ class Checkpoint:
 
         return reading(self.folder, total)
 
+    def spend_by_endpoint(self) -> dict[str | None, float]:
+        """`spend` by the endpoint that gave each result (None: results committed before
+        results named their endpoint), one segment and row group at a time."""
+
+        def totals(segments: list[Path]) -> dict[str | None, float]:
+            found: dict[str | None, float] = {}
+            for path in segments:
+                file = pq.ParquetFile(path)
+                try:
+                    named = file.schema_arrow.get_field_index(ENDPOINT_COLUMN) >= 0
+                    columns = ["cost_usd", *([ENDPOINT_COLUMN] if named else [])]
+                    for batch in file.iter_batches(columns=columns):
+                        frame = pl.from_arrow(batch)
+                        assert isinstance(frame, pl.DataFrame)
+                        if not named:
+                            frame = frame.with_columns(pl.lit(None, pl.String).alias("endpoint"))
+                        sums = frame.group_by(ENDPOINT_COLUMN).agg(pl.col("cost_usd").sum())
+                        for name, cost in sums.iter_rows():
+                            found[name] = found.get(name, 0.0) + float(cost or 0.0)
+                finally:
+                    file.close()
+            return found
+
+        return reading(self.folder, totals)
+
     # -- writing ---------------------------------------------------------------------------
 
     def commit(self, results: Iterable[RowResult]) -> int:
@@ -692,7 +728,9 @@ def _upgrade(folder: Path) -> None:
         subset=[KEY, FINISHED_AT], keep="first", maintain_order=True
     )
     table = table.with_columns(pl.col(POSITION).cast(pl.Int64)).sort(POSITION, maintain_order=True)
-    arrow = table.to_arrow().cast(CHECKPOINT_SCHEMA)
+    added = [pl.lit(None, pl.String).alias(c) for c in ADDED_COLUMNS if c not in table.columns]
+    arrow = table.with_columns(added).select(CHECKPOINT_SCHEMA.names).to_arrow()
+    arrow = arrow.cast(CHECKPOINT_SCHEMA)
     last = int(old[-1][0][1])
     write_segment(
         folder / segment_name(1, last),

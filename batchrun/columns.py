@@ -30,6 +30,7 @@ RESULT_SCHEMA = pa.schema(
         ("ttft_s", pa.float64()),
         ("usage_estimated", pa.bool_()),
         ("json_valid", pa.bool_()),
+        ("endpoint", pa.string()),
     ]
 )
 RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
@@ -37,6 +38,9 @@ RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
 # Columns that only appear when the request asks for them.
 CHOICES_COLUMN = "choices"  # only when n > 1
 JSON_VALID_COLUMN = "json_valid"  # only in JSON mode
+ENDPOINT_COLUMN = "endpoint"  # only for a job with [[endpoints]]
+# Checkpoint columns that segments written before them lack: read as nulls there.
+ADDED_COLUMNS = frozenset({ENDPOINT_COLUMN})
 
 # The row's position in the input, written to outputs of jobs without an id_column (where the
 # position is the row's identity), so that the rows of a partial output are known.
@@ -84,6 +88,7 @@ class RowResult:
     ttft_s: float | None = None
     usage_estimated: bool | None = None
     json_valid: bool | None = None
+    endpoint: str | None = None  # the name of the endpoint that gave the result
 
     def as_record(self) -> dict[str, object]:
         """The row as a dict keyed by checkpoint column names."""
@@ -95,10 +100,12 @@ class RowResult:
 _RECORD_FIELDS = tuple(f.name for f in fields(RowResult))
 
 
-def output_columns(n: int, json_mode: bool) -> list[str]:
+def output_columns(n: int, json_mode: bool, pooled: bool = False) -> list[str]:
     """The result columns this job's output carries."""
     return [
         c
         for c in RESULT_COLUMNS
-        if (c != CHOICES_COLUMN or n > 1) and (c != JSON_VALID_COLUMN or json_mode)
+        if (c != CHOICES_COLUMN or n > 1)
+        and (c != JSON_VALID_COLUMN or json_mode)
+        and (c != ENDPOINT_COLUMN or pooled)
     ]

@@ -49,7 +49,11 @@ class _Cursor:
         # The lowest position of each row group, from the file's statistics (None where a
         # writer left none): a row group wholly past what is asked for is not read.
         metadata = pq.read_metadata(self._handle)
-        index = metadata.schema.to_arrow_schema().get_field_index(POSITION)
+        schema = metadata.schema.to_arrow_schema()
+        # Columns added to the checkpoint since the segment was written read as nulls.
+        self._missing = [c for c in self._columns if schema.get_field_index(c) < 0]
+        self._read = [c for c in self._columns if c not in self._missing]
+        index = schema.get_field_index(POSITION)
         self._lows: list[int | None] = []
         for i in range(metadata.num_row_groups):
             stats = metadata.row_group(i).column(index).statistics
@@ -115,7 +119,12 @@ class _Cursor:
         """Read the next row group into the buffer."""
         if self._reader is None:
             self._reader = pq.ParquetFile(self._handle)
-        group = self._reader.read_row_group(self._next_group, columns=self._columns)
+        group = self._reader.read_row_group(self._next_group, columns=self._read)
+        for name in self._missing:
+            field = CHECKPOINT_SCHEMA.field(name)
+            group = group.append_column(field, pa.nulls(group.num_rows, field.type))
+        if self._missing:
+            group = group.select(self._columns)
         self._next_group += 1
         if self.exhausted:
             self._close_reader()
