@@ -41,6 +41,7 @@ class Item:
     # The last answer that did not parse (its outcome, reply and whether its usage was
     # counted locally): kept as the row's result if asking again ends without a better one.
     kept: tuple[Outcome, Reply | None, bool] | None = None
+    kept_at: str | None = None  # the endpoint that gave that answer
 
     def ask_again(
         self,
@@ -91,7 +92,7 @@ class Item:
         usage, total = self.paid, self.paid_cost
         if counted is not None:
             usage, total = usage + counted[0], plus_cost(cost, total)
-        return success_result(
+        result = success_result(
             self.key,
             self.position,
             self.fingerprint,
@@ -104,6 +105,8 @@ class Item:
             latency_s=reply.latency_s if reply else None,
             ttft_s=reply.ttft_s if reply else None,
         )
+        result.endpoint = self.kept_at
+        return result
 
 
 def plus_cost(cost: float | None, paid: float | None) -> float | None:

@@ -69,7 +69,7 @@ from .checkpoint import FAILED_MARK, Checkpoint, atomic_file, checkpoint_dir
 from .columns import FINGERPRINT, RowResult
 from .completion import Usage
 from .errors import JobError, UserError
-from .job import Job
+from .job import Endpoint, Job
 from .outcome import Action, Outcome, classify
 from .plan import PRIOR, Plan, RunOptions, plan_run, settles, with_prior
 from .pricing import job_pricer
@@ -114,6 +114,8 @@ class ExportSummary:
     """What an export wrote and left out."""
 
     total: int  # rows the job covers (the first `limit` with --limit)
+    endpoint: str = ""  # the endpoint the batch is for (its model name, its prices)
+    pooled: bool = False  # the job has [[endpoints]]: name the endpoint
     exported: int = 0  # rows written as requests
     done: int = 0  # rows already settled for their current request
     unsendable: int = 0  # rows that cannot become a request: left to `run`
@@ -125,6 +127,8 @@ class ImportSummary:
     """What an import did with each line, and where the job stands after it."""
 
     files: int
+    endpoint: str = ""  # the endpoint the batch ran at, named in each result
+    pooled: bool = False
     lines: int = 0
     ok: int = 0  # rows given an answer
     failed: int = 0  # rows given a final failure
@@ -153,9 +157,12 @@ def export_batch(
     force: bool = False,
     max_requests: int = MAX_REQUESTS,
     max_bytes: int = MAX_BYTES,
+    endpoint: str | None = None,
 ) -> ExportSummary:
-    """Write the job's pending rows into `folder` as Batch input files."""
+    """Write the job's pending rows into `folder` as Batch input files for `endpoint` (by
+    name; the first by default), with the model name it has for the job's model."""
     options = RunOptions(limit=limit, retry_failed=retry_failed)
+    at = job.endpoint_named(endpoint)
     plan = plan_run(job, options)
     earlier = sorted(folder.glob(FILE_GLOB)) if folder.is_dir() else []
     if earlier and not force:
@@ -164,7 +171,7 @@ def export_batch(
             f"import their answers first and export into an empty folder, or add --force to "
             f"replace them."
         )
-    summary = ExportSummary(total=plan.total)
+    summary = ExportSummary(total=plan.total, endpoint=at.name, pooled=job.pooled)
     # The lock keeps a run from settling rows while they are being exported.
     checkpoint = Checkpoint(checkpoint_dir(job.output_path), job.checkpoint_remote).open()
     try:
@@ -173,7 +180,8 @@ def export_batch(
             for path in earlier:
                 path.unlink()
             folder.mkdir(parents=True, exist_ok=True)
-            with contextlib.closing(_pending_lines(plan, checkpoint, options, summary)) as lines:
+            pending = _pending_lines(plan, checkpoint, options, summary, job.model_at(at))
+            with contextlib.closing(pending) as lines:
                 summary.files = write_batch_files(
                     lines, folder, max_requests=max_requests, max_bytes=max_bytes
                 )
@@ -183,10 +191,10 @@ def export_batch(
 
 
 def _pending_lines(
-    plan: Plan, checkpoint: Checkpoint, options: RunOptions, summary: ExportSummary
+    plan: Plan, checkpoint: Checkpoint, options: RunOptions, summary: ExportSummary, model: str
 ) -> Generator[tuple[str, bytes], None, None]:
-    """(row key, Batch line) of every row a run would send now; counts the others. The
-    input and the checkpoint are walked together, as a run walks them."""
+    """(row key, Batch line) of every row a run would send now, asking for `model`; counts
+    the others. The input and the checkpoint are walked together, as a run walks them."""
     renderer = plan.renderer
     batches = plan.source.batches(renderer.columns, BATCH_ROWS, options.limit)
     with contextlib.closing(batches), checkpoint.walk([FINGERPRINT, "status"]) as walk:
@@ -203,7 +211,10 @@ def _pending_lines(
             summary.unsendable += counts["unsendable"]
             for key, _, fp, payload, _ in renderer.rows(frame.filter(~done & sendable)):
                 summary.exported += 1
-                yield key, batch_line(key, fp, renderer.body(payload))
+                body = renderer.body(payload)
+                if body["model"] != model:
+                    body = {**body, "model": model}
+                yield key, batch_line(key, fp, body)
 
 
 def batch_line(key: str, fingerprint: str, body: Mapping[str, Any]) -> bytes:
@@ -293,16 +304,17 @@ def render_export(summary: ExportSummary, job: str, folder: Path) -> str:
             f"Nothing to export: no row of {summary.total:,} is pending ({'; '.join(left)}).\n"
             f"next: batchrun run {job}"
         )
+    at = f" for endpoint {summary.endpoint}" if summary.pooled else ""
     lines = [
         f"{summary.exported:,} of {summary.total:,} rows written as {len(summary.files)} "
-        f"Batch input file(s) in {folder} ({'; '.join(left)}):"
+        f"Batch input file(s){at} in {folder} ({'; '.join(left)}):"
     ]
     lines += [f"  {f.path.name}  {f.requests:,} requests, {f.size:,} bytes" for f in summary.files]
     lines += [
         "next: upload each file (purpose batch), create a batch of it for "
         f"{ENDPOINT} with a 24h completion window, download its output and error files when "
         "it ends, then:",
-        f"  batchrun import-batch {job} FILE…",
+        f"  batchrun import-batch {job}{f' --endpoint {summary.endpoint}' if at else ''} FILE…",
         f"  batchrun run {job}   (sends whatever is still pending)",
     ]
     return "\n".join(lines)
@@ -327,14 +339,23 @@ def import_batch(
     environ: Mapping[str, str],
     *,
     price_factor: float = BATCH_PRICE_FACTOR,
+    endpoint: str | None = None,
 ) -> ImportSummary:
-    """Commit the answers in Batch output and error files to the job's checkpoint, then
-    rewrite the output; see the module docstring."""
+    """Commit the answers in Batch output and error files, from a batch at `endpoint` (by
+    name; the first by default: its prices, its name in each result), to the job's
+    checkpoint, then rewrite the output; see the module docstring."""
+    at = job.endpoint_named(endpoint)
     plan = plan_run(job, RunOptions())
     for path in files:
         for _ in _read(path):  # every file is checked before anything is committed
             pass
-    summary = ImportSummary(files=len(files), rows=plan.total, output_path=job.output_path)
+    summary = ImportSummary(
+        files=len(files),
+        endpoint=at.name,
+        pooled=job.pooled,
+        rows=plan.total,
+        output_path=job.output_path,
+    )
     sink.check_writable(job.output_path)
     checkpoint = Checkpoint(checkpoint_dir(job.output_path), job.checkpoint_remote).open()
     for line in checkpoint.quarantined:
@@ -343,7 +364,7 @@ def import_batch(
     try:
         anchor(checkpoint, plan.source)
         checkpoint.start_merging()
-        importer = _Importer(job, plan, checkpoint, summary, environ, price_factor)
+        importer = _Importer(job, at, plan, checkpoint, summary, environ, price_factor)
         with contextlib.closing(importer):
             importer.take(itertools.chain.from_iterable(_read(path) for path in files))
         checkpoint.stop_merging()
@@ -466,6 +487,7 @@ class _Importer:
     def __init__(
         self,
         job: Job,
+        endpoint: Endpoint,
         plan: Plan,
         checkpoint: Checkpoint,
         summary: ImportSummary,
@@ -475,12 +497,13 @@ class _Importer:
         self.plan = plan
         self.checkpoint = checkpoint
         self.summary = summary
-        self.pricer = job_pricer(job)
+        self.endpoint = endpoint.name
+        self.pricer = job_pricer(job, endpoint)
         self.price_factor = price_factor
-        self.model = str(job.request["model"])
+        self.model = job.model_at(endpoint)
         if self.pricer.price is not None:
             summary.cost = 0.0
-        self.redact = _redactor(job, environ)
+        self.redact = _redactor(endpoint, environ)
         self.earlier = _Settled(checkpoint.folder)
         self.counter: TokenCounter | None = None  # loaded for the first answer without usage
         self.buffer: list[RowResult] = []  # results not committed yet
@@ -575,6 +598,7 @@ class _Importer:
                 usage_estimated=estimated,
                 cost=cost,
             )
+        result.endpoint = self.endpoint
         self.buffer.append(result)
         self._commit()
 
@@ -666,10 +690,10 @@ def _chunks(lines: Iterable[_Line], size: int) -> Iterator[list[_Line]]:
         yield chunk
 
 
-def _redactor(job: Job, environ: Mapping[str, str]) -> Callable[[str], str]:
-    """Masks the job's key in provider messages, where the key is set."""
+def _redactor(endpoint: Endpoint, environ: Mapping[str, str]) -> Callable[[str], str]:
+    """Masks the endpoint's key in provider messages, where the key is set."""
     try:
-        key = job.api_key(environ)
+        key = endpoint.api_key(environ)
     except JobError:  # importing needs no key: there is just none to mask
         key = None
     return key.redact if key is not None else _unchanged
@@ -683,9 +707,10 @@ def render_import(summary: ImportSummary, job: str) -> str:
     """What each line became, where the job stands, and what to do next (`job`: the job
     and its --set options)."""
     cost = f"${summary.cost:,.4f}" if summary.cost is not None else "cost unknown"
+    at = f" from endpoint {summary.endpoint}" if summary.pooled else ""
     lines = [
-        f"{summary.lines:,} lines in {summary.files} file(s): imported {summary.ok:,} ok and "
-        f"{summary.failed:,} failed ({cost})"
+        f"{summary.lines:,} lines in {summary.files} file(s){at}: imported {summary.ok:,} ok "
+        f"and {summary.failed:,} failed ({cost})"
     ]
     if summary.pending:
         reasons = ", ".join(f"{why} {n:,}" for why, n in summary.pending.most_common())

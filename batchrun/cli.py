@@ -190,6 +190,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--force", action="store_true", help="replace the Batch files an earlier export left in DIR"
     )
+    export.add_argument(
+        "--endpoint",
+        metavar="NAME",
+        help="the endpoint of [[endpoints]] the batch is for (default: the first)",
+    )
     export.set_defaults(handler=_export_batch)
 
     import_ = commands.add_parser(
@@ -211,6 +216,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="F",
         help="the share of the list price the batch was billed at (default 0.5, the OpenAI "
         "Batch API's; 1 for a local vLLM run-batch)",
+    )
+    import_.add_argument(
+        "--endpoint",
+        metavar="NAME",
+        help="the endpoint of [[endpoints]] the batch ran at: its prices, its name in the "
+        "output (default: the first)",
     )
     import_.set_defaults(handler=_import_batch)
 
@@ -367,7 +378,12 @@ def _export_batch(args: argparse.Namespace) -> int:
     _warn_damaged(job)
     folder = Path(args.folder)
     summary = export_batch(
-        job, folder, limit=args.limit, retry_failed=args.retry_failed, force=args.force
+        job,
+        folder,
+        limit=args.limit,
+        retry_failed=args.retry_failed,
+        force=args.force,
+        endpoint=args.endpoint,
     )
     print(render_export(summary, _job_command(args), folder))
     return 0
@@ -380,7 +396,7 @@ def _import_batch(args: argparse.Namespace) -> int:
     job = load_job(args.job, args.overrides, os.environ)
     factor = BATCH_PRICE_FACTOR if args.price_factor is None else args.price_factor
     files = [Path(f) for f in args.files]
-    summary = import_batch(job, files, os.environ, price_factor=factor)
+    summary = import_batch(job, files, os.environ, price_factor=factor, endpoint=args.endpoint)
     print(render_import(summary, _job_command(args)))
     return 0
 

@@ -26,13 +26,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from . import sink
 from .anchor import anchor
 from .asking import Item, plus_cost
-from .checkpoint import GATEWAY_NOTE, Checkpoint, checkpoint_dir, save_note
+from .checkpoint import ENDPOINTS_NOTE, GATEWAY_NOTE, Checkpoint, checkpoint_dir, save_note
 from .columns import FINGERPRINT, RowResult
 from .completion import Usage
 from .errors import (
@@ -42,7 +43,9 @@ from .errors import (
     DiskFull,
     Interrupted,
     JobError,
+    NoEndpoint,
     QuotaExhausted,
+    RunStopped,
     SystematicFailure,
 )
 from .job import Job, Secret
@@ -51,6 +54,7 @@ from .limits import Pacer, Sleep
 from .nofile import fitting_concurrency
 from .outcome import Action, Outcome, classify, classify_failure, classify_stream
 from .plan import Plan, RunOptions, answered, fresh, plan_run, settles, with_prior
+from .pool import CIRCUIT_ERRORS, Circuit, Lane, Pool
 from .pricing import Budget, job_pricer
 from .progress import Progress
 from .render import Rendered
@@ -117,24 +121,23 @@ async def run(
     interrupts: RouteInterrupts | None = None,
 ) -> RunSummary:
     """Run or resume a job; see the module docstring."""
-    plan, key, checkpoint = open_run(job, options, environ)
+    plan, keys, checkpoint = open_run(job, options, environ)
     started = time.monotonic()
     try:
         await asyncio.to_thread(realign, job, plan, checkpoint)
         concurrency, crowded = fitting_concurrency(
-            job.limits.concurrency, len(checkpoint.segments()), sim=job.uses_sim
+            concurrency_of(job), len(checkpoint.segments()), sim=job.uses_sim
         )
         if crowded is not None:
-            limits = job.limits.model_copy(update={"concurrency": concurrency})
-            job = dataclasses.replace(job, limits=limits)
+            job = with_concurrency(job, concurrency)
         checkpoint.start_merging()
-        with _endpoint(job) as base_url:
+        with _endpoints(job) as urls:
             engine = _Engine(
                 job,
                 plan,
                 checkpoint,
-                base_url,
-                key,
+                urls,
+                keys,
                 sleep=sleep,
                 clock=clock,
                 rng=rng or random.Random(),
@@ -142,13 +145,18 @@ async def run(
             engine.progress = Progress(
                 plan.total, 0, quiet=options.quiet, interactive=options.interactive
             )
+            if job.pooled:
+                engine.progress.endpoints = engine.pool.describe
             for line in [*checkpoint.quarantined, *([crowded] if crowded else [])]:
                 engine.progress.note(line)
-            if engine.pricer.price is None:
-                engine.progress.note(
-                    f"batchrun: warning: no price is known for model {engine.pricer.model!r}, "
-                    f"so cost_usd will be null; give one in [cost.prices] to have costs."
-                )
+            for lane in engine.pool.lanes:
+                if lane.pricer.price is None:
+                    at = f" at endpoint {lane.name!r}" if job.pooled else ""
+                    engine.progress.note(
+                        f"batchrun: warning: no price is known for model "
+                        f"{lane.pricer.model!r}{at}, so cost_usd will be null; give one in "
+                        f"[cost.prices] to have costs."
+                    )
             with (interrupts or _signals)(engine.interrupt):
                 try:
                     await engine.execute(options)
@@ -172,10 +180,13 @@ async def run(
     finally:
         checkpoint.close()
     allowed_rpm = None
-    engine.pacer.settle()  # a storm the run ended in
-    if engine.rate_limited and engine.pacer.allowed_rps is not None:
-        allowed_rpm = engine.pacer.allowed_rps * 60
-        note_gateway(job, checkpoint.folder, allowed_rpm, engine.rate_limited)
+    for lane in engine.pool.lanes:
+        lane.pacer.settle()  # a storm the run ended in
+    first = engine.pool.lanes[0]
+    if first.rate_limited and first.pacer.allowed_rps is not None:
+        allowed_rpm = first.pacer.allowed_rps * 60
+        note_gateway(job, checkpoint.folder, allowed_rpm, first.rate_limited)
+    note_endpoints(job, checkpoint.folder, {n.name: lane_figures(n) for n in engine.pool.lanes})
     rows_written = written.rows if written is not None else None
     if written is not None:
         # What the output holds is the standing, whatever the feeds had counted when the
@@ -200,19 +211,36 @@ async def run(
     )
 
 
+def concurrency_of(job: Job) -> int:
+    """Requests the job may have in flight: its endpoints' together."""
+    return sum(e.concurrency for e in job.endpoints)
+
+
+def with_concurrency(job: Job, concurrency: int) -> Job:
+    """The job with `concurrency` requests in flight at most, shared among its endpoints
+    in proportion to theirs (each keeps one)."""
+    wanted = concurrency_of(job)
+    endpoints = tuple(
+        dataclasses.replace(e, concurrency=max(1, e.concurrency * concurrency // wanted))
+        for e in job.endpoints
+    )
+    limits = job.limits.model_copy(update={"concurrency": min(job.limits.concurrency, concurrency)})
+    return dataclasses.replace(job, limits=limits, endpoints=endpoints)
+
+
 def open_run(
     job: Job, options: RunOptions, environ: Mapping[str, str]
-) -> tuple[Plan, Secret | None, Checkpoint]:
+) -> tuple[Plan, dict[str, Secret | None], Checkpoint]:
     """What every run does before anything starts: check the job against its input, read
-    the key, check the output can be written, and hold the checkpoint."""
+    every endpoint's key, check the output can be written, and hold the checkpoint."""
     plan = plan_run(job, options)
-    key = job.api_key(environ)
+    keys = job.keys(environ)
     sink.check_writable(job.output_path)
     checkpoint = Checkpoint(checkpoint_dir(job.output_path), job.checkpoint_remote).open(
         fresh=options.fresh
     )
     sink.remove_temporaries(job.output_path)
-    return plan, key, checkpoint
+    return plan, keys, checkpoint
 
 
 def realign(job: Job, plan: Plan, checkpoint: Checkpoint) -> None:
@@ -256,7 +284,7 @@ def write_job_output(
 
 
 def note_gateway(job: Job, folder: Path, allowed_rpm: float, rate_limited: int) -> None:
-    """Keep what rate the gateway let through when it rate-limited, for `report`."""
+    """Keep what rate the (first) gateway let through when it rate-limited, for `report`."""
     with contextlib.suppress(OSError):  # a figure, not a result
         save_note(
             folder,
@@ -264,26 +292,63 @@ def note_gateway(job: Job, folder: Path, allowed_rpm: float, rate_limited: int) 
             {
                 "allowed_rpm": allowed_rpm,
                 "rate_limited": rate_limited,
-                "requests_per_minute": job.limits.requests_per_minute,
+                "requests_per_minute": job.endpoints[0].requests_per_minute,
                 "at": time.time(),
             },
         )
 
 
-@contextlib.contextmanager
-def _endpoint(job: Job) -> Iterator[str]:
-    """The base URL to send to; with `base_url = "sim"`, a simulator started for this run."""
-    if not job.uses_sim:
-        yield job.base_url
+def note_endpoints(job: Job, folder: Path, figures: Mapping[str, Mapping[str, Any]]) -> None:
+    """Keep what each endpoint of a job with [[endpoints]] did in its last run (requests,
+    answers, failed attempts by kind, 429s and the rate that got through, why it went out),
+    for `report`."""
+    if not job.pooled:
         return
-    from .sim import SimConfig, start_in_thread
+    limits = {e.name: e.requests_per_minute for e in job.endpoints}
+    note = {
+        "endpoints": {
+            name: {**values, "requests_per_minute": limits.get(name)}
+            for name, values in figures.items()
+        },
+        "at": time.time(),
+    }
+    with contextlib.suppress(OSError):  # a figure, not a result
+        save_note(folder, ENDPOINTS_NOTE, note)
 
-    try:
-        config = SimConfig(**dict(job.sim))
-    except (TypeError, ValueError) as exc:
-        raise JobError(f"{job.path}: [sim] {exc}.") from None
-    with start_in_thread(config) as server:
-        yield server.base_url
+
+def lane_figures(lane: Lane) -> dict[str, Any]:
+    """What one lane did this run, as `note_endpoints` keeps it."""
+    allowed = lane.pacer.allowed_rps
+    return {
+        "requests": lane.requests,
+        "answers": lane.answers,
+        "errors": dict(lane.errors),
+        "rate_limited": lane.rate_limited,
+        "allowed_rpm": allowed * 60 if lane.rate_limited and allowed is not None else None,
+        "circuit_opened": lane.circuit.opened,
+        "out": lane.out,
+    }
+
+
+@contextlib.contextmanager
+def _endpoints(job: Job) -> Iterator[dict[str, str]]:
+    """The base URL of each endpoint by name; for one with `base_url = "sim"`, a simulator
+    started for this run with its own settings."""
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for endpoint in job.endpoints:
+            if not endpoint.uses_sim:
+                urls[endpoint.name] = endpoint.base_url
+                continue
+            from .sim import SimConfig, start_in_thread
+
+            try:
+                config = SimConfig(**endpoint.sim)
+            except (TypeError, ValueError) as exc:
+                where = f"[[endpoints]] {endpoint.name!r} sim" if job.pooled else "[sim]"
+                raise JobError(f"{job.path}: {where} {exc}.") from None
+            urls[endpoint.name] = stack.enter_context(start_in_thread(config)).base_url
+        yield urls
 
 
 class _Engine:
@@ -294,47 +359,71 @@ class _Engine:
         job: Job,
         plan: Plan,
         checkpoint: Checkpoint,
-        base_url: str,
-        key: Secret | None,
+        urls: Mapping[str, str],
+        keys: Mapping[str, Secret | None],
         *,
         sleep: Sleep,
         clock: Callable[[], float],
         rng: random.Random,
-        pacer: Pacer | None = None,
+        pacers: Mapping[str, Pacer] | None = None,
         budget: Budget | None = None,
     ) -> None:
-        """`pacer` and `budget` stand in for the job's own (a Ray worker's shared ones);
-        with `pacer`, `budget` is only what is given."""
+        """`urls` and `keys` give each endpoint's base URL and key by name. `pacers` and
+        `budget` stand in for the job's own (a Ray worker's shared ones); with `pacers`,
+        `budget` is only what is given."""
         limits = job.limits
         self.job = job
         self.plan = plan
         self.renderer = plan.renderer
         self.checkpoint = checkpoint
-        self.wire = Wire(
-            base_url,
-            key,
-            headers=job.headers,
-            pool_size=limits.concurrency,
-            timeout_s=limits.request_timeout_s,
-            idle_timeout_s=limits.idle_timeout_s,
-        )
-        self.key = key  # only to redact it from messages
+        self.keys = [key for key in keys.values() if key is not None]  # to redact them
         self.json_mode = plan.json_mode
         self.sleep = sleep
         self.clock = clock
         self.rng = rng
         self.policy = RetryPolicy(max_attempts=limits.max_attempts, max_retry_s=limits.max_retry_s)
         self._stopping = asyncio.Event()  # set with `stop`: cuts every wait short
-        self.pacer = pacer or Pacer(
-            limits.requests_per_minute, limits.tokens_per_minute, clock=clock, sleep=self._nap
-        )
+        several = len(job.endpoints) > 1
+        lanes = []
+        for endpoint in job.endpoints:
+            concurrency = endpoint.concurrency
+            lanes.append(
+                Lane(
+                    endpoint=endpoint,
+                    model=job.model_at(endpoint),
+                    wire=Wire(
+                        urls[endpoint.name],
+                        keys.get(endpoint.name),
+                        headers=endpoint.headers,
+                        pool_size=concurrency,
+                        timeout_s=limits.request_timeout_s,
+                        idle_timeout_s=limits.idle_timeout_s,
+                    ),
+                    key=keys.get(endpoint.name),
+                    pacer=pacers[endpoint.name]
+                    if pacers is not None
+                    else Pacer(
+                        endpoint.requests_per_minute,
+                        endpoint.tokens_per_minute,
+                        clock=clock,
+                        sleep=self._nap,
+                    ),
+                    quota=QuotaGate(limits.quota_wait_s, clock, self._nap),
+                    pricer=job_pricer(job, endpoint),
+                    circuit=Circuit(CIRCUIT_ERRORS if several else None),
+                )
+            )
+        self.pool = Pool(lanes, job.strategy, clock=clock, sleep=self._nap, stopping=self._stopping)
+        # Every lane at once may be sending: the workers are their concurrencies together.
+        self.workers = sum(lane.concurrency for lane in lanes)
         # Prompts are counted before sending only where a count is used: pacing by tokens
         # and the budget. Loading an encoding takes a quarter of a second.
-        self._count_prompts = bool(job.limits.tokens_per_minute or job.cost.budget_usd)
-        self.pricer = job_pricer(job)
+        self._count_prompts = bool(
+            any(e.tokens_per_minute for e in job.endpoints) or job.cost.budget_usd
+        )
         self.parser = plan.annotator.parser if plan.annotator is not None else None
         self.budget: Budget | SharedBudget | None = budget
-        if pacer is None and job.cost.budget_usd:
+        if pacers is None and job.cost.budget_usd:
             self.budget = Budget(job.cost.budget_usd, checkpoint.spend())
         self.progress = Progress(0, 0, quiet=True)  # replaced by run() before executing
         self.counts = _Counts()
@@ -344,34 +433,33 @@ class _Engine:
         self._buffer: list[RowResult] = []  # finished results not yet committed
         self._flush_lock = asyncio.Lock()  # one segment write at a time
         self._last_flush = time.monotonic()
-        self.quota = QuotaGate(limits.quota_wait_s, clock, self._nap)
         self.space = SpaceGate(limits.disk_wait_s, clock)
         self._full = (checkpoint.folder, "full")  # the folder a shortage stopped on, and how
         self._workers: list[asyncio.Task[None]] = []
         self._producer: asyncio.Task[None] | None = None
         self._interrupts = 0  # Ctrl-C / SIGTERM received so far
-        self.rate_limited = 0  # 429s that were rate limits, this run
-        self._in_flight = 0  # requests sent and not yet answered
-        self._in_flight_tokens = 0  # their estimated tokens
         self.shard: tuple[int, int | None] = (0, None)  # the input positions this run covers
 
     # -- the run as a whole ---------------------------------------------------------------
 
     async def execute(self, options: RunOptions) -> None:
-        log.info(
-            "%s: sending to %s with %d in flight at most",
-            self.job.name,
-            self.wire.url,
-            self.job.limits.concurrency,
-        )
-        queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=2 * self.job.limits.concurrency)
-        async with self.wire:
+        for lane in self.pool.lanes:
+            log.info(
+                "%s: sending to %s with %d in flight at most",
+                self.job.name,
+                lane.wire.url,
+                lane.concurrency,
+            )
+        queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=2 * self.workers)
+        async with contextlib.AsyncExitStack() as wires:
+            for lane in self.pool.lanes:
+                await wires.enter_async_context(lane.wire)
             self._producer = asyncio.create_task(
                 self._produce(self.plan.source, options, queue), name="batchrun-producer"
             )
             self._workers = [
                 asyncio.create_task(self._work(queue), name=f"batchrun-worker-{i}")
-                for i in range(self.job.limits.concurrency)
+                for i in range(self.workers)
             ]
             finished = asyncio.Event()
             ticker = asyncio.create_task(self._tick(finished), name="batchrun-ticker")
@@ -403,6 +491,11 @@ class _Engine:
             self._cancel()
 
     @property
+    def rate_limited(self) -> int:
+        """429s that were rate limits, this run, at every endpoint."""
+        return sum(lane.rate_limited for lane in self.pool.lanes)
+
+    @property
     def hurried(self) -> bool:
         """Interrupted twice: exit at once, without rewriting the output."""
         return self._interrupts >= 2
@@ -416,17 +509,54 @@ class _Engine:
         if self.stop is None:
             self.stop = error
         self._stopping.set()
-        self.pacer.close()
-        self.quota.release()  # wake anyone waiting on the quota so they see the stop
+        for lane in self.pool.lanes:
+            lane.pacer.close()
+            lane.quota.release()  # wake anyone waiting on the quota so they see the stop
         self.space.release()
 
-    def _quota_gone(self, message: str) -> None:
-        self._halt(
+    def _lane_out(self, lane: Lane, stop: RunStopped, why: str) -> None:
+        """`lane` serves no more this run: the run stops with `stop` where it was the only
+        endpoint, with a NoEndpoint naming each where it was the last of several, and
+        otherwise carries on without it (one warning)."""
+        if lane.out is not None:
+            return
+        lane.out = why
+        self.pool.poke()
+        if self.pool.single:
+            self._halt(stop)
+        elif self.pool.all_out:
+            each = "; ".join(f"{o.name}: {o.out}" for o in self.pool.lanes)
+            self._halt(
+                NoEndpoint(
+                    f"No endpoint can serve any more ({each}): fix what each one says and "
+                    f"run again; finished rows are saved."
+                )
+            )
+        else:
+            self.progress.note(f"batchrun: warning: endpoint {lane.name!r} is out: {why}.")
+
+    def _quota_gone(self, lane: Lane, message: str) -> None:
+        wait_s = self.job.limits.quota_wait_s
+        self._lane_out(
+            lane,
             QuotaExhausted(
                 f"The account's quota is exhausted ({self._redact(message)}) and did not come "
-                f"back within {self.job.limits.quota_wait_s:g} s: top it up and run again to "
-                f"resume."
-            )
+                f"back within {wait_s:g} s: top it up and run again to resume."
+            ),
+            f"its quota is exhausted ({self._redact(message)}) and did not come back within "
+            f"{wait_s:g} s",
+        )
+
+    def _bad_key(self, lane: Lane, message: str) -> None:
+        variable = lane.endpoint.api_key_env
+        message = self._redact(message)
+        self._lane_out(
+            lane,
+            BadKey(
+                f"The gateway rejected the API key in {variable} ({message}): set it to a "
+                f"valid key and run again; finished rows are saved."
+            ),
+            f"the gateway rejected the API key in {variable} ({message})",
         )
 
     async def _tick(self, finished: asyncio.Event) -> None:
@@ -569,71 +699,89 @@ class _Engine:
 
     async def _process(self, item: Item) -> RowResult | None:
         """Send one row until it has a final result; None if the run stopped before it had
-        an answer."""
+        an answer. Every attempt goes where the pool says (see `batchrun.pool`)."""
         attempts = 0  # requests sent for this row
         tries = 0  # attempts that count toward max_attempts (quota probes do not)
         first_start = self.clock()
+        failed_on: Lane | None = None  # the lane the last attempt failed on
         while True:
             await self.space.wait_open()
-            if not self.quota.probing(item):
-                await self.quota.wait_open()
-            if self.stop is not None:
+            lane = await self.pool.take(item, failed_on)
+            if lane is None:
                 return item.kept_answer(attempts, self.json_mode)
-            await self.pacer.acquire(item.estimate)
-            await self.space.wait_open()  # again: the disk may have filled during the pacing
-            if self.stop is not None:
-                return item.kept_answer(attempts, self.json_mode)
-            worst = self._reserve(item)
-            if worst is None:
-                return item.kept_answer(attempts, self.json_mode)
-            attempts += 1
-            tries += 1
-            sent_at = self.clock()
-            outcome, reply = await self._send(item)
+            try:
+                lane.queued += 1
+                try:
+                    await lane.pacer.acquire(item.estimate)
+                finally:
+                    lane.queued -= 1
+                await self.space.wait_open()  # again: the disk may have filled during the pacing
+                if self.stop is not None:
+                    return item.kept_answer(attempts, self.json_mode)
+                worst = self._reserve(item, lane)
+                if worst is None:
+                    return item.kept_answer(attempts, self.json_mode)
+                attempts += 1
+                tries += 1
+                sent_at = self.clock()
+                outcome, reply = await self._send(item, lane)
+            finally:
+                self.pool.release(lane)
             usage = self._usage(item, outcome)
-            cost = self.pricer.cost(usage[0]) if usage else None
+            cost = lane.pricer.cost(usage[0]) if usage else None
             if self.budget is not None:
                 self.budget.settle(worst, cost)
             action = outcome.action
+            if action is not Action.OK:
+                kind = outcome.error or action.value
+                lane.errors[kind] = lane.errors.get(kind, 0) + 1
+            # A server error or a timeout counts against the circuit; any answer of the
+            # gateway's own (a refusal, a 429, a quota, a key) shows that it is up.
+            if action is Action.RETRY:
+                if lane.circuit.failed(self.clock()):
+                    self.pool.poke()
+            else:
+                lane.circuit.answered()
             if action is Action.QUOTA:
                 tries -= 1
-                if not await self.quota.exhausted(item):
-                    self._quota_gone(outcome.message or "insufficient quota")
-                    return item.kept_answer(attempts, self.json_mode)
+                if not await lane.quota.exhausted(item):
+                    self._quota_gone(lane, outcome.message or "insufficient quota")
+                    failed_on = lane  # where another lane serves, it takes the row
                 continue
-            self.quota.passed(item)
+            if lane.quota.probing(item):
+                lane.quota.passed(item)
+                self.pool.poke()  # the lane serves again
             if action is Action.OK:
-                self.pacer.recover(sent_at)
+                lane.answers += 1
+                lane.pacer.recover(sent_at)
                 assert usage is not None
-                self.pacer.reconcile(item.estimate, usage[0].total_tokens)
+                lane.pacer.reconcile(item.estimate, usage[0].total_tokens)
                 if self.parser and item.ask_again(
                     self.parser, outcome, reply, usage, cost, self._count
                 ):
-                    tries, first_start = 0, self.clock()
+                    item.kept_at = lane.name
+                    tries, first_start, failed_on = 0, self.clock(), None
                     continue
-                return self._success(item, outcome, attempts, reply, usage, cost)
+                return self._success(item, outcome, attempts, reply, usage, cost, lane)
             if action is Action.FAIL:
-                return self._failure(item, outcome, attempts, usage, cost)
+                return self._failure(item, outcome, attempts, usage, cost, lane)
             if action is Action.BAD_KEY:
-                message = self._redact(outcome.message or "unauthorized")
-                self._halt(
-                    BadKey(
-                        f"The gateway rejected the API key in {self.job.endpoint.api_key_env} "
-                        f"({message}): set it to a valid key and run again; finished rows are "
-                        f"saved."
-                    )
-                )
-                return item.kept_answer(attempts, self.json_mode)
+                tries -= 1  # the key's fault, not the row's
+                self._bad_key(lane, outcome.message or "unauthorized")
+                failed_on = lane
+                continue
             if action is Action.RATE_LIMITED:
                 # Pacing is the run's job: a rate limit never uses up a row's attempts, only
                 # max_retry_s bounds its wait.
                 tries -= 1
-                self.rate_limited += 1
-                self.pacer.cool_down(outcome.retry_after_s or RATE_LIMIT_COOL_DOWN_S, sent_at)
+                lane.rate_limited += 1
+                lane.pacer.cool_down(outcome.retry_after_s or RATE_LIMIT_COOL_DOWN_S, sent_at)
             exhausted = tries >= self.policy.max_attempts
             if exhausted or self.clock() - first_start > self.policy.max_retry_s:
-                return self._failure(item, outcome, attempts, usage, cost)
-            if action is Action.RETRY:
+                return self._failure(item, outcome, attempts, usage, cost, lane)
+            failed_on = lane
+            if action is Action.RETRY and not self.pool.serving_elsewhere(lane):
+                # Nowhere else to go: the row's own backoff spaces its retries here.
                 await self._nap(self.policy.delay(tries, outcome.retry_after_s, self.rng))
 
     @property
@@ -641,12 +789,13 @@ class _Engine:
         """The model's token counter, loaded when first needed."""
         return counter_for(str(self.job.request["model"]))
 
-    def _reserve(self, item: Item) -> float | None:
-        """Reserve the request's worst case against the budget; None (and a stop) if over."""
+    def _reserve(self, item: Item, lane: Lane) -> float | None:
+        """Reserve the request's worst case at `lane`'s prices against the budget; None
+        (and a stop) if over."""
         if self.budget is None:
             return 0.0
         prompt = item.prompt_tokens if self.counter.exact else math.ceil(item.prompt_tokens * 1.2)
-        worst = self.pricer.worst_case(prompt, self.renderer.completion_estimate) or 0.0
+        worst = lane.pricer.worst_case(prompt, self.renderer.completion_estimate) or 0.0
         if self.budget.reserve(worst):
             return worst
         self._halt(
@@ -680,17 +829,21 @@ class _Engine:
             napping.cancel()
             stopping.cancel()
 
-    async def _send(self, item: Item) -> tuple[Outcome, Reply | None]:
-        self._in_flight += 1
-        self._in_flight_tokens += item.estimate
+    async def _send(self, item: Item, lane: Lane) -> tuple[Outcome, Reply | None]:
+        body = item.body
+        if body["model"] != lane.model:  # this gateway's name for the model
+            body = {**body, "model": lane.model}
+        lane.requests += 1
+        lane.in_flight += 1
+        lane.in_flight_tokens += item.estimate
         try:
-            reply = await self.wire.post(item.body)
+            reply = await lane.wire.post(body)
         except TransportFailure as failure:
             return classify_failure(failure.kind, failure.message), None
         finally:
-            self._in_flight -= 1
-            self._in_flight_tokens -= item.estimate
-        self.pacer.follow_headers(reply.headers, self._in_flight, self._in_flight_tokens)
+            lane.in_flight -= 1
+            lane.in_flight_tokens -= item.estimate
+        lane.pacer.follow_headers(reply.headers, lane.in_flight, lane.in_flight_tokens)
         if reply.stream is not None:
             outcome = classify_stream(reply.status, reply.headers, reply.stream)
         else:
@@ -715,13 +868,14 @@ class _Engine:
         reply: Reply | None,
         counted: tuple[Usage, bool],
         cost: float | None,
+        lane: Lane,
     ) -> RowResult:
         completion = outcome.completion
         assert completion is not None
         usage, estimated = counted
-        if completion.response_model and completion.response_model != item.body["model"]:
+        if completion.response_model and completion.response_model != lane.model:
             self.counts.remapped += 1
-        return success_result(
+        result = success_result(
             item.key,
             item.position,
             item.fingerprint,
@@ -734,6 +888,8 @@ class _Engine:
             latency_s=reply.latency_s if reply else None,
             ttft_s=reply.ttft_s if reply else None,
         )
+        result.endpoint = lane.name
+        return result
 
     def _failure(
         self,
@@ -742,12 +898,13 @@ class _Engine:
         attempts: int,
         counted: tuple[Usage, bool] | None,
         cost: float | None,
+        lane: Lane,
     ) -> RowResult:
         kept = item.kept_answer(attempts, self.json_mode, counted, cost)
         if kept is not None:
             return kept  # asking again failed: the row keeps the answer it had
         usage, estimated = counted if counted is not None else (None, False)
-        return failure_result(
+        result = failure_result(
             item.key,
             item.position,
             item.fingerprint,
@@ -758,6 +915,8 @@ class _Engine:
             usage_estimated=estimated,
             cost=cost,
         )
+        result.endpoint = lane.name
+        return result
 
     def _count(self, text: str) -> int:
         return self.counter.text(text)
@@ -893,7 +1052,9 @@ class _Engine:
             return written
 
     def _redact(self, text: str) -> str:
-        return self.key.redact(text) if self.key is not None else text
+        for key in self.keys:
+            text = key.redact(text)
+        return text
 
 
 def _next_pending(

@@ -7,6 +7,7 @@
     ├── RunStopped                exit 3: a run-wide stop; committed progress is kept
     │   ├── BadKey                the gateway rejected the key (401, 403, codes 900)
     │   ├── QuotaExhausted        the quota did not come back within quota_wait_s
+    │   ├── NoEndpoint            every one of several endpoints is out, each for its reason
     │   ├── BudgetReached         the next request could take spend past budget_usd
     │   ├── SystematicFailure     the first rows all failed the same way (bad model, parameter)
     │   └── DiskFull              the disk stayed full (or over quota) for disk_wait_s
@@ -58,6 +59,10 @@ class BadKey(RunStopped):
 
 class QuotaExhausted(RunStopped):
     """The account's quota did not come back in time."""
+
+
+class NoEndpoint(RunStopped):
+    """Every endpoint of the job is out (each for its own reason)."""
 
 
 class BudgetReached(RunStopped):

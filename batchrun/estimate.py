@@ -46,9 +46,23 @@ class Estimate:
     cost_expected_usd: float | None
     cost_max_usd: float | None
     minutes_at_limits: float  # the time the rate limits imply (latency aside)
+    # With [[endpoints]]: the cost if every row went to each one; the figures above span
+    # them (the lowest minimum, the highest maximum; expected at the first).
+    by_endpoint: tuple[EndpointCost, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class EndpointCost:
+    """What the rows to send would cost at one endpoint, at its prices and billing."""
+
+    name: str
+    model: str  # the model priced there
+    cost_min_usd: float | None
+    cost_expected_usd: float | None
+    cost_max_usd: float | None
 
 
 def estimate(job: Job, limit: int | None = None) -> Estimate:
@@ -65,20 +79,26 @@ def estimate(job: Job, limit: int | None = None) -> Estimate:
     expected_row = _mean_completion(checkpoint)
     output_max = per_row * to_send if per_row is not None else None
     output_expected = round(expected_row * to_send) if expected_row is not None else None
-    pricer = job_pricer(job)
-    price = pricer.price
-    cost_min = cost_expected = cost_max = None
-    if price is not None:
-        base = prompt_tokens * price.input / 1e6 * pricer.factor
-        cost_min = base
-        if output_expected is not None:
-            cost_expected = base + output_expected * price.output / 1e6 * pricer.factor
-        if output_max is not None:
-            cost_max = base + output_max * price.output / 1e6 * pricer.factor
+    costs = []
+    for endpoint in job.endpoints:
+        pricer = job_pricer(job, endpoint)
+        price = pricer.price
+        cost_min = cost_expected = cost_max = None
+        if price is not None:
+            base = prompt_tokens * price.input / 1e6 * pricer.factor
+            cost_min = base
+            if output_expected is not None:
+                cost_expected = base + output_expected * price.output / 1e6 * pricer.factor
+            if output_max is not None:
+                cost_max = base + output_max * price.output / 1e6 * pricer.factor
+        costs.append(EndpointCost(endpoint.name, pricer.model, cost_min, cost_expected, cost_max))
+    price = job_pricer(job).price
     tokens_for_pace = prompt_tokens + (output_expected or output_max or 0)
-    minutes = to_send / job.limits.requests_per_minute
-    if job.limits.tokens_per_minute:
-        minutes = max(minutes, tokens_for_pace / job.limits.tokens_per_minute)
+    # Every endpoint at its limits at once.
+    minutes = to_send / sum(e.requests_per_minute for e in job.endpoints)
+    if all(e.tokens_per_minute for e in job.endpoints):
+        tpm = sum(e.tokens_per_minute or 0 for e in job.endpoints)
+        minutes = max(minutes, tokens_for_pace / tpm)
     return Estimate(
         model=str(job.request["model"]),
         rows=plan.total,
@@ -95,11 +115,18 @@ def estimate(job: Job, limit: int | None = None) -> Estimate:
             if price is not None
             else None
         ),
-        cost_min_usd=cost_min,
-        cost_expected_usd=cost_expected,
-        cost_max_usd=cost_max,
+        cost_min_usd=_span([c.cost_min_usd for c in costs], min),
+        cost_expected_usd=costs[0].cost_expected_usd,  # at the first: it takes the most
+        cost_max_usd=_span([c.cost_max_usd for c in costs], max),
         minutes_at_limits=minutes,
+        by_endpoint=tuple(costs) if job.pooled else (),
     )
+
+
+def _span(values: list[float | None], pick: Any) -> float | None:
+    """The lowest or highest of the known values; None when none is known."""
+    known = [v for v in values if v is not None]
+    return pick(known) if known else None
 
 
 @dataclass
@@ -194,6 +221,12 @@ def render_estimate(est: Estimate) -> str:
     else:
         expected = f", expected {usd(est.cost_expected_usd)}" if est.cost_expected_usd else ""
         lines.append(("cost", f"{usd(est.cost_min_usd)} to {usd(est.cost_max_usd)}{expected}"))
+    for cost in est.by_endpoint:
+        if cost.cost_min_usd is None:
+            shown = f"unknown: no price for {cost.model} (set [cost.prices])"
+        else:
+            shown = f"{usd(cost.cost_min_usd)} to {usd(cost.cost_max_usd)} (as {cost.model})"
+        lines.append((f"  at {cost.name}", shown))
     lines.append(("time at the limits", f"{est.minutes_at_limits:,.1f} min (latency aside)"))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)

@@ -28,6 +28,8 @@ from .store import S3_SCHEME, Remote, S3Spec, stage_input
 
 SIM = "sim"
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DEFAULT_ENDPOINT = "default"  # the name of the one endpoint of a job with `[endpoint]`
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
@@ -55,15 +57,29 @@ class PromptSpec(_Section):
 
 
 class EndpointSpec(_Section):
+    """`[endpoint]`, or one entry of `[[endpoints]]` (which must have a name). An entry's
+    own limits and simulator default to `[limits]`' and `[sim]`."""
+
+    name: str | None = None
     preset: str | None = None
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     headers: dict[str, str] = Field(default_factory=dict)
     price_as: dict[str, str] | None = None
     non_stream_price_factor: float | None = Field(None, gt=0)
+    model: str | None = Field(None, min_length=1)  # this gateway's name for the job's model
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    concurrency: int | None = Field(None, ge=1, le=100_000)
+    sim: dict[str, Any] | None = None  # with base_url = "sim": this simulator's settings
 
     @model_validator(mode="after")
     def _known_preset(self) -> EndpointSpec:
+        if self.name is not None and not _NAME.fullmatch(self.name):
+            raise ValueError(
+                f"name must be letters, digits, '.', '_' or '-' (got {self.name!r}): it "
+                f"names the endpoint in the output, the report and file names"
+            )
         if not _VARIABLE.fullmatch(self.api_key_env):
             # Never repeat the value: it is often the key itself, put in the wrong place.
             raise ValueError(
@@ -192,6 +208,8 @@ class _JobModel(_Section):
     prompt: PromptSpec
     request: dict[str, Any]
     endpoint: EndpointSpec = EndpointSpec()
+    endpoints: list[EndpointSpec] | None = Field(None, min_length=1)
+    strategy: Literal["priority", "spread"] = "priority"
     limits: LimitsSpec = LimitsSpec()
     output: OutputSpec
     cost: CostSpec = CostSpec()
@@ -207,6 +225,24 @@ class _JobModel(_Section):
             raise ValueError('[request] needs model = "..."')
         if "messages" in self.request:
             raise ValueError("[request] must not hold messages: they come from [prompt]")
+        if self.endpoints is not None:
+            if "endpoint" in self.model_fields_set:
+                raise ValueError(
+                    "give either [endpoint] or [[endpoints]], not both: one endpoint is a "
+                    "list of one"
+                )
+            seen: set[str] = set()
+            for number, entry in enumerate(self.endpoints, start=1):
+                if entry.name is None:
+                    raise ValueError(f'[[endpoints]] entry {number} needs name = "..."')
+                if entry.name in seen:
+                    raise ValueError(
+                        f"two [[endpoints]] entries are named {entry.name!r}: give each its "
+                        f"own name"
+                    )
+                seen.add(entry.name)
+        elif self.endpoint.sim is not None:
+            raise ValueError("[endpoint] takes no sim table: give the simulator's in [sim]")
         if self.eval is not None:
             needs = {"label": "label", "json_field": "json"}.get(self.eval.scorer)
             if needs and (self.parse is None or self.parse.format != needs):
@@ -242,6 +278,44 @@ class Secret:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """One gateway (or one key at a gateway) a job sends to, every default filled in: the
+    job's `[endpoint]`, or one entry of its `[[endpoints]]`. Plain dicts, never changed, so
+    that a job pickles to Ray's workers."""
+
+    name: str
+    base_url: str  # without a trailing slash; "sim": a simulator started for the run
+    api_key_env: str
+    headers: dict[str, str]  # the preset's, then the entry's own
+    price_as: dict[str, str]  # model patterns billed as another model
+    non_stream_price_factor: float  # non-streaming requests cost this much of the list price
+    requests_per_minute: float
+    tokens_per_minute: float | None
+    concurrency: int
+    model: str | None  # the name this gateway has for the job's model; None: the job's own
+    sim: dict[str, Any]  # the simulator's settings, where base_url is "sim"
+
+    @property
+    def uses_sim(self) -> bool:
+        return self.base_url == SIM
+
+    def api_key(self, environ: Mapping[str, str]) -> Secret | None:
+        """The key from the variable the endpoint names; required unless a simulator serves."""
+        value = environ.get(self.api_key_env, "").strip()
+        if value:
+            return Secret(value)
+        if self.uses_sim:
+            return None
+        raise JobError(
+            f"The variable {self.api_key_env} is not set: export your API key in it "
+            f"(or name another variable with endpoint.api_key_env)."
+            if self.name == DEFAULT_ENDPOINT
+            else f"The variable {self.api_key_env} of endpoint {self.name!r} is not set: "
+            f"export its API key in it, or remove the endpoint from [[endpoints]]."
+        )
+
+
+@dataclass(frozen=True)
 class Job:
     """A validated job: its input and output paths absolute, every default filled in."""
 
@@ -267,6 +341,10 @@ class Job:
     storage: StorageSpec = dataclasses.field(default_factory=StorageSpec)
     output_url: str | None = None  # an s3:// output; `output_path` is then its local copy
     cache: Path = Path()  # where local copies of S3 files go
+    # Where the requests go: `[endpoint]` as a list of one, or `[[endpoints]]` in order.
+    endpoints: tuple[Endpoint, ...] = ()
+    strategy: str = "priority"  # how requests are shared among several endpoints
+    pooled: bool = False  # the job has [[endpoints]]: its output names each row's endpoint
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled as plain dicts (a mappingproxy does not pickle): Ray sends jobs to its
@@ -301,19 +379,31 @@ class Job:
 
     @property
     def uses_sim(self) -> bool:
-        return self.base_url == SIM
+        """Whether a simulator started for the run serves (every endpoint's, or some)."""
+        return any(e.uses_sim for e in self.endpoints)
 
     def api_key(self, environ: Mapping[str, str]) -> Secret | None:
-        """The key from the variable the job names; required unless the simulator serves."""
-        value = environ.get(self.endpoint.api_key_env, "").strip()
-        if value:
-            return Secret(value)
-        if self.uses_sim:
-            return None
-        raise JobError(
-            f"The variable {self.endpoint.api_key_env} is not set: export your API key in it "
-            f"(or name another variable with endpoint.api_key_env)."
-        )
+        """The first endpoint's key (see `keys`)."""
+        return self.endpoints[0].api_key(environ)
+
+    def keys(self, environ: Mapping[str, str]) -> dict[str, Secret | None]:
+        """Every endpoint's key by name, from the variables they name; a JobError for the
+        first one that is not set (a simulator needs none). Checked before any request."""
+        return {e.name: e.api_key(environ) for e in self.endpoints}
+
+    def endpoint_named(self, name: str | None) -> Endpoint:
+        """The endpoint called `name` (None: the first); a JobError naming the others."""
+        if name is None:
+            return self.endpoints[0]
+        for endpoint in self.endpoints:
+            if endpoint.name == name:
+                return endpoint
+        known = ", ".join(e.name for e in self.endpoints)
+        raise JobError(f"The job has no endpoint named {name!r}: name one of {known}.")
+
+    def model_at(self, endpoint: Endpoint) -> str:
+        """The model name requests carry at `endpoint`."""
+        return endpoint.model or str(self.request["model"])
 
 
 def load_job(
@@ -356,16 +446,9 @@ def build_job(
     except ValidationError as exc:
         raise JobError(_describe(exc, path)) from None
     base = base.resolve()
-    endpoint = model.endpoint
-    preset = PRESETS[endpoint.preset] if endpoint.preset else Preset(DEFAULT_BASE_URL)
-    base_url = (
-        endpoint.base_url
-        or (preset.base_url if endpoint.preset else None)
-        or environ.get("OPENAI_BASE_URL")
-        or DEFAULT_BASE_URL
-    )
-    price_as = preset.price_as if endpoint.price_as is None else endpoint.price_as
-    factor = endpoint.non_stream_price_factor or preset.non_stream_price_factor
+    specs = model.endpoints or [model.endpoint.model_copy(update={"name": DEFAULT_ENDPOINT})]
+    endpoints = tuple(_resolve(spec, model, environ) for spec in specs)
+    first = endpoints[0]
     cache = _cache(base, model.storage.cache, environ)
     input_path = _location(base, model.input.path)
     output_path = _local_output(base, model.output.path, cache)
@@ -389,11 +472,40 @@ def build_job(
         output_url=output_url,
         storage=model.storage,
         cache=cache,
-        base_url=base_url.rstrip("/"),
-        headers=types.MappingProxyType({**preset.headers, **endpoint.headers}),
-        price_as=types.MappingProxyType(dict(price_as)),
-        non_stream_price_factor=factor,
+        base_url=first.base_url,
+        headers=types.MappingProxyType(dict(first.headers)),
+        price_as=types.MappingProxyType(dict(first.price_as)),
+        non_stream_price_factor=first.non_stream_price_factor,
         engine=model.engine,
+        endpoints=endpoints,
+        strategy=model.strategy,
+        pooled=model.endpoints is not None,
+    )
+
+
+def _resolve(spec: EndpointSpec, model: _JobModel, environ: Mapping[str, str]) -> Endpoint:
+    """An endpoint with its preset's and the job's defaults filled in."""
+    preset = PRESETS[spec.preset] if spec.preset else Preset(DEFAULT_BASE_URL)
+    base_url = (
+        spec.base_url
+        or (preset.base_url if spec.preset else None)
+        or environ.get("OPENAI_BASE_URL")
+        or DEFAULT_BASE_URL
+    )
+    limits = model.limits
+    assert spec.name is not None
+    return Endpoint(
+        name=spec.name,
+        base_url=base_url.rstrip("/"),
+        api_key_env=spec.api_key_env,
+        headers={**preset.headers, **spec.headers},
+        price_as=dict(preset.price_as if spec.price_as is None else spec.price_as),
+        non_stream_price_factor=spec.non_stream_price_factor or preset.non_stream_price_factor,
+        requests_per_minute=spec.requests_per_minute or limits.requests_per_minute,
+        tokens_per_minute=spec.tokens_per_minute or limits.tokens_per_minute,
+        concurrency=spec.concurrency or limits.concurrency,
+        model=spec.model,
+        sim=dict(model.sim if spec.sim is None else spec.sim),
     )
 
 

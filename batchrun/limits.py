@@ -152,6 +152,12 @@ class Pacer:
         return starts
 
     @property
+    def ready_at(self) -> float:
+        """The earliest time the next start may happen (before those already waiting)."""
+        ready = max(self._requests.ready_at, self._paused_until)
+        return max(ready, self._tokens.ready_at) if self._tokens is not None else ready
+
+    @property
     def paused_until(self) -> float:
         """No start before this time (a 429's cool-down, a reset header's hold)."""
         return self._paused_until

@@ -62,7 +62,7 @@ def plan_run(job: Job, options: RunOptions, *, total: int | None = None) -> Plan
         "json_object",
         "json_schema",
     )
-    columns = output_columns(n if isinstance(n, int) else 1, json_mode)
+    columns = output_columns(n if isinstance(n, int) else 1, json_mode, job.pooled)
     annotator = job_annotator(job)
     added = list(annotator.columns) if annotator is not None else []
     position = [INPUT_ROW] if source.id_column is None else []

@@ -13,7 +13,7 @@ from functools import cache
 from importlib import resources
 
 from .completion import Usage
-from .job import Job
+from .job import Endpoint, Job
 from .presets import priced_model
 
 # A dated snapshot suffix, e.g. gpt-4o-mini-2024-07-18 or o3-mini-2025-01-31.
@@ -76,17 +76,26 @@ class Pricer:
         return usd / 1_000_000 * self.factor
 
 
-def job_pricer(job: Job) -> Pricer:
-    """The pricer of a job: its own [cost.prices] first, then the shipped table."""
-    requested = str(job.request["model"])
-    model = priced_model(requested, job.price_as)
-    factor = 1.0 if job.request.get("stream") is True else job.non_stream_price_factor
-    for name in (requested, model):
+def job_pricer(job: Job, endpoint: Endpoint | None = None) -> Pricer:
+    """The pricer of a job's answers from `endpoint` (the first one by default): the job's
+    own [cost.prices] first, then the shipped table, for the model the endpoint is asked
+    for and with its billing rules (`price_as`, `non_stream_price_factor`)."""
+    endpoint = endpoint or job.endpoints[0]
+    requested = job.model_at(endpoint)
+    model = priced_model(requested, endpoint.price_as)
+    factor = 1.0 if job.request.get("stream") is True else endpoint.non_stream_price_factor
+    # A gateway's own name for the model (`model` of the endpoint) may be unknown to the
+    # tables: the job's name for it is tried after.
+    own = str(job.request["model"])
+    for name in dict.fromkeys((requested, model, own)):
         spec = job.cost.prices.get(name)
         if spec is not None:
             return Pricer(name, Price(spec.input, spec.cached_input, spec.output), factor, "job")
-    price = default_table().lookup(model)
-    return Pricer(model, price, factor, "table" if price else "none")
+    for name in dict.fromkeys((model, priced_model(own, endpoint.price_as))):
+        price = default_table().lookup(name)
+        if price is not None:
+            return Pricer(name, price, factor, "table")
+    return Pricer(model, None, factor, "none")
 
 
 class Budget:

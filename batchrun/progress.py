@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from tqdm import tqdm
@@ -29,6 +30,8 @@ class Progress:
         self.failed = 0  # rows that failed in this run
         self.tokens = 0  # tokens used in this run
         self.spend = 0.0  # USD spent in this run, where the price is known
+        # With several endpoints: what each is doing ("a serving, b out"), for the line.
+        self.endpoints: Callable[[], str] | None = None
         self._stream = stream or sys.stderr
         self._started = time.monotonic()
         self._last_line = self._started  # when the last plain line was printed
@@ -111,7 +114,8 @@ class Progress:
         )
 
     def _figures(self) -> str:
-        return f"failed {self.failed:,} · {self.tokens:,} tokens · ${self.spend:,.4f}"
+        figures = f"failed {self.failed:,} · {self.tokens:,} tokens · ${self.spend:,.4f}"
+        return figures if self.endpoints is None else f"{figures} · {self.endpoints()}"
 
     def close(self) -> None:
         if self._bar is not None:

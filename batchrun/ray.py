@@ -46,12 +46,15 @@ from .checkpoint import Checkpoint, checkpoint_dir
 from .engine import (
     BATCH_ROWS,
     RunSummary,
-    _endpoint,
+    _endpoints,
     _Engine,
     check_complete,
+    concurrency_of,
+    note_endpoints,
     note_gateway,
     open_run,
     realign,
+    with_concurrency,
     write_job_output,
 )
 from .errors import BatchrunError, Interrupted, UserError
@@ -71,7 +74,6 @@ except ImportError:  # pragma: no cover - the extra is not installed
 
 log = logging.getLogger("batchrun")
 
-ENDPOINT = "default"  # the desk's key for a job's one endpoint (the next issue adds more)
 SHARDS_PER_WORKER = 4  # shards are small enough that a slow or restarted worker is caught up
 MAX_SHARD_ATTEMPTS = 5  # a shard whose workers keep dying stops the run
 RESTART_WAIT_S = 300.0  # how long a worker Ray restarts may take to come back
@@ -93,22 +95,24 @@ def require_ray() -> Any:
 
 
 class _ActorLink:
-    """A worker's way to the desk actor (see `batchrun.lease.DeskLink`)."""
+    """A worker's way to the desk actor for one endpoint's pace (see
+    `batchrun.lease.DeskLink`), and for the budget."""
 
-    def __init__(self, desk: Any, worker: str) -> None:
+    def __init__(self, desk: Any, worker: str, endpoint: str) -> None:
         self._desk = desk
         self._worker = worker
+        self._endpoint = endpoint
 
     def lease(self, want: int, tokens_each: int, successes: list[float], token_delta: int) -> Any:
         return self._desk.lease.remote(
-            ENDPOINT, self._worker, want, tokens_each, successes, token_delta
+            self._endpoint, self._worker, want, tokens_each, successes, token_delta
         )
 
     def cool_down(self, seconds: float, sent_at: float | None) -> None:
-        self._desk.cool_down.remote(ENDPOINT, seconds, sent_at)
+        self._desk.cool_down.remote(self._endpoint, seconds, sent_at)
 
     def hold(self, until: float) -> None:
-        self._desk.hold.remote(ENDPOINT, until)
+        self._desk.hold.remote(self._endpoint, until)
 
     def allow(self, want: float) -> float:
         return float(ray.get(self._desk.allow.remote(want)))
@@ -146,7 +150,7 @@ class _ShardEngine(_Engine):
 
     def tally(self) -> Tally:
         ok, failed = self.counts.ok, self.counts.failed
-        pacer = self.pacer
+        pacers = [lane.pacer for lane in self.pool.lanes]
         return Tally(
             settled_ok=self.final_ok - ok,
             settled_failed=self.final_failed - failed,
@@ -156,7 +160,7 @@ class _ShardEngine(_Engine):
             spend=self.progress.spend,
             rate_limited=self.rate_limited,
             remapped=self.counts.remapped,
-            requests=pacer.requests if isinstance(pacer, LeasedPacer) else 0,
+            requests=sum(p.requests for p in pacers if isinstance(p, LeasedPacer)),
         )
 
 
@@ -181,15 +185,14 @@ class ShardWorker:
         total: int,
         folder: str,
         desk_name: str,
-        base_url: str,
+        urls: Mapping[str, str],
         concurrency: int,
         remote: Remote | None = None,
     ) -> None:
-        limits = job.limits.model_copy(update={"concurrency": concurrency})
         # Copies of S3 files go to this node's cache: the driver's default is in its
         # user's home, which another node may not have ([storage] cache is kept as given).
         cache = job.cache if job.storage.cache else default_cache(os.environ)
-        self.job = dataclasses.replace(job, limits=limits, cache=cache)
+        self.job = dataclasses.replace(with_concurrency(job, concurrency), cache=cache)
         self.options = options
         self.total = total
         # A checkpoint on S3: this worker commits there and keeps a copy of its own, pulled
@@ -197,7 +200,7 @@ class ShardWorker:
         self.remote = remote
         self.folder = Path(folder) if remote is None else Path(tempfile.mkdtemp(prefix="batchrun-"))
         self.desk = ray.get_actor(desk_name)  # by name: a handle as an argument is kept
-        self.base_url = base_url
+        self.urls = dict(urls)
         self.name = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
     def pid(self) -> int:
@@ -224,13 +227,11 @@ class ShardWorker:
         # This node's open-files limit, as a local run fits its concurrency to its own.
         job = self.job
         fits, crowded = fitting_concurrency(
-            job.limits.concurrency, len(checkpoint.segments()), sim=False
+            concurrency_of(job), len(checkpoint.segments()), sim=False
         )
         if crowded is not None:
             log.warning("%s", crowded)
-            job = dataclasses.replace(
-                job, limits=job.limits.model_copy(update={"concurrency": fits})
-            )
+            job = with_concurrency(job, fits)
         engine = await run_on_desk(
             job,
             self.options,
@@ -238,7 +239,7 @@ class ShardWorker:
             checkpoint,
             desk,
             self.name,
-            self.base_url,
+            self.urls,
             shard,
             (start, end),
         )
@@ -278,33 +279,39 @@ async def run_on_desk(
     checkpoint: Checkpoint,
     desk: Any,
     name: str,
-    base_url: str,
+    urls: Mapping[str, str],
     shard: int,
     span: tuple[int, int | None],
 ) -> _ShardEngine:
-    """batchrun's engine on the rows at positions `span`, paced, stopped and budgeted by the
-    desk, syncing with it every SYNC_S until it ends; returns the engine, ended."""
-    key = job.api_key(os.environ)
-    link = _ActorLink(desk, name)
-    limits = job.limits
-    pacer = LeasedPacer(link, limits.requests_per_minute, limits.tokens_per_minute)
+    """batchrun's engine on the rows at positions `span`, each endpoint paced by the desk
+    and the whole run stopped and budgeted by it, syncing with it every SYNC_S until it
+    ends; returns the engine, ended."""
+    keys = job.keys(os.environ)
+    links = {e.name: _ActorLink(desk, name, e.name) for e in job.endpoints}
+    pacers = {
+        e.name: LeasedPacer(links[e.name], e.requests_per_minute, e.tokens_per_minute)
+        for e in job.endpoints
+    }
     engine = _ShardEngine(
         job,
         plan,
         checkpoint,
-        base_url,
-        key,
+        urls,
+        keys,
         sleep=asyncio.sleep,
         clock=time.time,
         rng=random.Random(),
-        pacer=pacer,
+        pacers=pacers,
         budget=None,
     )
     engine.desk = desk
     engine.shard = span
     if job.cost.budget_usd:
-        engine.budget = SharedBudget(link.allow, job.cost.budget_usd, 0.0)
-    engine.quota = _SharedQuotaGate(limits.quota_wait_s, time.time, engine._nap, link)
+        engine.budget = SharedBudget(links[job.endpoints[0].name].allow, job.cost.budget_usd, 0.0)
+    for lane in engine.pool.lanes:
+        lane.quota = _SharedQuotaGate(
+            job.limits.quota_wait_s, time.time, engine._nap, links[lane.name]
+        )
     engine.progress = Progress(plan.total, 0, quiet=True)
     attempt = uuid.uuid4().hex
     finished = asyncio.Event()
@@ -314,7 +321,8 @@ async def run_on_desk(
             state = await desk.sync.remote(shard, attempt, asdict(engine.tally()))
             if state.stop is not None:
                 engine.halt_from_desk(*state.stop)
-            pacer.learn_pause(state.paused_until.get(ENDPOINT, 0.0))
+            for endpoint, pacer in pacers.items():
+                pacer.learn_pause(state.paused_until.get(endpoint, 0.0))
             if finished.is_set():
                 return
             with contextlib.suppress(TimeoutError):
@@ -365,7 +373,7 @@ class ChatStage:
         self.desk = open_desk(self.job, desk)
         self.name = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._sim = contextlib.ExitStack()
-        self.base_url = self._sim.enter_context(_endpoint(self.job))
+        self.urls = self._sim.enter_context(_endpoints(self.job))
 
     async def __call__(self, batch: Any) -> Any:
         # On an event loop of its own (see ShardWorker.run_shard).
@@ -399,7 +407,7 @@ class ChatStage:
                         checkpoint,
                         self.desk,
                         self.name,
-                        self.base_url,
+                        self.urls,
                         uuid.uuid4().int & 0x7FFF_FFFF_FFFF,
                         (0, None),
                     )
@@ -426,7 +434,6 @@ def open_desk(job: Job, name: str | None = None) -> Any:
     driver) and names it to the stage. Without a name, the stage's actors share one named
     after the job, detached so that it outlives whichever actor created it: it stays until
     `release(job)` or the cluster's end."""
-    limits = job.limits
     options: dict[str, Any] = {"get_if_exists": True, "num_cpus": 0}
     if name is None:
         name, options["lifetime"] = stage_desk(job), "detached"
@@ -434,10 +441,15 @@ def open_desk(job: Job, name: str | None = None) -> Any:
         ray.remote(Desk)
         .options(name=name, **options)
         .remote(
-            {ENDPOINT: (limits.requests_per_minute, limits.tokens_per_minute)},
+            paces(job),
             budget_usd=job.cost.budget_usd,
         )
     )
+
+
+def paces(job: Job) -> dict[str, tuple[float, float | None]]:
+    """Each endpoint's requests and tokens a minute, by name: what a desk paces."""
+    return {e.name: (e.requests_per_minute, e.tokens_per_minute) for e in job.endpoints}
 
 
 def stage_desk(job: Job) -> str:
@@ -541,9 +553,9 @@ def run(
         for line in checkpoint.quarantined:
             progress.note(line)
         checkpoint.start_merging()
-        with _endpoint(job) as base_url, connected(job) as rt:
+        with _endpoints(job) as urls, connected(job) as rt:
             figures, stop, hurried = _drive(
-                rt, job, options, plan.total, checkpoint, base_url, progress
+                rt, job, options, plan.total, checkpoint, urls, progress
             )
         progress.close()
         checkpoint.stop_merging()
@@ -554,11 +566,24 @@ def run(
     finally:
         progress.close()
         checkpoint.close()
-    endpoint = figures["endpoints"][ENDPOINT]
     allowed_rpm = None
-    if endpoint["rate_limited"] and endpoint["allowed_rps"] is not None:
-        allowed_rpm = endpoint["allowed_rps"] * 60
-        note_gateway(job, folder, allowed_rpm, endpoint["rate_limited"])
+    first = figures["endpoints"][job.endpoints[0].name]
+    if first["rate_limited"] and first["allowed_rps"] is not None:
+        allowed_rpm = first["allowed_rps"] * 60
+        note_gateway(job, folder, allowed_rpm, first["rate_limited"])
+    note_endpoints(
+        job,
+        folder,
+        {
+            name: {
+                "rate_limited": e["rate_limited"],
+                "allowed_rpm": e["allowed_rps"] * 60
+                if e["rate_limited"] and e["allowed_rps"] is not None
+                else None,
+            }
+            for name, e in figures["endpoints"].items()
+        },
+    )
     check_complete(job, plan, stop, written.rows if written is not None else None)
     if written is not None:
         ok, failed = written.ok, written.failed
@@ -578,7 +603,7 @@ def run(
         rows_written=written.rows if written is not None else None,
         remapped=figures["remapped"],
         stopped=stop,
-        rate_limited=endpoint["rate_limited"],
+        rate_limited=sum(e["rate_limited"] for e in figures["endpoints"].values()),
         allowed_rpm=allowed_rpm,
         workers=figures.get("workers"),
     )
@@ -590,13 +615,12 @@ def _drive(
     options: RunOptions,
     total: int,
     checkpoint: Checkpoint,
-    base_url: str,
+    urls: Mapping[str, str],
     progress: Progress,
 ) -> tuple[dict[str, Any], BatchrunError | None, bool]:
     """Start the desk and the workers, hand out the shards until all are done (again where
     a worker died), show the progress; returns the desk's figures and the run's stop."""
     engine = job.engine
-    limits = job.limits
     desk_name = f"batchrun-desk-{uuid.uuid4().hex[:12]}"
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -607,13 +631,13 @@ def _drive(
         rt.remote(Desk)
         .options(name=desk_name, max_restarts=0, num_cpus=0, scheduling_strategy=here)
         .remote(
-            {ENDPOINT: (limits.requests_per_minute, limits.tokens_per_minute)},
+            paces(job),
             budget_usd=job.cost.budget_usd,
             spent=checkpoint.spend() if job.cost.budget_usd else 0.0,
             next_commit=checkpoint.next_commit,
         )
     )
-    concurrency = max(1, math.ceil(limits.concurrency / engine.workers))
+    concurrency = max(1, math.ceil(concurrency_of(job) / engine.workers))
     worker_class = rt.remote(ShardWorker)
     workers = [
         worker_class.options(
@@ -628,7 +652,7 @@ def _drive(
             total,
             str(checkpoint.folder),
             desk_name,
-            base_url,
+            urls,
             concurrency,
             checkpoint.remote,
         )
@@ -748,12 +772,11 @@ def _drive(
             for worker in workers:
                 rt.kill(worker, no_restart=True)
             rt.kill(desk)
-    endpoint = figures["endpoints"][ENDPOINT]
     figures["workers"] = {
         "count": len(workers),
         "peak_rss_mb": sorted(peaks.values()),  # of each worker process that ran a shard
         "requests": figures["requests"],  # starts the workers took
-        "leases": endpoint["leases"],  # calls to the desk for them
+        "leases": sum(e["leases"] for e in figures["endpoints"].values()),  # calls for them
         "shards": len(attempts),
         "shard_attempts": sum(attempts.values()),
     }

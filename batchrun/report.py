@@ -47,6 +47,13 @@ percentiles are exact. The terminal rendering is `batchrun.report_text`; the HTM
 - `"rate_limits"`: null unless a run was rate-limited; else, from the last such run,
   `{"allowed_rpm", "rate_limited", "requests_per_minute"}`: what got through a minute, the
   429s, and the job's limit then
+- `"endpoints"`: `[]` for a job with one `[endpoint]`; with `[[endpoints]]`, one entry per
+  endpoint in the job's order (then any that gave results and is no longer named):
+  `{"name", "rows", "ok", "failed", "cost_usd", "latency_mean_s", "latency_max_s",
+  "errors": {error: failed rows}}` over current results, and from the last run that
+  used it (null before one) `"last_run": {"requests", "answers", "errors" (failed attempts
+  by kind), "rate_limited", "allowed_rpm", "requests_per_minute", "circuit_opened",
+  "out"}`
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import (
+    ENDPOINTS_NOTE,
     GATEWAY_NOTE,
     checkpoint_dir,
     current_segments,
@@ -115,6 +123,21 @@ class Bucket:
 
 
 @dataclass(frozen=True)
+class EndpointFigures:
+    """One endpoint's share of the current results, and what it did in its last run."""
+
+    name: str
+    rows: int = 0
+    ok: int = 0
+    failed: int = 0
+    cost_usd: float = 0.0
+    latency_mean_s: float | None = None
+    latency_max_s: float | None = None
+    errors: tuple[tuple[str, int], ...] = ()  # failed rows per error, most first
+    last_run: dict[str, Any] | None = None  # see `batchrun.engine.lane_figures`
+
+
+@dataclass(frozen=True)
 class Report:
     """Every figure of the report; built by `build_report`, shown by the renderers."""
 
@@ -153,6 +176,7 @@ class Report:
     allowed_rpm: float | None = None
     rate_limited: int = 0
     configured_rpm: float | None = None
+    endpoints: tuple[EndpointFigures, ...] = ()  # with [[endpoints]]
 
 
 # -- building -------------------------------------------------------------------------------
@@ -173,11 +197,40 @@ def build_report(job: Job) -> Report:
     gateway = load_note(folder, GATEWAY_NOTE) or {}
     return replace(
         _records(head, found),
+        endpoints=_endpoints(job, found, load_note(folder, ENDPOINTS_NOTE) or {}),
         evaluation=evaluation,
         allowed_rpm=gateway.get("allowed_rpm"),
         rate_limited=int(gateway.get("rate_limited") or 0),
         configured_rpm=gateway.get("requests_per_minute"),
     )
+
+
+def _endpoints(job: Job, found: Tally, note: dict[str, Any]) -> tuple[EndpointFigures, ...]:
+    """Each endpoint's figures, in the job's order; none for a job with one [endpoint]."""
+    if not job.pooled:
+        return ()
+    runs = note.get("endpoints") or {}
+    names: list[str | None] = [e.name for e in job.endpoints]
+    names += sorted((n for n in found.endpoints if n not in names), key=lambda n: n or "")
+    figures = []
+    for name in names:
+        got = found.endpoints.get(name, {})
+        n = got.get("latency_n", 0)
+        errors = sorted(got.get("errors", {}).items(), key=lambda e: (-e[1], e[0]))
+        figures.append(
+            EndpointFigures(
+                name=name if name is not None else "(unnamed)",
+                rows=got.get("rows", 0),
+                ok=got.get("ok", 0),
+                failed=got.get("failed", 0),
+                cost_usd=_money(got.get("cost_usd")),
+                latency_mean_s=got["latency_sum"] / n if n else None,
+                latency_max_s=got.get("latency_max"),
+                errors=tuple(errors),
+                last_run=runs.get(name) if name is not None else None,
+            )
+        )
+    return tuple(figures)
 
 
 def _heading(job: Job) -> Report:
@@ -301,9 +354,12 @@ def report_json(report: Report) -> dict[str, Any]:
             "rate_limited": report.rate_limited,
             "requests_per_minute": report.configured_rpm,
         },
+        "endpoints": [{**vars_of(e), "errors": dict(e.errors)} for e in report.endpoints],
     }
 
 
-def vars_of(item: Percentiles | ModelCost | ErrorClass | Bin | Bucket) -> dict[str, Any]:
+def vars_of(
+    item: Percentiles | ModelCost | ErrorClass | Bin | Bucket | EndpointFigures,
+) -> dict[str, Any]:
     """A report record's fields as a dict."""
     return {name: getattr(item, name) for name in item.__dataclass_fields__}

@@ -8,7 +8,7 @@ import math
 from collections.abc import Collection, Sequence
 
 from .evaluation import Evaluation, percent
-from .report import Report
+from .report import EndpointFigures, Report
 from .report_text import nothing_yet, one_line, period, secs, summary_lines, tables, usd, when
 
 _CSS = """
@@ -69,7 +69,9 @@ def _html_body(report: Report) -> list[str]:
     if report.evaluation is not None and report.evaluation.confusion:
         caption = "Confusion matrix: how each expected label was answered"
         parts.append(_figure(caption, confusion_svg(report.evaluation)))
-    parts += [_latency_chart(report), _throughput_chart(report), _cost_chart(report), "</div>"]
+    parts += [_latency_chart(report), _throughput_chart(report), _cost_chart(report)]
+    parts += [_endpoint_chart(e) for e in report.endpoints]
+    parts.append("</div>")
     for heading, header, body, right in tables(report):
         parts += [f"<h2>{_e(heading)}</h2>", _html_table(header, body, right)]
     return parts
@@ -213,6 +215,35 @@ def confusion_svg(ev: Evaluation) -> str:
                 f'text-anchor="middle">{count:,}</text>',
             ]
     return "".join(parts) + "</svg>"
+
+
+def _endpoint_chart(e: EndpointFigures) -> str:
+    """One endpoint's rows: ok, and failed by error, as horizontal bars, with its cost,
+    latency and (from its last run) the rate it allowed."""
+    run = e.last_run or {}
+    allowed = run.get("allowed_rpm")
+    rate = f", {allowed:,.0f} requests/min got through" if allowed is not None else ""
+    state = f", out: {run['out']}" if run.get("out") else ""
+    label = (
+        f"Endpoint {e.name}: {e.rows:,} rows, {usd(e.cost_usd)}, mean latency "
+        f"{secs(e.latency_mean_s)}{rate}{state}"
+    )
+    bars = [("ok", e.ok, "ok"), *((error, rows, "failed") for error, rows in e.errors)]
+    row_h, name_w = 26, 220
+    height = _TOP + row_h * len(bars) + 8
+    peak = max(rows for _, rows, _ in bars) or 1
+    bar_room = _CHART_W - name_w - 120
+    parts = [_svg_open(label, height)]
+    for i, (name, rows, kind) in enumerate(bars):
+        y = _TOP + i * row_h
+        w = rows / peak * bar_room
+        parts += [
+            f'<text x="{name_w - 8}" y="{y + 16}" text-anchor="end">{_e(name)}</text>',
+            f'<rect class="{kind}" x="{name_w}" y="{y + 4}" width="{w:.1f}" '
+            f'height="{row_h - 8}"><title>{_e(f"{name}: {rows:,} rows")}</title></rect>',
+            f'<text x="{name_w + w + 6:.1f}" y="{y + 16}">{rows:,}</text>',
+        ]
+    return _figure(label, "".join(parts) + "</svg>")
 
 
 def _cost_chart(report: Report) -> str:

@@ -63,10 +63,21 @@ CURRENT_COLUMNS = (
     "ttft_s",
     "response_model",
     "usage_estimated",
+    "endpoint",
 )
 SCRATCH_COLUMNS = ("status", FINISHED_AT, *(f"{name}_s" for name in DURATIONS))
 EVERY_COLUMNS = ("cost_usd", "attempts", "total_tokens", "response_model")
 OK = pl.col("status") == "ok"
+# What the report adds up per endpoint over the current results.
+ENDPOINT_SUMS = {
+    "rows": pl.len(),
+    "ok": OK.sum(),
+    "failed": (pl.col("status") == "failed").sum(),
+    "cost_usd": pl.col("cost_usd").sum(),
+    "latency_sum": pl.col("latency_s").filter(OK).sum(),
+    "latency_n": pl.col("latency_s").filter(OK).count(),
+    "latency_max": pl.col("latency_s").filter(OK).max(),
+}
 
 ModelSpend = tuple[int, float, int]  # a response model's answers, their cost, costs unknown
 BucketCounts = tuple[float, float, int, int]  # a throughput bucket's start, size, ok, failed
@@ -85,6 +96,9 @@ class Tally:
     models: dict[str, ModelSpend]  # per response model, over results that carry usage
     bins: Counter[int]  # ok rows per latency histogram bin
     buckets: list[BucketCounts]  # every throughput bucket from the first finish to the last
+    # Per endpoint that gave current results (None: before results named theirs): counts,
+    # cost and latency sums (see ENDPOINT_SUMS), and failed rows per error.
+    endpoints: dict[str | None, dict[str, Any]]
 
 
 def tally(segments: Sequence[Path], requested_model: str) -> Tally:
@@ -115,6 +129,7 @@ def tally(segments: Sequence[Path], requested_model: str) -> Tally:
         models=models,
         bins=bins,
         buckets=buckets,
+        endpoints=current.endpoints,
     )
 
 
@@ -184,6 +199,7 @@ class _Current:
         self.errors: dict[str, tuple[int, str | None]] = {}
         self.length_keys: list[str] = []  # the first row keys cut by max_tokens
         self.durations = {name: Quantiles([q / 100 for q in PERCENTILES]) for name in DURATIONS}
+        self.endpoints: dict[str | None, dict[str, Any]] = {}
 
     def add(self, window: pl.DataFrame) -> None:
         """Count in one window of current results (sorted by position)."""
@@ -213,6 +229,25 @@ class _Current:
         ok = window["status"] == "ok"
         for name, quantiles in self.durations.items():
             quantiles.feed(window[f"{name}_s"].filter(ok))
+        self._add_endpoints(window)
+
+    def _add_endpoints(self, window: pl.DataFrame) -> None:
+        """Add the window's rows to their endpoints' figures."""
+        columns = window.select("endpoint", "status", "cost_usd", "latency_s", "error")
+        for row in columns.group_by("endpoint").agg(**ENDPOINT_SUMS).iter_rows(named=True):
+            name = row.pop("endpoint")
+            figures = self.endpoints.setdefault(name, {"errors": Counter(), "latency_max": None})
+            for key, value in row.items():
+                if key == "latency_max":
+                    known = [v for v in (figures[key], value) if v is not None]
+                    figures[key] = max(known) if known else None
+                else:
+                    figures[key] = figures.get(key, 0) + (value or 0)
+        failed = columns.filter(pl.col("status") == "failed")
+        if failed.height:
+            per_error = failed.group_by("endpoint", pl.col("error").fill_null(UNKNOWN)).len()
+            for name, error, rows in per_error.iter_rows():
+                self.endpoints[name]["errors"][error] += rows
 
     def totals(self) -> dict[str, Any]:
         """The counts, sums, lows and highs of every window added."""

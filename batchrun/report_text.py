@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from .evaluation import Evaluation, interval
 from .limits import allowed_rate_line
-from .report import TOKEN_KINDS, Report
+from .report import TOKEN_KINDS, EndpointFigures, Report
 
 # -- wording, shared with the page ------------------------------------------------------------
 
@@ -143,6 +143,30 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]], set[in
         ),
         ("Latency (ok rows)", ["", "p50", "p90", "p99"], _latency_rows(report), {1, 2, 3}),
         (
+            "Endpoints",
+            ["endpoint", "rows", "ok", "failed", "cost", "latency mean", "max", "errors"],
+            [
+                [
+                    e.name,
+                    f"{e.rows:,}",
+                    f"{e.ok:,}",
+                    f"{e.failed:,}",
+                    usd(e.cost_usd),
+                    secs(e.latency_mean_s),
+                    secs(e.latency_max_s),
+                    ", ".join(f"{error} {rows:,}" for error, rows in e.errors) or "-",
+                ]
+                for e in report.endpoints
+            ],
+            {1, 2, 3, 4, 5, 6},
+        ),
+        (
+            "Endpoints in the last run",
+            ["endpoint", "requests", "answers", "failed attempts", "429s", "allowed/min", "state"],
+            [_last_run(e) for e in report.endpoints if e.last_run is not None],
+            {1, 2, 4, 5},
+        ),
+        (
             f"Rows finished per {period(report.bucket_s)} (UTC)",
             ["from", "ok", "failed"],
             [[when(b.start), f"{b.ok:,}", f"{b.failed:,}"] for b in report.buckets],
@@ -152,6 +176,22 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]], set[in
     if report.evaluation is not None:
         tables = evaluation_tables(report.evaluation) + tables
     return [table for table in tables if table[2]]
+
+
+def _last_run(e: EndpointFigures) -> list[str]:
+    run = e.last_run or {}
+    allowed = run.get("allowed_rpm")
+    limit = run.get("requests_per_minute")
+    errors = run.get("errors") or {}
+    return [
+        e.name,
+        f"{run.get('requests', 0):,}",
+        f"{run.get('answers', 0):,}",
+        ", ".join(f"{kind} {n:,}" for kind, n in sorted(errors.items())) or "-",
+        f"{run.get('rate_limited', 0):,}",
+        f"{allowed:,.0f} of {limit:,.0f}" if allowed is not None and limit else "-",
+        f"out: {run['out']}" if run.get("out") else "serving",
+    ]
 
 
 def _latency_rows(report: Report) -> list[list[str]]:

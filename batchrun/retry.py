@@ -57,6 +57,11 @@ class QuotaGate:
         """Whether `row` is the prober (which does not wait at the gate)."""
         return self._prober is row
 
+    @property
+    def is_open(self) -> bool:
+        """Whether requests may go (no quota is being probed)."""
+        return self._open.is_set()
+
     async def wait_open(self) -> None:
         await self._open.wait()
 

@@ -29,9 +29,12 @@ class Status:
     changed: int  # of those, rows whose committed result is for an older request
     spend_usd: float  # every committed request's cost, superseded attempts included
     output_exists: bool
+    # With [[endpoints]]: spend_usd by the endpoint that gave each result, in the job's
+    # order (then any the job no longer names; "(unnamed)" for results before names).
+    spend_by_endpoint: tuple[tuple[str, float], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "spend_by_endpoint": dict(self.spend_by_endpoint)}
 
 
 def job_status(job: Job) -> Status:
@@ -41,6 +44,14 @@ def job_status(job: Job) -> Status:
     refresh_copy(checkpoint.folder, job.checkpoint_remote)
     settle_positions(checkpoint.folder, plan.source, job.checkpoint_remote)
     counted = tally(plan, checkpoint, None)
+    by_endpoint: tuple[tuple[str, float], ...] = ()
+    if job.pooled:
+        spent = checkpoint.spend_by_endpoint()
+        names = [e.name for e in job.endpoints]
+        names += sorted(n for n in spent if n is not None and n not in names)
+        by_endpoint = tuple((n, spent.get(n, 0.0)) for n in names)
+        if None in spent:
+            by_endpoint += (("(unnamed)", spent[None]),)
     return Status(
         rows=plan.total,
         done=counted.ok,
@@ -49,6 +60,7 @@ def job_status(job: Job) -> Status:
         changed=counted.changed,
         spend_usd=checkpoint.spend(),
         output_exists=_output_exists(job),
+        spend_by_endpoint=by_endpoint,
     )
 
 
@@ -76,5 +88,6 @@ def render_status(status: Status) -> str:
             f"pending  {status.pending:,}{changed}",
             f"finished {pct:.1f}%",
             f"spend    ${status.spend_usd:,.4f}",
+            *(f"  {name:<14} ${spend:,.4f}" for name, spend in status.spend_by_endpoint),
         ]
     )

@@ -348,3 +348,38 @@ def test_a_quota_that_never_returns_stops_every_worker_within_quota_wait(
     first, last = records[0].t, records[-1].t
     assert last - first < 3 + 3
     assert len(records) <= 18 + 3 * 6
+
+
+def test_a_multi_endpoint_job_holds_each_endpoint_s_own_limit_across_the_cluster(
+    ws: Workspace,
+) -> None:
+    """Two endpoints, each with its own requests a minute, paced by the desk for the
+    whole cluster: every row once, each naming its endpoint, each endpoint's log within
+    its own limit."""
+    from .test_endpoints import entry, write_job
+
+    limits = {"fast": 1800, "slow": 600}
+    with (
+        start_in_thread(SimConfig()) as fast,
+        start_in_thread(SimConfig()) as slow,
+    ):
+        ws.write_input(reviews(240))
+        job = write_job(
+            ws,
+            [
+                entry("fast", fast, requests_per_minute=limits["fast"], concurrency=8),
+                entry("slow", slow, requests_per_minute=limits["slow"], concurrency=8),
+            ],
+            strategy="spread",
+            engine={"kind": "ray", "workers": 3, "shard_rows": 40},
+        )
+        summary = ray_run(job)
+        logs = {"fast": fast.requests, "slow": slow.requests}
+    assert summary.stopped is None and summary.ok == 240
+    out = pl.read_parquet(ws.output)
+    assert out["id"].n_unique() == 240 and out["status"].to_list() == ["ok"] * 240
+    counts = dict(out.group_by("endpoint").len().iter_rows())
+    for name, records in logs.items():
+        assert counts[name] == len(records) > 0
+        times = [r.t for r in records]
+        assert busiest(times, 1.0) <= limits[name] / 60 * 1.1 + 1, name

@@ -19,7 +19,7 @@ from batchrun.sim import SimConfig, SimServer, start_in_thread
 from .conftest import Workspace, reviews
 
 REPO = Path(__file__).resolve().parent.parent
-BASE_COLUMNS = [c for c in RESULT_COLUMNS if c not in ("choices", "json_valid")]
+BASE_COLUMNS = [c for c in RESULT_COLUMNS if c not in ("choices", "json_valid", "endpoint")]
 
 
 def test_parquet_input_gives_one_row_per_input_row_in_order(ws: Workspace, sim: SimServer) -> None:
