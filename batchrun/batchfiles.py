@@ -40,13 +40,14 @@ lock, and the output Parquet is then rewritten from the checkpoint.
 checkpoint together, as a run does. Import takes the lines GROUP_LINES at a time: for a
 group it finds the rows its custom_ids name in one pass over the input (MATCH_ROWS rows read
 at a time, only the matched ones rendered) beside a walk of the checkpoint, which gives
-their latest results, then classifies the group's lines in order. What must cross groups is
-what this import did to a row an earlier group settled (whether with an answer, and the
-row's latest result before the import, which decides "already"): it is written to a small
-Parquet file per group in the checkpoint folder and read back for the keys of each group
-(see `_Settled`), so it takes disk, not memory. The price is time: each group reads the
-input again, up to the last row it names (answer files in export order let a group stop
-early), so a large import's passes grow as lines × rows / GROUP_LINES.
+their latest results, then classifies the group's lines in order. The pass begins where the
+group before it found its first row and goes round the input's end to its beginning, so
+that answer files in export order read the input about once over the whole import. What
+must cross groups is what this import did to a row an earlier group settled (whether with
+an answer, and the row's latest result before the import, which decides "already"): it is
+written to a small Parquet file per group in the checkpoint folder and read back for the
+keys of each group (see `_Settled`), so it takes disk, not memory. The price is time where
+the files are out of order: a group whose rows lie all over the input reads all of it.
 """
 
 from __future__ import annotations
@@ -393,29 +394,37 @@ class _Row(NamedTuple):
 
 
 def _match(
-    plan: Plan, checkpoint: Checkpoint, keys: pl.Series
+    plan: Plan, checkpoint: Checkpoint, keys: pl.Series, start: int = 0
 ) -> tuple[dict[str, _Row], list[pl.DataFrame]]:
     """The rows whose keys are in `keys`, found in one pass over the input beside a walk of
     the checkpoint (which gives their latest results): by key, and as rendered frames (see
-    `plan.with_prior`). The pass ends once every key is found."""
+    `plan.with_prior`). The pass begins at position `start` and goes round to the input's
+    first row if some key is left to find, and ends once every key is found: answer files
+    in export order name rows in input order, so a group begins where the one before it
+    began, and the passes of a whole import read the input about once."""
     rows: dict[str, _Row] = {}
     frames: list[pl.DataFrame] = []
-    if not keys.len():
-        return rows, frames
     wanted = keys.alias(ROW_KEY).to_frame()
-    batches = plan.source.batches(plan.renderer.columns, MATCH_ROWS)
-    with contextlib.closing(batches), checkpoint.walk([FINGERPRINT, "status"]) as walk:
-        for batch in batches:
-            if not batch.height:
-                continue
-            frame = with_prior(plan.renderer, batch, walk, wanted)
-            if not frame.height:
-                continue
-            frames.append(frame)
-            columns = (frame[c].to_list() for c in (render.KEY, render.POSITION, render.FP, PRIOR))
-            rows.update((key, _Row(*row)) for key, *row in zip(*columns, strict=True))
-            if len(rows) == keys.len():
-                break
+    for begin, end in [(start, None), *([(0, start)] if start else [])]:
+        if len(rows) == keys.len():
+            break
+        batches = plan.source.batches(plan.renderer.columns, MATCH_ROWS, start=begin, end=end)
+        with contextlib.closing(batches), checkpoint.walk([FINGERPRINT, "status"]) as walk:
+            if begin:
+                walk.seek(begin)
+            for batch in batches:
+                if not batch.height:
+                    continue
+                frame = with_prior(plan.renderer, batch, walk, wanted)
+                if not frame.height:
+                    continue
+                frames.append(frame)
+                columns = (
+                    frame[c].to_list() for c in (render.KEY, render.POSITION, render.FP, PRIOR)
+                )
+                rows.update((key, _Row(*row)) for key, *row in zip(*columns, strict=True))
+                if len(rows) == keys.len():
+                    break
     return rows, frames
 
 
@@ -507,6 +516,7 @@ class _Importer:
         self.earlier = _Settled(checkpoint.folder)
         self.counter: TokenCounter | None = None  # loaded for the first answer without usage
         self.buffer: list[RowResult] = []  # results not committed yet
+        self.start = 0  # where the last group's rows began in the input
 
     def take(self, lines: Iterable[_Line]) -> None:
         """Classify the lines in order, GROUP_LINES at a time, and commit their results."""
@@ -517,7 +527,9 @@ class _Importer:
         # custom_ids are split again below rather than held: a group's worth of pairs.
         named = (split_custom_id(line.custom_id) for line in lines)
         keys = pl.Series(_KEY, list(dict.fromkeys(i[0] for i in named if i is not None)), pl.String)
-        rows, frames = _match(self.plan, self.checkpoint, keys)
+        rows, frames = _match(self.plan, self.checkpoint, keys, self.start)
+        if rows:
+            self.start = min(row.position for row in rows.values())
         earlier = self.earlier.find(keys)
         for key, (_, prior) in earlier.items():
             # This import's own results of the row stand in the checkpoint now.

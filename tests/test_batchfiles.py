@@ -454,3 +454,28 @@ def test_an_import_taken_in_many_groups_equals_one_taken_at_once(
     assert rows["id"].to_list() == [f"r{i:04d}" for i in range(12) if i not in (7, 9)]
     assert rows.filter(pl.col("id") == "r0006")["usage_estimated"].to_list() == [True]
     assert rows.filter(pl.col("status") == "failed")["id"].to_list() == ["r0005"]
+
+
+def test_answers_out_of_export_order_are_all_found_across_small_groups(
+    ws: Workspace, sim: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's pass begins where the group before it found its first row and goes round
+    the input's end: answers in reverse order, and then in order, are all found."""
+    ws.write_input(reviews(40))
+    job = ws.job(sim.base_url, input={"id_column": "id"})
+    folder = ws.root / "batches"
+    assert ws.run("export-batch", str(job), str(folder)).code == 0
+    output, _ = answer(folder, sim.base_url)
+    lines = output.read_text(encoding="utf-8").splitlines(keepends=True)
+    backwards = ws.root / "backwards.jsonl"
+    backwards.write_text("".join(reversed(lines[:25])), encoding="utf-8")
+    forwards = ws.root / "forwards.jsonl"
+    forwards.write_text("".join(lines[25:]), encoding="utf-8")
+    monkeypatch.setattr(batchfiles, "GROUP_LINES", 5)
+    monkeypatch.setattr(batchfiles, "MATCH_ROWS", 4)
+    result = ws.run("import-batch", str(job), str(backwards), str(forwards))
+    assert result.code == 0, result.err
+    assert "imported 40 ok and 0 failed" in result.out and "unknown" not in result.out
+    out = ws.read_output()
+    assert out["id"].to_list() == [f"r{i:04d}" for i in range(40)]
+    assert out["status"].to_list() == ["ok"] * 40
