@@ -535,7 +535,9 @@ class Checkpoint:
         def total(segments: list[Path]) -> float:
             if not segments:
                 return 0.0
-            frame = pl.scan_parquet(segments).select(pl.col("cost_usd").sum()).collect()
+            # Segments from before a column was added lack it: their schemas differ.
+            scan = pl.scan_parquet(segments, missing_columns="insert", extra_columns="ignore")
+            frame = scan.select(pl.col("cost_usd").sum()).collect()
             return float(frame.item() or 0.0)
 
         return reading(self.folder, total)

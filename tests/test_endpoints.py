@@ -478,3 +478,35 @@ def test_the_progress_line_shows_each_endpoint_s_state() -> None:
     progress = Progress(10, 0, stream=stream, interactive=False)
     progress.endpoints = lambda: "bcwhkj out, 302ai serving"
     assert progress.line().endswith("· bcwhkj out, 302ai serving")
+
+
+def test_a_checkpoint_from_before_endpoints_resumes_and_reports(ws: Workspace) -> None:
+    """Segments written before results named their endpoint (no `endpoint` column) read
+    it as null: a resume with [[endpoints]] sends only the new rows, merges old and new
+    segments, and the report and status count the old results as "(unnamed)"."""
+    import pyarrow.parquet as pq
+
+    from batchrun.checkpoint import Checkpoint, checkpoint_dir
+
+    ws.write_input(reviews(30))
+    with sims(SimConfig(), SimConfig()) as (a, b):
+        job = ws.job(a.base_url, input={"id_column": "id"})
+        assert ws.run("run", str(job), "--quiet").code == 0
+        folder = checkpoint_dir(ws.output)
+        for path in Checkpoint(folder).segments():
+            table = pq.read_table(path)
+            pq.write_table(table.drop_columns(["endpoint"]), path)
+        ws.write_input(reviews(45))
+        job = write_job(ws, [entry("a", a), entry("b", b)])
+        result = ws.run("run", str(job), "--quiet")
+        assert result.code == 0, result.err
+        assert len(a.requests) + len(b.requests) == 45
+    out = ws.read_output()
+    assert out["status"].to_list() == ["ok"] * 45
+    assert out["endpoint"].head(30).null_count() == 30
+    assert out["endpoint"].tail(15).null_count() == 0
+    report = json.loads(ws.run("report", str(job), "--json").out)
+    rows = {e["name"]: e["rows"] for e in report["endpoints"]}
+    assert rows.pop("(unnamed)") == 30 and sum(rows.values()) == 15
+    status = json.loads(ws.run("status", str(job), "--json").out)
+    assert status["done"] == 45 and "(unnamed)" in status["spend_by_endpoint"]
