@@ -549,7 +549,7 @@ class Checkpoint:
         def totals(segments: list[Path]) -> dict[str | None, float]:
             found: dict[str | None, float] = {}
             for path in segments:
-                file = pq.ParquetFile(path)
+                file = pq.ParquetFile(path, pre_buffer=False)  # see batchrun.source
                 try:
                     named = file.schema_arrow.get_field_index(ENDPOINT_COLUMN) >= 0
                     columns = ["cost_usd", *([ENDPOINT_COLUMN] if named else [])]

@@ -282,7 +282,7 @@ def output_line(path: Path) -> str | None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    reader = pq.ParquetFile(path)
+    reader = pq.ParquetFile(path, pre_buffer=False)  # see Source._parquet_batches
     wanted = [c for c in (PARSE_ERROR, SCORE) if c in reader.schema_arrow.names]
     if not wanted:
         return None

@@ -157,7 +157,7 @@ def _walk(walk: Walk, current: _Current, scratch: Path) -> None:
 
 def _batches(paths: Sequence[Path], columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
     """The rows of Parquet files, BATCH_ROWS at a time; every file is opened first."""
-    files = [pq.ParquetFile(path) for path in paths]
+    files = [pq.ParquetFile(path, pre_buffer=False) for path in paths]  # see batchrun.source
     try:
         for file in files:
             for batch in file.iter_batches(

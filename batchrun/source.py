@@ -81,7 +81,11 @@ class Source:
             left = None if limit is None else limit - position
             if left is not None and left <= 0:
                 return
-            reader = pq.ParquetFile(path)
+            # Without pre-buffering: with it, pyarrow reads row groups ahead of the batches
+            # asked for, and held more the more row groups the file had (a 5M-row input in
+            # 50 row groups: 190 MB read whole where 1M rows took 145; without: 128 at
+            # both, as fast).
+            reader = pq.ParquetFile(path, pre_buffer=False)
             try:
                 groups = list(range(reader.metadata.num_row_groups))
                 while groups and position + reader.metadata.row_group(groups[0]).num_rows <= start:
