@@ -77,6 +77,8 @@ class Tally:
     rate_limited: int = 0
     remapped: int = 0
     requests: int = 0  # starts this attempt took from its leases
+    # Each endpoint's state in the worker's engine (serving, paused, open, out): not summed.
+    states: dict[str, str] = field(default_factory=dict)
 
     @property
     def done(self) -> int:
@@ -227,8 +229,10 @@ class Desk:
         for _, tally in self._tallies.values():
             done += tally.done
             for name, value in asdict(tally).items():
-                setattr(total, name, getattr(total, name) + value)
+                if name != "states":
+                    setattr(total, name, getattr(total, name) + value)
         figures = asdict(total)
+        figures.pop("states")
         figures["done"] = done
         figures["stop"] = self._stop
         figures["commits"] = self.commits
@@ -238,10 +242,20 @@ class Desk:
                 "granted": state.granted,
                 "rate_limited": state.rate_limited,
                 "allowed_rps": state.pacer.allowed_rps,
+                "state": self._state(name),
             }
             for name, state in self._endpoints.items()
         }
         return figures
+
+    def _state(self, endpoint: str) -> str:
+        """An endpoint's state over the cluster: serving where any worker's engine serves
+        it (or none has said), else the first of paused, open and out any worker has."""
+        seen = {tally.states.get(endpoint) for _, tally in self._tallies.values()} - {None}
+        for state in ("serving", "paused", "open", "out"):
+            if state in seen:
+                return state
+        return "serving"
 
     def settle(self) -> None:
         """The end of the run: a storm it ended in sets its figures."""

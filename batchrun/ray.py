@@ -161,6 +161,7 @@ class _ShardEngine(_Engine):
             rate_limited=self.rate_limited,
             remapped=self.counts.remapped,
             requests=sum(p.requests for p in pacers if isinstance(p, LeasedPacer)),
+            states={lane.name: lane.state(self.clock()) for lane in self.pool.lanes},
         )
 
 
@@ -796,6 +797,10 @@ def _desk_call(rt: Any, method: Any) -> Any:
 
 
 def _show(progress: Progress, figures: Mapping[str, Any]) -> None:
+    endpoints = figures["endpoints"]
+    if len(endpoints) > 1:  # the cluster's state of each, on the progress line
+        line = ", ".join(f"{name} {e['state']}" for name, e in endpoints.items())
+        progress.endpoints = lambda: line
     progress.show(
         done=figures["done"],
         settled=figures["settled_ok"] + figures["settled_failed"],

@@ -510,3 +510,28 @@ def test_a_checkpoint_from_before_endpoints_resumes_and_reports(ws: Workspace) -
     assert rows.pop("(unnamed)") == 30 and sum(rows.values()) == 15
     status = json.loads(ws.run("status", str(job), "--json").out)
     assert status["done"] == 45 and "(unnamed)" in status["spend_by_endpoint"]
+
+
+def test_a_ray_run_s_progress_line_shows_each_endpoint_s_state_over_the_cluster() -> None:
+    """The desk takes each worker's endpoint states with its tally: an endpoint serves
+    where any worker serves it, and is out only where every worker that said has it out."""
+    import io
+    from dataclasses import asdict
+
+    from batchrun.lease import Desk, Tally
+    from batchrun.progress import Progress
+    from batchrun.ray import _show
+
+    desk = Desk({"a": (600, None), "b": (600, None), "c": (600, None)})
+    desk.sync(0, "x", asdict(Tally(ok=3, states={"a": "out", "b": "serving", "c": "paused"})))
+    desk.sync(1, "y", asdict(Tally(ok=2, states={"a": "out", "b": "out", "c": "out"})))
+    figures = desk.totals()
+    assert figures["ok"] == 5
+    assert {n: e["state"] for n, e in figures["endpoints"].items()} == {
+        "a": "out",
+        "b": "serving",
+        "c": "paused",
+    }
+    progress = Progress(10, 0, stream=io.StringIO(), interactive=False)
+    _show(progress, figures)
+    assert progress.line().endswith("· a out, b serving, c paused")
