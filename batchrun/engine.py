@@ -1,15 +1,19 @@
 """The run: pull rows, pace, send, classify, retry, commit, write the output.
 
 Shape of a run: one producer renders input rows into requests and skips rows whose latest
-committed result has the same request fingerprint; `concurrency` workers take requests from
-a bounded queue, wait for the pacer, send, classify and retry; every final result goes to the
-commit buffer, which a ticker and the buffer's size flush into checkpoint segments. Results
-are durable only once flushed (at most `limits.commit_interval_s` or `COMMIT_ROWS` of them are ever
-unflushed); a row is only ever skipped on the strength of a flushed result.
+committed result has the same request fingerprint; as many workers as the endpoints'
+concurrencies together take requests from a bounded queue and, for each attempt, a lane of
+the pool (`batchrun.pool`: an endpoint's wire, pacer, quota gate and circuit), wait for its
+pacer, send, classify and retry (elsewhere, where another endpoint serves); every final
+result goes to the commit buffer, which a ticker and the buffer's size flush into checkpoint
+segments. Results are durable only once flushed (at most `limits.commit_interval_s` or
+`COMMIT_ROWS` of them are ever unflushed); a row is only ever skipped on the strength of a
+flushed result.
 
-Run-wide stops (bad key, quota, a systematic client error, an interrupt) set `_stop`: no
-request starts after it is set; requests in flight finish and are committed; rows not
-finished stay pending for the next run.
+Run-wide stops (bad key or quota with one endpoint, every endpoint out with several, a
+systematic client error, the budget, an interrupt) set `_stop`: no request starts after it
+is set; requests in flight finish and are committed; rows not finished stay pending for the
+next run.
 """
 
 from __future__ import annotations
