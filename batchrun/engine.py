@@ -403,7 +403,6 @@ class _Engine:
                         timeout_s=limits.request_timeout_s,
                         idle_timeout_s=limits.idle_timeout_s,
                     ),
-                    key=keys.get(endpoint.name),
                     pacer=pacers[endpoint.name]
                     if pacers is not None
                     else Pacer(

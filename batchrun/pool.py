@@ -29,7 +29,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .job import Endpoint, Secret
+from .job import Endpoint
 from .limits import Pacer, Sleep
 from .pricing import Pricer
 from .retry import QuotaGate
@@ -96,7 +96,6 @@ class Lane:
     endpoint: Endpoint
     model: str  # the model name requests carry here
     wire: Wire
-    key: Secret | None  # only to redact it from messages
     pacer: Pacer
     quota: QuotaGate
     pricer: Pricer
