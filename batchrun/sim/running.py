@@ -11,6 +11,8 @@ from types import TracebackType
 
 from aiohttp import web
 
+from batchrun.tokens import counter_for
+
 from .config import SimConfig
 from .records import RequestLog, RequestRecord
 from .server import build_app
@@ -20,6 +22,11 @@ SHUTDOWN_TIMEOUT_S = 0.25
 # How long start_in_thread waits for the server to listen, and stop() for it to end.
 STARTUP_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+# A model whose tokenizer (o200k_base, the gpt-4o family's) is built before listening: built
+# on the first request instead, it held the server's loop for half a second, so requests
+# that came meanwhile were read, logged and answered late and all at once. Other encodings
+# are built when a request first names one of their models.
+WARM_MODEL = "gpt-4o-mini"
 
 
 def base_url_for(host: str, port: int) -> str:
@@ -37,6 +44,7 @@ async def _serve(
     stop: asyncio.Event,
 ) -> None:
     """Serves until `stop` is set; calls `on_listening` with the bound port once listening."""
+    counter_for(WARM_MODEL)
     runner = web.AppRunner(
         build_app(config, log),
         access_log=None,
