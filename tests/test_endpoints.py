@@ -17,6 +17,7 @@ from batchrun.pool import CIRCUIT_ERRORS, Circuit
 from batchrun.pricing import job_pricer
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 from tests.conftest import FAKE_KEY, Workspace, reviews, toml_value
+from tests.simproc import SimProcess
 
 OTHER_KEY = "sk-other-CANARY-9876543210fedcba"
 
@@ -50,7 +51,7 @@ def write_job(ws: Workspace, endpoints: list[dict[str, Any]], **top: Any) -> Pat
     return path
 
 
-def entry(name: str, server: SimServer, **values: Any) -> dict[str, Any]:
+def entry(name: str, server: SimServer | SimProcess, **values: Any) -> dict[str, Any]:
     return {
         "name": name,
         "base_url": server.base_url,
@@ -117,7 +118,7 @@ def test_a_quota_that_runs_out_mid_run_pauses_its_endpoint_and_the_job_finishes(
     assert any(r.fault == "quota" for r in thin.requests)
     assert "endpoint 'thin' is out" in result.err and "quota" in result.err
     for server in (thin, wide):
-        assert_within_rate(server, 3000)
+        assert_within_rate(arrivals(server), 3000)
 
 
 def test_a_502_storm_opens_the_circuit_and_the_rows_go_elsewhere(ws: Workspace) -> None:
@@ -216,7 +217,7 @@ def test_each_row_costs_what_its_endpoint_charges(ws: Workspace) -> None:
 
 def test_spread_shares_rows_in_proportion_to_the_endpoints_limits(ws: Workspace) -> None:
     ws.write_input(reviews(90))
-    with sims(SimConfig(), SimConfig()) as (fast, slow):
+    with SimProcess() as fast, SimProcess() as slow:
         job = write_job(
             ws,
             [
@@ -230,8 +231,8 @@ def test_spread_shares_rows_in_proportion_to_the_endpoints_limits(ws: Workspace)
     out = check_all_ok_once(ws, 90)
     counts = dict(out.group_by("endpoint").len().iter_rows())
     assert 50 <= counts["fast"] <= 70 and counts["fast"] + counts["slow"] == 90
-    assert_within_rate(fast, 2400)
-    assert_within_rate(slow, 1200)
+    assert_within_rate(fast.times, 2400, tolerance=1.1)
+    assert_within_rate(slow.times, 1200, tolerance=1.1)
 
 
 def test_priority_gives_the_first_endpoint_all_it_can_take(ws: Workspace) -> None:
@@ -252,17 +253,25 @@ def test_priority_gives_the_first_endpoint_all_it_can_take(ws: Workspace) -> Non
         )  # the first kept serving beside the overflow
 
 
-def assert_within_rate(server: SimServer, rpm: float) -> None:
-    """The server's log within the endpoint's limit: over the whole run, and in any second
-    (loosely there: the simulators share this process's GIL with the engine, so a busy
-    moment delays their reading of requests and bunches arrivals that were sent apart)."""
-    times = sorted(r.t for r in server.requests)
+def assert_within_rate(times: list[float], rpm: float, *, tolerance: float = 1.5) -> None:
+    """Arrival times (sorted) within an endpoint's limit: over the whole run, and in any
+    second within `tolerance` times a second's share. The pacer allows 1.1; the default is
+    looser for simulators in this process, which share its GIL with the engine: a busy
+    moment delays their reading of requests and bunches arrivals that were sent apart
+    (`tests.simproc.SimProcess` runs one in its own process, for the tight bound)."""
     per_second = rpm / 60
     span = times[-1] - times[0]
     assert len(times) - 1 <= per_second * span * 1.05 + 3, (len(times), span, per_second)
-    for i, start in enumerate(times):
-        inside = sum(1 for t in times[i:] if t < start + 1.0)
-        assert inside <= per_second * 1.5 + 3, (inside, per_second)
+    start = 0
+    for end, t in enumerate(times):
+        while t - times[start] >= 1.0:
+            start += 1
+        inside = end - start + 1
+        assert inside <= per_second * tolerance + 3, (inside, per_second)
+
+
+def arrivals(server: SimServer) -> list[float]:
+    return sorted(r.t for r in server.requests)
 
 
 @pytest.mark.parametrize(
@@ -444,7 +453,7 @@ def test_a_429_slows_only_the_endpoint_that_gave_it(ws: Workspace) -> None:
         assert result.code == 0, result.err
         assert any(r.fault == "rate_limit" for r in tight.requests)
         assert not any(r.fault == "rate_limit" for r in roomy.requests)
-        assert_within_rate(roomy, 1200)
+        assert_within_rate(arrivals(roomy), 1200)
     check_all_ok_once(ws, 150)
     report = json.loads(ws.run("report", str(job), "--json").out)
     runs = {e["name"]: e["last_run"] for e in report["endpoints"]}
