@@ -324,19 +324,13 @@ class Job:
     input: InputSpec
     prompt: PromptSpec
     request: Mapping[str, Any]
-    endpoint: EndpointSpec
     limits: LimitsSpec
     output: OutputSpec
     cost: CostSpec
     parse: ParseSpec | None
     eval: EvalSpec | None
-    sim: Mapping[str, Any]
     input_path: str
     output_path: Path
-    base_url: str
-    headers: Mapping[str, str]  # the preset's, then the job's own
-    price_as: Mapping[str, str]  # model patterns billed as another model
-    non_stream_price_factor: float  # non-streaming requests cost this much of the list price
     engine: EngineSpec = dataclasses.field(default_factory=EngineSpec)
     storage: StorageSpec = dataclasses.field(default_factory=StorageSpec)
     output_url: str | None = None  # an s3:// output; `output_path` is then its local copy
@@ -448,7 +442,6 @@ def build_job(
     base = base.resolve()
     specs = model.endpoints or [model.endpoint.model_copy(update={"name": DEFAULT_ENDPOINT})]
     endpoints = tuple(_resolve(spec, model, environ) for spec in specs)
-    first = endpoints[0]
     cache = _cache(base, model.storage.cache, environ)
     input_path = _location(base, model.input.path)
     output_path = _local_output(base, model.output.path, cache)
@@ -460,22 +453,16 @@ def build_job(
         input=model.input,
         prompt=model.prompt,
         request=types.MappingProxyType(dict(model.request)),
-        endpoint=model.endpoint,
         limits=model.limits,
         output=model.output,
         cost=model.cost,
         parse=model.parse,
         eval=model.eval,
-        sim=types.MappingProxyType(dict(model.sim)),
         input_path=input_path,
         output_path=output_path,
         output_url=output_url,
         storage=model.storage,
         cache=cache,
-        base_url=first.base_url,
-        headers=types.MappingProxyType(dict(first.headers)),
-        price_as=types.MappingProxyType(dict(first.price_as)),
-        non_stream_price_factor=first.non_stream_price_factor,
         engine=model.engine,
         endpoints=endpoints,
         strategy=model.strategy,
@@ -559,7 +546,7 @@ def _local_output(base: Path, path: str, cache: Path) -> Path:
 
 
 def _unpickle_job(fields: dict[str, Any]) -> Job:
-    proxied = ("request", "sim", "headers", "price_as")
+    proxied = ("request",)
     values: dict[str, Any] = {
         name: types.MappingProxyType(value) if name in proxied else value
         for name, value in fields.items()

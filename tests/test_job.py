@@ -36,13 +36,13 @@ def test_defaults_and_paths_relative_to_the_job_file(tmp_path: Path) -> None:
     assert job.input_path == str(tmp_path / "jobs" / "data" / "in.csv")
     assert job.output_path == (tmp_path / "out" / "o.parquet").resolve()
     assert job.limits.concurrency == 64 and job.limits.max_attempts == 6
-    assert job.base_url == DEFAULT_BASE_URL
+    assert job.endpoints[0].base_url == DEFAULT_BASE_URL
     assert dict(job.request) == {"model": "gpt-4o-mini", "max_tokens": 8}
 
 
 def test_openai_base_url_is_honoured_when_the_job_names_none(tmp_path: Path) -> None:
     job = load_job(write(tmp_path, MINIMAL), environ={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1/"})
-    assert job.base_url == "http://127.0.0.1:9/v1"
+    assert job.endpoints[0].base_url == "http://127.0.0.1:9/v1"
 
 
 @pytest.mark.parametrize(

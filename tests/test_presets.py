@@ -35,22 +35,22 @@ def load(tmp_path: Path, endpoint: str) -> Job:
 def test_each_preset_sets_its_gateway(tmp_path: Path) -> None:
     for name, preset in PRESETS.items():
         job = load(tmp_path, f'preset = "{name}"')
-        assert job.base_url == preset.base_url.rstrip("/")
+        assert job.endpoints[0].base_url == preset.base_url.rstrip("/")
     job = load(tmp_path, 'preset = "302ai"\nheaders = { "X-Team" = "a" }')
-    assert dict(job.headers) == {"Accept": "application/json", "X-Team": "a"}
+    assert dict(job.endpoints[0].headers) == {"Accept": "application/json", "X-Team": "a"}
     job = load(tmp_path, 'preset = "bcwhkj"')
-    assert dict(job.price_as) == {"gpt-3.5*": "gpt-4o-mini"}
-    assert job.non_stream_price_factor == 0.5
+    assert dict(job.endpoints[0].price_as) == {"gpt-3.5*": "gpt-4o-mini"}
+    assert job.endpoints[0].non_stream_price_factor == 0.5
 
 
 def test_a_preset_is_overridable_key_by_key(tmp_path: Path) -> None:
     job = load(tmp_path, 'preset = "bcwhkj"\nbase_url = "http://127.0.0.1:9/v1"')
-    assert job.base_url == "http://127.0.0.1:9/v1"
-    assert job.non_stream_price_factor == 0.5
+    assert job.endpoints[0].base_url == "http://127.0.0.1:9/v1"
+    assert job.endpoints[0].non_stream_price_factor == 0.5
     job = load(tmp_path, 'preset = "bcwhkj"\nnon_stream_price_factor = 1.0\nprice_as = {}')
-    assert job.non_stream_price_factor == 1.0 and dict(job.price_as) == {}
+    assert job.endpoints[0].non_stream_price_factor == 1.0 and dict(job.endpoints[0].price_as) == {}
     job = load(tmp_path, "")
-    assert job.base_url == "http://127.0.0.1:1/v1"
+    assert job.endpoints[0].base_url == "http://127.0.0.1:1/v1"
 
 
 def test_an_unknown_preset_lists_the_known_ones(tmp_path: Path) -> None:
