@@ -190,7 +190,10 @@ async def run(
     if first.rate_limited and first.pacer.allowed_rps is not None:
         allowed_rpm = first.pacer.allowed_rps * 60
         note_gateway(job, checkpoint.folder, allowed_rpm, first.rate_limited)
-    note_endpoints(job, checkpoint.folder, {n.name: lane_figures(n) for n in engine.pool.lanes})
+    now = engine.clock()
+    note_endpoints(
+        job, checkpoint.folder, {n.name: lane_figures(n, now) for n in engine.pool.lanes}
+    )
     rows_written = written.rows if written is not None else None
     if written is not None:
         # What the output holds is the standing, whatever the feeds had counted when the
@@ -320,8 +323,8 @@ def note_endpoints(job: Job, folder: Path, figures: Mapping[str, Mapping[str, An
         save_note(folder, ENDPOINTS_NOTE, note)
 
 
-def lane_figures(lane: Lane) -> dict[str, Any]:
-    """What one lane did this run, as `note_endpoints` keeps it."""
+def lane_figures(lane: Lane, now: float) -> dict[str, Any]:
+    """What one lane did this run, and its state at the end, as `note_endpoints` keeps it."""
     allowed = lane.pacer.allowed_rps
     return {
         "requests": lane.requests,
@@ -331,6 +334,7 @@ def lane_figures(lane: Lane) -> dict[str, Any]:
         "allowed_rpm": allowed * 60 if lane.rate_limited and allowed is not None else None,
         "circuit_opened": lane.circuit.opened,
         "out": lane.out,
+        "state": lane.state(now),
     }
 
 
@@ -411,7 +415,7 @@ class _Engine:
                         clock=clock,
                         sleep=self._nap,
                     ),
-                    quota=QuotaGate(limits.quota_wait_s, clock, self._nap),
+                    quota=QuotaGate(limits.quota_wait_s, clock, self._nap, hand_off=several),
                     pricer=job_pricer(job, endpoint),
                     circuit=Circuit(CIRCUIT_ERRORS if several else None),
                 )
@@ -747,9 +751,18 @@ class _Engine:
                 lane.circuit.answered()
             if action is Action.QUOTA:
                 tries -= 1
+                pausing = lane.quota.is_open
                 if not await lane.quota.exhausted(item):
                     self._quota_gone(lane, outcome.message or "insufficient quota")
-                    failed_on = lane  # where another lane serves, it takes the row
+                elif pausing and not self.pool.single:
+                    self.progress.note(
+                        f"batchrun: warning: endpoint {lane.name!r} is paused: its quota is "
+                        f"exhausted ({self._redact(outcome.message or 'insufficient quota')}); "
+                        f"probing it for up to {self.job.limits.quota_wait_s:g} s while the "
+                        f"others serve."
+                    )
+                failed_on = lane  # where another lane serves, it takes the row
+                self.pool.poke()  # a probe may be due later: the waiting rows look again
                 continue
             if lane.quota.probing(item):
                 lane.quota.passed(item)

@@ -5,8 +5,10 @@ key), its pacer (its own requests and tokens a minute), its quota gate, its circ
 prices and its concurrency. `Pool.take` gives every attempt of a row a lane:
 
 - only a lane that is *serving*: not out for the run (a rejected key, a quota that did not
-  come back), not paused on an exhausted quota (its prober row alone goes there, as a run
-  with one endpoint probes), not behind an open circuit, and with a free request slot;
+  come back), not paused on an exhausted quota, not behind an open circuit, and with a free
+  request slot. A paused lane gets only its probes: when one is due, the first row to ask
+  for a lane sends it there; a row that got the quota answer goes elsewhere at once (no row
+  waits out a quota while another endpoint serves: see `batchrun.retry.QuotaGate`);
 - with `priority`, the first lane in the job's order where the request could start within
   PRIORITY_WAIT_S, by its pacer and the requests already waiting in it: the first endpoint
   takes all it can within its limits, the next ones the overflow (and everything while the
@@ -189,11 +191,14 @@ class Pool:
         self._changed = asyncio.Event()
 
     def _choose(self, row: object, avoid: Lane | None, now: float) -> Lane | None:
-        for lane in self.lanes:
-            if lane.out is None and lane.quota.probing(row):
-                return lane  # the prober of a paused lane probes it
         serving = [lane for lane in self.lanes if lane.state(now) == SERVING]
-        if avoid is not None and any(lane is not avoid for lane in serving):
+        elsewhere = avoid is not None and any(lane is not avoid for lane in serving)
+        for lane in self.lanes:
+            if lane.out is not None or (lane is avoid and elsewhere):
+                continue
+            if lane.quota.probing(row) or lane.quota.claim(row, now):
+                return lane  # the prober of a paused lane probes it
+        if elsewhere:
             serving = [lane for lane in serving if lane is not avoid]
         free = [lane for lane in serving if lane.busy < lane.concurrency]
         if not free:
@@ -206,11 +211,13 @@ class Pool:
         return min(free, key=lambda lane: lane.start_s(now))
 
     async def _wait(self, now: float) -> None:
-        """Until a lane frees or changes, or the next circuit is due for its probe."""
+        """Until a lane frees or changes, or the next circuit or quota is due for its probe."""
         due = [
             until
             for lane in self.lanes
-            if lane.out is None and (until := lane.circuit.open_until) is not None and until > now
+            if lane.out is None
+            for until in (lane.circuit.open_until, lane.quota.probe_at)
+            if until is not None and until > now
         ]
         waits: set[asyncio.Future[object]] = {
             asyncio.ensure_future(self._changed.wait()),

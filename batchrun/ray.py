@@ -121,14 +121,14 @@ class _ActorLink:
 class _SharedQuotaGate(QuotaGate):
     """The quota gate of one worker, whose probing pauses every other worker too."""
 
-    def __init__(self, wait_s: float, clock: Any, sleep: Any, link: _ActorLink) -> None:
-        super().__init__(wait_s, clock, sleep)
+    def __init__(
+        self, wait_s: float, clock: Any, sleep: Any, link: _ActorLink, *, hand_off: bool
+    ) -> None:
+        super().__init__(wait_s, clock, sleep, hand_off=hand_off)
         self._link = link
 
-    async def exhausted(self, row: object) -> bool:
-        if self._prober is None or self._prober is row:
-            self._link.hold(self._clock() + self._next_wait + QUOTA_HOLD_MARGIN_S)
-        return await super().exhausted(row)
+    def _pausing(self, until: float) -> None:
+        self._link.hold(until + QUOTA_HOLD_MARGIN_S)
 
 
 class _ShardEngine(_Engine):
@@ -311,7 +311,11 @@ async def run_on_desk(
         engine.budget = SharedBudget(links[job.endpoints[0].name].allow, job.cost.budget_usd, 0.0)
     for lane in engine.pool.lanes:
         lane.quota = _SharedQuotaGate(
-            job.limits.quota_wait_s, time.time, engine._nap, links[lane.name]
+            job.limits.quota_wait_s,
+            time.time,
+            engine._nap,
+            links[lane.name],
+            hand_off=not engine.pool.single,
         )
     engine.progress = Progress(plan.total, 0, quiet=True)
     attempt = uuid.uuid4().hex
@@ -581,6 +585,7 @@ def run(
                 "allowed_rpm": e["allowed_rps"] * 60
                 if e["rate_limited"] and e["allowed_rps"] is not None
                 else None,
+                "state": e["state"],
             }
             for name, e in figures["endpoints"].items()
         },

@@ -53,7 +53,7 @@ percentiles are exact. The terminal rendering is `batchrun.report_text`; the HTM
   "errors": {error: failed rows}}` over current results, and from the last run that
   used it (null before one) `"last_run": {"requests", "answers", "errors" (failed attempts
   by kind), "rate_limited", "allowed_rpm", "requests_per_minute", "circuit_opened",
-  "out"}`
+  "out", "state"}` (`state`: serving, paused, open or out when that run ended; `out`: why)
 """
 
 from __future__ import annotations

@@ -223,7 +223,11 @@ def _endpoint_chart(e: EndpointFigures) -> str:
     run = e.last_run or {}
     allowed = run.get("allowed_rpm")
     rate = f", {allowed:,.0f} requests/min got through" if allowed is not None else ""
-    state = f", out: {run['out']}" if run.get("out") else ""
+    ended = run.get("state", "serving")  # the endpoint's state when its last run ended
+    if run.get("out"):
+        state = f", out: {run['out']}"
+    else:
+        state = "" if ended == "serving" else f", {ended}"
     label = (
         f"Endpoint {e.name}: {e.rows:,} rows, {usd(e.cost_usd)}, mean latency "
         f"{secs(e.latency_mean_s)}{rate}{state}"

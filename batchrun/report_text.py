@@ -190,7 +190,7 @@ def _last_run(e: EndpointFigures) -> list[str]:
         ", ".join(f"{kind} {n:,}" for kind, n in sorted(errors.items())) or "-",
         f"{run.get('rate_limited', 0):,}",
         f"{allowed:,.0f} of {limit:,.0f}" if allowed is not None and limit else "-",
-        f"out: {run['out']}" if run.get("out") else "serving",
+        f"out: {run['out']}" if run.get("out") else run.get("state", "serving"),
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from batchrun.job import load_job
 from batchrun.pool import CIRCUIT_ERRORS, Circuit
 from batchrun.pricing import job_pricer
-from batchrun.sim import SimConfig, SimServer, start_in_thread
+from batchrun.sim import RequestRecord, SimConfig, SimServer, start_in_thread
 from tests.conftest import FAKE_KEY, Workspace, reviews, toml_value
 from tests.simproc import SimProcess
 
@@ -119,6 +120,44 @@ def test_a_quota_that_runs_out_mid_run_pauses_its_endpoint_and_the_job_finishes(
     assert "endpoint 'thin' is out" in result.err and "quota" in result.err
     for server in (thin, wide):
         assert_within_rate(arrivals(server), 3000)
+
+
+def test_a_quota_that_never_returns_holds_no_row_while_another_endpoint_serves(
+    ws: Workspace,
+) -> None:
+    """The endpoint's wait for its quota (20 s here) is no row's wait: the rows that met the
+    quota answer, and each later probe, go on to the serving endpoint, and the run ends
+    when that one has answered every row (5 s at its pace), not when the wait is over."""
+    ws.write_input(reviews(100))
+    with sims(SimConfig(quota_window=(0, 1e9)), SimConfig()) as (broke, good):
+        job = write_job(
+            ws,
+            [
+                entry("broke", broke, concurrency=2),
+                entry("good", good, requests_per_minute=1200, concurrency=4),
+            ],
+            limits={"quota_wait_s": 20},
+        )
+        started = time.monotonic()
+        result = ws.run("run", str(job), "--quiet")
+        took = time.monotonic() - started
+    assert result.code == 0, result.err
+    assert took < 15, took  # with a row kept back to probe: 20 s and more
+    out = check_all_ok_once(ws, 100)
+    assert set(out["endpoint"]) == {"good"}
+    # The first answers (one a slot), then a probe 2 s on, sent by whichever row asked
+    # for an endpoint next: every request there for another row.
+    assert {r.fault for r in broke.requests} == {"quota"}
+    assert len(broke.requests) >= 3
+    assert len({row_text(r) for r in broke.requests}) == len(broke.requests)
+    # One warning when it paused; its wait was not over when the run ended, and the report
+    # says it was paused then.
+    assert result.err.count("endpoint 'broke' is paused: its quota is exhausted") == 1
+    assert "'broke' is out" not in result.err
+    report = json.loads(ws.run("report", str(job), "--json").out)
+    states = {e["name"]: e["last_run"]["state"] for e in report["endpoints"]}
+    assert states == {"broke": "paused", "good": "serving"}
+    assert "paused" in ws.run("report", str(job)).out
 
 
 def test_a_502_storm_opens_the_circuit_and_the_rows_go_elsewhere(ws: Workspace) -> None:
@@ -268,6 +307,12 @@ def assert_within_rate(times: list[float], rpm: float, *, tolerance: float = 1.5
             start += 1
         inside = end - start + 1
         assert inside <= per_second * tolerance + 3, (inside, per_second)
+
+
+def row_text(record: RequestRecord) -> str:
+    """The review a simulator request was for."""
+    assert record.body is not None
+    return str(record.body["messages"][-1]["content"])
 
 
 def arrivals(server: SimServer) -> list[float]:

@@ -71,6 +71,43 @@ def test_other_rows_wait_at_the_gate_until_the_probe_passes() -> None:
     assert asyncio.run(go()) is False
 
 
+def test_handed_off_probes_go_with_any_row_when_due_one_at_a_time() -> None:
+    """An endpoint among several: a quota answer never sleeps; the next probe is due after
+    the same growing waits, any one row claims it, and the deadline still ends the wait."""
+    clock = FakeClock()
+    gate = QuotaGate(60, clock, clock.sleep, hand_off=True)
+    first, echo, later, other = object(), object(), object(), object()
+
+    async def go() -> None:
+        start = clock.now
+        assert await gate.exhausted(first) and clock.now == start  # no wait: elsewhere
+        assert not gate.is_open and gate.probe_at == start + 5.0
+        assert await gate.exhausted(echo)  # an answer to a request sent before the pause
+        assert gate.probe_at == start + 5.0  # changes nothing
+        assert not gate.claim(later, start + 4.9)  # not due yet
+        assert gate.claim(later, start + 5.0) and gate.probing(later)
+        assert not gate.claim(other, start + 5.0) and gate.probe_at is None  # one at a time
+        clock.now = start + 5.0
+        assert await gate.exhausted(later)  # still gone: the next probe 10 s on
+        assert gate.probe_at == start + 15.0 and not gate.probing(later)
+        clock.now = start + 15.0
+        assert gate.claim(other, clock.now)
+        gate.passed(other)  # back
+        assert gate.is_open and gate.probe_at is None
+        # Gone again, and never back: after 60 s the probe's quota answer ends the wait.
+        assert await gate.exhausted(first)
+        while True:
+            due = gate.probe_at
+            assert due is not None
+            clock.now = due
+            assert gate.claim(later, due)
+            if not await gate.exhausted(later):
+                break
+        assert clock.now == pytest.approx(start + 15.0 + 60.0)
+
+    asyncio.run(go())
+
+
 def test_short_quota_waits_probe_proportionally() -> None:
     clock = FakeClock()
     gate = QuotaGate(2.0, clock, clock.sleep)
