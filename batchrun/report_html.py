@@ -224,10 +224,8 @@ def _endpoint_chart(e: EndpointFigures) -> str:
     allowed = run.get("allowed_rpm")
     rate = f", {allowed:,.0f} requests/min got through" if allowed is not None else ""
     ended = run.get("state", "serving")  # the endpoint's state when its last run ended
-    if run.get("out"):
-        state = f", out: {run['out']}"
-    else:
-        state = "" if ended == "serving" else f", {ended}"
+    shown = "" if ended == "serving" else f", {ended}"
+    state = f", out: {run['out']}" if run.get("out") else shown
     label = (
         f"Endpoint {e.name}: {e.rows:,} rows, {usd(e.cost_usd)}, mean latency "
         f"{secs(e.latency_mean_s)}{rate}{state}"
