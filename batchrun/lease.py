@@ -79,10 +79,31 @@ class Tally:
     requests: int = 0  # starts this attempt took from its leases
     # Each endpoint's state in the worker's engine (serving, paused, open, out): not summed.
     states: dict[str, str] = field(default_factory=dict)
+    # Each endpoint's figures in the worker's engine (`batchrun.engine.lane_figures`: its
+    # requests, answers, failed attempts by kind, circuit openings, why it went out): summed
+    # over the workers by `add_lanes`.
+    lanes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def done(self) -> int:
         return self.settled_ok + self.settled_failed + self.ok + self.failed
+
+
+# What of an endpoint's figures the desk sums over workers (the rest it has itself: 429s,
+# the rate that got through, the state).
+_SUMMED = ("requests", "answers", "circuit_opened")
+
+
+def add_lanes(into: dict[str, dict[str, Any]], lanes: Mapping[str, Mapping[str, Any]]) -> None:
+    """Add one worker's endpoint figures (see `Tally.lanes`) to `into`: counts and failed
+    attempts by kind summed, the first reason an endpoint went out kept."""
+    for name, figures in lanes.items():
+        total = into.setdefault(name, {**dict.fromkeys(_SUMMED, 0), "errors": {}, "out": None})
+        for key in _SUMMED:
+            total[key] += figures.get(key, 0)
+        for kind, n in (figures.get("errors") or {}).items():
+            total["errors"][kind] = total["errors"].get(kind, 0) + n
+        total["out"] = total["out"] or figures.get("out")
 
 
 @dataclass
@@ -216,6 +237,7 @@ class Desk:
                 setattr(self._retired, name, getattr(self._retired, name) + getattr(old, name))
             self._retired.ok += old.ok
             self._retired.failed += old.failed
+            add_lanes(self._retired.lanes, old.lanes)
         self._tallies[shard] = (attempt, Tally(**tally))
         return Sync(
             self._stop,
@@ -225,14 +247,18 @@ class Desk:
     def totals(self) -> dict[str, Any]:
         """The run's figures so far, over every shard (for the driver's progress)."""
         total = Tally(**asdict(self._retired))
+        lanes: dict[str, dict[str, Any]] = {}
+        add_lanes(lanes, self._retired.lanes)
         done = 0
         for _, tally in self._tallies.values():
             done += tally.done
+            add_lanes(lanes, tally.lanes)
             for name, value in asdict(tally).items():
-                if name != "states":
+                if name not in ("states", "lanes"):
                     setattr(total, name, getattr(total, name) + value)
         figures = asdict(total)
         figures.pop("states")
+        figures.pop("lanes")
         figures["done"] = done
         figures["stop"] = self._stop
         figures["commits"] = self.commits
@@ -243,6 +269,7 @@ class Desk:
                 "rate_limited": state.rate_limited,
                 "allowed_rps": state.pacer.allowed_rps,
                 "state": self._state(name),
+                "run": lanes.get(name, {}),  # the workers' figures, summed
             }
             for name, state in self._endpoints.items()
         }

@@ -50,6 +50,7 @@ from .engine import (
     _Engine,
     check_complete,
     concurrency_of,
+    lane_figures,
     note_endpoints,
     note_gateway,
     open_run,
@@ -162,6 +163,7 @@ class _ShardEngine(_Engine):
             remapped=self.counts.remapped,
             requests=sum(p.requests for p in pacers if isinstance(p, LeasedPacer)),
             states={lane.name: lane.state(self.clock()) for lane in self.pool.lanes},
+            lanes={lane.name: lane_figures(lane, self.clock()) for lane in self.pool.lanes},
         )
 
 
@@ -581,6 +583,7 @@ def run(
         folder,
         {
             name: {
+                **e["run"],
                 "rate_limited": e["rate_limited"],
                 "allowed_rpm": e["allowed_rps"] * 60
                 if e["rate_limited"] and e["allowed_rps"] is not None

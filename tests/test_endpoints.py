@@ -589,3 +589,31 @@ def test_a_ray_run_s_progress_line_shows_each_endpoint_s_state_over_the_cluster(
     progress = Progress(10, 0, stream=io.StringIO(), interactive=False)
     _show(progress, figures)
     assert progress.line().endswith("· a out, b serving, c paused")
+
+
+def test_a_ray_run_s_endpoint_figures_are_every_worker_s_summed() -> None:
+    """Each worker's requests, answers and failed attempts by kind per endpoint, with those
+    of an attempt that died (a worker killed: its requests were sent all the same), and the
+    first reason an endpoint went out: what `report` shows of a Ray run's endpoints."""
+    from dataclasses import asdict
+
+    from batchrun.lease import Desk, Tally
+
+    def lanes(
+        requests: int, answers: int, errors: dict[str, int], out: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        figures = {"requests": requests, "answers": answers, "errors": errors}
+        return {"a": {**figures, "circuit_opened": 1 if out else 0, "out": out}}
+
+    desk = Desk({"a": (600, None)})
+    desk.sync(0, "x", asdict(Tally(lanes=lanes(5, 4, {"server_error": 1}))))
+    desk.sync(0, "x2", asdict(Tally(lanes=lanes(3, 3, {}))))  # shard 0 again: x died
+    desk.sync(1, "y", asdict(Tally(lanes=lanes(7, 5, {"server_error": 1, "timeout": 1}, "k"))))
+    run = desk.totals()["endpoints"]["a"]["run"]
+    assert run == {
+        "requests": 15,
+        "answers": 12,
+        "circuit_opened": 1,
+        "errors": {"server_error": 2, "timeout": 1},
+        "out": "k",
+    }

@@ -7,6 +7,7 @@ environment: workers read the key from their own machine's environment, never fr
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -382,3 +383,9 @@ def test_a_multi_endpoint_job_holds_each_endpoint_s_own_limit_across_the_cluster
         assert counts[name] == len(times) > 0
         # The pacer's promise, per endpoint for the cluster: 1.1 times a second's share.
         assert_within_rate(times, limits[name], tolerance=1.1)
+    # The report's figures of the run's endpoints are the whole cluster's.
+    report = json.loads(ws.run("report", str(job), "--json").out)
+    runs = {e["name"]: e["last_run"] for e in report["endpoints"]}
+    for name, server in (("fast", fast), ("slow", slow)):
+        assert runs[name]["requests"] == len(server.times)
+        assert runs[name]["answers"] == counts[name] and runs[name]["state"] == "serving"
