@@ -56,8 +56,9 @@ class QuotaGate:
         self._clock = clock
         self._sleep = sleep
         self._hand_off = hand_off  # rows go elsewhere while it is paused (see above)
-        self._open = asyncio.Event()  # set while requests may go
+        self._open = asyncio.Event()  # set while requests may go (or the run is stopping)
         self._open.set()
+        self._paused = False  # the quota is being probed (a stop wakes waiters, not this)
         self._prober: object | None = None  # the row whose request is the probe
         self._deadline = 0.0  # when waiting stops
         self._first_wait = max(0.05, min(QUOTA_FIRST_PROBE_S, wait_s / 10))
@@ -71,12 +72,12 @@ class QuotaGate:
     @property
     def is_open(self) -> bool:
         """Whether requests may go (no quota is being probed)."""
-        return self._open.is_set()
+        return not self._paused
 
     @property
     def probe_at(self) -> float | None:
         """With hand_off, while paused and no probe is out: when the next one is due."""
-        if not self._hand_off or self._open.is_set() or self._prober is not None:
+        if not self._hand_off or not self._paused or self._prober is not None:
             return None
         return self._probe_at
 
@@ -100,14 +101,16 @@ class QuotaGate:
         """`row` got an answer that is not about quota: if it was probing, open the gate."""
         if self._prober is row:
             self._prober = None
+            self._paused = False
             self._open.set()
 
     async def exhausted(self, row: object) -> bool:
         """`row` got a quota answer: wait until it should try again (with hand_off, set when
         the next probe is due instead, and return at once); False once time is up."""
         now = self._clock()
-        if self._prober is None and self._open.is_set():
+        if self._prober is None and not self._paused:
             self._prober = row
+            self._paused = True
             self._open.clear()
             self._deadline = now + self._wait_s
             self._next_wait = self._first_wait

@@ -160,6 +160,24 @@ def test_a_quota_that_never_returns_holds_no_row_while_another_endpoint_serves(
     assert "paused" in ws.run("report", str(job)).out
 
 
+def test_an_endpoint_paused_when_the_run_stops_is_reported_paused(ws: Workspace) -> None:
+    """The budget stops the run while one endpoint's quota is gone: a stop wakes what waits
+    on the pause, and the report still says the endpoint was paused, not serving."""
+    ws.write_input(reviews(400))
+    with sims(SimConfig(quota_window=(0, 1e9)), SimConfig()) as (broke, good):
+        job = write_job(
+            ws,
+            [entry("broke", broke, concurrency=2), entry("good", good, concurrency=4)],
+            limits={"quota_wait_s": 60},
+            cost={"budget_usd": 0.0005},
+        )
+        result = ws.run("run", str(job), "--quiet")
+    assert result.code == 3 and "budget" in result.err, result.err
+    report = json.loads(ws.run("report", str(job), "--json").out)
+    states = {e["name"]: e["last_run"]["state"] for e in report["endpoints"]}
+    assert states == {"broke": "paused", "good": "serving"}
+
+
 def test_a_502_storm_opens_the_circuit_and_the_rows_go_elsewhere(ws: Workspace) -> None:
     ws.write_input(reviews(80))
     storm = SimConfig(faults={"cf_bad_gateway": 1.0})
