@@ -77,11 +77,10 @@ class Tally:
     rate_limited: int = 0
     remapped: int = 0
     requests: int = 0  # starts this attempt took from its leases
-    # Each endpoint's state in the worker's engine (serving, paused, open, out): not summed.
-    states: dict[str, str] = field(default_factory=dict)
     # Each endpoint's figures in the worker's engine (`batchrun.engine.lane_figures`: its
-    # requests, answers, failed attempts by kind, circuit openings, why it went out): summed
-    # over the workers by `add_lanes`.
+    # requests, answers, failed attempts by kind, circuit openings, why it went out, summed
+    # over the workers by `add_lanes`; and its state, serving, paused, open or out, which
+    # the desk's `_state` takes over the workers).
     lanes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -254,10 +253,9 @@ class Desk:
             done += tally.done
             add_lanes(lanes, tally.lanes)
             for name, value in asdict(tally).items():
-                if name not in ("states", "lanes"):
+                if name != "lanes":
                     setattr(total, name, getattr(total, name) + value)
         figures = asdict(total)
-        figures.pop("states")
         figures.pop("lanes")
         figures["done"] = done
         figures["stop"] = self._stop
@@ -278,7 +276,9 @@ class Desk:
     def _state(self, endpoint: str) -> str:
         """An endpoint's state over the cluster: serving where any worker's engine serves
         it (or none has said), else the first of paused, open and out any worker has."""
-        seen = {tally.states.get(endpoint) for _, tally in self._tallies.values()} - {None}
+        seen = {
+            tally.lanes.get(endpoint, {}).get("state") for _, tally in self._tallies.values()
+        } - {None}
         for state in ("serving", "paused", "open", "out"):
             if state in seen:
                 return state

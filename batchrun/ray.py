@@ -152,6 +152,7 @@ class _ShardEngine(_Engine):
     def tally(self) -> Tally:
         ok, failed = self.counts.ok, self.counts.failed
         pacers = [lane.pacer for lane in self.pool.lanes]
+        now = self.clock()
         return Tally(
             settled_ok=self.final_ok - ok,
             settled_failed=self.final_failed - failed,
@@ -162,8 +163,7 @@ class _ShardEngine(_Engine):
             rate_limited=self.rate_limited,
             remapped=self.counts.remapped,
             requests=sum(p.requests for p in pacers if isinstance(p, LeasedPacer)),
-            states={lane.name: lane.state(self.clock()) for lane in self.pool.lanes},
-            lanes={lane.name: lane_figures(lane, self.clock()) for lane in self.pool.lanes},
+            lanes={lane.name: lane_figures(lane, now) for lane in self.pool.lanes},
         )
 
 

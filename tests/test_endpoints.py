@@ -595,8 +595,12 @@ def test_a_ray_run_s_progress_line_shows_each_endpoint_s_state_over_the_cluster(
     from batchrun.ray import _show
 
     desk = Desk({"a": (600, None), "b": (600, None), "c": (600, None)})
-    desk.sync(0, "x", asdict(Tally(ok=3, states={"a": "out", "b": "serving", "c": "paused"})))
-    desk.sync(1, "y", asdict(Tally(ok=2, states={"a": "out", "b": "out", "c": "out"})))
+
+    def lanes(**states: str) -> dict[str, dict[str, str]]:
+        return {name: {"state": state} for name, state in states.items()}
+
+    desk.sync(0, "x", asdict(Tally(ok=3, lanes=lanes(a="out", b="serving", c="paused"))))
+    desk.sync(1, "y", asdict(Tally(ok=2, lanes=lanes(a="out", b="out", c="out"))))
     figures = desk.totals()
     assert figures["ok"] == 5
     assert {n: e["state"] for n, e in figures["endpoints"].items()} == {
