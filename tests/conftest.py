@@ -138,6 +138,16 @@ def reviews(n: int) -> pl.DataFrame:
     )
 
 
+def busiest(times: list[float], window_s: float) -> int:
+    """The most of `times` (sorted) in any window of `window_s`."""
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window_s:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
 def run_async(coro: Any) -> Any:
     return asyncio.run(coro)
 

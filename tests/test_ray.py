@@ -23,7 +23,7 @@ from batchrun.job import load_job
 from batchrun.plan import RunOptions
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
-from .conftest import ENV, FAKE_KEY, Workspace, latest_results, reviews
+from .conftest import ENV, FAKE_KEY, Workspace, busiest, latest_results, reviews
 from .s3server import BUCKET, FAKE_KEY_ID, FAKE_SECRET, moto_server
 
 ray = pytest.importorskip("ray")
@@ -83,16 +83,6 @@ def ray_run(job_path: Path, **options: Any) -> Any:
 def row_of(record: Any) -> int:
     """The input row a simulator request was for (its review text ends in `#i`)."""
     return int(record.body["messages"][-1]["content"].rsplit("#", 1)[1])
-
-
-def busiest(times: list[float], window_s: float) -> int:
-    """The most of `times` (sorted) in any window of `window_s`."""
-    most, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window_s:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 def test_a_ray_run_gives_the_local_run_s_output_row_for_row(ws: Workspace, sim: SimServer) -> None:
