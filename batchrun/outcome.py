@@ -9,6 +9,7 @@ Gateways send errors with HTTP 200, so the body decides as much as the status:
 | 500/502/503/504, cf_bad_gateway, HTML page, other 5xx    | RETRY         | server_error       |
 | 200 that is not a completion, cut JSON, unknown error    | RETRY         | malformed_response |
 | reset connection / a timeout                             | RETRY         | server_error, timeout |
+| a body or stream past the cap once decoded               | RETRY         | too_large          |
 | 429 rate limit, rate_limit_exceeded                      | RATE_LIMITED  | rate_limited       |
 | insufficient_quota, billing errors, codes 300            | QUOTA         | rate_limited       |
 | 401, 403, invalid_api_key, codes 900                     | BAD_KEY       | invalid_request    |
@@ -167,7 +168,7 @@ def classify_failure(kind: str, message: str) -> Outcome:
     if kind == "timeout":
         return Outcome(Action.RETRY, "timeout", message)
     if kind == "too_large":
-        return Outcome(Action.RETRY, "malformed_response", message)
+        return Outcome(Action.RETRY, "too_large", message)
     return Outcome(Action.RETRY, "server_error", message)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import orjson
@@ -123,46 +123,62 @@ class Wire:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The body as decoded, within MAX_BODY_BYTES.
+
+    `Content-Length` counts the bytes on the wire: a gzip, deflate, br or zstd answer may
+    inflate a thousandfold past it, so the cap is held on what is read after decoding, in
+    chunks, whatever the header says (aiohttp inflates a received chunk at most 64 KiB at a
+    time and stops reading the socket while that much waits, so a chunk never is a bomb).
+    """
+    cap = MAX_BODY_BYTES
     length = resp.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        raise TransportFailure("too_large", f"the response body is {length} bytes")
-    if length is not None:
-        return await resp.read()
+    if length is not None and length > cap:
+        _too_large(resp, f"the response body is {length} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(_READ_CHUNK):
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise TransportFailure("too_large", f"the response body exceeds {MAX_BODY_BYTES} bytes")
+        if size > cap:
+            _too_large(resp, f"the response body exceeds {cap} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _read_stream(
     resp: aiohttp.ClientResponse, started: float
 ) -> tuple[ChunkAssembler, float | None]:
-    """Decode and reassemble an event stream; a cut connection marks it, never raises."""
+    """Decode and reassemble an event stream; a cut connection marks it, never raises.
+
+    An event past the SSE decoder's cap, or a stream past MAX_BODY_BYTES once decoded,
+    raises TransportFailure("too_large") instead: that stream was not cut, it was too big."""
     decoder = SSEDecoder()
     stream = ChunkAssembler()
     ttft: float | None = None
     size = 0
+    cap = MAX_BODY_BYTES
     try:
         async for chunk in resp.content.iter_any():
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                stream.cut(f"the stream exceeds {MAX_BODY_BYTES} bytes")
-                break
+            if size > cap:
+                _too_large(resp, f"the stream exceeds {cap} bytes")
             for data in decoder.feed(chunk):
                 stream.feed(data)
                 if ttft is None and stream.started:
                     ttft = time.monotonic() - started
     except EventTooLarge as exc:
-        stream.cut(str(exc))
+        _too_large(resp, str(exc))
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError):
         stream.cut("the connection closed in the middle of the stream")
     if decoder.pending:
         stream.cut("the stream ended in the middle of an event")
     return stream, ttft
+
+
+def _too_large(resp: aiohttp.ClientResponse, message: str) -> NoReturn:
+    """Give up on an answer past a cap: close its connection (never drain it back into the
+    pool, which would read the rest) and fail the attempt."""
+    resp.close()
+    raise TransportFailure("too_large", message)
 
 
 @contextmanager

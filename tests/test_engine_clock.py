@@ -68,7 +68,7 @@ def test_a_body_over_the_cap_fails_its_row_after_its_attempts(ws: Workspace) -> 
         summary = run_faked(job, clock)
     assert summary.failed == 2
     out = ws.read_output()
-    assert set(out["error"]) == {"malformed_response"} and set(out["attempts"]) == {2}
+    assert set(out["error"]) == {"too_large"} and set(out["attempts"]) == {2}
     assert all(str(MAX_BODY_BYTES) in m for m in out["error_message"])
 
 

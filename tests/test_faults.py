@@ -228,7 +228,7 @@ def test_an_oversized_body_fails_the_row_instead_of_filling_memory(
     job = ws.job(sim.base_url, limits={"max_attempts": 2})
     assert ws.run("run", str(job), "-q").code == 0
     out = ws.read_output()
-    assert out["error"].to_list() == ["malformed_response"] * 2
+    assert out["error"].to_list() == ["too_large"] * 2
 
 
 def test_errors_arriving_in_200_bodies_each_land_in_their_class(ws: Workspace) -> None:
