@@ -223,3 +223,23 @@ def test_s3_scale_quick_runs_a_job_on_s3_and_resumes_it_elsewhere() -> None:
     # the script); every step printed its figures.
     for step in ("run, local disk", "run, S3", "status from another cache", "resume from a"):
         assert any(line.strip().startswith(step) and "peak" in line for line in lines), step
+
+
+def test_bomb_quick_holds_the_cap_in_a_few_hundred_megabytes() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bomb.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=BENCHMARKS,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for shape in ("plain", "stream"):
+        code, rows, total, requests, seconds, peak = figures(
+            rf"gzip +{shape} +exit {N}, {N} of {N} rows too_large, {N} requests, {N} s, "
+            rf"peak {N} MB",
+            proc.stdout,
+        )
+        assert (code, rows, total, requests) == (0, 6, 6, 18)  # 3 attempts a row
+        assert seconds > 0 and PLAUSIBLE_MB[0] < peak < 400
+    assert "checks: 2 of 2 passed" in proc.stdout
