@@ -11,12 +11,16 @@ Gateways send errors with HTTP 200, so the body decides as much as the status:
 | reset connection / a timeout                             | RETRY         | server_error, timeout |
 | a body or stream past the cap once decoded               | RETRY         | too_large          |
 | 429 rate limit, rate_limit_exceeded                      | RATE_LIMITED  | rate_limited       |
-| insufficient_quota, billing errors, codes 300            | QUOTA         | rate_limited       |
-| 401, 403, invalid_api_key, codes 900                     | BAD_KEY       | invalid_request    |
+| insufficient_quota, billing errors, codes 300            | QUOTA         | quota_exhausted    |
+| 401, 403, invalid_api_key, codes 900                     | BAD_KEY       | bad_key            |
 | codes 400 / 402, content filter errors                   | FAIL          | content_refused    |
 | context_length_exceeded                                  | FAIL          | context_length     |
 | 404, model_not_found                                     | FAIL          | model_not_found    |
 | other 4xx                                                | FAIL          | invalid_request    |
+
+A quota or a key never ends a row (the run pauses or stops), so their errors never reach the
+output; they are the kinds each endpoint's failed attempts are counted by (`report`), where
+a quota counted as a rate limit would say the opposite of what happened.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ class Outcome:
     """One attempt's classified result."""
 
     action: Action
-    error: str | None = None  # the output's `error` value when this ends the row
+    error: str | None = None  # the output's `error` value when this ends the row; the kind
+    # of failed attempt it is counted as per endpoint, whatever the action
     message: str | None = None  # the provider's message (unredacted: the engine redacts)
     retry_after_s: float | None = None  # what the gateway asked us to wait
     completion: Completion | None = None
@@ -176,7 +181,7 @@ def _by_status(status: int, retry_after: float | None, message: str) -> Outcome:
     if status == 429:
         return Outcome(Action.RATE_LIMITED, "rate_limited", message, retry_after)
     if status in (401, 403):
-        return Outcome(Action.BAD_KEY, "invalid_request", message)
+        return Outcome(Action.BAD_KEY, "bad_key", message)
     if status == 404:
         return Outcome(Action.FAIL, "model_not_found", message)
     if status == 408:
@@ -195,9 +200,9 @@ def _bcwhkj(obj: Mapping[str, Any], status: int, retry_after: float | None) -> O
     code = str(obj.get("codes"))
     message = str(obj.get("mess") or obj.get("message") or f"codes {code}")
     if code == "900":
-        return Outcome(Action.BAD_KEY, "invalid_request", message)
+        return Outcome(Action.BAD_KEY, "bad_key", message)
     if code == "300":
-        return Outcome(Action.QUOTA, "rate_limited", message, retry_after)
+        return Outcome(Action.QUOTA, "quota_exhausted", message, retry_after)
     if code in ("400", "402"):
         return Outcome(Action.FAIL, "content_refused", message)
     if code == "429":
@@ -220,9 +225,9 @@ def _error_object(error: Any, status: int, retry_after: float | None) -> Outcome
     if kind == "cf_bad_gateway" or names & _SERVER_TYPES:
         return Outcome(Action.RETRY, "server_error", message or kind, retry_after)
     if names & _QUOTA_CODES or "exceeded your current quota" in lowered:
-        return Outcome(Action.QUOTA, "rate_limited", message, retry_after)
+        return Outcome(Action.QUOTA, "quota_exhausted", message, retry_after)
     if names & _BAD_KEY_CODES or status in (401, 403) or ("api key" in lowered and status >= 400):
-        return Outcome(Action.BAD_KEY, "invalid_request", message)
+        return Outcome(Action.BAD_KEY, "bad_key", message)
     if names & _RATE_CODES or status == 429:
         return Outcome(Action.RATE_LIMITED, "rate_limited", message, retry_after)
     if code == "context_length_exceeded" or "maximum context length" in lowered:

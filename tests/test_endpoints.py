@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from batchrun.checkpoint import ENDPOINTS_NOTE, checkpoint_dir
 from batchrun.job import load_job
 from batchrun.pool import CIRCUIT_ERRORS, Circuit
 from batchrun.pricing import job_pricer
@@ -176,6 +177,92 @@ def test_an_endpoint_paused_when_the_run_stops_is_reported_paused(ws: Workspace)
     report = json.loads(ws.run("report", str(job), "--json").out)
     states = {e["name"]: e["last_run"]["state"] for e in report["endpoints"]}
     assert states == {"broke": "paused", "good": "serving"}
+
+
+def test_the_failed_attempts_say_quota_exhausted_bad_key_or_rate_limited(ws: Workspace) -> None:
+    """Issue 22: a quota read as a rate limit said the opposite of what happened. Each
+    endpoint's failed attempts are counted by what happened: in endpoints.json, in `report
+    --json` and in its text (and so in the HTML page, which shows the same table)."""
+    ws.write_input(reviews(24))
+    configs = (
+        SimConfig(api_key=OTHER_KEY),  # 401 invalid_api_key
+        SimConfig(quota_window=(0, 1e9)),  # 429 insufficient_quota
+        SimConfig(dialect="bcwhkj", quota_window=(0, 1e9)),  # {"codes": 300} at HTTP 200
+        SimConfig(faults={"rate_limit": 0.1}, seed=5),  # 429 rate_limit_exceeded
+    )
+    with sims(*configs) as (revoked, broke, bcwhkj, busy):
+        job = write_job(
+            ws,
+            [
+                entry("revoked", revoked, concurrency=2),
+                entry("broke", broke, concurrency=2),
+                entry("bcwhkj", bcwhkj, preset="bcwhkj", concurrency=2),
+                entry("busy", busy, concurrency=4),
+            ],
+        )
+        result = ws.run("run", str(job), "--quiet")
+        limited = sum(1 for r in busy.requests if r.fault == "rate_limit")
+    assert result.code == 0, result.err
+    check_all_ok_once(ws, 24)
+    assert limited > 0
+    expected = {
+        "revoked": {"bad_key": len(revoked.requests)},
+        "broke": {"quota_exhausted": len(broke.requests)},
+        "bcwhkj": {"quota_exhausted": len(bcwhkj.requests)},
+        "busy": {"rate_limited": limited},
+    }
+    assert all(len(server.requests) > 0 for server in (revoked, broke, bcwhkj))
+
+    note = json.loads((checkpoint_dir(ws.output) / ENDPOINTS_NOTE).read_text())
+    assert {name: e["errors"] for name, e in note["endpoints"].items()} == expected
+
+    report = json.loads(ws.run("report", str(job), "--json").out)
+    assert {e["name"]: e["last_run"]["errors"] for e in report["endpoints"]} == expected
+    assert {e["name"]: e["last_run"]["rate_limited"] for e in report["endpoints"]} == {
+        "revoked": 0,
+        "broke": 0,
+        "bcwhkj": 0,
+        "busy": limited,
+    }
+    text = ws.run("report", str(job)).out
+    rows = {line.split()[0]: line for line in text.splitlines() if line.split()[:1]}
+    for name, errors in expected.items():
+        ((kind, n),) = errors.items()
+        assert f"{kind} {n:,}" in rows[name], text
+    assert "rate_limited" not in rows["broke"] + rows["bcwhkj"] + rows["revoked"]
+
+
+def test_an_endpoints_note_from_before_the_quota_and_key_kinds_still_reads(
+    ws: Workspace,
+) -> None:
+    """An endpoints.json written before `quota_exhausted` and `bad_key` (and before each
+    endpoint's state was kept) reads as it is: its kinds are shown as they were counted."""
+    ws.write_input(reviews(20))
+    with sims(SimConfig(), SimConfig()) as (first, second):
+        job = write_job(ws, [entry("first", first), entry("second", second)])
+        assert ws.run("run", str(job), "--quiet").code == 0
+    old = {
+        "requests": 30,
+        "answers": 20,
+        "errors": {"rate_limited": 9, "invalid_request": 1},
+        "rate_limited": 0,
+        "allowed_rpm": None,
+        "circuit_opened": 0,
+        "out": "its key was refused",
+        "requests_per_minute": 60000,
+    }
+    note = checkpoint_dir(ws.output) / ENDPOINTS_NOTE
+    note.write_text(json.dumps({"endpoints": {"first": old}, "at": time.time()}))
+    result = ws.run("report", str(job), "--json")
+    assert result.code == 0, result.err
+    runs = {e["name"]: e["last_run"] for e in json.loads(result.out)["endpoints"]}
+    assert runs["first"]["errors"] == {"rate_limited": 9, "invalid_request": 1}
+    assert runs["second"] is None
+    text = ws.run("report", str(job))
+    assert text.code == 0 and "invalid_request 1, rate_limited 9" in text.out
+    page = ws.root / "report.html"
+    assert ws.run("report", str(job), "--html", str(page)).code == 0
+    assert "rate_limited 9" in page.read_text(encoding="utf-8")
 
 
 def test_a_502_storm_opens_the_circuit_and_the_rows_go_elsewhere(ws: Workspace) -> None:
@@ -626,12 +713,13 @@ def test_a_ray_run_s_endpoint_figures_are_every_worker_s_summed() -> None:
     desk = Desk({"a": (600, None)})
     desk.sync(0, "x", asdict(Tally(lanes=lanes(5, 4, {"server_error": 1}))))
     desk.sync(0, "x2", asdict(Tally(lanes=lanes(3, 3, {}))))  # shard 0 again: x died
-    desk.sync(1, "y", asdict(Tally(lanes=lanes(7, 5, {"server_error": 1, "timeout": 1}, "k"))))
+    kinds = {"server_error": 1, "timeout": 1, "quota_exhausted": 2, "bad_key": 1}
+    desk.sync(1, "y", asdict(Tally(lanes=lanes(7, 5, kinds, "k"))))
     run = desk.totals()["endpoints"]["a"]["run"]
     assert run == {
         "requests": 15,
         "answers": 12,
         "circuit_opened": 1,
-        "errors": {"server_error": 2, "timeout": 1},
+        "errors": {"server_error": 2, "timeout": 1, "quota_exhausted": 2, "bad_key": 1},
         "out": "k",
     }

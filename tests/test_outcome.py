@@ -42,7 +42,7 @@ CASES = [
         {"codes": 900, "mess": "密钥错误或已过期", "data": "token"},
         200,
         Action.BAD_KEY,
-        "invalid_request",
+        "bad_key",
     ),
     ({"codes": 400, "mess": "非法字符。请勿提交", "data": ""}, 200, Action.FAIL, "content_refused"),
     (
@@ -55,7 +55,7 @@ CASES = [
         {"codes": 300, "mess": "当前额度不足，请充值后继续使用", "data": ""},
         200,
         Action.QUOTA,
-        "rate_limited",
+        "quota_exhausted",
     ),
     (
         {
@@ -74,7 +74,7 @@ CASES = [
         err("insufficient_quota", "insufficient_quota", "You exceeded your current quota"),
         429,
         Action.QUOTA,
-        "rate_limited",
+        "quota_exhausted",
     ),
     (
         err("requests", "rate_limit_exceeded", "Rate limit reached"),
@@ -86,7 +86,7 @@ CASES = [
         err("invalid_request_error", "invalid_api_key", "Incorrect API key provided: sk-ab***yz"),
         401,
         Action.BAD_KEY,
-        "invalid_request",
+        "bad_key",
     ),
     (
         err(
@@ -191,8 +191,8 @@ def test_content_filter_finish_reason_fails_the_row() -> None:
 @pytest.mark.parametrize(
     ("status", "action", "error"),
     [
-        (401, Action.BAD_KEY, "invalid_request"),
-        (403, Action.BAD_KEY, "invalid_request"),
+        (401, Action.BAD_KEY, "bad_key"),
+        (403, Action.BAD_KEY, "bad_key"),
         (404, Action.FAIL, "model_not_found"),
         (429, Action.RATE_LIMITED, "rate_limited"),
         (408, Action.RETRY, "timeout"),
