@@ -3,17 +3,22 @@
 A loopback gateway (`tests/bombs.py`) answers every request with about a megabyte (or less)
 that inflates to 1 GiB, in gzip, deflate, br and zstd, with and without a Content-Length,
 as a body and as an event stream. Through the `batchrun` command, every row fails
-`too_large` after its attempts, the run ends with exit 0, and nothing inflates whole.
+`too_large` after its attempts, the run ends with exit 0, and nothing inflates whole. One
+event past the SSE decoder's cap is `too_large` too (it was `truncated_stream`, which
+claimed a cut the gateway never made).
 """
 
 from __future__ import annotations
 
+import contextlib
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from aiohttp import web
 
+from batchrun.sse import MAX_EVENT_BYTES
 from batchrun.wire import MAX_BODY_BYTES
 from tests.bombs import BombGateway
 from tests.conftest import Workspace, reviews
@@ -73,3 +78,27 @@ def test_a_stream_that_inflates_past_the_cap_fails_its_row_too_large(
     ws: Workspace, encoding: str, content_length: bool
 ) -> None:
     run_against_bombs(ws, encoding, content_length, stream=True)
+
+
+async def one_endless_event(request: web.Request) -> web.StreamResponse:
+    """An event stream whose first event never ends: 8 MiB of one `data:` line, plain."""
+    await request.read()
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b"data: ")
+    piece = b"a" * (1 << 20)
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        for _ in range(8):
+            await response.write(piece)
+    return response
+
+
+def test_one_event_past_the_sse_cap_fails_its_row_too_large(ws: Workspace) -> None:
+    ws.write_input(reviews(2))
+    with loopback_gateway(one_endless_event) as url:
+        job = ws.job(url, request={"stream": True}, limits={"max_attempts": ATTEMPTS})
+        result = ws.run("run", str(job), "--quiet")
+    assert result.code == 0, result.err
+    out = ws.read_output()
+    assert out["error"].to_list() == ["too_large"] * 2
+    assert all(str(MAX_EVENT_BYTES) in message for message in out["error_message"])
