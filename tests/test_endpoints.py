@@ -477,6 +477,10 @@ def test_the_failover_demo_finishes_on_the_second_gateway(tmp_path: Path) -> Non
     assert out["status"].to_list() == ["ok"] * out.height
     counts = dict(out.group_by("endpoint").len().iter_rows())
     assert counts.get("bcwhkj", 0) > 0 and counts["302ai"] > counts.get("bcwhkj", 0)
+    # Issue 22: bcwhkj ran out of credit, and its failed attempts say so.
+    note = json.loads((checkpoint_dir(tmp_path / "out.parquet") / ENDPOINTS_NOTE).read_text())
+    errors = note["endpoints"]["bcwhkj"]["errors"]
+    assert errors.get("quota_exhausted", 0) > 0 and "rate_limited" not in errors, errors
 
 
 def test_a_circuit_opens_after_errors_in_a_row_and_probes_at_growing_intervals() -> None:
