@@ -52,8 +52,9 @@ percentiles are exact. The terminal rendering is `batchrun.report_text`; the HTM
   `{"name", "rows", "ok", "failed", "cost_usd", "latency_mean_s", "latency_max_s",
   "errors": {error: failed rows}}` over current results, and from the last run that
   used it (null before one) `"last_run": {"requests", "answers", "errors" (failed attempts
-  by kind: the output's error values, and `quota_exhausted`, `bad_key`), "rate_limited", "allowed_rpm", "requests_per_minute", "circuit_opened",
-  "out", "state"}` (`state`: serving, paused, open or out when that run ended; `out`: why)
+  by kind: the output's error values, and `quota_exhausted`, `bad_key`), "rate_limited",
+  "allowed_rpm", "requests_per_minute", "circuit_opened", "out", "state"}` (`state`:
+  serving, paused, open or out when that run ended; `out`: why)
 """
 
 from __future__ import annotations
