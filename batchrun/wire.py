@@ -175,8 +175,9 @@ async def _read_stream(
 
 
 def _too_large(resp: aiohttp.ClientResponse, message: str) -> NoReturn:
-    """Give up on an answer past a cap: close its connection (never drain it back into the
-    pool, which would read the rest) and fail the attempt."""
+    """Give up on an answer past a cap: close its connection at once, so the rest is never
+    read and the connection never goes back to the pool (aiohttp's release would close an
+    unfinished one too; this does not rely on it), and fail the attempt."""
     resp.close()
     raise TransportFailure("too_large", message)
 
