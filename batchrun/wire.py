@@ -127,8 +127,9 @@ async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
 
     `Content-Length` counts the bytes on the wire: a gzip, deflate, br or zstd answer may
     inflate a thousandfold past it, so the cap is held on what is read after decoding, in
-    chunks, whatever the header says (aiohttp inflates a received chunk at most 64 KiB at a
-    time and stops reading the socket while that much waits, so a chunk never is a bomb).
+    chunks, whatever the header says. aiohttp (from 3.13.3; 3.14.5 read) inflates a received
+    chunk at most 256 KiB per step and stops reading the socket while 512 KiB wait to be read,
+    so what one request holds beyond its chunks here is bounded too.
     """
     cap = MAX_BODY_BYTES
     length = resp.content_length
