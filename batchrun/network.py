@@ -30,7 +30,7 @@ import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from .errors import UserError
 
@@ -44,7 +44,9 @@ class ProxyURL:
 
     __slots__ = ("_password", "_user", "host", "port", "scheme")
 
-    def __init__(self, scheme: str, host: str, port: int, user: str = "", password: str = ""):
+    def __init__(
+        self, scheme: str, host: str, port: int, user: str = "", password: str = ""
+    ) -> None:
         self.scheme = scheme  # one of SCHEMES
         self.host = host  # a name or an IP address, without brackets
         self.port = port
@@ -100,11 +102,17 @@ class ProxyURL:
         return bool(self._user or self._password)
 
     def redact(self, text: str) -> str:
-        """`text` with the proxy's user and password masked, as given and percent-encoded."""
-        for secret in (self._password, self._user):
-            if secret:
-                for form in {secret, _quoted(secret)}:
-                    text = text.replace(form, "***")
+        """`text` with the proxy's login (`user:password`) and its password masked, as given
+        and percent-encoded. A password under 4 characters is masked only in its login: masking
+        it alone would garble every message (and the user alone is no secret to mask)."""
+        if not self.has_credentials:
+            return text
+        user, password = self._user, self._password
+        for login in {f"{user}:{password}", f"{quote(user, safe='')}:{quote(password, safe='')}"}:
+            text = text.replace(login, "***")
+        if len(password) >= 4:
+            for form in {password, quote(password, safe="")}:
+                text = text.replace(form, "***")
         return text
 
     def __eq__(self, other: object) -> bool:
@@ -121,12 +129,6 @@ class ProxyURL:
         return f"ProxyURL('{self.scheme}://{login}{self.shown.partition('://')[2]}')"
 
     __str__ = __repr__
-
-
-def _quoted(text: str) -> str:
-    from urllib.parse import quote
-
-    return quote(text, safe="")
 
 
 @dataclass(frozen=True)
