@@ -8,6 +8,7 @@ proxy variables are cleared for every test (`conftest`); each test sets its own.
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 from collections.abc import Iterator
@@ -147,7 +148,9 @@ def test_a_proxy_never_shows_its_login() -> None:
     assert (proxy.user, proxy.reveal_password()) == LOGIN
     for text in (repr(proxy), str(proxy), proxy.shown, repr(route_for("http://x", None, None, {}))):
         assert LOGIN[1] not in text and LOGIN[0] not in text
-    assert proxy.redact(f"failed for {LOGIN[0]}:{LOGIN[1]}") == "failed for ***:***"
+    assert proxy.redact(f"failed for {LOGIN[0]}:{LOGIN[1]}@x") == "failed for ***@x"
+    assert proxy.redact(f"said {LOGIN[1]}, timed out") == "said ***, timed out"
+    assert ProxyURL("http", "h", 1, "u", "pw").redact("u pw u:pw") == "u pw ***"
     with pytest.raises(UserError) as caught:
         proxy_from_env("https://x", {"HTTPS_PROXY": f"ftp://u:{LOGIN[1]}@h:1"})
     assert "HTTPS_PROXY" in str(caught.value) and LOGIN[1] not in str(caught.value)
@@ -187,18 +190,25 @@ def test_no_proxy_or_an_empty_setting_goes_direct(
 
 
 def test_the_jobs_proxy_overrides_the_variables(
-    ws: Workspace, front: Front, proxy: HttpProxy, monkeypatch: pytest.MonkeyPatch
+    ws: Workspace, front: Front, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead_port()}")
-    code, _ = run_job(ws, front.url(), proxy=proxy.url("http"))
-    assert code == 0
+    with running(HttpProxy(login=LOGIN)) as proxy:
+        code, text = run_job(ws, front.url(), proxy=proxy.url("http", LOGIN))
+    assert code == 0, text
     assert_all_ok(ws)
     assert_through(front, proxy)
+    no_password_in(ws, text)
 
 
 def test_https_through_a_proxy_with_a_login_via_connect(
-    ws: Workspace, tls_front: Front, ca_file: Path, monkeypatch: pytest.MonkeyPatch
+    ws: Workspace,
+    tls_front: Front,
+    ca_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     with running(HttpProxy(login=LOGIN)) as proxy:
         monkeypatch.setenv("HTTPS_PROXY", proxy.url("http", LOGIN))
         monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
@@ -210,7 +220,24 @@ def test_https_through_a_proxy_with_a_login_via_connect(
     assert proxy.refused == 0
     # The API key goes inside the tunnel only, never to the proxy.
     assert not [head for head in proxy.connect_heads if FAKE_KEY in head or "Bearer" in head]
-    no_password_in(ws, text)
+    logged = "\n".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
+    assert f"through the proxy http://127.0.0.1:{proxy.port}" in logged
+    no_password_in(ws, text + logged)
+
+
+def test_an_https_proxy_is_spoken_to_over_tls(
+    ws: Workspace, tls_front: Front, ca: trustme.CA, ca_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    with running(HttpProxy()) as proxy, running(Front(("127.0.0.1", proxy.port), context)) as tls:
+        monkeypatch.setenv("HTTPS_PROXY", f"https://127.0.0.1:{tls.port}")
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        code, text = run_job(ws, tls_front.url("https"))
+    assert code == 0, text
+    assert_all_ok(ws)
+    assert_through(tls_front, proxy)
+    assert tls.peers and set(proxy.requests) == {f"CONNECT 127.0.0.1:{tls_front.port}"}
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
