@@ -33,7 +33,7 @@ from aiohttp_socks import ProxyConnectionError, ProxyConnector, ProxyError, Prox
 
 from .completion import ChunkAssembler
 from .job import Secret
-from .network import DIRECT, SOCKS, Route
+from .network import DIRECT, SOCKS, ProxyURL, Route
 from .sse import EventTooLarge, SSEDecoder
 from .version import __version__
 
@@ -104,48 +104,54 @@ class Wire:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Wire:
-        route, proxy = self.route, self.route.proxy
-        tls = self.url.startswith("https:") or (proxy is not None and proxy.scheme == "https")
-        # A plain-http gateway keeps aiohttp's default (True): no context is built for it.
-        context: ssl.SSLContext | bool = route.ssl_context() if tls else True
-        pool: dict[str, Any] = {"limit": self._pool_size, "limit_per_host": self._pool_size}
-        headers: dict[str, str] | None = self._headers
-        options: dict[str, Any] = {}
-        if proxy is not None and proxy.scheme in SOCKS:
-            connector: aiohttp.TCPConnector = ProxyConnector(
-                proxy.host,
-                proxy.port,
-                ProxyType.SOCKS5,
-                username=proxy.user or None,
-                password=proxy.reveal_password() or None,
-                rdns=proxy.scheme == "socks5h",  # socks5h: the proxy resolves the name
-                ssl=context,
-                **pool,
-            )
-        else:
-            connector = aiohttp.TCPConnector(ttl_dns_cache=300, ssl=context, **pool)
+        proxy = self.route.proxy
+        options: dict[str, Any] = {"headers": self._headers}
         if proxy is not None and proxy.scheme not in SOCKS:
-            options["proxy"] = proxy.shown  # never with the credentials: aiohttp names it
-            per_request: dict[str, Any] = {"headers": self._headers, "proxy_headers": {}}
-            if proxy.has_credentials:
-                login = f"{proxy.user}:{proxy.reveal_password()}".encode()
-                auth = {"Proxy-Authorization": f"Basic {base64.b64encode(login).decode()}"}
-                if self.url.startswith("https:"):
-                    per_request["proxy_headers"] = auth  # on the CONNECT only
-                else:
-                    per_request["headers"] = {**self._headers, **auth}  # to the proxy
-            headers = None
-            self._plain_extra = per_request
-            self._stream_extra = {**per_request, "timeout": self._stream_timeout}
+            options = self._through_http_proxy(proxy)
         self._session = aiohttp.ClientSession(
-            connector=connector,
+            connector=self._connector(),
             timeout=self._timeout,
-            headers=headers,
             auto_decompress=True,
             trust_env=False,  # the route is chosen from the job's variables, not here
             **options,
         )
         return self
+
+    def _connector(self) -> aiohttp.TCPConnector:
+        """The pool: a plain one, or aiohttp-socks' through a SOCKS5 proxy; verifying TLS
+        against the route's trust (a plain-http gateway builds no context)."""
+        proxy = self.route.proxy
+        tls = self.url.startswith("https:") or (proxy is not None and proxy.scheme == "https")
+        context: ssl.SSLContext | bool = self.route.ssl_context() if tls else True
+        pool: dict[str, Any] = {"limit": self._pool_size, "limit_per_host": self._pool_size}
+        if proxy is None or proxy.scheme not in SOCKS:
+            return aiohttp.TCPConnector(ttl_dns_cache=300, ssl=context, **pool)
+        return ProxyConnector(
+            proxy.host,
+            proxy.port,
+            ProxyType.SOCKS5,
+            username=proxy.user or None,
+            password=proxy.reveal_password() or None,
+            rdns=proxy.scheme == "socks5h",  # socks5h: the proxy resolves the name
+            ssl=context,
+            **pool,
+        )
+
+    def _through_http_proxy(self, proxy: ProxyURL) -> dict[str, Any]:
+        """The session's options through an HTTP(S) proxy, and each request's extras: the
+        headers, and the proxy's login on the CONNECT (https) or on each request (http)."""
+        per_request: dict[str, Any] = {"headers": self._headers, "proxy_headers": None}
+        if proxy.has_credentials:
+            login = f"{proxy.user}:{proxy.reveal_password()}".encode()
+            auth = {"Proxy-Authorization": f"Basic {base64.b64encode(login).decode()}"}
+            if self.url.startswith("https:"):
+                per_request["proxy_headers"] = auth  # on the CONNECT only
+            else:
+                per_request["headers"] = {**self._headers, **auth}  # each request is the proxy's
+        self._plain_extra = per_request
+        self._stream_extra = {**per_request, "timeout": self._stream_timeout}
+        # Never the URL with the login: aiohttp names its proxy in some messages.
+        return {"proxy": proxy.shown}
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -160,7 +166,7 @@ class Wire:
         data = orjson.dumps(body)
         streaming = body.get("stream") is True
         started = time.monotonic()
-        with _translated():
+        with _translated(self.route.proxy):
             # Headers and the plain timeout are the session's where the route allows it:
             # passing them again per request costs a merge and a timeout object each time.
             extra = self._stream_extra if streaming else self._plain_extra
@@ -170,7 +176,7 @@ class Wire:
                     elapsed = time.monotonic() - started
                     return Reply(resp.status, resp.headers, b"", elapsed, stream, ttft)
                 if resp.status == 407 and self.route.proxy is not None:
-                    raise _proxy_refused()
+                    raise _proxy_refused(self.route.proxy)
                 payload = await _read_capped(resp)
                 return Reply(resp.status, resp.headers, payload, time.monotonic() - started)
 
@@ -218,14 +224,16 @@ async def _read_stream(
     return stream, ttft
 
 
-def _proxy_refused() -> TransportFailure:
+def _proxy_refused(proxy: ProxyURL | None) -> TransportFailure:
+    if proxy is not None and not proxy.has_credentials:
+        return TransportFailure("proxy_auth", "the proxy asks for a user and password (407)")
     return TransportFailure(
         "proxy_auth", "the proxy refused the user and password it was given (407)"
     )
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
+def _translated(proxy: ProxyURL | None) -> Iterator[None]:
     """Map aiohttp's, aiohttp-socks' and the socket's exceptions to TransportFailure, in
     this one place. No message repeats a proxy's URL: only its host and port are named."""
     try:
@@ -246,7 +254,7 @@ def _translated() -> Iterator[None]:
         raise TransportFailure("connection", "the response was cut off") from None
     except aiohttp.ClientHttpProxyError as exc:
         if exc.status == 407:
-            raise _proxy_refused() from None
+            raise _proxy_refused(proxy) from None
         raise TransportFailure(
             "connection", f"the proxy answered {exc.status} to the tunnel's CONNECT"
         ) from None
