@@ -29,7 +29,7 @@ import ipaddress
 import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
 from .errors import UserError
@@ -139,7 +139,7 @@ class Route:
     proxy: ProxyURL | None = None
     cafiles: tuple[str, ...] = ()  # SSL_CERT_FILE, when set
     capath: str | None = None  # SSL_CERT_DIR, when set
-    ca_pem: str | None = None  # the endpoint's ca_bundle, read when the job was loaded
+    ca_pem: str | None = field(default=None, repr=False)  # the endpoint's ca_bundle, read
 
     @property
     def shown(self) -> str:
