@@ -42,6 +42,7 @@ from .columns import FINGERPRINT, RowResult
 from .completion import Usage
 from .errors import (
     BadKey,
+    BadRoute,
     BatchrunError,
     BudgetReached,
     DiskFull,
@@ -55,6 +56,7 @@ from .errors import (
 from .job import Job, Secret
 from .lease import SharedBudget
 from .limits import Pacer, Sleep
+from .network import DIRECT, ProxyURL, Route
 from .nofile import fitting_concurrency
 from .outcome import Action, Outcome, classify, classify_failure, classify_stream
 from .plan import Plan, RunOptions, answered, fresh, plan_run, settles, with_prior
@@ -125,6 +127,7 @@ async def run(
     interrupts: RouteInterrupts | None = None,
 ) -> RunSummary:
     """Run or resume a job; see the module docstring."""
+    routes = job.routes(environ)
     plan, keys, checkpoint = open_run(job, options, environ)
     started = time.monotonic()
     try:
@@ -142,6 +145,7 @@ async def run(
                 checkpoint,
                 urls,
                 keys,
+                routes=routes,
                 sleep=sleep,
                 clock=clock,
                 rng=rng or random.Random(),
@@ -370,21 +374,25 @@ class _Engine:
         urls: Mapping[str, str],
         keys: Mapping[str, Secret | None],
         *,
+        routes: Mapping[str, Route] | None = None,
         sleep: Sleep,
         clock: Callable[[], float],
         rng: random.Random,
         pacers: Mapping[str, Pacer] | None = None,
         budget: Budget | None = None,
     ) -> None:
-        """`urls` and `keys` give each endpoint's base URL and key by name. `pacers` and
-        `budget` stand in for the job's own (a Ray worker's shared ones); with `pacers`,
-        `budget` is only what is given."""
+        """`urls`, `keys` and `routes` give each endpoint's base URL, key and route (None:
+        all direct) by name. `pacers` and `budget` stand in for the job's own (a Ray
+        worker's shared ones); with `pacers`, `budget` is only what is given."""
         limits = job.limits
+        routes = routes or {}
         self.job = job
         self.plan = plan
         self.renderer = plan.renderer
         self.checkpoint = checkpoint
-        self.keys = [key for key in keys.values() if key is not None]  # to redact them
+        # What no message may show, each able to mask itself: the keys, the proxies' logins.
+        self.keys: list[Secret | ProxyURL] = [key for key in keys.values() if key is not None]
+        self.keys += {r.proxy for r in routes.values() if r.proxy and r.proxy.has_credentials}
         self.json_mode = plan.json_mode
         self.sleep = sleep
         self.clock = clock
@@ -406,6 +414,7 @@ class _Engine:
                         pool_size=concurrency,
                         timeout_s=limits.request_timeout_s,
                         idle_timeout_s=limits.idle_timeout_s,
+                        route=routes.get(endpoint.name, DIRECT),
                     ),
                     pacer=pacers[endpoint.name]
                     if pacers is not None
@@ -452,9 +461,10 @@ class _Engine:
     async def execute(self, options: RunOptions) -> None:
         for lane in self.pool.lanes:
             log.info(
-                "%s: sending to %s with %d in flight at most",
+                "%s: sending to %s %s with %d in flight at most",
                 self.job.name,
                 lane.wire.url,
+                lane.wire.route.shown,
                 lane.concurrency,
             )
         queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=2 * self.workers)
@@ -564,6 +574,28 @@ class _Engine:
                 f"valid key and run again; finished rows are saved."
             ),
             f"the gateway rejected the API key in {variable} ({message})",
+        )
+
+    def _bad_route(self, lane: Lane, message: str) -> None:
+        message = self._redact(message)
+        route = lane.wire.route
+        if route.proxy is not None and "proxy" in message:
+            fix = (
+                f"fix the user and password of the proxy {route.proxy.shown} (in the proxy "
+                f"variable or the endpoint's proxy setting)"
+            )
+        else:
+            fix = (
+                "trust its CA: give the CA's PEM file in the endpoint's ca_bundle or in "
+                "SSL_CERT_FILE (a company's inspecting proxy brings its own)"
+            )
+        self._lane_out(
+            lane,
+            BadRoute(
+                f"Connecting to {lane.wire.url} {route.shown} failed: {message}; {fix}, "
+                f"and run again; finished rows are saved."
+            ),
+            f"{message} ({route.shown})",
         )
 
     async def _tick(self, finished: asyncio.Event) -> None:
@@ -784,6 +816,11 @@ class _Engine:
             if action is Action.BAD_KEY:
                 tries -= 1  # the key's fault, not the row's
                 self._bad_key(lane, outcome.message or "unauthorized")
+                failed_on = lane
+                continue
+            if action is Action.BAD_ROUTE:
+                tries -= 1  # the network's settings' fault, not the row's
+                self._bad_route(lane, outcome.message or "refused")
                 failed_on = lane
                 continue
             if action is Action.RATE_LIMITED:

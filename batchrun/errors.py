@@ -6,6 +6,8 @@
     │   └── InputError            the input table: missing file, column, bad CSV, duplicate ids
     ├── RunStopped                exit 3: a run-wide stop; committed progress is kept
     │   ├── BadKey                the gateway rejected the key (401, 403, codes 900)
+    │   ├── BadRoute              the gateway's certificate is not trusted, or the proxy
+    │   │                         refused its credentials
     │   ├── QuotaExhausted        the quota did not come back within quota_wait_s
     │   ├── NoEndpoint            every one of several endpoints is out, each for its reason
     │   ├── BudgetReached         the next request could take spend past budget_usd
@@ -55,6 +57,11 @@ class RunStopped(BatchrunError):
 
 class BadKey(RunStopped):
     """The gateway rejected the API key."""
+
+
+class BadRoute(RunStopped):
+    """The way to the gateway is refused: its TLS certificate is not trusted, or the proxy
+    rejected the user and password it was given. No retry mends either."""
 
 
 class QuotaExhausted(RunStopped):

@@ -2,8 +2,8 @@
 
 `load_job` reads the job file and `build_job` validates a raw tree (the file's, or one that
 `batchrun.map` builds in Python) into a `Job`: the only place that reads the environment (the
-key variable and `OPENAI_BASE_URL`, from the mapping it is handed); everything below receives a
-`Job`.
+key variable, `OPENAI_BASE_URL` and the proxy and certificate variables, from the mapping it
+is handed); everything below receives a `Job`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import JobError
+from .network import DIRECT as DIRECT_ROUTE
+from .network import ProxyURL, Route, pem_problem, route_for
 from .presets import PRESETS, Preset
 from .store import S3_SCHEME, Remote, S3Spec, stage_input
 
@@ -72,6 +74,9 @@ class EndpointSpec(_Section):
     tokens_per_minute: float | None = Field(None, gt=0)
     concurrency: int | None = Field(None, ge=1, le=100_000)
     sim: dict[str, Any] | None = None  # with base_url = "sim": this simulator's settings
+    # None: the proxy variables (HTTPS_PROXY...) decide; "": direct; else this proxy's URL
+    proxy: str | None = None
+    ca_bundle: str | None = None  # a PEM file of CAs trusted besides the system's
 
     @model_validator(mode="after")
     def _known_preset(self) -> EndpointSpec:
@@ -88,6 +93,11 @@ class EndpointSpec(_Section):
             )
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)} (got {self.preset!r})")
+        if self.proxy:
+            try:
+                ProxyURL.parse(self.proxy)
+            except ValueError as exc:  # its message never repeats the URL: it may hold a password
+                raise ValueError(f'proxy {exc}, or "" for none') from None
         return self
 
 
@@ -294,10 +304,22 @@ class Endpoint:
     concurrency: int
     model: str | None  # the name this gateway has for the job's model; None: the job's own
     sim: dict[str, Any]  # the simulator's settings, where base_url is "sim"
+    # The job's proxy setting (None: the variables decide; "": direct); it may hold a password
+    proxy: str | None = dataclasses.field(default=None, repr=False)
+    ca_bundle: str | None = None  # the CA file's absolute path, for messages
+    ca_pem: str | None = dataclasses.field(default=None, repr=False)  # its certificates
 
     @property
     def uses_sim(self) -> bool:
         return self.base_url == SIM
+
+    def route(self, environ: Mapping[str, str]) -> Route:
+        """How this endpoint's connections are made, from its own settings and the proxy and
+        certificate variables in `environ`; a simulator started for the run is always
+        reached directly."""
+        if self.uses_sim:
+            return DIRECT_ROUTE
+        return route_for(self.base_url, self.proxy, self.ca_pem, environ)
 
     def api_key(self, environ: Mapping[str, str]) -> Secret | None:
         """The key from the variable the endpoint names; required unless a simulator serves."""
@@ -385,6 +407,11 @@ class Job:
         first one that is not set (a simulator needs none). Checked before any request."""
         return {e.name: e.api_key(environ) for e in self.endpoints}
 
+    def routes(self, environ: Mapping[str, str]) -> dict[str, Route]:
+        """Every endpoint's route by name (see `Endpoint.route`); a UserError naming the
+        variable that cannot be used. Checked before any request, like the keys."""
+        return {e.name: e.route(environ) for e in self.endpoints}
+
     def endpoint_named(self, name: str | None) -> Endpoint:
         """The endpoint called `name` (None: the first); a JobError naming the others."""
         if name is None:
@@ -441,7 +468,7 @@ def build_job(
         raise JobError(_describe(exc, path)) from None
     base = base.resolve()
     specs = model.endpoints or [model.endpoint.model_copy(update={"name": DEFAULT_ENDPOINT})]
-    endpoints = tuple(_resolve(spec, model, environ) for spec in specs)
+    endpoints = tuple(_resolve(spec, model, environ, base, path) for spec in specs)
     cache = _cache(base, model.storage.cache, environ)
     input_path = _location(base, model.input.path)
     output_path = _local_output(base, model.output.path, cache)
@@ -470,8 +497,10 @@ def build_job(
     )
 
 
-def _resolve(spec: EndpointSpec, model: _JobModel, environ: Mapping[str, str]) -> Endpoint:
-    """An endpoint with its preset's and the job's defaults filled in."""
+def _resolve(
+    spec: EndpointSpec, model: _JobModel, environ: Mapping[str, str], base: Path, path: Path
+) -> Endpoint:
+    """An endpoint with its preset's and the job's defaults filled in, its CA bundle read."""
     preset = PRESETS[spec.preset] if spec.preset else Preset(DEFAULT_BASE_URL)
     base_url = (
         spec.base_url
@@ -493,7 +522,28 @@ def _resolve(spec: EndpointSpec, model: _JobModel, environ: Mapping[str, str]) -
         concurrency=spec.concurrency or limits.concurrency,
         model=spec.model,
         sim=dict(model.sim if spec.sim is None else spec.sim),
+        proxy=spec.proxy,
+        **_ca_bundle(spec, base, path, model.endpoints is not None),
     )
+
+
+def _ca_bundle(spec: EndpointSpec, base: Path, path: Path, pooled: bool) -> dict[str, str]:
+    """The endpoint's ca_bundle as its absolute path and its certificates, read now (so a
+    Ray worker on another node has them); a JobError when it is no PEM file."""
+    if spec.ca_bundle is None:
+        return {}
+    where = f"[[endpoints]] {spec.name!r}" if pooled else "[endpoint]"
+    bundle = (base / os.path.expanduser(spec.ca_bundle)).resolve()
+    problem = pem_problem(str(bundle))
+    if problem:
+        raise JobError(
+            f"{path}: {where} ca_bundle {bundle} {problem}: give the path (relative to the "
+            f"job file) of the PEM file of your CA certificates."
+        )
+    return {
+        "ca_bundle": str(bundle),
+        "ca_pem": bundle.read_text(encoding="ascii", errors="replace"),
+    }
 
 
 def _location(base: Path, path: str) -> str:

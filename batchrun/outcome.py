@@ -8,8 +8,9 @@ Gateways send errors with HTTP 200, so the body decides as much as the status:
 | finish_reason content_filter                             | FAIL          | content_refused    |
 | 500/502/503/504, cf_bad_gateway, HTML page, other 5xx    | RETRY         | server_error       |
 | 200 that is not a completion, cut JSON, unknown error    | RETRY         | malformed_response |
-| reset connection / a timeout                             | RETRY         | server_error, timeout |
 | a body or stream past the cap once decoded               | RETRY         | too_large          |
+| reset connection / a timeout (the proxy's too)           | RETRY         | server_error, timeout |
+| untrusted TLS certificate, proxy refused its credentials | BAD_ROUTE     | bad_route          |
 | 429 rate limit, rate_limit_exceeded                      | RATE_LIMITED  | rate_limited       |
 | insufficient_quota, billing errors, codes 300            | QUOTA         | quota_exhausted    |
 | 401, 403, invalid_api_key, codes 900                     | BAD_KEY       | bad_key            |
@@ -18,7 +19,7 @@ Gateways send errors with HTTP 200, so the body decides as much as the status:
 | 404, model_not_found                                     | FAIL          | model_not_found    |
 | other 4xx                                                | FAIL          | invalid_request    |
 
-A quota or a key never ends a row (the run pauses or stops), so their errors never reach the
+A quota, a key or a route (certificate, proxy login) never ends a row (the run pauses or stops), so their errors never reach the
 output; they are the kinds each endpoint's failed attempts are counted by (`report`), where
 a quota counted as a rate limit would say the opposite of what happened.
 """
@@ -54,6 +55,7 @@ class Action(enum.Enum):
     RATE_LIMITED = "rate_limited"  # slow the whole run, then retry
     QUOTA = "quota"  # pause the whole run and probe
     BAD_KEY = "bad_key"  # stop the run at once
+    BAD_ROUTE = "bad_route"  # stop the run at once: a certificate or the proxy's login
     FAIL = "fail"  # record the row as failed; never retry
 
 
@@ -169,7 +171,10 @@ def classify_stream(status: int, headers: Mapping[str, str], stream: ChunkAssemb
 
 
 def classify_failure(kind: str, message: str) -> Outcome:
-    """Classify a transport failure (no HTTP response): always worth another attempt."""
+    """Classify a transport failure (no HTTP response): worth another attempt, unless the
+    way to the gateway itself is refused (its certificate, the proxy's login)."""
+    if kind in ("certificate", "proxy_auth"):
+        return Outcome(Action.BAD_ROUTE, "bad_route", message)
     if kind == "timeout":
         return Outcome(Action.RETRY, "timeout", message)
     if kind == "too_large":

@@ -17,7 +17,9 @@ predecessor committed are settled and never paid for again; only answers that we
 committed are asked again.
 
 The key is read from the job's variable on each worker's own machine: it never travels
-through Ray (task arguments and runtime environments are stored by the cluster).
+through Ray (task arguments and runtime environments are stored by the cluster). So are the
+proxy and certificate variables (`HTTPS_PROXY`, `NO_PROXY`, `SSL_CERT_FILE`...): a worker
+goes out the way its own node does, unless the job names a proxy.
 """
 
 from __future__ import annotations
@@ -290,6 +292,7 @@ async def run_on_desk(
     and the whole run stopped and budgeted by it, syncing with it every SYNC_S until it
     ends; returns the engine, ended."""
     keys = job.keys(os.environ)
+    routes = job.routes(os.environ)  # this node's proxy and CA variables, as its key
     links = {e.name: _ActorLink(desk, name, e.name) for e in job.endpoints}
     pacers = {
         e.name: LeasedPacer(links[e.name], e.requests_per_minute, e.tokens_per_minute)
@@ -301,6 +304,7 @@ async def run_on_desk(
         checkpoint,
         urls,
         keys,
+        routes=routes,
         sleep=asyncio.sleep,
         clock=time.time,
         rng=random.Random(),
@@ -550,7 +554,8 @@ def run(
         )
     options = options or RunOptions()
     environ = os.environ if environ is None else environ
-    # The key is only checked here: each worker reads it on its own machine.
+    # The key and the route are only checked here: each worker reads them on its own machine.
+    job.routes(environ)
     plan, _, checkpoint = open_run(job, options, environ)
     folder = checkpoint.folder
     started = time.monotonic()

@@ -36,6 +36,11 @@ the lease's ttl (NTP does).
 
 Credentials come from the standard AWS variables, or those a job names (or, when those are
 unset, the AWS SDK's own chain); they are never logged nor put in a message.
+
+S3 is reached through the proxy the same variables give the gateway (`HTTPS_PROXY`,
+`HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`; see `batchrun.network`), in botocore's config and
+pyarrow's `proxy_options` alike; both speak HTTP(S) proxies only, so a SOCKS one is a
+sentence saying so.
 """
 
 from __future__ import annotations
@@ -52,12 +57,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .errors import RunStopped, UserError
+from .network import SOCKS, ProxyURL, proxy_from_env
 
 S3_SCHEME = "s3://"
 
@@ -72,10 +78,12 @@ class S3Settings:
     access_key: str | None = field(default=None, repr=False)  # None: the SDK's chain
     secret_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
+    proxy: ProxyURL | None = None  # None: direct (its repr shows no login)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> S3Settings:
-        """The settings the standard AWS variables give (AWS_REGION, AWS_ENDPOINT_URL...)."""
+        """The settings the standard AWS variables give (AWS_REGION, AWS_ENDPOINT_URL...),
+        and the proxy the proxy variables give for the endpoint."""
         region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None
         url = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
         endpoint, scheme = _endpoint(url) if url else (None, "https")
@@ -95,6 +103,7 @@ class S3Settings:
             access_key=access_key,
             secret_key=secret_key,
             session_token=environ.get("AWS_SESSION_TOKEN") or None,
+            proxy=_s3_proxy(endpoint, scheme, region, environ),
         )
 
     @classmethod
@@ -112,6 +121,7 @@ class S3Settings:
             access_key=options.get("access_key") or None,
             secret_key=options.get("secret_key") or None,
             session_token=options.get("session_token") or None,
+            proxy=_proxy_of(options.get("proxy_options")),
         )
 
     def filesystem(self) -> pafs.S3FileSystem:
@@ -125,6 +135,16 @@ class S3Settings:
             options.update(access_key=self.access_key, secret_key=self.secret_key)
             if self.session_token:
                 options["session_token"] = self.session_token
+        if self.proxy is not None:
+            options["proxy_options"] = {
+                "scheme": self.proxy.scheme,
+                "host": self.proxy.host,
+                "port": self.proxy.port,
+                **({"username": self.proxy.user} if self.proxy.user else {}),
+                **(
+                    {"password": self.proxy.reveal_password()} if self.proxy.has_credentials else {}
+                ),
+            }
         return pafs.S3FileSystem(**options)
 
     def client(self) -> Any:
@@ -137,7 +157,12 @@ class S3Settings:
                 "s3:// locations need botocore: pip install 'batchrun[s3]' (or boto3)."
             ) from None
 
-        config = botocore.config.Config(s3={"addressing_style": "path"} if self.endpoint else {})
+        # Always a proxies mapping: an empty one keeps botocore from reading the process's
+        # variables on its own. botocore masks a proxy's login in its messages.
+        config = botocore.config.Config(
+            s3={"addressing_style": "path"} if self.endpoint else {},
+            proxies=self.botocore_proxies(),
+        )
         return botocore.session.get_session().create_client(
             "s3",
             region_name=self.region,
@@ -147,6 +172,45 @@ class S3Settings:
             aws_session_token=self.session_token,
             config=config,
         )
+
+    def botocore_proxies(self) -> dict[str, str]:
+        """botocore's `proxies` for these settings: the one proxy for both schemes, or none."""
+        if self.proxy is None:
+            return {}
+        proxy = self.proxy
+        login = ""
+        if proxy.has_credentials:
+            login = f"{quote(proxy.user, safe='')}:{quote(proxy.reveal_password(), safe='')}@"
+        url = f"{proxy.scheme}://{login}{proxy.shown.partition('://')[2]}"
+        return {"http": url, "https": url}
+
+
+def _s3_proxy(
+    endpoint: str | None, scheme: str, region: str | None, environ: Mapping[str, str]
+) -> ProxyURL | None:
+    """The proxy the variables give for the S3 endpoint (AWS's own where none is set)."""
+    host = endpoint or f"s3.{region or 'us-east-1'}.amazonaws.com"
+    proxy = proxy_from_env(f"{scheme}://{host}", environ)
+    if proxy is not None and proxy.scheme in SOCKS:
+        raise UserError(
+            f"The proxy variables send S3 ({host}) through the SOCKS proxy {proxy.shown}, and "
+            f"S3 is reached through HTTP(S) proxies only: name {host} in NO_PROXY, or set "
+            f"HTTPS_PROXY to an HTTP proxy."
+        )
+    return proxy
+
+
+def _proxy_of(options: Any) -> ProxyURL | None:
+    """A pyarrow filesystem's proxy_options as a ProxyURL."""
+    if not isinstance(options, dict) or not options.get("host"):
+        return None
+    return ProxyURL(
+        str(options.get("scheme") or "http"),
+        str(options["host"]),
+        int(options.get("port") or 0),
+        str(options.get("username") or ""),
+        str(options.get("password") or ""),
+    )
 
 
 def _endpoint(url: str) -> tuple[str, str]:
@@ -367,6 +431,7 @@ def _when(seconds: float) -> str:
 
 # -- a local folder kept as a copy of a remote one -----------------------------------------
 
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")  # either case
 PART_BYTES = 16 << 20  # a file larger than this goes up in parts of this size (S3: >= 5 MiB)
 
 
@@ -386,7 +451,11 @@ class S3Spec:
 
     def settings(self, environ: Mapping[str, str] | None = None) -> S3Settings:
         environ = os.environ if environ is None else environ
-        standard = {k: v for k, v in environ.items() if k.startswith("AWS_")}
+        standard = {
+            k: v
+            for k, v in environ.items()
+            if k.startswith("AWS_") or k.lower() in _PROXY_VARIABLES
+        }
         for name, wanted in (
             ("AWS_ACCESS_KEY_ID", self.access_key_id_env),
             ("AWS_SECRET_ACCESS_KEY", self.secret_access_key_env),
