@@ -19,9 +19,10 @@ Gateways send errors with HTTP 200, so the body decides as much as the status:
 | 404, model_not_found                                     | FAIL          | model_not_found    |
 | other 4xx                                                | FAIL          | invalid_request    |
 
-A quota, a key or a route (certificate, proxy login) never ends a row (the run pauses or stops), so their errors never reach the
-output; they are the kinds each endpoint's failed attempts are counted by (`report`), where
-a quota counted as a rate limit would say the opposite of what happened.
+A quota, a key or a route (certificate, proxy login) never ends a row (the run pauses or
+stops), so their errors never reach the output; they are the kinds each endpoint's failed
+attempts are counted by (`report`), where a quota counted as a rate limit would say the
+opposite of what happened.
 """
 
 from __future__ import annotations

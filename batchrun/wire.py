@@ -241,6 +241,7 @@ def _too_large(resp: aiohttp.ClientResponse, message: str) -> NoReturn:
     resp.close()
     raise TransportFailure("too_large", message)
 
+
 def _proxy_refused(proxy: ProxyURL | None) -> TransportFailure:
     if proxy is not None and not proxy.has_credentials:
         return TransportFailure("proxy_auth", "the proxy asks for a user and password (407)")
