@@ -82,6 +82,8 @@ PULL_S = 2.0  # with the checkpoint on S3, how often the driver pulls the worker
 PULL_TRIES = 3  # a worker's tries to pull an S3 checkpoint before a shard
 QUOTA_HOLD_MARGIN_S = 1.0  # others wait this much past a quota probe's next try
 INTERRUPTED = "Interrupted: finished rows are saved; run the same command to resume."
+LOOPBACK = "127.0.0.1"  # where a local Ray instance listens (see `on_loopback`)
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is loopback
 
 
 def require_ray() -> Any:
@@ -489,6 +491,63 @@ def shards(total: int, workers: int, rows: int | None = None) -> list[tuple[int,
 
 
 @contextlib.contextmanager
+def on_loopback() -> Iterator[None]:
+    """While a local Ray instance starts: every port it opens on loopback only.
+
+    Ray (2.60) has no bind-address setting: its gRPC servers (GCS, raylet, every worker and
+    the driver) listen on every interface unless the node's address is exactly 127.0.0.1,
+    ::1 or localhost, and its agents on the node's address. `ray.init` turns a given
+    `_node_ip_address` of 127.0.0.1 into the machine's network address, unless Ray is in
+    its local-only mode (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, the default on macOS and
+    Windows), where the node's address is loopback. The driver reads that setting once,
+    when `ray` is imported, hence its constant set here too; the processes Ray spawns
+    inherit the variable. Both are restored once Ray is up: nothing else in this process
+    changes. `tests/test_ray.py` lists the sockets of a run to hold this.
+    """
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(LOCAL_ONLY_ENV)
+    saved = ray_constants.ENABLE_RAY_CLUSTER  # read by services.get_node_ip_address
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = saved_env
+
+
+def _on_loopback(address: str) -> bool:
+    """Whether a cluster's address ("host:port") is on this machine's loopback."""
+    import ipaddress
+
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, "auto", a ray:// URL
+        return False
+
+
+def _check_loopback(rt: Any) -> None:
+    """Refuse to run on a local instance Ray did not put on loopback (a Ray whose settings
+    changed): its ports would be open to the network."""
+    address = rt.util.get_node_ip_address()
+    if address not in ("127.0.0.1", "::1", "localhost"):
+        rt.shutdown()
+        raise BatchrunError(
+            f"The local Ray instance started on {address}, not on loopback, so its ports "
+            f"would be reachable from the network; it was shut down before any work. Ray "
+            f"{rt.__version__} may place a local instance differently: please report it, "
+            f"and run with --engine local meanwhile."
+        )
+
+
+@contextlib.contextmanager
 def connected(job: Job) -> Iterator[Any]:
     """Ray, connected to the job's cluster or to a local instance started for the run (shut
     down after it); a caller's own connection is used and left as it is."""
@@ -501,10 +560,21 @@ def connected(job: Job) -> Iterator[Any]:
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     try:
         if job.engine.address:
-            rt.init(address=job.engine.address, **kwargs)
+            # A cluster on loopback keeps its address (Ray would put the network's instead).
+            local = _on_loopback(job.engine.address)
+            with on_loopback() if local else contextlib.nullcontext():
+                rt.init(address=job.engine.address, **kwargs)
         else:
             cpus = max(os.cpu_count() or 1, math.ceil(job.engine.workers * job.engine.worker_cpus))
-            rt.init(address="local", num_cpus=cpus, include_dashboard=False, **kwargs)
+            with on_loopback():
+                rt.init(
+                    address="local",
+                    num_cpus=cpus,
+                    include_dashboard=False,
+                    _node_ip_address=LOOPBACK,
+                    **kwargs,
+                )
+            _check_loopback(rt)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = job.engine.address or "a local instance"
         raise UserError(

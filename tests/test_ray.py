@@ -7,8 +7,11 @@ environment: workers read the key from their own machine's environment, never fr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -21,9 +24,20 @@ import pytest
 
 from batchrun.job import load_job
 from batchrun.plan import RunOptions
+from batchrun.ray import LOOPBACK, on_loopback
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
-from .conftest import ENV, FAKE_KEY, Workspace, busiest, latest_results, reviews
+from .conftest import (
+    ENV,
+    FAKE_KEY,
+    Workspace,
+    beyond_loopback,
+    busiest,
+    latest_results,
+    listeners,
+    process_tree,
+    reviews,
+)
 from .s3server import BUCKET, FAKE_KEY_ID, FAKE_SECRET, moto_server
 
 ray = pytest.importorskip("ray")
@@ -50,13 +64,16 @@ def ray_instance() -> Iterator[None]:
     # environment, as they do the key (the endpoint is the job's own [storage] key).
     saved = {name: os.environ.get(name) for name in S3_CREDENTIALS}
     os.environ.update(S3_CREDENTIALS)
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        logging_level="ERROR",
-        log_to_driver=False,
-    )
+    # On loopback, as batchrun starts a local instance (see batchrun.ray.on_loopback).
+    with on_loopback():
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=False,
+            logging_level="ERROR",
+            log_to_driver=False,
+            _node_ip_address=LOOPBACK,
+        )
     try:
         yield
     finally:
@@ -379,3 +396,58 @@ def test_a_multi_endpoint_job_holds_each_endpoint_s_own_limit_across_the_cluster
     for name, server in (("fast", fast), ("slow", slow)):
         assert runs[name]["requests"] == len(server.times)
         assert runs[name]["answers"] == counts[name] and runs[name]["state"] == "serving"
+
+
+def test_a_local_ray_instance_listens_on_loopback_only(ws: Workspace) -> None:
+    """`batchrun run JOB --engine ray` with no address starts Ray for the run: while its
+    workers answer, no process of the run (the batchrun driver, the GCS, the raylet, the
+    agents, the desk and the workers) listens on anything but loopback, TCP or UDP."""
+    ws.write_input(reviews(240))
+    with start_in_thread(SimConfig(latency_ms=100)) as server:
+        job = ray_job(ws, server.base_url, limits={"concurrency": 4})
+        env = {
+            "BATCHRUN_TEST_KEY": FAKE_KEY,
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+        # The machine's Ray token, as the tests' own instance has it (see test_ray_cluster).
+        passed = ("HOME", "PYTHONPATH")
+        env.update((k, v) for k, v in os.environ.items() if k.startswith("RAY_AUTH") or k in passed)
+        command = [sys.executable, "-m", "batchrun.cli", "run", str(job), "--engine", "ray"]
+        run = subprocess.Popen(
+            [*command, "--quiet"], env=env, cwd=ws.root, stdout=subprocess.PIPE, text=True
+        )
+        seen: dict[tuple[int, str, int], Any] = {}  # every listener of any sample
+        mid_run = False  # a sample was taken while the workers were up
+        while run.poll() is None:
+            tree = process_tree(run.pid)
+            names = " ".join(p.name() + " " + " ".join(p.cmdline()) for p in _alive(tree))
+            found = listeners(tree)
+            if "ShardWorker" in names and "raylet" in names and "gcs_server" in names:
+                mid_run = True
+            seen.update(((s.pid, s.ip, s.port), s) for s in found)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.wait(timeout=0.2)
+        out, _ = run.communicate()
+    assert run.returncode == 0, out
+    assert "240 ok, 0 failed, 0 pending" in out
+    assert mid_run, "no sample caught the run's Ray processes"
+    assert seen, "no listening socket was seen at all"
+    wide = [s for s in seen.values() if not s.on_loopback]
+    assert wide == [], f"listening beyond loopback: {wide}"
+
+
+def test_the_tests_own_ray_instance_listens_on_loopback_only() -> None:
+    assert beyond_loopback(process_tree(os.getpid())) == []
+
+
+def _alive(processes: list[Any]) -> list[Any]:
+    import psutil
+
+    alive = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.cmdline()
+            alive.append(process)
+    return alive
+
