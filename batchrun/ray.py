@@ -34,6 +34,7 @@ import resource
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections import deque
@@ -45,9 +46,11 @@ from typing import Any
 from .checkpoint import Checkpoint, checkpoint_dir
 from .engine import (
     BATCH_ROWS,
+    RouteInterrupts,
     RunSummary,
     _endpoints,
     _Engine,
+    _signals,
     check_complete,
     concurrency_of,
     lane_figures,
@@ -594,9 +597,14 @@ def run(
     environ: Mapping[str, str] | None = None,
     *,
     dataset: Any = None,
+    heard: Interrupts | None = None,
 ) -> Any:
     """Run or resume a job on Ray; see the module docstring. The same summary as a local
     run, over the whole job (a `RunSummary`).
+
+    Ctrl-C and SIGTERM stop the run as they stop a local one: through `heard`, which the
+    caller feeds from its own handlers, or else through signal handlers set for the run
+    (from the main thread only).
 
     With `dataset` (a Ray Data `Dataset`), returns that dataset with the job's answers
     added by a `ChatStage` pool of `[engine] workers` actors (lazy, as Ray Data is); the
@@ -632,7 +640,7 @@ def run(
         checkpoint.start_merging()
         with _endpoints(job) as urls, connected(job) as rt:
             figures, stop, hurried = _drive(
-                rt, job, options, plan.total, checkpoint, urls, progress
+                rt, job, options, plan.total, checkpoint, urls, progress, heard
             )
         progress.close()
         checkpoint.stop_merging()
@@ -688,6 +696,60 @@ def run(
     )
 
 
+async def run_async(
+    job: Job,
+    options: RunOptions,
+    environ: Mapping[str, str],
+    *,
+    interrupts: RouteInterrupts | None = None,
+) -> RunSummary:
+    """`run`, awaited: the driver on a worker thread, the caller's loop free meanwhile.
+    Ctrl-C and SIGTERM reach the run through `interrupts` (as the local engine's), or
+    else through the loop's signal handlers; a cancelled await stops the run as Ctrl-C."""
+    heard = Interrupts()
+    with (interrupts or _signals)(heard.hear):
+        driver = asyncio.to_thread(run, job, options, environ, heard=heard)
+        try:
+            summary: RunSummary = await driver
+        except asyncio.CancelledError:
+            heard.hear()  # the driver stops its workers, keeps their rows, and shuts down
+            raise
+    return summary
+
+
+class Interrupts:
+    """Ctrl-C and SIGTERM as a Ray run hears them, from any thread: counted, and each one
+    handed to the run's desk, which stops every worker."""
+
+    def __init__(self) -> None:
+        # Guards both fields below; re-entrant, as a signal handler (`hear`) may run in the
+        # main thread while that thread holds it.
+        self._lock = threading.RLock()
+        self._count = 0  # interrupts heard so far
+        self._desk: Any = None  # the run's desk, once it exists
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return self._count
+
+    def hear(self, *_: object) -> None:
+        """One interrupt (a signal handler's arguments are ignored)."""
+        with self._lock:
+            self._count += 1
+            desk = self._desk
+        if desk is not None:
+            desk.halt.remote("Interrupted", INTERRUPTED)
+
+    def reach(self, desk: Any) -> None:
+        """Hand interrupts to `desk` from now on, and any heard before it existed."""
+        with self._lock:
+            self._desk = desk
+            heard = self._count
+        if heard:
+            desk.halt.remote("Interrupted", INTERRUPTED)
+
+
 def _drive(
     rt: Any,
     job: Job,
@@ -696,9 +758,11 @@ def _drive(
     checkpoint: Checkpoint,
     urls: Mapping[str, str],
     progress: Progress,
+    heard: Interrupts | None = None,
 ) -> tuple[dict[str, Any], BatchrunError | None, bool]:
     """Start the desk and the workers, hand out the shards until all are done (again where
-    a worker died), show the progress; returns the desk's figures and the run's stop."""
+    a worker died), show the progress; returns the desk's figures and the run's stop.
+    Without `heard`, Ctrl-C and SIGTERM are heard through signal handlers set meanwhile."""
     engine = job.engine
     desk_name = f"batchrun-desk-{uuid.uuid4().hex[:12]}"
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -746,24 +810,22 @@ def _drive(
     restarting: dict[Any, tuple[int, float]] = {}  # a ready call -> (worker, since when)
     idle = list(range(len(workers)))
     stop: BatchrunError | None = None
-    interrupts = 0
     peaks: dict[int, float] = {}
     pulled = time.monotonic()  # when the workers' segments were last pulled from S3
 
-    def interrupted(*_: object) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        desk.halt.remote("Interrupted", INTERRUPTED)
-
-    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    _route(interrupted, interrupted)
+    previous = None  # the signal handlers before the run's, if it sets its own
+    if heard is None:
+        heard = Interrupts()
+        previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        _route(heard.hear, heard.hear)
+    heard.reach(desk)
     try:
         while todo or running:
-            while idle and todo and stop is None and interrupts == 0:
+            while idle and todo and stop is None and heard.count == 0:
                 index, shard = idle.pop(0), todo.popleft()
                 attempts[shard[0]] = attempts.get(shard[0], 0) + 1
                 running[workers[index].run_shard.remote(*shard)] = (index, shard)
-            if interrupts >= 2:  # a second Ctrl-C: stop at once, the output not rewritten
+            if heard.count >= 2:  # a second Ctrl-C: stop at once, the output not rewritten
                 stop = Interrupted(INTERRUPTED)
                 break
             waiting = [*running, *restarting]
@@ -841,7 +903,8 @@ def _drive(
         if figures["stop"] is not None and stop is None:
             stop = stop_from(*figures["stop"])
     finally:
-        _route(*previous)
+        if previous is not None:
+            _route(*previous)
         # However the run ended: no worker may go on sending, or committing into a folder
         # the driver is about to unlock.
         with contextlib.suppress(Exception):
@@ -859,7 +922,7 @@ def _drive(
         "shards": len(attempts),
         "shard_attempts": sum(attempts.values()),
     }
-    return figures, stop, interrupts >= 2
+    return figures, stop, heard.count >= 2
 
 
 def _desk_call(rt: Any, method: Any) -> Any:
