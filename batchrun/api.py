@@ -93,22 +93,27 @@ def run(
     fresh: bool = False,
     retry_failed: bool = False,
     quiet: bool = False,
+    engine: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     **keys: Any,
 ) -> RunResult:
     """Run or resume a job file, like `batchrun run`; blocks until the run ends.
 
     `limit` runs only the first rows; `fresh` ignores the checkpoint; `retry_failed` sends
-    the failed rows again; `quiet` hides the progress display. Job keys are overridden with
-    typed values, as a mapping of dotted keys (`overrides={"limits.concurrency": 8}`) or as
-    keywords with `__` for the dot (`limits__concurrency=8`); the keywords apply last.
-    Raises `UserError` (nothing sent) or, when the run stops early, the `RunStopped` or
-    `Interrupted` error with `summary` set. Safe where an event loop already runs (Jupyter).
+    the failed rows again; `quiet` hides the progress display. The job runs on the engine
+    its `[engine]` names, or on `engine` ("local" or "ray"), as with `--engine`. Job keys
+    are overridden with typed values, as a mapping of dotted keys
+    (`overrides={"limits.concurrency": 8}`) or as keywords with `__` for the dot
+    (`limits__concurrency=8`); the keywords apply last. Raises `UserError` (nothing sent)
+    or, when the run stops early, the `RunStopped` or `Interrupted` error with `summary`
+    set. Safe where an event loop already runs (Jupyter).
     """
     options = _run_options(limit, fresh, retry_failed, quiet)
     values = _override_values(overrides, keys)
     environ = os.environ
-    return _block_on(lambda interrupts: _run_job(job_path, options, values, environ, interrupts))
+    return _block_on(
+        lambda interrupts: _run_job(job_path, options, values, environ, engine, interrupts)
+    )
 
 
 async def run_async(
@@ -118,13 +123,14 @@ async def run_async(
     fresh: bool = False,
     retry_failed: bool = False,
     quiet: bool = False,
+    engine: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     **keys: Any,
 ) -> RunResult:
-    """`run`, awaited on the caller's event loop."""
+    """`run`, awaited on the caller's event loop (a Ray run's driver on a worker thread)."""
     options = _run_options(limit, fresh, retry_failed, quiet)
     values = _override_values(overrides, keys)
-    return await _run_job(job_path, options, values, os.environ, None)
+    return await _run_job(job_path, options, values, os.environ, engine, None)
 
 
 def _run_options(limit: int | None, fresh: bool, retry_failed: bool, quiet: bool) -> RunOptions:
@@ -150,13 +156,14 @@ async def _run_job(
     options: RunOptions,
     values: Mapping[str, Any],
     environ: Mapping[str, str],
+    engine: str | None,
     interrupts: RouteInterrupts | None,
 ) -> RunResult:
-    from .engine import run as run_engine
     from .job import load_job
+    from .launch import launch
 
     job = load_job(os.fspath(job_path), environ=environ, values=values)
-    summary = await run_engine(job, options, environ, interrupts=interrupts)
+    summary = await launch(job, options, environ, engine=engine, interrupts=interrupts)
     return _finish(summary)
 
 

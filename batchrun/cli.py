@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import BatchrunError, Interrupted, RunStopped, UserError
+from .launch import ENGINES
 from .sim.cli import positive_int
 from .space import disk_full, what_is_full
 
@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     run.add_argument(
         "--engine",
-        choices=["local", "ray"],
+        choices=ENGINES,
         default=None,
         help="run in this process (local), or on a Ray cluster ([engine] in the job says "
         "which cluster and how many workers)",
@@ -265,24 +265,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .engine import run
     from .job import load_job
+    from .launch import launch, with_engine
     from .plan import RunOptions
 
     if args.fresh and args.retry_failed:
         raise UserError("--fresh already runs every row; drop --retry-failed.")
-    job = load_job(args.job, args.overrides, os.environ)
+    job = with_engine(load_job(args.job, args.overrides, os.environ), args.engine)
     options = RunOptions(
         fresh=args.fresh, retry_failed=args.retry_failed, limit=args.limit, quiet=args.quiet
     )
-    if args.engine is not None:
-        job = dataclasses.replace(job, engine=job.engine.model_copy(update={"kind": args.engine}))
-    if job.engine.kind == "ray":
-        from . import ray as ray_engine
-
-        summary = ray_engine.run(job, options, os.environ)
-    else:
-        summary = asyncio.run(run(job, options, os.environ))
+    summary = asyncio.run(launch(job, options, os.environ))
     parts = [
         f"{summary.ok:,} ok",
         f"{summary.failed:,} failed",

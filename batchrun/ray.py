@@ -36,6 +36,7 @@ import resource
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections import deque
@@ -47,9 +48,11 @@ from typing import Any
 from .checkpoint import Checkpoint, checkpoint_dir
 from .engine import (
     BATCH_ROWS,
+    RouteInterrupts,
     RunSummary,
     _endpoints,
     _Engine,
+    _signals,
     check_complete,
     concurrency_of,
     lane_figures,
@@ -84,6 +87,8 @@ PULL_S = 2.0  # with the checkpoint on S3, how often the driver pulls the worker
 PULL_TRIES = 3  # a worker's tries to pull an S3 checkpoint before a shard
 QUOTA_HOLD_MARGIN_S = 1.0  # others wait this much past a quota probe's next try
 INTERRUPTED = "Interrupted: finished rows are saved; run the same command to resume."
+LOOPBACK = "127.0.0.1"  # where a local Ray instance listens (see `on_loopback`)
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is loopback
 
 
 def require_ray() -> Any:
@@ -493,6 +498,63 @@ def shards(total: int, workers: int, rows: int | None = None) -> list[tuple[int,
 
 
 @contextlib.contextmanager
+def on_loopback() -> Iterator[None]:
+    """While a local Ray instance starts: every port it opens on loopback only.
+
+    Ray (2.60) has no bind-address setting: its gRPC servers (GCS, raylet, every worker and
+    the driver) listen on every interface unless the node's address is exactly 127.0.0.1,
+    ::1 or localhost, and its agents on the node's address. `ray.init` turns a given
+    `_node_ip_address` of 127.0.0.1 into the machine's network address, unless Ray is in
+    its local-only mode (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, the default on macOS and
+    Windows), where the node's address is loopback. The driver reads that setting once,
+    when `ray` is imported, hence its constant set here too; the processes Ray spawns
+    inherit the variable. Both are restored once Ray is up: nothing else in this process
+    changes. `tests/test_ray.py` lists the sockets of a run to hold this.
+    """
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(LOCAL_ONLY_ENV)
+    saved = ray_constants.ENABLE_RAY_CLUSTER  # read by services.get_node_ip_address
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = saved_env
+
+
+def _on_loopback(address: str) -> bool:
+    """Whether a cluster's address ("host:port") is on this machine's loopback."""
+    import ipaddress
+
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, "auto", a ray:// URL
+        return False
+
+
+def _check_loopback(rt: Any) -> None:
+    """Refuse to run on a local instance Ray did not put on loopback (a Ray whose settings
+    changed): its ports would be open to the network."""
+    address = rt.util.get_node_ip_address()
+    if address not in ("127.0.0.1", "::1", "localhost"):
+        rt.shutdown()
+        raise BatchrunError(
+            f"The local Ray instance started on {address}, not on loopback, so its ports "
+            f"would be reachable from the network; it was shut down before any work. Ray "
+            f"{rt.__version__} may place a local instance differently: please report it, "
+            f"and run with --engine local meanwhile."
+        )
+
+
+@contextlib.contextmanager
 def connected(job: Job) -> Iterator[Any]:
     """Ray, connected to the job's cluster or to a local instance started for the run (shut
     down after it); a caller's own connection is used and left as it is."""
@@ -505,10 +567,21 @@ def connected(job: Job) -> Iterator[Any]:
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     try:
         if job.engine.address:
-            rt.init(address=job.engine.address, **kwargs)
+            # A cluster on loopback keeps its address (Ray would put the network's instead).
+            local = _on_loopback(job.engine.address)
+            with on_loopback() if local else contextlib.nullcontext():
+                rt.init(address=job.engine.address, **kwargs)
         else:
             cpus = max(os.cpu_count() or 1, math.ceil(job.engine.workers * job.engine.worker_cpus))
-            rt.init(address="local", num_cpus=cpus, include_dashboard=False, **kwargs)
+            with on_loopback():
+                rt.init(
+                    address="local",
+                    num_cpus=cpus,
+                    include_dashboard=False,
+                    _node_ip_address=LOOPBACK,
+                    **kwargs,
+                )
+            _check_loopback(rt)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = job.engine.address or "a local instance"
         raise UserError(
@@ -528,9 +601,14 @@ def run(
     environ: Mapping[str, str] | None = None,
     *,
     dataset: Any = None,
+    heard: Interrupts | None = None,
 ) -> Any:
     """Run or resume a job on Ray; see the module docstring. The same summary as a local
     run, over the whole job (a `RunSummary`).
+
+    Ctrl-C and SIGTERM stop the run as they stop a local one: through `heard`, which the
+    caller feeds from its own handlers, or else through signal handlers set for the run
+    (from the main thread only).
 
     With `dataset` (a Ray Data `Dataset`), returns that dataset with the job's answers
     added by a `ChatStage` pool of `[engine] workers` actors (lazy, as Ray Data is); the
@@ -567,7 +645,7 @@ def run(
         checkpoint.start_merging()
         with _endpoints(job) as urls, connected(job) as rt:
             figures, stop, hurried = _drive(
-                rt, job, options, plan.total, checkpoint, urls, progress
+                rt, job, options, plan.total, checkpoint, urls, progress, heard
             )
         progress.close()
         checkpoint.stop_merging()
@@ -623,6 +701,60 @@ def run(
     )
 
 
+async def run_async(
+    job: Job,
+    options: RunOptions,
+    environ: Mapping[str, str],
+    *,
+    interrupts: RouteInterrupts | None = None,
+) -> RunSummary:
+    """`run`, awaited: the driver on a worker thread, the caller's loop free meanwhile.
+    Ctrl-C and SIGTERM reach the run through `interrupts` (as the local engine's), or
+    else through the loop's signal handlers; a cancelled await stops the run as Ctrl-C."""
+    heard = Interrupts()
+    with (interrupts or _signals)(heard.hear):
+        driver = asyncio.to_thread(run, job, options, environ, heard=heard)
+        try:
+            summary: RunSummary = await driver
+        except asyncio.CancelledError:
+            heard.hear()  # the driver stops its workers, keeps their rows, and shuts down
+            raise
+    return summary
+
+
+class Interrupts:
+    """Ctrl-C and SIGTERM as a Ray run hears them, from any thread: counted, and each one
+    handed to the run's desk, which stops every worker."""
+
+    def __init__(self) -> None:
+        # Guards both fields below; re-entrant, as a signal handler (`hear`) may run in the
+        # main thread while that thread holds it.
+        self._lock = threading.RLock()
+        self._count = 0  # interrupts heard so far
+        self._desk: Any = None  # the run's desk, once it exists
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return self._count
+
+    def hear(self, *_: object) -> None:
+        """One interrupt (a signal handler's arguments are ignored)."""
+        with self._lock:
+            self._count += 1
+            desk = self._desk
+        if desk is not None:
+            desk.halt.remote("Interrupted", INTERRUPTED)
+
+    def reach(self, desk: Any) -> None:
+        """Hand interrupts to `desk` from now on, and any heard before it existed."""
+        with self._lock:
+            self._desk = desk
+            heard = self._count
+        if heard:
+            desk.halt.remote("Interrupted", INTERRUPTED)
+
+
 def _drive(
     rt: Any,
     job: Job,
@@ -631,9 +763,11 @@ def _drive(
     checkpoint: Checkpoint,
     urls: Mapping[str, str],
     progress: Progress,
+    heard: Interrupts | None = None,
 ) -> tuple[dict[str, Any], BatchrunError | None, bool]:
     """Start the desk and the workers, hand out the shards until all are done (again where
-    a worker died), show the progress; returns the desk's figures and the run's stop."""
+    a worker died), show the progress; returns the desk's figures and the run's stop.
+    Without `heard`, Ctrl-C and SIGTERM are heard through signal handlers set meanwhile."""
     engine = job.engine
     desk_name = f"batchrun-desk-{uuid.uuid4().hex[:12]}"
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -681,24 +815,22 @@ def _drive(
     restarting: dict[Any, tuple[int, float]] = {}  # a ready call -> (worker, since when)
     idle = list(range(len(workers)))
     stop: BatchrunError | None = None
-    interrupts = 0
     peaks: dict[int, float] = {}
     pulled = time.monotonic()  # when the workers' segments were last pulled from S3
 
-    def interrupted(*_: object) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        desk.halt.remote("Interrupted", INTERRUPTED)
-
-    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    _route(interrupted, interrupted)
+    previous = None  # the signal handlers before the run's, if it sets its own
+    if heard is None:
+        heard = Interrupts()
+        previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        _route(heard.hear, heard.hear)
+    heard.reach(desk)
     try:
         while todo or running:
-            while idle and todo and stop is None and interrupts == 0:
+            while idle and todo and stop is None and heard.count == 0:
                 index, shard = idle.pop(0), todo.popleft()
                 attempts[shard[0]] = attempts.get(shard[0], 0) + 1
                 running[workers[index].run_shard.remote(*shard)] = (index, shard)
-            if interrupts >= 2:  # a second Ctrl-C: stop at once, the output not rewritten
+            if heard.count >= 2:  # a second Ctrl-C: stop at once, the output not rewritten
                 stop = Interrupted(INTERRUPTED)
                 break
             waiting = [*running, *restarting]
@@ -776,7 +908,8 @@ def _drive(
         if figures["stop"] is not None and stop is None:
             stop = stop_from(*figures["stop"])
     finally:
-        _route(*previous)
+        if previous is not None:
+            _route(*previous)
         # However the run ended: no worker may go on sending, or committing into a folder
         # the driver is about to unlock.
         with contextlib.suppress(Exception):
@@ -794,7 +927,7 @@ def _drive(
         "shards": len(attempts),
         "shard_attempts": sum(attempts.values()),
     }
-    return figures, stop, interrupts >= 2
+    return figures, stop, heard.count >= 2
 
 
 def _desk_call(rt: Any, method: Any) -> Any:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,3 +207,74 @@ def run_faked(job_path: Path, clock: FakeClock) -> RunSummary:
     job = load_job(job_path, environ=ENV)
     options = RunOptions(quiet=True)
     return asyncio.run(run(job, options, ENV, sleep=clock.sleep, clock=clock))
+
+
+# -- listening sockets of a process tree (Ray's, to check it stays on loopback) ---------------
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A socket a process listens on: TCP in LISTEN, or a UDP socket bound with no peer."""
+
+    pid: int
+    process: str  # its name (a Ray worker's says what it runs)
+    kind: str  # "tcp" or "udp"
+    ip: str
+    port: int
+
+    @property
+    def on_loopback(self) -> bool:
+        """127.0.0.0/8 or ::1, also as an IPv4-mapped IPv6 address (gRPC's `::ffff:127.0.0.1`)."""
+        import ipaddress
+
+        address = ipaddress.ip_address(self.ip.split("%", 1)[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return address.is_loopback
+
+
+def process_tree(root: int) -> list[Any]:
+    """The process `root` and all its descendants (psutil processes), and any other process
+    of a Ray session one of them runs (a process Ray detached from its parent)."""
+    import psutil
+
+    top = psutil.Process(root)
+    tree = {p.pid: p for p in [top, *top.children(recursive=True)]}
+    sessions = set()
+    for process in tree.values():
+        with contextlib.suppress(psutil.Error):
+            sessions.update(
+                part.split("/session_", 1)[1].split("/", 1)[0]
+                for part in process.cmdline()
+                if "/session_" in part
+            )
+    if sessions:
+        for process in psutil.process_iter(["cmdline"]):
+            line = " ".join(process.info["cmdline"] or [])
+            if process.pid not in tree and any(f"/session_{s}" in line for s in sessions):
+                tree[process.pid] = process
+    return list(tree.values())
+
+
+def listeners(processes: list[Any]) -> list[Listener]:
+    """Every listening socket (TCP and UDP, IPv4 and IPv6) of these processes; one that
+    ended meanwhile is skipped."""
+    import psutil
+
+    found = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+            name = process.name()
+            for conn in process.net_connections(kind="inet"):
+                if conn.type == socket.SOCK_STREAM and conn.status != psutil.CONN_LISTEN:
+                    continue
+                if conn.type == socket.SOCK_DGRAM and conn.raddr:
+                    continue  # a UDP socket connected to a peer: a client's, not a server's
+                kind = "tcp" if conn.type == socket.SOCK_STREAM else "udp"
+                found.append(Listener(process.pid, name, kind, conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+def beyond_loopback(processes: list[Any]) -> list[Listener]:
+    """The listening sockets of these processes that another machine could reach."""
+    return [s for s in listeners(processes) if not s.on_loopback]

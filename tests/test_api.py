@@ -168,6 +168,8 @@ def test_wrong_arguments_raise_the_user_errors_with_one_sentence(ws: Workspace) 
         batchrun.run(job, fresh=True, retry_failed=True)
     with pytest.raises(batchrun.UserError, match="limit must be"):
         batchrun.run(job, limit=0)
+    with pytest.raises(batchrun.UserError, match="engine must be 'local' or 'ray', not 'spark'"):
+        batchrun.run(job, engine="spark")
     with pytest.raises(batchrun.JobError, match="does not exist"):
         batchrun.run(ws.root / "nope.toml")
     frame = reviews(3)

@@ -7,8 +7,13 @@ environment: workers read the key from their own machine's environment, never fr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -21,9 +26,20 @@ import pytest
 
 from batchrun.job import load_job
 from batchrun.plan import RunOptions
+from batchrun.ray import LOOPBACK, on_loopback
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
-from .conftest import ENV, FAKE_KEY, Workspace, busiest, latest_results, reviews
+from .conftest import (
+    ENV,
+    FAKE_KEY,
+    Workspace,
+    beyond_loopback,
+    busiest,
+    latest_results,
+    listeners,
+    process_tree,
+    reviews,
+)
 from .s3server import BUCKET, FAKE_KEY_ID, FAKE_SECRET, moto_server
 
 ray = pytest.importorskip("ray")
@@ -50,13 +66,16 @@ def ray_instance() -> Iterator[None]:
     # environment, as they do the key (the endpoint is the job's own [storage] key).
     saved = {name: os.environ.get(name) for name in S3_CREDENTIALS}
     os.environ.update(S3_CREDENTIALS)
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        logging_level="ERROR",
-        log_to_driver=False,
-    )
+    # On loopback, as batchrun starts a local instance (see batchrun.ray.on_loopback).
+    with on_loopback():
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=False,
+            logging_level="ERROR",
+            log_to_driver=False,
+            _node_ip_address=LOOPBACK,
+        )
     try:
         yield
     finally:
@@ -379,3 +398,142 @@ def test_a_multi_endpoint_job_holds_each_endpoint_s_own_limit_across_the_cluster
     for name, server in (("fast", fast), ("slow", slow)):
         assert runs[name]["requests"] == len(server.times)
         assert runs[name]["answers"] == counts[name] and runs[name]["state"] == "serving"
+
+
+RUN = [sys.executable, "-m", "batchrun.cli", "run"]  # `batchrun run`, in a process of its own
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a `batchrun run` that starts its own Ray instance."""
+    env = {
+        "BATCHRUN_TEST_KEY": FAKE_KEY,
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    # The machine's Ray token, as the tests' own instance has it (see test_ray_cluster).
+    passed = ("HOME", "PYTHONPATH")
+    env.update((k, v) for k, v in os.environ.items() if k.startswith("RAY_AUTH") or k in passed)
+    return env
+
+
+def test_a_local_ray_instance_listens_on_loopback_only(ws: Workspace) -> None:
+    """`batchrun run JOB --engine ray` with no address starts Ray for the run: while its
+    workers answer, no process of the run (the batchrun driver, the GCS, the raylet, the
+    agents, the desk and the workers) listens on anything but loopback, TCP or UDP."""
+    ws.write_input(reviews(240))
+    with start_in_thread(SimConfig(latency_ms=100)) as server:
+        job = ray_job(ws, server.base_url, limits={"concurrency": 4})
+        run = subprocess.Popen(
+            [*RUN, str(job), "--engine", "ray", "--quiet"],
+            env=cli_env(),
+            cwd=ws.root,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        seen: dict[tuple[int, str, int], Any] = {}  # every listener of any sample
+        mid_run = False  # a sample was taken while the workers were up
+        while run.poll() is None:
+            tree = process_tree(run.pid)
+            names = " ".join(p.name() + " " + " ".join(p.cmdline()) for p in _alive(tree))
+            found = listeners(tree)
+            if "ShardWorker" in names and "raylet" in names and "gcs_server" in names:
+                mid_run = True
+            seen.update(((s.pid, s.ip, s.port), s) for s in found)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.wait(timeout=0.2)
+        out, _ = run.communicate()
+    assert run.returncode == 0, out
+    assert "240 ok, 0 failed, 0 pending" in out
+    assert mid_run, "no sample caught the run's Ray processes"
+    assert seen, "no listening socket was seen at all"
+    wide = [s for s in seen.values() if not s.on_loopback]
+    assert wide == [], f"listening beyond loopback: {wide}"
+
+
+def test_the_tests_own_ray_instance_listens_on_loopback_only() -> None:
+    assert beyond_loopback(process_tree(os.getpid())) == []
+
+
+def _alive(processes: list[Any]) -> list[Any]:
+    import psutil
+
+    alive = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.cmdline()
+            alive.append(process)
+    return alive
+
+
+def run_desks() -> set[str]:
+    """The names of every batchrun desk actor this Ray instance has had (one per Ray run)."""
+    return {
+        name
+        for actor in ray._private.state.actors().values()
+        if (name := str(actor.get("Name", ""))).startswith("batchrun-desk-")
+        and "-worker-" not in name
+    }
+
+
+def test_batchrun_run_honours_engine_ray_and_engine_local_overrides_it(
+    ws: Workspace, sim: SimServer
+) -> None:
+    """`batchrun.run` runs a job with `[engine] kind = "ray"` on Ray, as `batchrun run`
+    does, and `engine="local"` runs it in this process, as `--engine local` does."""
+    import batchrun
+
+    ws.write_input(reviews(300))
+    job = ray_job(ws, sim.base_url, engine={"shard_rows": 100})
+    before = run_desks()
+    result = batchrun.run(job, quiet=True)
+    assert (result.ok, result.failed, result.pending, result.ran) == (300, 0, 0, 300)
+    assert len(run_desks() - before) == 1  # the run's desk: it ran on Ray
+    assert sorted(row_of(r) for r in sim.requests) == list(range(300))  # each row asked once
+    out = ws.read_output()
+    assert out["id"].n_unique() == out.height == 300
+    assert out["status"].to_list() == ["ok"] * 300
+
+    before, asked = run_desks(), len(sim.requests)
+    again = ws.root / "again.toml"
+    again.write_text(job.read_text().replace("out/result.parquet", "out/again.parquet"))
+    local = asyncio.run(batchrun.run_async(again, quiet=True, engine="local"))
+    assert (local.ok, local.ran) == (300, 300)
+    assert run_desks() == before  # no Ray run
+    assert sorted(row_of(r) for r in sim.requests[asked:]) == list(range(300))
+    assert pl.read_parquet(local.output_path).select(SAME).equals(out.select(SAME))
+
+
+def test_ctrl_c_stops_a_ray_run_of_the_command_which_the_same_command_resumes(
+    ws: Workspace,
+) -> None:
+    """`batchrun run --engine ray` hears Ctrl-C on its event loop while the Ray driver runs
+    on a worker thread: exit 130, the committed rows kept, and the same command asks only
+    the others."""
+    ws.write_input(reviews(400))
+    with start_in_thread(SimConfig(latency_ms=100)) as server:
+        limits = {"concurrency": 8, "commit_interval_s": 0.2}
+        job = ray_job(ws, server.base_url, limits=limits)
+        command = [*RUN, str(job), "--quiet"]
+        first = subprocess.Popen(
+            command, env=cli_env(), cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        folder = ws.output.with_name(ws.output.name + ".checkpoint")
+        deadline = time.monotonic() + 120
+        while len(latest_results(folder)) < 40 and first.poll() is None:
+            assert time.monotonic() < deadline, "no rows were committed in time"
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                first.wait(timeout=0.2)
+        assert first.poll() is None, "the run ended before it was interrupted"
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=120)
+        asked = len(server.requests)
+        second = subprocess.run(
+            command, env=cli_env(), cwd=ws.root, capture_output=True, text=True, timeout=120
+        )
+        records = server.requests
+    assert first.returncode == 130, err
+    assert b"Interrupted: finished rows are saved" in err
+    assert second.returncode == 0, second.stderr
+    assert "400 ok, 0 failed, 0 pending" in second.stdout
+    assert asked < 400
+    assert sorted(row_of(r) for r in records) == list(range(400))  # each row asked once

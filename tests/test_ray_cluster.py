@@ -24,9 +24,18 @@ import pytest
 
 from batchrun.job import load_job
 from batchrun.plan import RunOptions
+from batchrun.ray import LOOPBACK, on_loopback
 from batchrun.sim import SimConfig, start_in_thread
 
-from .conftest import ENV, FAKE_KEY, Workspace, latest_results, reviews
+from .conftest import (
+    ENV,
+    FAKE_KEY,
+    Workspace,
+    beyond_loopback,
+    latest_results,
+    process_tree,
+    reviews,
+)
 from .s3server import BUCKET, FAKE_KEY_ID, FAKE_SECRET, moto_server
 
 ray = pytest.importorskip("ray")
@@ -56,18 +65,22 @@ def cluster() -> Iterator[Any]:
     given = {"RAY_USAGE_STATS_ENABLED": "0", "BATCHRUN_TEST_KEY": FAKE_KEY, **S3_CREDENTIALS}
     saved = {name: os.environ.get(name) for name in given}
     os.environ.update(given)  # before any node starts: workers inherit them
+    # Every node on loopback only, as batchrun's own local instance (batchrun.ray.on_loopback).
     head = {
         "num_cpus": 1,
         "include_dashboard": False,
+        "node_ip_address": LOOPBACK,
         # A node that goes is found dead in about a second rather than fifteen.
         "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 2},
     }
-    nodes = Cluster(initialize_head=True, head_node_args=head)
+    with on_loopback():  # else the nodes listen on loopback but name the network address
+        nodes = Cluster(initialize_head=True, head_node_args=head)
     try:
         for _ in range(2):
-            nodes.add_node(num_cpus=1)
+            add_node(nodes)
         nodes.wait_for_nodes()
-        ray.init(address=nodes.address, logging_level="ERROR", log_to_driver=False)
+        with on_loopback():  # else Ray looks for the head at the network address
+            ray.init(address=nodes.address, logging_level="ERROR", log_to_driver=False)
         yield nodes
     finally:
         ray.shutdown()
@@ -77,6 +90,12 @@ def cluster() -> Iterator[Any]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def add_node(nodes: Any) -> Any:
+    """A node of one CPU, on loopback only."""
+    with on_loopback():
+        return nodes.add_node(num_cpus=1, node_ip_address=LOOPBACK)
 
 
 def row_of(record: Any) -> int:
@@ -129,7 +148,7 @@ def test_a_node_lost_mid_run_leaves_every_row_once_and_nothing_committed_asked_a
         ws.write_input(reviews(ROWS))
         # A whole CPU for each worker: one worker on each of three nodes, so the node removed
         # holds exactly one, and the fourth node is the room its restart needs.
-        cluster.add_node(num_cpus=1)  # here: Ray starts a node from the main thread only
+        add_node(cluster)  # here: Ray starts a node from the main thread only
         cluster.wait_for_nodes()
         engine = {
             "kind": "ray",
@@ -306,3 +325,7 @@ def test_a_driver_killed_and_run_again_ends_with_every_row_once(
     twice = [row for row, n in asked.items() if n > 1]
     assert len(shards_of(twice)) <= WORKERS, sorted(twice)
     assert set(asked.values()) <= {1, 2}
+
+
+def test_the_cluster_s_nodes_listen_on_loopback_only(cluster: Any) -> None:
+    assert beyond_loopback(process_tree(os.getpid())) == []
