@@ -76,6 +76,9 @@ class EndpointSpec(_Section):
     sim: dict[str, Any] | None = None  # with base_url = "sim": this simulator's settings
     # None: the proxy variables (HTTPS_PROXY...) decide; "": direct; else this proxy's URL
     proxy: str | None = None
+    # The NAME of a variable holding this endpoint's proxy URL, where it has a password
+    # (a password is read from the environment, never the job file)
+    proxy_env: str | None = None
     ca_bundle: str | None = None  # a PEM file of CAs trusted besides the system's
 
     @model_validator(mode="after")
@@ -95,9 +98,23 @@ class EndpointSpec(_Section):
             raise ValueError(f"preset must be one of {', '.join(PRESETS)} (got {self.preset!r})")
         if self.proxy:
             try:
-                ProxyURL.parse(self.proxy)
+                url = ProxyURL.parse(self.proxy)
             except ValueError as exc:  # its message never repeats the URL: it may hold a password
                 raise ValueError(f'proxy {exc}, or "" for none') from None
+            if url.has_password:
+                raise ValueError(
+                    "proxy holds a password, which never goes into a job file: put the "
+                    "proxy's URL in an environment variable and give its name as proxy_env "
+                    '(as api_key_env names the key\'s), e.g. proxy_env = "CORP_PROXY"'
+                )
+        if self.proxy_env is not None:
+            if self.proxy is not None:
+                raise ValueError("give proxy or proxy_env, not both")
+            if not _VARIABLE.fullmatch(self.proxy_env):
+                raise ValueError(
+                    "proxy_env must be the NAME of an environment variable (letters, digits "
+                    "and _) that holds the proxy's URL, never the URL itself"
+                )
         return self
 
 
@@ -304,8 +321,9 @@ class Endpoint:
     concurrency: int
     model: str | None  # the name this gateway has for the job's model; None: the job's own
     sim: dict[str, Any]  # the simulator's settings, where base_url is "sim"
-    # The job's proxy setting (None: the variables decide; "": direct); it may hold a password
-    proxy: str | None = dataclasses.field(default=None, repr=False)
+    # The job's proxy setting (None: the variables decide; "": direct); never a password
+    proxy: str | None = None
+    proxy_env: str | None = None  # the variable holding this endpoint's proxy URL instead
     ca_bundle: str | None = None  # the CA file's absolute path, for messages
     ca_pem: str | None = dataclasses.field(default=None, repr=False)  # its certificates
 
@@ -319,7 +337,23 @@ class Endpoint:
         reached directly."""
         if self.uses_sim:
             return DIRECT_ROUTE
-        return route_for(self.base_url, self.proxy, self.ca_pem, environ)
+        setting = self.proxy
+        if self.proxy_env is not None:
+            setting = environ.get(self.proxy_env, "").strip()
+            if not setting:
+                raise JobError(
+                    f"The variable {self.proxy_env}, which endpoint {self.name!r} names as "
+                    f"proxy_env, is not set: set it to the proxy's URL (e.g. "
+                    f"http://user:password@proxy:3128), or remove proxy_env."
+                )
+            try:
+                ProxyURL.parse(setting)
+            except ValueError as exc:  # never the value: it holds a password
+                raise JobError(
+                    f"The variable {self.proxy_env} (endpoint {self.name!r}'s proxy_env) "
+                    f"{exc}; fix it."
+                ) from None
+        return route_for(self.base_url, setting, self.ca_pem, environ)
 
     def api_key(self, environ: Mapping[str, str]) -> Secret | None:
         """The key from the variable the endpoint names; required unless a simulator serves."""
@@ -523,6 +557,7 @@ def _resolve(
         model=spec.model,
         sim=dict(model.sim if spec.sim is None else spec.sim),
         proxy=spec.proxy,
+        proxy_env=spec.proxy_env,
         **_ca_bundle(spec, base, path, model.endpoints is not None),
     )
 

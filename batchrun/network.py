@@ -101,6 +101,10 @@ class ProxyURL:
     def has_credentials(self) -> bool:
         return bool(self._user or self._password)
 
+    @property
+    def has_password(self) -> bool:
+        return bool(self._password)
+
     def redact(self, text: str) -> str:
         """`text` with the proxy's login (`user:password`) and its password masked, as given
         and percent-encoded. A password under 4 characters is masked only in its login: masking

@@ -193,12 +193,44 @@ def test_the_jobs_proxy_overrides_the_variables(
     ws: Workspace, front: Front, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead_port()}")
+    with running(HttpProxy()) as proxy:
+        code, text = run_job(ws, front.url(), proxy=proxy.url("http"))
+    assert code == 0, text
+    assert_all_ok(ws)
+    assert_through(front, proxy)
+
+
+def test_an_endpoints_proxy_with_a_login_comes_from_the_variable_proxy_env_names(
+    ws: Workspace, front: Front, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead_port()}")
     with running(HttpProxy(login=LOGIN)) as proxy:
-        code, text = run_job(ws, front.url(), proxy=proxy.url("http", LOGIN))
+        monkeypatch.setenv("CORP_PROXY", proxy.url("http", LOGIN))
+        code, text = run_job(ws, front.url(), proxy_env="CORP_PROXY")
     assert code == 0, text
     assert_all_ok(ws)
     assert_through(front, proxy)
     no_password_in(ws, text)
+    assert LOGIN[1] not in (ws.root / "job.toml").read_text()
+
+
+def test_a_password_in_the_job_files_proxy_is_refused_before_anything_is_sent(
+    ws: Workspace, front: Front, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running(HttpProxy(login=LOGIN)) as proxy:
+        code, text = run_job(ws, front.url(), proxy=proxy.url("http", LOGIN))
+        assert proxy.requests == []
+    assert code == 2, text
+    assert "proxy_env" in text and "Traceback" not in text
+    assert LOGIN[1] not in text and "CANARY-pass" not in text
+    assert front.peers == []
+
+
+def test_a_proxy_env_that_is_not_set_is_a_job_error(ws: Workspace, front: Front) -> None:
+    code, text = run_job(ws, front.url(), proxy_env="NOT_SET_PROXY")
+    assert code == 2, text
+    assert "NOT_SET_PROXY" in text and "Traceback" not in text
+    assert front.peers == []
 
 
 def test_https_through_a_proxy_with_a_login_via_connect(
