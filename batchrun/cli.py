@@ -302,6 +302,11 @@ def _run(args: argparse.Namespace) -> int:
     where = job.output_url or summary.output_path  # an S3 output by its URL, not its copy
     if summary.rows_written is None:
         print(f"output: {where} not rewritten; run again to write it")
+    elif summary.not_uploaded is not None:
+        print(
+            f"output: {summary.output_path} ({summary.rows_written:,} rows; not uploaded to "
+            f"{summary.not_uploaded})"
+        )
     else:
         print(f"output: {where} ({summary.rows_written:,} rows)")
         if job.parse is not None or job.eval is not None:

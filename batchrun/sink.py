@@ -18,13 +18,13 @@ from . import render
 from .checkpoint import Checkpoint, atomic_file
 from .columns import FINGERPRINT, INPUT_ROW, KEY
 from .columns import POSITION as RESULT_POSITION
-from .errors import BatchrunError, UserError
+from .errors import StoreFailed, UserError
 from .job import Job
 from .render import Renderer
 from .scoring import Annotator
 from .source import POSITION, ROW_KEY, Source
 from .space import disk_full
-from .store import Remote, upload_file
+from .store import Remote, S3Error, upload_file
 
 OUTPUT_BATCH_ROWS = 16_384  # input rows joined and written at a time, one row group each: a
 # batch of 100,000 held 140 MB more at its peak than one of 16,384, and was no faster
@@ -159,17 +159,28 @@ def remove_temporaries(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def publish(path: Path, remote: Remote | None) -> None:
+def upload(path: Path, remote: Remote) -> None:
     """Upload the output written at `path` to its S3 location, whole or not at all (see
-    `batchrun.store.upload_file`); nothing for a local output. The local file stays: it is
-    the copy later commands read."""
+    `batchrun.store.upload_file`); an S3Error says it did not happen. The local file stays:
+    it is the copy later commands read."""
+    upload_file(remote.fs, remote.path, path)
+
+
+def publish(path: Path, remote: Remote | None) -> None:
+    """`upload`, for a caller all of whose answers are committed (an import), and that
+    does not wait S3 out: a failure is a StoreFailed saying where the output is. Nothing
+    for a local output."""
     if remote is None:
         return
     try:
-        upload_file(remote.fs, remote.path, path)
+        upload(path, remote)
     except OSError as exc:
-        raise BatchrunError(
-            f"The output could not be uploaded to {remote.url} "
-            f"({str(exc).splitlines()[0][:160]}); every answer is committed and the output is "
-            f"at {path}: run the same command again to upload it."
+        raise StoreFailed(
+            f"The output could not be uploaded to {remote.url} ({_why(exc)}); every answer "
+            f"is committed and the output is at {path}: run the same command again to "
+            f"upload it."
         ) from None
+
+
+def _why(exc: OSError) -> str:
+    return exc.why if isinstance(exc, S3Error) else str(exc).strip().splitlines()[0][:160]
