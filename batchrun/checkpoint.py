@@ -352,7 +352,13 @@ class Checkpoint:
         self._renewing.clear()
         self._renewer = threading.Thread(target=self._renew, name="batchrun-lease", daemon=True)
         self._renewer.start()
-        _pull(self.folder, self.remote)
+        try:
+            _pull(self.folder, self.remote)
+        except S3Error as exc:  # nothing was sent yet: as for the lease
+            raise UserError(
+                f"The checkpoint {self.remote.url} cannot be read ({exc.why}): check the "
+                f"bucket, the credentials and the endpoint."
+            ) from None
 
     def _renew(self) -> None:
         """The renewer thread: renew the lease RENEWALS times in its ttl until closed. While

@@ -1109,50 +1109,21 @@ class _Engine:
         the answers not committed now; with `written` (the run's end: whether the output
         was written), where the rows committed so far are."""
         assert self._store_failure is not None
-        exc, waited, what = self._store_failure
-        if waited:
-            cause = (
-                f"S3 could not be reached for {self.job.limits.storage_wait_s:g} s "
-                f"(limits.storage_wait_s; the last try: {exc.why})"
-            )
-        elif what == "commit":
-            cause = f"S3 refused a commit to {self.checkpoint.remote_url} ({exc.why})"
-        else:
-            cause = f"S3 refused the output's upload to {self.job.output_url} ({exc.why})"
-        lost = len(self._buffer)
-        if lost:
-            kept = (
-                f"{lost:,} answers could not be committed and will be asked (and paid for) "
-                f"again when the run resumes"
-            )
-        else:
-            kept = "every answer of this run is committed"
-        parts = [f"{cause}: {kept}"]
-        if written is not None:
-            parts.append(self._output_words(written))
-        if what == "upload" and not lost:
-            fix = "run the same command again to upload it"
-        else:
-            fix = "run the same command to resume"
-        check = (
-            "once S3 answers"
-            if waited
-            else "once the bucket, the credentials and the endpoint are right"
+        _, waited, what = self._store_failure
+        where = None if written is None else self._output_words(written)
+        return StoreFailed(
+            store_sentence(self.store_cause(), len(self._buffer), where, waited, what)
         )
-        parts.append(f"{fix} {check}")
-        return StoreFailed("; ".join(parts) + ".")
+
+    def store_cause(self) -> str:
+        """What S3 did that stopped the run, in a few words."""
+        assert self._store_failure is not None
+        exc, waited, what = self._store_failure
+        where = self.checkpoint.remote_url if what == "commit" else self.job.output_url
+        return store_cause(exc, waited, what, self.job.limits.storage_wait_s, where or "")
 
     def _output_words(self, written: bool) -> str:
-        """Where the rows committed so far can be read, once the run ended."""
-        if not written:
-            return "the output was not rewritten"
-        if self.not_uploaded is not None:
-            return (
-                f"the rows committed so far are in {self.job.output_path} (not uploaded to "
-                f"{self.not_uploaded})"
-            )
-        where = self.job.output_url or self.job.output_path
-        return f"the output {where} holds the rows committed so far"
+        return output_words(self.job, written, self.not_uploaded)
 
     def settle_stop(self, written: bool) -> None:
         """Once the run ended: make the stop's sentence say what is so now. A stop on S3
@@ -1163,10 +1134,7 @@ class _Engine:
             self.stop = self.store_stop(written)
         elif stop is not None and lost and not isinstance(stop, DiskFull):
             why = self._store_failure[0].why if self._store_failure else "the commit failed"
-            self.stop = type(stop)(
-                f"{stop} But {lost:,} answers could not be committed ({why}): they will be "
-                f"asked (and paid for) again when the run resumes."
-            )
+            self.stop = with_uncommitted(stop, lost, why)
 
     async def publish_output(self) -> bool:
         """Upload the written output to S3 (nothing for a local one), waiting S3 out as a
@@ -1211,6 +1179,63 @@ class _Engine:
         for key in self.keys:
             text = key.redact(text)
         return text
+
+
+def store_cause(exc: S3Error, waited: bool, what: str, wait_s: float, where: str) -> str:
+    """What S3 did to a `what` ("commit" or "upload") at `where`, in a few words: out of
+    reach for `wait_s` (`waited`), or it refused."""
+    if waited:
+        return (
+            f"S3 could not be reached for {wait_s:g} s (limits.storage_wait_s; the last try: "
+            f"{exc.why})"
+        )
+    if what == "commit":
+        return f"S3 refused a commit to {where} ({exc.why})"
+    return f"S3 refused the output's upload to {where} ({exc.why})"
+
+
+def with_uncommitted(stop: BatchrunError, lost: int, why: str) -> BatchrunError:
+    """`stop`, its sentence saying too that `lost` answers could not be committed."""
+    return type(stop)(
+        f"{stop} But {lost:,} answers could not be committed ({why}): they will be asked "
+        f"(and paid for) again when the run resumes."
+    )
+
+
+def store_sentence(cause: str, lost: int, where: str | None, waited: bool, what: str) -> str:
+    """The sentence of a stop on S3: its `cause`, the `lost` answers not committed, `where`
+    the rows committed so far are (None: not known yet), and what to do."""
+    if lost:
+        kept = (
+            f"{lost:,} answers could not be committed and will be asked (and paid for) "
+            f"again when the run resumes"
+        )
+    else:
+        kept = "every answer of this run is committed"
+    parts = [f"{cause}: {kept}", *([where] if where is not None else [])]
+    fix = (
+        "run the same command again to upload it"
+        if what == "upload" and not lost
+        else ("run the same command to resume")
+    )
+    check = (
+        "once S3 answers"
+        if waited
+        else "once the bucket, the credentials and the endpoint are right"
+    )
+    parts.append(f"{fix} {check}")
+    return "; ".join(parts) + "."
+
+
+def output_words(job: Job, written: bool, not_uploaded: str | None) -> str:
+    """Where the rows committed so far can be read, once a run ended."""
+    if not written:
+        return "the output was not rewritten"
+    if not_uploaded is not None:
+        return (
+            f"the rows committed so far are in {job.output_path} (not uploaded to {not_uploaded})"
+        )
+    return f"the output {job.output_url or job.output_path} holds the rows committed so far"
 
 
 def _next_pending(

@@ -39,7 +39,10 @@ from .errors import (
     BudgetReached,
     DiskFull,
     Interrupted,
+    NoEndpoint,
     QuotaExhausted,
+    RunStopped,
+    StoreFailed,
     SystematicFailure,
 )
 from .limits import Clock, Pacer, Sleep
@@ -55,7 +58,17 @@ BUDGET_SLICES = 64  # a worker takes at most this share of the money left at a t
 # The stops a worker may hand on to the others, by name.
 STOPS: dict[str, type[BatchrunError]] = {
     cls.__name__: cls
-    for cls in (BadKey, QuotaExhausted, BudgetReached, SystematicFailure, DiskFull, Interrupted)
+    for cls in (
+        BadKey,
+        QuotaExhausted,
+        BudgetReached,
+        SystematicFailure,
+        DiskFull,
+        StoreFailed,
+        NoEndpoint,
+        RunStopped,  # a lease on S3 lost to another run
+        Interrupted,
+    )
 }
 
 
@@ -77,6 +90,7 @@ class Tally:
     rate_limited: int = 0
     remapped: int = 0
     requests: int = 0  # starts this attempt took from its leases
+    uncommitted: int = 0  # answers it holds that could not be committed (S3 out of reach)
     # Each endpoint's figures in the worker's engine (`batchrun.engine.lane_figures`: its
     # requests, answers, failed attempts by kind, circuit openings, why it went out, summed
     # over the workers by `add_lanes`; and its state, serving, paused, open or out, which

@@ -6,7 +6,8 @@ import contextlib
 import errno
 import json
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,7 +24,7 @@ from .job import Job
 from .render import Renderer
 from .scoring import Annotator
 from .source import POSITION, ROW_KEY, Source
-from .space import disk_full
+from .space import disk_full, store_backoff
 from .store import Remote, S3Error, upload_file
 
 OUTPUT_BATCH_ROWS = 16_384  # input rows joined and written at a time, one row group each: a
@@ -164,6 +165,44 @@ def upload(path: Path, remote: Remote) -> None:
     `batchrun.store.upload_file`); an S3Error says it did not happen. The local file stays:
     it is the copy later commands read."""
     upload_file(remote.fs, remote.path, path)
+
+
+def upload_waiting(
+    path: Path,
+    remote: Remote,
+    wait_s: float,
+    note: Callable[[str], None],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> S3Error | None:
+    """`upload`, waiting S3 out for up to `wait_s` while it cannot be reached (saying so in
+    one `note`), with the backoff a run's commits use; None once uploaded, else why not.
+    For a caller with no requests to pause (a Ray run's driver, its workers done): a local
+    run waits through its engine's gate instead."""
+    since: float | None = None  # when the upload first failed
+    tries = 0
+    while True:
+        try:
+            upload(path, remote)
+        except S3Error as exc:
+            now = clock()
+            if since is None:
+                since = now
+                if exc.transient and wait_s > 0:
+                    note(
+                        f"batchrun: S3 cannot be reached ({exc.why}): the output's upload is "
+                        f"tried again for up to {wait_s:g} s (limits.storage_wait_s)."
+                    )
+            left = since + wait_s - now
+            if not exc.transient or left <= 0:
+                return exc
+            sleep(min(store_backoff(tries), left))
+            tries += 1
+            continue
+        if since is not None:
+            note("batchrun: S3 answers again: the output is uploaded.")
+        return None
 
 
 def publish(path: Path, remote: Remote | None) -> None:
