@@ -10,9 +10,11 @@ while its `mode` is "pass". Switched (`Proxy.set`) to:
 - "drop": new connections are accepted and then nothing ever comes back (a network that
   swallows packets); open ones are cut;
 - "slowdown": every request is answered `503 SlowDown` with S3's XML error body, as S3
-  answers a client it throttles; open connections are cut first.
+  answers a client it throttles; open connections are cut first;
+- "deny": every request is answered `403 AccessDenied` (a failure that does not pass: a
+  policy changed, the credentials were revoked).
 
-`Proxy.connections` counts the connections accepted, `Proxy.answered_503` the 503s sent.
+`Proxy.connections` counts the connections accepted, `Proxy.answered` the error answers sent.
 """
 
 from __future__ import annotations
@@ -26,12 +28,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from urllib.parse import urlsplit
 
-MODES = ("pass", "refuse", "drop", "slowdown")
-SLOWDOWN_BODY = (
-    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-    b"<Message>Please reduce your request rate.</Message>"
-    b"<RequestId>0000000000000000</RequestId></Error>"
-)
+MODES = ("pass", "refuse", "drop", "slowdown", "deny")
+# The answer given to every request in a mode that answers: status line, S3's XML body.
+ANSWERS = {
+    "slowdown": (
+        b"HTTP/1.1 503 Slow Down",
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+        b"<Message>Please reduce your request rate.</Message>"
+        b"<RequestId>0000000000000000</RequestId></Error>",
+    ),
+    "deny": (
+        b"HTTP/1.1 403 Forbidden",
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+        b"<Message>Access Denied</Message>"
+        b"<RequestId>0000000000000000</RequestId></Error>",
+    ),
+}
 
 
 class Proxy:
@@ -42,7 +54,7 @@ class Proxy:
         self.mode = "pass"
         self.port = 0  # the listening port, once started
         self.connections = 0  # client connections accepted
-        self.answered_503 = 0  # SlowDown answers sent
+        self.answered = 0  # error answers sent ("slowdown", "deny")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._open: set[asyncio.StreamWriter] = set()  # client sides of the live relays
@@ -113,8 +125,8 @@ class Proxy:
             finally:
                 self._open.discard(writer)
                 writer.transport.abort()
-        elif mode == "slowdown":
-            await self._slow_down(reader, writer)
+        elif mode in ANSWERS:
+            await self._answer(reader, writer, *ANSWERS[mode])
         else:
             await self._relay(reader, writer)
 
@@ -139,8 +151,15 @@ class Proxy:
             up_writer.transport.abort()
             writer.close()
 
-    async def _slow_down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Answer each request on the connection 503 SlowDown (its body read first)."""
+    async def _answer(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        status: bytes,
+        body: bytes,
+    ) -> None:
+        """Answer each request on the connection `status` with `body` (its own body read
+        first)."""
         self._open.add(writer)
         try:
             while True:
@@ -157,19 +176,20 @@ class Proxy:
                 if length and not expecting:
                     await reader.readexactly(length)
                 writer.write(
-                    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
-                    + f"Content-Length: {len(SLOWDOWN_BODY)}\r\n".encode()
+                    status
+                    + b"\r\nContent-Type: application/xml\r\n"
+                    + f"Content-Length: {len(body)}\r\n".encode()
                     + (b"Connection: close\r\n" if expecting else b"")
                     + b"\r\n"
-                    + SLOWDOWN_BODY
+                    + body
                 )
                 await writer.drain()
-                self.answered_503 += 1
+                self.answered += 1
                 if expecting or "chunked" in headers.get("transfer-encoding", ""):
-                    writer.close()  # the body was not read: the connection cannot go on
-                    return
+                    return  # the body was not read: the connection cannot go on
         finally:
             self._open.discard(writer)
+            writer.close()
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

@@ -151,7 +151,7 @@ def test_an_outage_mid_run_is_waited_out_and_nothing_is_paid_twice(
     assert set(asked(server).values()) == {1}  # each row asked once: nothing paid twice
     assert len(server.requests) == ROWS
     if mode == "slowdown":
-        assert proxy.answered_503 > 0
+        assert proxy.answered > 0
     assert FAKE_SECRET not in done.out + done.err and FAKE_KEY not in done.out + done.err
 
 
@@ -300,3 +300,30 @@ def test_the_output_upload_waits_s3_out_or_says_where_the_output_is(
     proxy.set("pass")
     assert "result.parquet" not in Remote(f"{prefix}/out").names()
     assert committed_on_s3(prefix, ws.root / "after").keys() == {str(i) for i in range(rows)}
+
+
+def test_s3_refusing_a_commit_stops_the_run_at_once_with_its_sentence(
+    ws: Workspace, server: SimServer, proxy: Proxy, prefix: str
+) -> None:
+    job = outage_job(ws, server, proxy, prefix, storage_wait_s=SETTLE_S, storage={"lease_s": 2})
+
+    def deny() -> None:
+        when_committed(prefix, ws.root / "peek", 200)
+        proxy.set("deny")
+
+    thread = in_background(deny)
+    started = time.monotonic()
+    stopped = ws.run("run", str(job))
+    thread.join()
+    assert stopped.code == 3, stopped.err
+    assert time.monotonic() - started < SETTLE_S  # not waited out: it does not pass
+    assert UNREACHABLE not in stopped.err
+    sentence = stopped.err.strip().splitlines()[-1]
+    assert f"S3 refused a commit to s3://{prefix}/out/result.parquet.checkpoint" in sentence
+    assert "ACCESS_DENIED" in sentence and "credentials" in sentence, sentence
+    proxy.set("pass")
+    committed = committed_on_s3(prefix, ws.root / "after")
+    lost = re.search(r"([\d,]+) answers could not be committed", sentence)
+    assert lost is not None, sentence
+    assert int(lost[1].replace(",", "")) == len(set(asked(server)) - set(committed)) > 0
+    assert "Traceback" not in stopped.err and FAKE_SECRET not in stopped.err
