@@ -2,7 +2,7 @@
 
 Exit codes: 0 every row reached a final state; 2 the job or its input is wrong (nothing was
 sent, or a path cannot be used); 3 a run-wide stop (bad key, quota, budget, a disk that
-stayed full), progress kept; 130 interrupted.
+stayed full, S3 out of reach past storage_wait_s), progress kept; 130 interrupted.
 """
 
 from __future__ import annotations

@@ -1133,7 +1133,12 @@ class _Engine:
         if isinstance(stop, StoreFailed) and self._store_failure is not None:
             self.stop = self.store_stop(written)
         elif stop is not None and lost and not isinstance(stop, DiskFull):
-            why = self._store_failure[0].why if self._store_failure else "the commit failed"
+            if self.checkpoint.lease_lost is not None:
+                why = "a run that lost its lease writes nothing more"
+            elif self._store_failure is not None:
+                why = self._store_failure[0].why
+            else:
+                why = "the commit failed"
             self.stop = with_uncommitted(stop, lost, why)
 
     async def publish_output(self) -> bool:

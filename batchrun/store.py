@@ -175,8 +175,8 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-CONNECT_TIMEOUT_S = 10.0  # botocore's default is 60
-READ_TIMEOUT_S = 30.0  # between bytes of an answer; botocore's default is 60
+CONNECT_TIMEOUT_S = 5.0  # botocore's default is 60
+READ_TIMEOUT_S = 15.0  # between bytes of an answer; botocore's default is 60
 
 
 @dataclass(frozen=True)
