@@ -327,3 +327,59 @@ def test_s3_refusing_a_commit_stops_the_run_at_once_with_its_sentence(
     assert lost is not None, sentence
     assert int(lost[1].replace(",", "")) == len(set(asked(server)) - set(committed)) > 0
     assert "Traceback" not in stopped.err and FAKE_SECRET not in stopped.err
+
+
+# -- the bound, on the engine's clock (no real waiting) ------------------------------------
+
+
+@pytest.mark.parametrize("fails", [5, None], ids=["back-after-5-tries", "for-good"])
+def test_the_wait_backs_off_and_is_bounded_by_storage_wait_s_on_the_engine_s_clock(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, fails: int | None
+) -> None:
+    """Commits that cannot reach S3 (a local checkpoint whose commits fail as pyarrow fails
+    them), on a fake clock: tried again after 1, 2, 4, then every 8 s; back in time, the run
+    ends whole; never back, it stops after the default 300 s, counting what it holds."""
+    from batchrun.checkpoint import Checkpoint
+    from batchrun.errors import StoreFailed
+    from batchrun.store import S3Error
+
+    from .conftest import FakeClock, latest_results, reviews, run_faked
+
+    rows = 200
+    ws.write_input(reviews(rows))
+    with start_in_thread(SimConfig()) as sim:
+        job = ws.job(sim.base_url, limits={"concurrency": 4, "commit_interval_s": 0.05})
+        real = Checkpoint.commit
+        tries = Counter[str]()
+
+        def commit(self: Checkpoint, results: Any) -> int:
+            results = list(results)
+            if results and tries["ok"] >= 1 and (fails is None or tries["failed"] < fails):
+                tries["failed"] += 1
+                raise S3Error(
+                    "S3 upload of s3://b/seg failed: AWS Error NETWORK_CONNECTION during "
+                    "PutObject operation: curlCode: 7, Could not connect to server",
+                    transient=True,
+                )
+            tries["ok"] += 1
+            return real(self, results)
+
+        monkeypatch.setattr(Checkpoint, "commit", commit)
+        clock = FakeClock()
+        summary = run_faked(job, clock)
+        asked = len(sim.requests)
+    waits = [s for s in clock.slept if s in (1.0, 2.0, 4.0, 8.0)]
+    assert waits[:5] == [1.0, 2.0, 4.0, 8.0, 8.0]
+    committed = latest_results(ws.root / "out" / "result.parquet.checkpoint")
+    if fails is not None:
+        assert summary.stopped is None
+        assert (summary.ok, len(committed), asked) == (rows, rows, rows)
+        return
+    stop = summary.stopped
+    assert isinstance(stop, StoreFailed)
+    assert "S3 could not be reached for 300 s (limits.storage_wait_s" in str(stop)
+    assert 300 <= clock.now - FakeClock().now < 300 + 8  # the bound, and not a try more
+    lost = re.search(r"([\d,]+) answers could not be committed", str(stop))
+    assert lost is not None and int(lost[1].replace(",", "")) == asked - len(committed) > 0
+    assert f"the output {ws.output} holds the rows committed so far" in str(stop)
+    assert ws.read_output().height == len(committed)
