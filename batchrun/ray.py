@@ -269,10 +269,25 @@ class ShardWorker:
         )
 
 
-def _pull_for_shard(checkpoint: Checkpoint, wait_s: float, who: str = "A worker") -> None:
+_WORKER_PULL = (
+    "A worker",
+    "check that every node reaches S3 with the job's credentials, then run the same "
+    "command to resume",
+)
+_DRIVER_PULL = (
+    "The driver",
+    "every answer the workers gave is committed, but the output was not rewritten: run the "
+    "same command once S3 answers to write it",
+)
+
+
+def _pull_for_shard(
+    checkpoint: Checkpoint, wait_s: float, said: tuple[str, str] = _WORKER_PULL
+) -> None:
     """Bring a worker's copy of an S3 checkpoint up to date before a shard (what is settled
     in its range is known only then), or the driver's before it writes the output. S3 out
-    of reach is waited out for `wait_s`; then, or when S3 refuses, one sentence."""
+    of reach is waited out for `wait_s`; then, or when S3 refuses, one sentence: who could
+    not read it, and what follows (`said`)."""
     since = time.monotonic()
     tries = 0
     while True:
@@ -284,10 +299,10 @@ def _pull_for_shard(checkpoint: Checkpoint, wait_s: float, who: str = "A worker"
             passing = isinstance(exc, S3Error) and exc.transient
             if not passing or left <= 0:
                 waited = f" for {wait_s:g} s (limits.storage_wait_s)" if passing else ""
+                who, then = said
                 raise StoreFailed(
                     f"{who} could not read the checkpoint {checkpoint.remote_url}{waited} "
-                    f"({_first_line(exc)}): check that every node reaches S3 with the job's "
-                    f"credentials, then run the same command to resume."
+                    f"({_first_line(exc)}): {then}."
                 ) from None
             time.sleep(min(store_backoff(tries), left))
             tries += 1
@@ -585,11 +600,14 @@ def run(
         progress.close()
         checkpoint.stop_merging()
         fresh = True  # the copy holds every worker's segments (S3)
+        unread: StoreFailed | None = None  # the driver's own stop: the copy could not be read
         try:
             gone = isinstance(stop, StoreFailed)  # the workers waited S3 out already
-            _pull_for_shard(checkpoint, 0.0 if gone else job.limits.storage_wait_s, "The driver")
+            _pull_for_shard(checkpoint, 0.0 if gone else job.limits.storage_wait_s, _DRIVER_PULL)
         except StoreFailed as exc:
-            stop, fresh = stop or exc, False
+            fresh = False
+            if stop is None:  # the workers committed every answer: only the output is missing
+                stop = unread = exc
         written = None
         failure: S3Error | None = None  # why the output did not reach S3
         # Else another run holds the job, or the copy may lack rows committed on S3.
@@ -600,7 +618,8 @@ def run(
                 wait_s = 0.0 if isinstance(stop, StoreFailed) else job.limits.storage_wait_s
                 failure = upload_waiting(job.output_path, job.output_remote, wait_s, progress.note)
         not_uploaded = job.output_url if failure is not None else None
-        stop = _settled(job, stop, figures, written is not None, failure)
+        if unread is None:
+            stop = _settled(job, stop, figures, written is not None, failure)
     finally:
         progress.close()
         checkpoint.close()
