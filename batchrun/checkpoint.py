@@ -603,22 +603,35 @@ class Checkpoint:
             number = self._allocate() if self._allocate is not None else self._next
             self._next = max(self._next, number + 1)
             path = self.folder / segment_name(number, number)
-            if self.remote is None:
-                write_atomic_table(table, path)
-            else:
-                # Serialised whole in memory and up in one PUT (the commit), between the
-                # copy's temporary file being written and its rename: a full local disk
-                # fails the commit before anything reached S3, and it is tried again.
-                sink = pa.BufferOutputStream()
-                pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, **SEGMENT_OPTIONS)
-                data = sink.getvalue()
-                with atomic_file(path, lambda _: self._put_commit(path.name, data)) as tmp:
-                    tmp.write_bytes(memoryview(data))
-                self._stamp(path)
+            try:
+                self._write_commit(table, path)
+            except BaseException:
+                # A failed commit gives its number back (where this checkpoint numbers its
+                # own), so that a full disk or an S3 outage leaves no gap, which merges do
+                # not cross. The engine tries again with these results and those that came
+                # since: on S3, a PUT that landed although its answer was lost is then
+                # replaced by that superset, not doubled.
+                if self._allocate is None and self._next == number + 1:
+                    self._next = number
+                raise
             self._rows[path] = table.num_rows
         with self._wake:
             self._wake.notify()
         return len(records)
+
+    def _write_commit(self, table: pa.Table, path: Path) -> None:
+        """Write a commit's segment: atomically into the folder; on S3, up whole in one PUT
+        (the commit), between the copy's temporary file being written and its rename, so
+        that a full local disk fails the commit before anything reached S3."""
+        if self.remote is None:
+            write_atomic_table(table, path)
+            return
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, **SEGMENT_OPTIONS)
+        data = sink.getvalue()
+        with atomic_file(path, lambda _: self._put_commit(path.name, data)) as tmp:
+            tmp.write_bytes(memoryview(data))
+        self._stamp(path)
 
     def replace_all(self, write: Callable[[pq.ParquetWriter], int]) -> None:
         """Replace every segment by the one `write` writes (all rows, sorted): used when the

@@ -1221,7 +1221,7 @@ def store_sentence(cause: str, lost: int, where: str | None, waited: bool, what:
     fix = (
         "run the same command again to upload it"
         if what == "upload" and not lost
-        else ("run the same command to resume")
+        else "run the same command to resume"
     )
     check = (
         "once S3 answers"

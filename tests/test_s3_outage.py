@@ -5,6 +5,7 @@ answering 503 SlowDown (`tests.s3proxy`), the simulator, and the `batchrun` comm
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -94,6 +95,17 @@ def asked(server: SimServer) -> Counter[str]:
     return Counter(row_of(r) for r in server.requests)
 
 
+def assert_numbered_without_gaps(prefix: str, scratch: Path) -> None:
+    """The commits on S3 are numbered 1, 2, 3...: the tries that failed gave their numbers
+    back (merges do not cross a gap)."""
+    from batchrun.checkpoint import current_segments
+
+    committed_on_s3(prefix, scratch)
+    spans = [tuple(int(n) for n in p.stem.split("-")[1:]) for p in current_segments(scratch)]
+    assert spans and spans[0][0] == 1
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(spans)), spans
+
+
 def assert_complete(prefix: str) -> None:
     out = read_s3(f"{prefix}/out/result.parquet")
     assert out.column("id").to_pylist() == [f"r{i:04d}" for i in range(ROWS)]
@@ -148,6 +160,7 @@ def test_an_outage_mid_run_is_waited_out_and_nothing_is_paid_twice(
     # No request started once the commit had failed: only those in flight came back.
     assert outage["during"] - told["requests"] <= 8
     assert_complete(prefix)
+    assert_numbered_without_gaps(prefix, ws.root / "numbers")
     assert set(asked(server).values()) == {1}  # each row asked once: nothing paid twice
     assert len(server.requests) == ROWS
     if mode == "slowdown":
