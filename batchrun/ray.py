@@ -26,6 +26,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -234,9 +235,7 @@ class ShardWorker:
     async def _run(self, shard: int, start: int, end: int) -> ShardDone:
         desk = self.desk
         plan = plan_run(self.job, self.options, total=self.total)
-        checkpoint = Checkpoint(self.folder, self.remote).attach(
-            lambda: int(ray.get(desk.commit_number.remote()))  # type: ignore[call-overload]
-        )
+        checkpoint = Checkpoint(self.folder, self.remote).attach(functools.partial(_number, desk))
         _pull_for_shard(checkpoint, self.job.limits.storage_wait_s)
         # This node's open-files limit, as a local run fits its concurrency to its own.
         job = self.job
@@ -279,6 +278,18 @@ _DRIVER_PULL = (
     "every answer the workers gave is committed, but the output was not rewritten: run the "
     "same command once S3 answers to write it",
 )
+
+
+def _number(desk: Any) -> int:
+    """A commit number from the desk, for a worker's checkpoint; while the driver's lease
+    on S3 is not sure, an S3Error that the worker's engine waits out as an outage."""
+    number = int(ray.get(desk.commit_number.remote()))
+    if number < 0:
+        raise S3Error(
+            "the run's lease on S3 is not confirmed (the driver cannot reach S3, or lost it)",
+            transient=True,
+        )
+    return number
 
 
 def _pull_for_shard(
@@ -619,7 +630,8 @@ def run(
                 failure = upload_waiting(job.output_path, job.output_remote, wait_s, progress.note)
         not_uploaded = job.output_url if failure is not None else None
         if unread is None:
-            stop = _settled(job, stop, figures, written is not None, failure)
+            lost_lease = checkpoint.lease_lost is not None
+            stop = _settled(job, stop, figures, written is not None, failure, lost_lease)
     finally:
         progress.close()
         checkpoint.close()
@@ -675,6 +687,7 @@ def _settled(
     figures: Mapping[str, Any],
     written: bool,
     failure: S3Error | None,
+    lost_lease: bool = False,
 ) -> BatchrunError | None:
     """The run's stop, its sentence saying what is so once the run ended. A worker's stop
     on S3 gives only its cause (`_ShardEngine.store_stop`): the answers no worker could
@@ -692,7 +705,12 @@ def _settled(
         cause = store_cause(failure, failure.transient, "upload", wait_s, job.output_url or "")
         return StoreFailed(store_sentence(cause, 0, where, failure.transient, "upload"))
     if stop is not None and lost:
-        return with_uncommitted(stop, lost, "S3 could not be reached")
+        why = (
+            "a run that lost its lease writes nothing more"
+            if lost_lease
+            else "S3 could not be reached"
+        )
+        return with_uncommitted(stop, lost, why)
     return stop
 
 
@@ -724,6 +742,7 @@ def _drive(
             next_commit=checkpoint.next_commit,
         )
     )
+    desk.lease_until.remote(checkpoint.lease_sure_until())
     concurrency = max(1, math.ceil(concurrency_of(job) / engine.workers))
     worker_class = rt.remote(ShardWorker)
     workers = [
@@ -786,6 +805,7 @@ def _drive(
                 except OSError as exc:  # S3 not answering for now: the next tick tries again
                     log.warning("pulling the checkpoint from S3 failed (%s)", _first_line(exc))
                 pulled = time.monotonic()
+            desk.lease_until.remote(checkpoint.lease_sure_until())  # for the workers' commits
             if checkpoint.lease_lost is not None and stop is None:
                 stop = checkpoint.lease_lost  # another run took the job over: every worker stops
                 desk.halt.remote(type(stop).__name__, str(stop))

@@ -381,16 +381,17 @@ def test_a_multi_endpoint_job_holds_each_endpoint_s_own_limit_across_the_cluster
         assert runs[name]["answers"] == counts[name] and runs[name]["state"] == "serving"
 
 
-@pytest.mark.parametrize("back", [True, False], ids=["passing", "for-good"])
-def test_s3_out_of_reach_under_ray_is_waited_out_or_told_truly(ws: Workspace, back: bool) -> None:
+@pytest.mark.parametrize("outage", ["passing", "for-good", "taken-over"])
+def test_s3_out_of_reach_under_ray_is_waited_out_or_told_truly(ws: Workspace, outage: str) -> None:
     """The workers commit to S3 through a proxy that refuses every connection for a while
     (`tests.s3proxy`): they wait it out and the run ends with every row once, nothing
     asked twice; or, S3 gone for good, the run stops (exit 3, never 1) counting the
-    answers no worker could commit."""
+    answers no worker could commit; or, another run having taken the lapsed lease over
+    meanwhile, the run stops and no worker writes anything more."""
     import re
 
     from batchrun.checkpoint import SEGMENT_GLOB
-    from batchrun.errors import StoreFailed
+    from batchrun.errors import RunStopped, StoreFailed
     from batchrun.store import Remote, S3Spec, pull, put_whole
 
     from .s3proxy import outage_proxy
@@ -403,7 +404,7 @@ def test_s3_out_of_reach_under_ray_is_waited_out_or_told_truly(ws: Workspace, ba
         start_in_thread(SimConfig(latency_ms=20)) as sim,
     ):
         spec = S3Spec(region="us-east-1", endpoint_url=endpoint)  # straight at moto
-        prefix = f"{BUCKET}/ray-outage-{back}"  # moto's buckets outlive its servers
+        prefix = f"{BUCKET}/ray-outage-{outage}"  # moto's buckets outlive its servers
         put_whole(
             Remote(prefix, spec).fs,
             f"{prefix}/input.parquet",
@@ -420,16 +421,32 @@ def test_s3_out_of_reach_under_ray_is_waited_out_or_told_truly(ws: Workspace, ba
                     continue  # a merge removed a segment while it was listed
             raise AssertionError("the checkpoint kept changing under the pull")
 
-        def outage() -> None:
+        seen: dict[str, Any] = {}
+
+        def go_away() -> None:
             deadline = time.monotonic() + 120
             while len(committed()) < 200 and time.monotonic() < deadline:
                 time.sleep(0.05)
             proxy.set("refuse")
-            if back:
+            if outage == "taken-over":
+                time.sleep(3)  # the lease (2 s) lapsed; another run takes it over
+                now = time.time()
+                figures = {"holder": "the other machine", "since": now, "expires": now + 60}
+                put_whole(
+                    checkpoint.fs, checkpoint.child("lease.json"), json.dumps(figures).encode()
+                )
+                seen["segments"] = set(checkpoint.names(SEGMENT_GLOB))
+                proxy.set("pass")
+            elif outage == "passing":
                 time.sleep(8)
                 proxy.set("pass")
 
-        storage = {"region": "us-east-1", "endpoint_url": proxy.url, "cache": str(ws.root / "c")}
+        storage: dict[str, Any] = {
+            "region": "us-east-1",
+            "endpoint_url": proxy.url,
+            "cache": str(ws.root / "c"),
+            **({"lease_s": 2} if outage == "taken-over" else {}),
+        }
         job = ray_job(
             ws,
             sim.base_url,
@@ -440,17 +457,26 @@ def test_s3_out_of_reach_under_ray_is_waited_out_or_told_truly(ws: Workspace, ba
             limits={
                 "commit_interval_s": 0.1,
                 "concurrency": 8,
-                "storage_wait_s": 60 if back else 3,
+                "storage_wait_s": 3 if outage == "for-good" else 60,
             },
         )
-        thread = threading.Thread(target=outage, daemon=True)
+        thread = threading.Thread(target=go_away, daemon=True)
         thread.start()
         summary = ray_run(job)
         thread.join()
         proxy.set("pass")
         asked = Counter(str(row_of(r)) for r in sim.requests)
         held = committed()
-    if back:
+        segments = set(checkpoint.names(SEGMENT_GLOB))
+        output_there = "result.parquet" in Remote(f"{prefix}/out", spec).names()
+    if outage == "taken-over":
+        assert isinstance(summary.stopped, RunStopped), summary.stopped
+        assert "lost its lease" in str(summary.stopped), summary.stopped
+        assert "the other machine" in str(summary.stopped)
+        assert segments == seen["segments"]  # no worker wrote under the lost lease
+        assert not output_there
+        return
+    if outage == "passing":
         assert summary.stopped is None, summary.stopped
         assert (summary.ok, summary.ran) == (rows, rows)
         assert set(asked.values()) == {1}  # nothing paid twice
