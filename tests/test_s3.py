@@ -304,6 +304,30 @@ def test_a_lease_that_cannot_be_renewed_holds_every_write_until_it_is(
     checkpoint.close()
 
 
+def test_a_lease_taken_over_while_it_went_unrenewed_stops_the_next_write(
+    prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its renewals failed (no renewer here), it lapsed, another run took it: the next
+    commit finds out before it writes, and writes nothing."""
+    from batchrun.checkpoint import Checkpoint
+    from batchrun.columns import RowResult
+    from batchrun.errors import RunStopped
+
+    monkeypatch.setattr(Checkpoint, "_renew", lambda self: None)  # renewals that never land
+    remote = Remote(f"{prefix}/ckpt", S3Spec(lease_s=1))
+    checkpoint = Checkpoint(tmp_path / "copy", remote).open()
+    assert checkpoint.commit([RowResult("r0", 0, "fp", "ok", 1, time.time(), response="a")]) == 1
+    time.sleep(1.1)  # lapsed
+    taken = {"holder": "the other machine", "since": time.time(), "expires": time.time() + 60}
+    put_whole(remote.fs, remote.child("lease.json"), json.dumps(taken).encode())
+    with pytest.raises(RunStopped, match=r"lost its lease .* \(the other machine\)"):
+        checkpoint.commit([RowResult("r1", 1, "fp", "ok", 1, time.time(), response="b")])
+    assert sorted(remote.names("seg-*.parquet")) == ["seg-000000000001-000000000001.parquet"]
+    checkpoint.close()
+    held = json.loads(remote.fs.open_input_stream(remote.child("lease.json")).read())
+    assert held["holder"] == "the other machine"  # not released from under the other run
+
+
 def test_an_input_prefix_is_copied_as_it_stands_now(ws: Workspace, prefix: str) -> None:
     from batchrun.store import stage_input
 
