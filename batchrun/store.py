@@ -260,7 +260,7 @@ class S3Settings:
             # seconds, not minutes: the run waits the outage out at its own pace.
             connect_timeout=CONNECT_TIMEOUT_S,
             read_timeout=READ_TIMEOUT_S,
-            retries={"mode": "standard", "max_attempts": 3},
+            retries={"mode": "standard", "max_attempts": 2},
         )
         return botocore.session.get_session().create_client(
             "s3",
