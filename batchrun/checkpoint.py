@@ -39,6 +39,7 @@ import contextlib
 import fcntl
 import functools
 import json
+import logging
 import math
 import os
 import re
@@ -66,14 +67,16 @@ from .columns import (
 )
 from .errors import RunStopped, UserError
 from .space import disk_full
-from .store import Lease, Remote, download_file, pull, put_whole, remove, upload_file
+from .store import Lease, Remote, S3Error, download_file, pull, put_whole, remove, upload_file
 from .walk import ROW_GROUP_ROWS, Positions, Stopped, Walk, merge_segments, sort_positions
+
+log = logging.getLogger("batchrun")
 
 SEGMENT_GLOB = "seg-*.parquet"
 QUARANTINE = "quarantine"  # in the folder: damaged segments, moved aside by a run
 GATEWAY_NOTE = "gateway.json"  # what rate the gateway let through when it rate-limited a run
 ENDPOINTS_NOTE = "endpoints.json"  # what each of several endpoints did in the last run
-MERGE_RETRY_S = 10.0  # a merge that failed for lack of space is tried again after this
+MERGE_RETRY_S = 10.0  # a merge that failed for lack of space, or S3, is tried again after this
 _NAME = re.compile(r"seg-(\d{12})-(\d{12})\.parquet")
 _OLD_NAME = re.compile(r"seg-(\d{12})(\.m)?\.parquet")  # before segments were sorted
 # FANOUT segments of one size class are merged into one; a class spans a factor of FANOUT.
@@ -272,6 +275,7 @@ class Checkpoint:
         self._renewer: threading.Thread | None = None
         self._renewing = threading.Event()  # set: stop renewing
         self.lease_lost: RunStopped | None = None  # another run took the lease over
+        self._renewal = threading.Lock()  # one renewal at a time (the renewer, a writer)
         self._lock_file: int | None = None  # fd holding the exclusive lock while open
         self._next = 1  # number of the next commit
         self._writing = threading.Lock()  # commits come from worker threads, one at a time
@@ -348,29 +352,67 @@ class Checkpoint:
         self._renewing.clear()
         self._renewer = threading.Thread(target=self._renew, name="batchrun-lease", daemon=True)
         self._renewer.start()
-        _pull(self.folder, self.remote)
+        try:
+            _pull(self.folder, self.remote)
+        except S3Error as exc:  # nothing was sent yet: as for the lease
+            raise UserError(
+                f"The checkpoint {self.remote.url} cannot be read ({exc.why}): check the "
+                f"bucket, the credentials and the endpoint."
+            ) from None
 
     def _renew(self) -> None:
+        """The renewer thread: renew the lease RENEWALS times in its ttl until closed. While
+        S3 cannot be reached it keeps trying; the lease may lapse meanwhile, and then no
+        write goes to S3 until it is renewed (see `_hold_lease`)."""
         assert self._lease is not None
         lease = self._lease
         while not self._renewing.wait(lease.ttl_s / RENEWALS):
             try:
+                self._renew_lease(lease)
+            except RunStopped:
+                return
+            except OSError as exc:  # S3 out of reach, or refusing: the writes say which
+                log.debug("renewing the lease on %s failed: %s", self.remote_url, exc)
+
+    def _renew_lease(self, lease: Lease) -> None:
+        """Renew the lease: a conditional replace on the etag this run last wrote, which
+        succeeds where the lease lapsed but nobody took it. RunStopped (kept in
+        `lease_lost`) where another run took it over; S3Error where S3 cannot say."""
+        with self._renewal:
+            if self.lease_lost is not None:
+                raise self.lease_lost
+            try:
                 lease.renew()
             except RunStopped as exc:
                 self.lease_lost = exc
-                return
-            except OSError as exc:
-                # S3 unreachable for now: tried again, but not past the point where the
-                # lease may have lapsed and another run taken it over.
-                stale = time.monotonic() - lease.renewed_at
-                if stale > lease.ttl_s * (1 - 1 / RENEWALS):
-                    self.lease_lost = RunStopped(
-                        f"This run could not renew its lease on {self.remote_url} for "
-                        f"{stale:.0f} s ({str(exc).splitlines()[0][:160]}), and stopped so that "
-                        f"a run taking the lapsed lease over cannot interleave with it: check "
-                        f"the connection to S3, then run the same command to resume."
-                    )
-                    return
+                raise
+
+    def lease_sure_until(self) -> float | None:
+        """Wall-clock time until which this run surely holds its lease (its last renewal
+        plus 3/4 of its ttl; 0 once lost), for writers in other processes (a Ray run's
+        workers); None without a lease."""
+        if self.lease_lost is not None:
+            return 0.0
+        lease = self._lease
+        if lease is None:
+            return None
+        return (
+            time.time() + lease.ttl_s * (1 - 1 / RENEWALS) - (time.monotonic() - lease.renewed_at)
+        )
+
+    def _hold_lease(self) -> None:
+        """Before anything is written to S3: make sure this run still holds its lease.
+        One renewed less than 3/4 of its ttl ago cannot have lapsed yet; an older one (the
+        renewals failed while S3 was out of reach) is renewed first, so that a write never
+        goes out under a lease another run has taken over meanwhile. Raises the loss
+        (RunStopped), or the S3Error that keeps the write waiting."""
+        if self.lease_lost is not None:
+            raise self.lease_lost
+        lease = self._lease
+        if lease is None:
+            return  # a local folder, or a Ray worker's (the driver holds the lease)
+        if time.monotonic() - lease.renewed_at > lease.ttl_s * (1 - 1 / RENEWALS):
+            self._renew_lease(lease)
 
     def _fetch_again(self, bad: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
         """Download the copies found damaged once more (the damage may be this machine's
@@ -409,8 +451,7 @@ class Checkpoint:
         name = target.name
 
         def publish(tmp: Path) -> None:
-            if self.lease_lost is not None:  # the job may be another run's by now
-                raise self.lease_lost
+            self._hold_lease()  # the job may be another run's by now
             upload_file(remote.fs, remote.child(name), tmp)
 
         rows = write_segment(target, write, publish)
@@ -418,17 +459,12 @@ class Checkpoint:
         return rows
 
     def _put_commit(self, name: str, data: pa.Buffer) -> None:
+        """Upload a commit's segment: the commit. An S3Error says it did not happen (the
+        run waits a transient one out and tries the commit again), RunStopped that the
+        lease is lost."""
         assert self.remote is not None
-        if self.lease_lost is not None:
-            raise self.lease_lost
-        try:
-            put_whole(self.remote.fs, self.remote.child(name), data)
-        except OSError as exc:
-            raise RunStopped(
-                f"Committing to {self.remote.url} failed ({str(exc).splitlines()[0][:160]}): "
-                f"the run stopped, and answers not committed will be asked again; check the "
-                f"connection and the credentials, then run the same command to resume."
-            ) from None
+        self._hold_lease()
+        put_whole(self.remote.fs, self.remote.child(name), data)
 
     def _stamp(self, path: Path) -> None:
         """Give the local copy the remote's modification time, which `pull` compares. A
@@ -441,8 +477,7 @@ class Checkpoint:
 
     def _unpublish(self, path: Path) -> None:
         if self.remote is not None:
-            if self.lease_lost is not None:  # the job may be another run's by now
-                raise self.lease_lost
+            self._hold_lease()  # the job may be another run's by now
             remove(self.remote.fs, self.remote.child(path.name))
 
     @property
@@ -581,22 +616,35 @@ class Checkpoint:
             number = self._allocate() if self._allocate is not None else self._next
             self._next = max(self._next, number + 1)
             path = self.folder / segment_name(number, number)
-            if self.remote is None:
-                write_atomic_table(table, path)
-            else:
-                # Serialised whole in memory and up in one PUT (the commit), between the
-                # copy's temporary file being written and its rename: a full local disk
-                # fails the commit before anything reached S3, and it is tried again.
-                sink = pa.BufferOutputStream()
-                pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, **SEGMENT_OPTIONS)
-                data = sink.getvalue()
-                with atomic_file(path, lambda _: self._put_commit(path.name, data)) as tmp:
-                    tmp.write_bytes(memoryview(data))
-                self._stamp(path)
+            try:
+                self._write_commit(table, path)
+            except BaseException:
+                # A failed commit gives its number back (where this checkpoint numbers its
+                # own), so that a full disk or an S3 outage leaves no gap, which merges do
+                # not cross. The engine tries again with these results and those that came
+                # since: on S3, a PUT that landed although its answer was lost is then
+                # replaced by that superset, not doubled.
+                if self._allocate is None and self._next == number + 1:
+                    self._next = number
+                raise
             self._rows[path] = table.num_rows
         with self._wake:
             self._wake.notify()
         return len(records)
+
+    def _write_commit(self, table: pa.Table, path: Path) -> None:
+        """Write a commit's segment: atomically into the folder; on S3, up whole in one PUT
+        (the commit), between the copy's temporary file being written and its rename, so
+        that a full local disk fails the commit before anything reached S3."""
+        if self.remote is None:
+            write_atomic_table(table, path)
+            return
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, **SEGMENT_OPTIONS)
+        data = sink.getvalue()
+        with atomic_file(path, lambda _: self._put_commit(path.name, data)) as tmp:
+            tmp.write_bytes(memoryview(data))
+        self._stamp(path)
 
     def replace_all(self, write: Callable[[pq.ParquetWriter], int]) -> None:
         """Replace every segment by the one `write` writes (all rows, sorted): used when the
@@ -641,12 +689,12 @@ class Checkpoint:
             except Stopped:
                 return  # closing: the merge's temporary file is gone, its inputs stay
             except OSError as exc:
-                if not disk_full(exc) and self.remote is None:
+                if not disk_full(exc) and not (isinstance(exc, S3Error) and exc.transient):
                     self.merge_error = exc
                     return
                 # The merge's temporary file is gone and its inputs stay: merging is put
-                # off, the run (which waits for space on its own commits) goes on. On S3,
-                # any failure is taken for a passing one (a dropped connection, a 503).
+                # off, the run (which waits for space, or for S3, on its own commits) goes
+                # on.
                 resume_at = time.monotonic() + MERGE_RETRY_S
             except BaseException as exc:  # kept for the run to report; the folder stays valid
                 self.merge_error = exc

@@ -2,7 +2,7 @@
 
 Exit codes: 0 every row reached a final state; 2 the job or its input is wrong (nothing was
 sent, or a path cannot be used); 3 a run-wide stop (bad key, quota, budget, a disk that
-stayed full), progress kept; 130 interrupted.
+stayed full, S3 out of reach past storage_wait_s), progress kept; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -295,6 +295,11 @@ def _run(args: argparse.Namespace) -> int:
     where = job.output_url or summary.output_path  # an S3 output by its URL, not its copy
     if summary.rows_written is None:
         print(f"output: {where} not rewritten; run again to write it")
+    elif summary.not_uploaded is not None:
+        print(
+            f"output: {summary.output_path} ({summary.rows_written:,} rows; not uploaded to "
+            f"{summary.not_uploaded})"
+        )
     else:
         print(f"output: {where} ({summary.rows_written:,} rows)")
         if job.parse is not None or job.eval is not None:

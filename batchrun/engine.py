@@ -51,6 +51,7 @@ from .errors import (
     NoEndpoint,
     QuotaExhausted,
     RunStopped,
+    StoreFailed,
     SystematicFailure,
 )
 from .job import Job, Secret
@@ -67,7 +68,8 @@ from .render import Rendered
 from .results import counted_usage, failure_result, success_result
 from .retry import QuotaGate, RetryPolicy
 from .source import Source
-from .space import RETRY_S, SpaceGate, disk_full, what_is_full
+from .space import RETRY_S, SpaceGate, disk_full, store_backoff, what_is_full
+from .store import S3Error
 from .tokens import TokenCounter, counter_for
 from .wire import Reply, TransportFailure, Wire
 
@@ -106,6 +108,7 @@ class RunSummary:
     rate_limited: int = 0  # 429s that were rate limits
     allowed_rpm: float | None = None  # what got through when they came, a minute
     workers: Mapping[str, object] | None = None  # a Ray run's: how many, their peak memory
+    not_uploaded: str | None = None  # the S3 URL the output (at output_path) did not reach
 
 
 @dataclass
@@ -183,8 +186,13 @@ async def run(
                 # A run that lost its lease leaves the output to the run that holds it now.
                 if not engine.hurried and checkpoint.lease_lost is None:
                     written = await engine.write_output(
-                        functools.partial(write_job_output, job, plan, checkpoint, options)
+                        functools.partial(
+                            write_job_output, job, plan, checkpoint, options, publish=False
+                        )
                     )
+                    if written is not None:
+                        await engine.publish_output()
+                engine.settle_stop(written is not None)
     finally:
         checkpoint.close()
     allowed_rpm = None
@@ -219,6 +227,7 @@ async def run(
         stopped=engine.stop,
         rate_limited=engine.rate_limited,
         allowed_rpm=allowed_rpm,
+        not_uploaded=engine.not_uploaded,
     )
 
 
@@ -276,10 +285,10 @@ def check_complete(
 
 
 def write_job_output(
-    job: Job, plan: Plan, checkpoint: Checkpoint, options: RunOptions
+    job: Job, plan: Plan, checkpoint: Checkpoint, options: RunOptions, *, publish: bool = True
 ) -> sink.Written:
     """The job's output, written from its checkpoint (see `batchrun.sink.write_output`),
-    and uploaded when it goes to S3."""
+    and (with `publish`) uploaded when it goes to S3."""
     written = sink.write_output(
         plan.source,
         checkpoint,
@@ -290,7 +299,8 @@ def write_job_output(
         annotator=plan.annotator,
         metadata=sink.job_metadata(job, plan.total),
     )
-    sink.publish(job.output_path, job.output_remote)
+    if publish:
+        sink.publish(job.output_path, job.output_remote)
     return written
 
 
@@ -451,6 +461,12 @@ class _Engine:
         self._last_flush = time.monotonic()
         self.space = SpaceGate(limits.disk_wait_s, clock)
         self._full = (checkpoint.folder, "full")  # the folder a shortage stopped on, and how
+        self._shortage = "disk"  # what the gate waits for while closed: "disk" or "store"
+        self._store_tries = 0  # tries at S3 that failed in the current outage
+        # The S3 failure the run stopped on (or gave up uploading on): the error, whether
+        # it was waited out for storage_wait_s (else S3 refused), "commit" or "upload".
+        self._store_failure: tuple[S3Error, bool, str] | None = None
+        self.not_uploaded: str | None = None  # the output's S3 URL, when it did not get there
         self._workers: list[asyncio.Task[None]] = []
         self._producer: asyncio.Task[None] | None = None
         self._interrupts = 0  # Ctrl-C / SIGTERM received so far
@@ -1013,13 +1029,15 @@ class _Engine:
             await self._flush()
 
     async def _flush(self) -> None:
-        """Commit the buffered results as one segment; on a full disk, wait for space.
+        """Commit the buffered results as one segment; on a full disk, wait for space, and
+        with S3 out of reach, for S3.
 
         The write runs in a thread; if the awaiting task is cancelled (a second Ctrl-C), the
         write is still waited for, so that no commit is under way once the run moves on.
         While the disk is full, the results stay in the buffer (with those that keep coming
         back), no request starts, and the commit is tried again every RETRY_S until it
-        passes or `disk_wait_s` is over (see `batchrun.space`).
+        passes or `disk_wait_s` is over (see `batchrun.space`); likewise with S3 out of
+        reach, with a growing backoff, for `storage_wait_s`.
         """
         async with self._flush_lock:
             while self._buffer:
@@ -1037,16 +1055,25 @@ class _Engine:
                     self._halt(exc)
                     return
                 except OSError as exc:
-                    if not disk_full(exc):
+                    if not (disk_full(exc) or isinstance(exc, S3Error)):
                         raise
                     self._buffer = batch + self._buffer
-                    if not await self._wait_for_space(exc, self.checkpoint.folder):
+                    if isinstance(exc, S3Error):
+                        waiting = await self._wait_for_store(exc, "commit")
+                    else:
+                        waiting = await self._wait_for_space(exc, self.checkpoint.folder)
+                    if not waiting:
                         return
                     continue
                 if self.space.succeeded():
+                    again = (
+                        "S3 answers again"
+                        if self._shortage == "store"
+                        else f"there is space again in {self.checkpoint.folder}"
+                    )
                     self.progress.note(
-                        f"batchrun: there is space again in {self.checkpoint.folder}: "
-                        f"{len(batch):,} answers kept meanwhile are committed; going on."
+                        f"batchrun: {again}: {len(batch):,} answers kept meanwhile are "
+                        f"committed; going on."
                     )
                 return  # what came back during the write waits for the next flush
 
@@ -1059,6 +1086,7 @@ class _Engine:
         if self.space.gave_up:
             return False
         if self.space.failed():
+            self._shortage = "disk"
             self.progress.note(
                 f"batchrun: the disk holding {folder} is {what}: no request starts until "
                 f"there is space; {len(self._buffer):,} answers are kept in memory meanwhile, "
@@ -1082,6 +1110,91 @@ class _Engine:
             f"{len(self._buffer):,} answers could not be saved and will be asked again; free "
             f"some space and run the same command to resume (every other answer is committed)."
         )
+
+    async def _wait_for_store(self, exc: S3Error, what: str) -> bool:
+        """A write to S3 (a `what`: "commit" or "upload") failed. Where the failure passes,
+        close the gate, say so once, and wait a growing backoff: True, to try again. False
+        when it is not to be tried again (S3 refused it, time is up, or the run is
+        stopping): the run then stopped, unless it already had, saying what was not saved.
+        A merge and the lease's renewals wait on their own (see `batchrun.checkpoint`);
+        while S3 is out of reach, the renewals fail, and the first commit after renews the
+        lease before anything is written."""
+        wait_s = self.job.limits.storage_wait_s
+        if exc.transient and not self.space.gave_up:
+            if self.space.failed(wait_s):
+                self._shortage = "store"
+                self._store_tries = 0
+                self.progress.note(
+                    f"batchrun: S3 cannot be reached ({exc.why}): no request starts until it "
+                    f"answers; {len(self._buffer):,} answers are kept in memory meanwhile, and "
+                    f"the run waits up to {wait_s:g} s (limits.storage_wait_s)."
+                )
+            left = self.space.left()
+            if left > 0 and self.stop is None:
+                await self._nap(min(store_backoff(self._store_tries), left))
+                self._store_tries += 1
+                return True
+        self.space.give_up()
+        if self._store_failure is None:
+            self._store_failure = (exc, exc.transient, what)
+        if self.stop is None:
+            self._halt(self.store_stop())
+        return False
+
+    def store_stop(self, written: bool | None = None) -> StoreFailed:
+        """The stop for S3 out of reach past storage_wait_s, or refusing a write, counting
+        the answers not committed now; with `written` (the run's end: whether the output
+        was written), where the rows committed so far are."""
+        assert self._store_failure is not None
+        _, waited, what = self._store_failure
+        where = None if written is None else self._output_words(written)
+        return StoreFailed(
+            store_sentence(self.store_cause(), len(self._buffer), where, waited, what)
+        )
+
+    def store_cause(self) -> str:
+        """What S3 did that stopped the run, in a few words."""
+        assert self._store_failure is not None
+        exc, waited, what = self._store_failure
+        where = self.checkpoint.remote_url if what == "commit" else self.job.output_url
+        return store_cause(exc, waited, what, self.job.limits.storage_wait_s, where or "")
+
+    def _output_words(self, written: bool) -> str:
+        return output_words(self.job, written, self.not_uploaded)
+
+    def settle_stop(self, written: bool) -> None:
+        """Once the run ended: make the stop's sentence say what is so now. A stop on S3
+        counts the answers not committed and says where the output is; any other stop
+        that left answers uncommitted (S3 was out of reach when it came) says how many."""
+        stop, lost = self.stop, len(self._buffer)
+        if isinstance(stop, StoreFailed) and self._store_failure is not None:
+            self.stop = self.store_stop(written)
+        elif stop is not None and lost and not isinstance(stop, DiskFull):
+            if self.checkpoint.lease_lost is not None:
+                why = "a run that lost its lease writes nothing more"
+            elif self._store_failure is not None:
+                why = self._store_failure[0].why
+            else:
+                why = "the commit failed"
+            self.stop = with_uncommitted(stop, lost, why)
+
+    async def publish_output(self) -> bool:
+        """Upload the written output to S3 (nothing for a local one), waiting S3 out as a
+        commit does; False, with `not_uploaded` set, when it could not be uploaded."""
+        remote = self.job.output_remote
+        if remote is None:
+            return True
+        while True:
+            try:
+                await asyncio.to_thread(sink.upload, self.job.output_path, remote)
+            except S3Error as exc:
+                if await self._wait_for_store(exc, "upload"):
+                    continue
+                self.not_uploaded = remote.url
+                return False
+            if self.space.succeeded():
+                self.progress.note("batchrun: S3 answers again: the output is uploaded.")
+            return True
 
     async def write_output(self, write: Callable[[], sink.Written]) -> sink.Written | None:
         """Write the output; on a full disk, wait for space as a commit does (unless the
@@ -1108,6 +1221,63 @@ class _Engine:
         for key in self.keys:
             text = key.redact(text)
         return text
+
+
+def store_cause(exc: S3Error, waited: bool, what: str, wait_s: float, where: str) -> str:
+    """What S3 did to a `what` ("commit" or "upload") at `where`, in a few words: out of
+    reach for `wait_s` (`waited`), or it refused."""
+    if waited:
+        return (
+            f"S3 could not be reached for {wait_s:g} s (limits.storage_wait_s; the last try: "
+            f"{exc.why})"
+        )
+    if what == "commit":
+        return f"S3 refused a commit to {where} ({exc.why})"
+    return f"S3 refused the output's upload to {where} ({exc.why})"
+
+
+def with_uncommitted(stop: BatchrunError, lost: int, why: str) -> BatchrunError:
+    """`stop`, its sentence saying too that `lost` answers could not be committed."""
+    return type(stop)(
+        f"{stop} But {lost:,} answers could not be committed ({why}): they will be asked "
+        f"(and paid for) again when the run resumes."
+    )
+
+
+def store_sentence(cause: str, lost: int, where: str | None, waited: bool, what: str) -> str:
+    """The sentence of a stop on S3: its `cause`, the `lost` answers not committed, `where`
+    the rows committed so far are (None: not known yet), and what to do."""
+    if lost:
+        kept = (
+            f"{lost:,} answers could not be committed and will be asked (and paid for) "
+            f"again when the run resumes"
+        )
+    else:
+        kept = "every answer of this run is committed"
+    parts = [f"{cause}: {kept}", *([where] if where is not None else [])]
+    fix = (
+        "run the same command again to upload it"
+        if what == "upload" and not lost
+        else "run the same command to resume"
+    )
+    check = (
+        "once S3 answers"
+        if waited
+        else "once the bucket, the credentials and the endpoint are right"
+    )
+    parts.append(f"{fix} {check}")
+    return "; ".join(parts) + "."
+
+
+def output_words(job: Job, written: bool, not_uploaded: str | None) -> str:
+    """Where the rows committed so far can be read, once a run ended."""
+    if not written:
+        return "the output was not rewritten"
+    if not_uploaded is not None:
+        return (
+            f"the rows committed so far are in {job.output_path} (not uploaded to {not_uploaded})"
+        )
+    return f"the output {job.output_url or job.output_path} holds the rows committed so far"
 
 
 def _next_pending(

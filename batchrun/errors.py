@@ -12,7 +12,8 @@
     │   ├── NoEndpoint            every one of several endpoints is out, each for its reason
     │   ├── BudgetReached         the next request could take spend past budget_usd
     │   ├── SystematicFailure     the first rows all failed the same way (bad model, parameter)
-    │   └── DiskFull              the disk stayed full (or over quota) for disk_wait_s
+    │   ├── DiskFull              the disk stayed full (or over quota) for disk_wait_s
+    │   └── StoreFailed           S3 stayed out of reach for storage_wait_s, or refused a write
     └── Interrupted               exit 130: Ctrl-C or SIGTERM; committed progress is kept
 
 Per-row failures are not exceptions: they are outcomes (`batchrun.outcome`) recorded in the
@@ -82,6 +83,11 @@ class SystematicFailure(RunStopped):
 
 class DiskFull(RunStopped):
     """The checkpoint's or the output's disk stayed full past disk_wait_s."""
+
+
+class StoreFailed(RunStopped):
+    """S3 (the checkpoint's or the output's) stayed out of reach past storage_wait_s, or
+    refused a write (access denied, no such bucket)."""
 
 
 class Interrupted(BatchrunError):

@@ -129,6 +129,7 @@ class LimitsSpec(_Section):
     max_retry_s: float = Field(900, gt=0)
     commit_interval_s: float = Field(0.5, gt=0)
     disk_wait_s: float = Field(300, ge=0)  # how long to wait for space on a full disk
+    storage_wait_s: float = Field(300, ge=0)  # how long S3 may stay out of reach
 
 
 class EngineSpec(_Section):

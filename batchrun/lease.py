@@ -39,7 +39,10 @@ from .errors import (
     BudgetReached,
     DiskFull,
     Interrupted,
+    NoEndpoint,
     QuotaExhausted,
+    RunStopped,
+    StoreFailed,
     SystematicFailure,
 )
 from .limits import Clock, Pacer, Sleep
@@ -55,7 +58,17 @@ BUDGET_SLICES = 64  # a worker takes at most this share of the money left at a t
 # The stops a worker may hand on to the others, by name.
 STOPS: dict[str, type[BatchrunError]] = {
     cls.__name__: cls
-    for cls in (BadKey, QuotaExhausted, BudgetReached, SystematicFailure, DiskFull, Interrupted)
+    for cls in (
+        BadKey,
+        QuotaExhausted,
+        BudgetReached,
+        SystematicFailure,
+        DiskFull,
+        StoreFailed,
+        NoEndpoint,
+        RunStopped,  # a lease on S3 lost to another run
+        Interrupted,
+    )
 }
 
 
@@ -77,6 +90,7 @@ class Tally:
     rate_limited: int = 0
     remapped: int = 0
     requests: int = 0  # starts this attempt took from its leases
+    uncommitted: int = 0  # answers it holds that could not be committed (S3 out of reach)
     # Each endpoint's figures in the worker's engine (`batchrun.engine.lane_figures`: its
     # requests, answers, failed attempts by kind, circuit openings, why it went out, summed
     # over the workers by `add_lanes`; and its state, serving, paused, open or out, which
@@ -145,6 +159,9 @@ class Desk:
         }
         self._stop: tuple[str, str] | None = None
         self._next_commit = next_commit
+        # Wall-clock time until which the driver's lease on an S3 checkpoint is sure to be
+        # held (None: no lease, or not said yet): past it, no commit number is given.
+        self._lease_until: float | None = None
         self._left = None if budget_usd is None else max(budget_usd - spent, 0.0)
         self._tallies: dict[int, tuple[str, Tally]] = {}  # shard -> (attempt, its tally)
         self._retired = Tally()  # what replaced attempts had done (their spend stays spent)
@@ -216,8 +233,17 @@ class Desk:
     def budget_left(self) -> float | None:
         return self._left
 
+    def lease_until(self, until: float | None) -> None:
+        """The driver says until when its lease on S3 is sure to be held (see
+        `batchrun.checkpoint.Checkpoint.lease_sure_until`)."""
+        self._lease_until = until
+
     def commit_number(self) -> int:
-        """A number for a worker's next checkpoint segment, never given twice."""
+        """A number for a worker's next checkpoint segment, never given twice; -1 while the
+        driver's lease on S3 may have lapsed (S3 out of reach from the driver, or the lease
+        lost): nothing is written under a lease that another run may hold."""
+        if self._lease_until is not None and time.time() > self._lease_until:
+            return -1
         number = self._next_commit
         self._next_commit += 1
         self.commits += 1

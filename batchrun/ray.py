@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -59,18 +60,24 @@ from .engine import (
     note_endpoints,
     note_gateway,
     open_run,
+    output_words,
     realign,
+    store_cause,
+    store_sentence,
     with_concurrency,
+    with_uncommitted,
     write_job_output,
 )
-from .errors import BatchrunError, Interrupted, UserError
+from .errors import BatchrunError, Interrupted, StoreFailed, UserError
 from .job import Job, default_cache
 from .lease import SYNC_S, Desk, LeasedPacer, SharedBudget, Tally, stop_from
 from .nofile import fitting_concurrency
 from .plan import Plan, RunOptions, plan_run
 from .progress import Progress
 from .retry import QuotaGate
-from .store import Remote
+from .sink import upload_waiting
+from .space import store_backoff
+from .store import Remote, S3Error
 
 try:
     import ray
@@ -84,7 +91,6 @@ SHARDS_PER_WORKER = 4  # shards are small enough that a slow or restarted worker
 MAX_SHARD_ATTEMPTS = 5  # a shard whose workers keep dying stops the run
 RESTART_WAIT_S = 300.0  # how long a worker Ray restarts may take to come back
 PULL_S = 2.0  # with the checkpoint on S3, how often the driver pulls the workers' segments
-PULL_TRIES = 3  # a worker's tries to pull an S3 checkpoint before a shard
 QUOTA_HOLD_MARGIN_S = 1.0  # others wait this much past a quota probe's next try
 INTERRUPTED = "Interrupted: finished rows are saved; run the same command to resume."
 LOOPBACK = "127.0.0.1"  # where a local Ray instance listens (see `on_loopback`)
@@ -151,6 +157,11 @@ class _ShardEngine(_Engine):
         if first and not self.from_desk and self.desk is not None:
             self.desk.halt.remote(type(error).__name__, str(error))
 
+    def store_stop(self, written: bool | None = None) -> StoreFailed:
+        """The cause alone: the driver counts the answers every worker could not commit
+        (`Tally.uncommitted`) and says where the output is."""
+        return StoreFailed(self.store_cause())
+
     def halt_from_desk(self, kind: str, message: str) -> None:
         if self.stop is None:
             self.from_desk = True
@@ -170,6 +181,7 @@ class _ShardEngine(_Engine):
             rate_limited=self.rate_limited,
             remapped=self.counts.remapped,
             requests=sum(p.requests for p in pacers if isinstance(p, LeasedPacer)),
+            uncommitted=len(self._buffer),
             lanes={lane.name: lane_figures(lane, now) for lane in self.pool.lanes},
         )
 
@@ -230,10 +242,8 @@ class ShardWorker:
     async def _run(self, shard: int, start: int, end: int) -> ShardDone:
         desk = self.desk
         plan = plan_run(self.job, self.options, total=self.total)
-        checkpoint = Checkpoint(self.folder, self.remote).attach(
-            lambda: int(ray.get(desk.commit_number.remote()))  # type: ignore[call-overload]
-        )
-        _pull_for_shard(checkpoint)
+        checkpoint = Checkpoint(self.folder, self.remote).attach(functools.partial(_number, desk))
+        _pull_for_shard(checkpoint, self.job.limits.storage_wait_s)
         # This node's open-files limit, as a local run fits its concurrency to its own.
         job = self.job
         fits, crowded = fitting_concurrency(
@@ -265,21 +275,55 @@ class ShardWorker:
         )
 
 
-def _pull_for_shard(checkpoint: Checkpoint) -> None:
-    """Bring a worker's copy of an S3 checkpoint up to date before a shard: what is settled
-    in its range is known only then. A few tries, then one sentence."""
-    for attempt in range(PULL_TRIES):
+_WORKER_PULL = (
+    "A worker",
+    "check that every node reaches S3 with the job's credentials, then run the same "
+    "command to resume",
+)
+_DRIVER_PULL = (
+    "The driver",
+    "every answer the workers gave is committed, but the output was not rewritten: run the "
+    "same command once S3 answers to write it",
+)
+
+
+def _number(desk: Any) -> int:
+    """A commit number from the desk, for a worker's checkpoint; while the driver's lease
+    on S3 is not sure, an S3Error that the worker's engine waits out as an outage."""
+    number = int(ray.get(desk.commit_number.remote()))
+    if number < 0:
+        raise S3Error(
+            "the run's lease on S3 is not confirmed (the driver cannot reach S3, or lost it)",
+            transient=True,
+        )
+    return number
+
+
+def _pull_for_shard(
+    checkpoint: Checkpoint, wait_s: float, said: tuple[str, str] = _WORKER_PULL
+) -> None:
+    """Bring a worker's copy of an S3 checkpoint up to date before a shard (what is settled
+    in its range is known only then), or the driver's before it writes the output. S3 out
+    of reach is waited out for `wait_s`; then, or when S3 refuses, one sentence: who could
+    not read it, and what follows (`said`)."""
+    since = time.monotonic()
+    tries = 0
+    while True:
         try:
             checkpoint.refresh()
             return
         except OSError as exc:
-            if attempt == PULL_TRIES - 1:
-                raise BatchrunError(
-                    f"A worker could not read the checkpoint {checkpoint.remote_url} "
-                    f"({_first_line(exc)}): check that every node reaches S3 with the job's "
-                    f"credentials, then run the same command to resume."
+            left = since + wait_s - time.monotonic()
+            passing = isinstance(exc, S3Error) and exc.transient
+            if not passing or left <= 0:
+                waited = f" for {wait_s:g} s (limits.storage_wait_s)" if passing else ""
+                who, then = said
+                raise StoreFailed(
+                    f"{who} could not read the checkpoint {checkpoint.remote_url}{waited} "
+                    f"({_first_line(exc)}): {then}."
                 ) from None
-            time.sleep(1.0)
+            time.sleep(min(store_backoff(tries), left))
+            tries += 1
 
 
 async def run_on_desk(
@@ -649,10 +693,28 @@ def run(
             )
         progress.close()
         checkpoint.stop_merging()
-        checkpoint.refresh()  # every worker's last segments (S3)
+        fresh = True  # the copy holds every worker's segments (S3)
+        unread: StoreFailed | None = None  # the driver's own stop: the copy could not be read
+        try:
+            gone = isinstance(stop, StoreFailed)  # the workers waited S3 out already
+            _pull_for_shard(checkpoint, 0.0 if gone else job.limits.storage_wait_s, _DRIVER_PULL)
+        except StoreFailed as exc:
+            fresh = False
+            if stop is None:  # the workers committed every answer: only the output is missing
+                stop = unread = exc
         written = None
-        if not hurried and checkpoint.lease_lost is None:  # else another run holds the job
-            written = write_job_output(job, plan, checkpoint, options)
+        failure: S3Error | None = None  # why the output did not reach S3
+        # Else another run holds the job, or the copy may lack rows committed on S3.
+        if not hurried and checkpoint.lease_lost is None and fresh:
+            written = write_job_output(job, plan, checkpoint, options, publish=False)
+            if job.output_remote is not None:
+                # Where the workers waited S3 out already, one try.
+                wait_s = 0.0 if isinstance(stop, StoreFailed) else job.limits.storage_wait_s
+                failure = upload_waiting(job.output_path, job.output_remote, wait_s, progress.note)
+        not_uploaded = job.output_url if failure is not None else None
+        if unread is None:
+            lost_lease = checkpoint.lease_lost is not None
+            stop = _settled(job, stop, figures, written is not None, failure, lost_lease)
     finally:
         progress.close()
         checkpoint.close()
@@ -698,6 +760,7 @@ def run(
         rate_limited=sum(e["rate_limited"] for e in figures["endpoints"].values()),
         allowed_rpm=allowed_rpm,
         workers=figures.get("workers"),
+        not_uploaded=not_uploaded,
     )
 
 
@@ -755,6 +818,39 @@ class Interrupts:
             desk.halt.remote("Interrupted", INTERRUPTED)
 
 
+def _settled(
+    job: Job,
+    stop: BatchrunError | None,
+    figures: Mapping[str, Any],
+    written: bool,
+    failure: S3Error | None,
+    lost_lease: bool = False,
+) -> BatchrunError | None:
+    """The run's stop, its sentence saying what is so once the run ended. A worker's stop
+    on S3 gives only its cause (`_ShardEngine.store_stop`): the answers no worker could
+    commit (summed over their tallies) and where the output is are added here. A run
+    that did not stop but whose output could not be uploaded stops on that."""
+    lost = int(figures.get("uncommitted", 0))
+    not_uploaded = job.output_url if failure is not None else None
+    where = output_words(job, written, not_uploaded)
+    if isinstance(stop, StoreFailed):
+        cause = str(stop).rstrip(".")
+        waited = cause.startswith("S3 could not be reached")
+        return StoreFailed(store_sentence(cause, lost, where, waited, "commit"))
+    if stop is None and failure is not None:
+        wait_s = job.limits.storage_wait_s
+        cause = store_cause(failure, failure.transient, "upload", wait_s, job.output_url or "")
+        return StoreFailed(store_sentence(cause, 0, where, failure.transient, "upload"))
+    if stop is not None and lost:
+        why = (
+            "a run that lost its lease writes nothing more"
+            if lost_lease
+            else "S3 could not be reached"
+        )
+        return with_uncommitted(stop, lost, why)
+    return stop
+
+
 def _drive(
     rt: Any,
     job: Job,
@@ -785,6 +881,7 @@ def _drive(
             next_commit=checkpoint.next_commit,
         )
     )
+    desk.lease_until.remote(checkpoint.lease_sure_until())
     concurrency = max(1, math.ceil(concurrency_of(job) / engine.workers))
     worker_class = rt.remote(ShardWorker)
     workers = [
@@ -845,6 +942,7 @@ def _drive(
                 except OSError as exc:  # S3 not answering for now: the next tick tries again
                     log.warning("pulling the checkpoint from S3 failed (%s)", _first_line(exc))
                 pulled = time.monotonic()
+            desk.lease_until.remote(checkpoint.lease_sure_until())  # for the workers' commits
             if checkpoint.lease_lost is not None and stop is None:
                 stop = checkpoint.lease_lost  # another run took the job over: every worker stops
                 desk.halt.remote(type(stop).__name__, str(stop))

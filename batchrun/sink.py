@@ -6,7 +6,8 @@ import contextlib
 import errno
 import json
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,13 +19,13 @@ from . import render
 from .checkpoint import Checkpoint, atomic_file
 from .columns import FINGERPRINT, INPUT_ROW, KEY
 from .columns import POSITION as RESULT_POSITION
-from .errors import BatchrunError, UserError
+from .errors import StoreFailed, UserError
 from .job import Job
 from .render import Renderer
 from .scoring import Annotator
 from .source import POSITION, ROW_KEY, Source
-from .space import disk_full
-from .store import Remote, upload_file
+from .space import disk_full, store_backoff
+from .store import Remote, S3Error, upload_file
 
 OUTPUT_BATCH_ROWS = 16_384  # input rows joined and written at a time, one row group each: a
 # batch of 100,000 held 140 MB more at its peak than one of 16,384, and was no faster
@@ -159,17 +160,66 @@ def remove_temporaries(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def publish(path: Path, remote: Remote | None) -> None:
+def upload(path: Path, remote: Remote) -> None:
     """Upload the output written at `path` to its S3 location, whole or not at all (see
-    `batchrun.store.upload_file`); nothing for a local output. The local file stays: it is
-    the copy later commands read."""
+    `batchrun.store.upload_file`); an S3Error says it did not happen. The local file stays:
+    it is the copy later commands read."""
+    upload_file(remote.fs, remote.path, path)
+
+
+def upload_waiting(
+    path: Path,
+    remote: Remote,
+    wait_s: float,
+    note: Callable[[str], None],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> S3Error | None:
+    """`upload`, waiting S3 out for up to `wait_s` while it cannot be reached (saying so in
+    one `note`), with the backoff a run's commits use; None once uploaded, else why not.
+    For a caller with no requests to pause (a Ray run's driver, its workers done): a local
+    run waits through its engine's gate instead."""
+    since: float | None = None  # when the upload first failed
+    tries = 0
+    while True:
+        try:
+            upload(path, remote)
+        except S3Error as exc:
+            now = clock()
+            if since is None:
+                since = now
+                if exc.transient and wait_s > 0:
+                    note(
+                        f"batchrun: S3 cannot be reached ({exc.why}): the output's upload is "
+                        f"tried again for up to {wait_s:g} s (limits.storage_wait_s)."
+                    )
+            left = since + wait_s - now
+            if not exc.transient or left <= 0:
+                return exc
+            sleep(min(store_backoff(tries), left))
+            tries += 1
+            continue
+        if since is not None:
+            note("batchrun: S3 answers again: the output is uploaded.")
+        return None
+
+
+def publish(path: Path, remote: Remote | None) -> None:
+    """`upload`, for a caller all of whose answers are committed (an import), and that
+    does not wait S3 out: a failure is a StoreFailed saying where the output is. Nothing
+    for a local output."""
     if remote is None:
         return
     try:
-        upload_file(remote.fs, remote.path, path)
+        upload(path, remote)
     except OSError as exc:
-        raise BatchrunError(
-            f"The output could not be uploaded to {remote.url} "
-            f"({str(exc).splitlines()[0][:160]}); every answer is committed and the output is "
-            f"at {path}: run the same command again to upload it."
+        raise StoreFailed(
+            f"The output could not be uploaded to {remote.url} ({_why(exc)}); every answer "
+            f"is committed and the output is at {path}: run the same command again to "
+            f"upload it."
         ) from None
+
+
+def _why(exc: OSError) -> str:
+    return exc.why if isinstance(exc, S3Error) else str(exc).strip().splitlines()[0][:160]

@@ -41,6 +41,12 @@ S3 is reached through the proxy the same variables give the gateway (`HTTPS_PROX
 `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`; see `batchrun.network`), in botocore's config and
 pyarrow's `proxy_options` alike; both speak HTTP(S) proxies only, so a SOCKS one is a
 sentence saying so.
+
+Errors: pyarrow's and botocore's are translated in one place, `s3_errors`, into `S3Error`
+(an OSError), which says whether the failure passes (`transient`: the store or the way to
+it is down, busy or slow: a refused or dropped connection, a timeout, a 5xx, SlowDown,
+RequestTimeout, throttling) or not (access denied, no such bucket, bad credentials). A run
+waits out the first kind for `limits.storage_wait_s` and stops at once on the second.
 """
 
 from __future__ import annotations
@@ -50,9 +56,10 @@ import fnmatch
 import functools
 import json
 import os
+import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -66,6 +73,116 @@ from .errors import RunStopped, UserError
 from .network import SOCKS, ProxyURL, proxy_from_env
 
 S3_SCHEME = "s3://"
+
+# Failures that pass. S3's error codes (botocore reads them from the XML body) ...
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "TooManyRequests",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+    }
+)
+# ... and the AWS C++ SDK's names for them, as pyarrow's messages give them ("AWS Error
+# SLOW_DOWN during PutObject operation: ...").
+TRANSIENT_NAMES = frozenset(
+    {
+        "NETWORK_CONNECTION",
+        "SLOW_DOWN",
+        "SERVICE_UNAVAILABLE",
+        "INTERNAL_FAILURE",
+        "REQUEST_TIMEOUT",
+        "THROTTLING",
+        "REQUEST_LIMIT_EXCEEDED",
+    }
+)
+_AWS_NAME = re.compile(r"AWS Error ([A-Z_]+)")
+_HTTP_STATUS = re.compile(r"HTTP (?:status|response) (?:code )?(\d{3})")
+
+
+class S3Error(OSError):
+    """An S3 request that failed (see `s3_errors`); `transient` when the failure is of the
+    kind that passes: the store, or the way to it, is down, busy or slow."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+    @property
+    def why(self) -> str:
+        """The failure in a few words, for a sentence."""
+        return _first_line(self)
+
+
+@contextlib.contextmanager
+def s3_errors(what: str) -> Iterator[None]:
+    """Where the S3 layer's errors become batchrun's: a pyarrow OSError or a botocore error
+    raised inside is raised again as an `S3Error` saying `what` failed, and whether that
+    passes. FileNotFoundError (an object not there) and the errors of local files (which
+    carry an errno) go through as they are."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # the pyarrow-only path: no botocore error can come
+        BotoCoreError = ClientError = _NeverRaised
+    try:
+        yield
+    except (S3Error, FileNotFoundError):
+        raise
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        code = str(error.get("Code") or status or "")
+        transient = code in TRANSIENT_CODES or status >= 500 or status == 429
+        message = str(error.get("Message") or "").strip()
+        raise S3Error(
+            f"{what} failed: {code}{f' ({message[:120]})' if message else ''}", transient=transient
+        ) from exc
+    except BotoCoreError as exc:  # no answer: connection refused or dropped, a timeout...
+        from botocore.exceptions import ConnectionError, HTTPClientError
+
+        transient = isinstance(exc, ConnectionError | HTTPClientError)
+        raise S3Error(f"{what} failed: {_first_line(exc)}", transient=transient) from exc
+    except OSError as exc:
+        if exc.errno is not None:
+            raise  # this machine's (a local file), not the store's: pyarrow's have no errno
+        text = str(exc)
+        name = _AWS_NAME.search(text)
+        said = _HTTP_STATUS.search(text)
+        http = int(said[1]) if said else 0
+        transient = bool(
+            (name and name[1] in TRANSIENT_NAMES)
+            or http >= 500
+            or http == 429
+            or "curlCode" in text  # no answer at all: the connection failed
+        )
+        raise S3Error(f"{what} failed: {_brief(text)}", transient=transient) from exc
+
+
+class _NeverRaised(Exception):
+    """Stands in for botocore's errors where botocore is not installed."""
+
+
+def _brief(text: str) -> str:
+    """pyarrow's message without its preamble ("When uploading object with key ...: ")."""
+    line = text.strip().splitlines()[0] if text.strip() else "no message"
+    if (start := line.find("AWS Error")) > 0:
+        line = line[start:]
+    return line[:200]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+CONNECT_TIMEOUT_S = 5.0  # botocore's default is 60
+READ_TIMEOUT_S = 15.0  # between bytes of an answer; botocore's default is 60
 
 
 @dataclass(frozen=True)
@@ -158,10 +275,15 @@ class S3Settings:
             ) from None
 
         # Always a proxies mapping: an empty one keeps botocore from reading the process's
-        # variables on its own. botocore masks a proxy's login in its messages.
+        # variables on its own (botocore masks a proxy's login in its messages). A store that
+        # accepts connections and never answers fails a request in seconds, not minutes: the
+        # run waits the outage out at its own pace.
         config = botocore.config.Config(
             s3={"addressing_style": "path"} if self.endpoint else {},
             proxies=self.botocore_proxies(),
+            connect_timeout=CONNECT_TIMEOUT_S,
+            read_timeout=READ_TIMEOUT_S,
+            retries={"mode": "standard", "max_attempts": 2},
         )
         return botocore.session.get_session().create_client(
             "s3",
@@ -237,16 +359,17 @@ def put_whole(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
     """Publish `data` at `path` on S3 whole or not at all, replacing what was there."""
     if not is_s3(fs):
         raise TypeError(f"put_whole is for S3, not {fs.type_name}: locally, use atomic_file")
-    stream = fs.open_output_stream(path)
-    # One write, then close. Not `with`: leaving a `with` on an error closes the stream,
-    # and closing completes the upload with whatever was written (apache/arrow#40502).
-    stream.write(data)
-    stream.close()
+    with s3_errors(f"S3 upload of s3://{path}"):
+        stream = fs.open_output_stream(path)
+        # One write, then close. Not `with`: leaving a `with` on an error closes the stream,
+        # and closing completes the upload with whatever was written (apache/arrow#40502).
+        stream.write(data)
+        stream.close()
 
 
 def remove(fs: pafs.FileSystem, path: str) -> None:
     """Delete a file; one already gone is no error (a merge raced us, or a retry)."""
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError), s3_errors(f"S3 delete of s3://{path}"):
         fs.delete_file(path)
 
 
@@ -340,7 +463,10 @@ class Lease:
         etag = self._put(self._body(), IfMatch=self._etag)
         if etag is None:
             self._etag = None
-            held = self._read()
+            try:
+                held = self._read()
+            except OSError:  # lost all the same: only who took it is unknown
+                held = None
             who = f"another run ({held.holder})" if held else "another run"
             raise RunStopped(
                 f"This run lost its lease on s3://{self.path} to {who} after it lapsed, and "
@@ -380,8 +506,10 @@ class Lease:
         answer = self._call("get_object")
         if answer is None:
             return None
+        with s3_errors(f"S3 get_object of s3://{self.path}"):
+            data = answer["Body"].read()
         try:
-            figures = json.loads(answer["Body"].read())
+            figures = json.loads(data)
             return _Held(
                 str(figures["holder"]),
                 float(figures["since"]),
@@ -410,19 +538,19 @@ class Lease:
 
     def _call(self, operation: str, **arguments: Any) -> Any:
         """One S3 request on the lease object; None when S3 said its precondition failed,
-        or that the object is not there. Where botocore's errors become batchrun's."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        or that the object is not there; any other failure an `S3Error`."""
+        from botocore.exceptions import ClientError
 
-        try:
-            return getattr(self._client, operation)(Bucket=self._bucket, Key=self._key, **arguments)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            # 409 ConditionalRequestConflict: S3 saw a concurrent conditional write win.
-            if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
-                return None
-            raise OSError(f"S3 {operation} of s3://{self.path} failed: {code or exc}") from exc
-        except BotoCoreError as exc:
-            raise OSError(f"S3 {operation} of s3://{self.path} failed: {exc}") from exc
+        with s3_errors(f"S3 {operation} of s3://{self.path}"):
+            try:
+                call = getattr(self._client, operation)
+                return call(Bucket=self._bucket, Key=self._key, **arguments)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                # 409 ConditionalRequestConflict: S3 saw a concurrent conditional write win.
+                if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+                    return None
+                raise
 
 
 def _when(seconds: float) -> str:
@@ -512,9 +640,11 @@ class Remote:
         """name -> (size, modification time in ns) of the files right under this folder
         that match `pattern`."""
         selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
+        with s3_errors(f"S3 listing of {self.url}"):
+            found = self.fs.get_file_info(selector)
         return {
             info.base_name: (int(info.size or 0), int(info.mtime_ns or 0))
-            for info in self.fs.get_file_info(selector)
+            for info in found
             if info.type == pafs.FileType.File and fnmatch.fnmatchcase(info.base_name, pattern)
         }
 
@@ -533,13 +663,9 @@ def upload_file(fs: pafs.FileSystem, path: str, local: str | os.PathLike[str]) -
             put_whole(fs, path, handle.read())
         return
     client = S3Settings.of(fs).client()  # a UserError without botocore
-    from botocore.exceptions import BotoCoreError, ClientError
-
     bucket, _, key = path.partition("/")
-    try:
+    with s3_errors(f"S3 upload of s3://{path}"):
         _multipart(client, bucket, key, local)
-    except (BotoCoreError, ClientError) as exc:  # batchrun's callers take OSError
-        raise OSError(f"S3 upload of s3://{path} failed: {exc}") from exc
 
 
 def _multipart(client: Any, bucket: str, key: str, local: str | os.PathLike[str]) -> None:
@@ -569,7 +695,12 @@ def download_file(fs: pafs.FileSystem, path: str, local: str | os.PathLike[str])
     folder, name = os.path.split(os.fspath(local))
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
-        with fs.open_input_stream(path) as stream, open(tmp, "wb") as handle:
+        # A full local disk is ENOSPC, which s3_errors lets through as it is.
+        with (
+            s3_errors(f"S3 download of s3://{path}"),
+            fs.open_input_stream(path) as stream,
+            open(tmp, "wb") as handle,
+        ):
             while chunk := stream.read(PART_BYTES):
                 handle.write(chunk)
         os.replace(tmp, local)

@@ -537,3 +537,115 @@ def test_ctrl_c_stops_a_ray_run_of_the_command_which_the_same_command_resumes(
     assert "400 ok, 0 failed, 0 pending" in second.stdout
     assert asked < 400
     assert sorted(row_of(r) for r in records) == list(range(400))  # each row asked once
+
+
+@pytest.mark.parametrize("outage", ["passing", "for-good", "taken-over"])
+def test_s3_out_of_reach_under_ray_is_waited_out_or_told_truly(ws: Workspace, outage: str) -> None:
+    """The workers commit to S3 through a proxy that refuses every connection for a while
+    (`tests.s3proxy`): they wait it out and the run ends with every row once, nothing
+    asked twice; or, S3 gone for good, the run stops (exit 3, never 1) counting the
+    answers no worker could commit; or, another run having taken the lapsed lease over
+    meanwhile, the run stops and no worker writes anything more."""
+    import re
+
+    from batchrun.checkpoint import SEGMENT_GLOB
+    from batchrun.errors import RunStopped, StoreFailed
+    from batchrun.store import Remote, S3Spec, pull, put_whole
+
+    from .s3proxy import outage_proxy
+
+    rows = 1500
+    ws.write_input(reviews(rows))
+    with (
+        moto_server() as endpoint,
+        outage_proxy(endpoint) as proxy,
+        start_in_thread(SimConfig(latency_ms=20)) as sim,
+    ):
+        spec = S3Spec(region="us-east-1", endpoint_url=endpoint)  # straight at moto
+        prefix = f"{BUCKET}/ray-outage-{outage}"  # moto's buckets outlive its servers
+        put_whole(
+            Remote(prefix, spec).fs,
+            f"{prefix}/input.parquet",
+            (ws.root / "input.parquet").read_bytes(),
+        )
+        checkpoint = Remote(f"{prefix}/out/result.parquet.checkpoint", spec)
+
+        def committed() -> dict[str, str]:
+            for _ in range(8):
+                try:
+                    pull(checkpoint, ws.root / "peek", SEGMENT_GLOB)
+                    return latest_results(ws.root / "peek")
+                except FileNotFoundError:
+                    continue  # a merge removed a segment while it was listed
+            raise AssertionError("the checkpoint kept changing under the pull")
+
+        seen: dict[str, Any] = {}
+
+        def go_away() -> None:
+            deadline = time.monotonic() + 120
+            while len(committed()) < 200 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proxy.set("refuse")
+            if outage == "taken-over":
+                time.sleep(3)  # the lease (2 s) lapsed; another run takes it over
+                now = time.time()
+                figures = {"holder": "the other machine", "since": now, "expires": now + 60}
+                put_whole(
+                    checkpoint.fs, checkpoint.child("lease.json"), json.dumps(figures).encode()
+                )
+                seen["segments"] = set(checkpoint.names(SEGMENT_GLOB))
+                proxy.set("pass")
+            elif outage == "passing":
+                time.sleep(8)
+                proxy.set("pass")
+
+        storage: dict[str, Any] = {
+            "region": "us-east-1",
+            "endpoint_url": proxy.url,
+            "cache": str(ws.root / "c"),
+            **({"lease_s": 2} if outage == "taken-over" else {}),
+        }
+        job = ray_job(
+            ws,
+            sim.base_url,
+            input={"path": f"s3://{prefix}/input.parquet"},
+            output={"path": f"s3://{prefix}/out/result.parquet"},
+            storage=storage,
+            engine={"shard_rows": 500, "workers": 2},
+            limits={
+                "commit_interval_s": 0.1,
+                "concurrency": 8,
+                "storage_wait_s": 3 if outage == "for-good" else 60,
+            },
+        )
+        thread = threading.Thread(target=go_away, daemon=True)
+        thread.start()
+        summary = ray_run(job)
+        thread.join()
+        proxy.set("pass")
+        asked = Counter(str(row_of(r)) for r in sim.requests)
+        held = committed()
+        segments = set(checkpoint.names(SEGMENT_GLOB))
+        output_there = "result.parquet" in Remote(f"{prefix}/out", spec).names()
+    if outage == "taken-over":
+        assert isinstance(summary.stopped, RunStopped), summary.stopped
+        assert "lost its lease" in str(summary.stopped), summary.stopped
+        assert "the other machine" in str(summary.stopped)
+        assert segments == seen["segments"]  # no worker wrote under the lost lease
+        assert not output_there
+        return
+    if outage == "passing":
+        assert summary.stopped is None, summary.stopped
+        assert (summary.ok, summary.ran) == (rows, rows)
+        assert set(asked.values()) == {1}  # nothing paid twice
+        assert len(held) == rows
+        return
+    stop = summary.stopped
+    assert isinstance(stop, StoreFailed), stop
+    assert stop.exit_code == 3
+    sentence = str(stop)
+    assert "S3 could not be reached for 3 s" in sentence
+    assert "every answer" not in sentence
+    count = re.search(r"([\d,]+) answers could not be committed", sentence)
+    assert count is not None, sentence
+    assert int(count[1].replace(",", "")) == len(set(asked) - set(held))

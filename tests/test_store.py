@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -294,3 +295,105 @@ def test_a_renewal_whose_answer_was_lost_is_taken_for_the_success_it_was(prefix:
     lease._call = real  # type: ignore[method-assign]
     lease.renew()
     lease.release()
+
+
+# -- what passes and what does not (store.s3_errors) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "transient"),
+    [
+        (
+            "When uploading object with key 'x' in bucket 'b': AWS Error NETWORK_CONNECTION "
+            "during PutObject operation: curlCode: 7, Could not connect to server",
+            True,
+        ),
+        (
+            "When uploading object with key 'x' in bucket 'b': AWS Error SLOW_DOWN during "
+            "PutObject operation: Please reduce your request rate.",
+            True,
+        ),
+        ("AWS Error UNKNOWN (HTTP status 503) during PutObject operation: Unable to parse", True),
+        ("AWS Error SERVICE_UNAVAILABLE during HeadObject operation: ", True),
+        ("AWS Error REQUEST_TIMEOUT during PutObject operation: ", True),
+        ("AWS Error ACCESS_DENIED during PutObject operation: Access Denied", False),
+        ("AWS Error NO_SUCH_BUCKET during PutObject operation: The bucket does not exist", False),
+        ("AWS Error INVALID_ACCESS_KEY_ID during PutObject operation: ", False),
+    ],
+)
+def test_pyarrow_s_s3_errors_are_told_passing_or_not(message: str, transient: bool) -> None:
+    with pytest.raises(store.S3Error) as caught, store.s3_errors("S3 upload of s3://b/x"):
+        raise OSError(message)
+    assert caught.value.transient is transient
+    assert str(caught.value).startswith("S3 upload of s3://b/x failed: AWS Error")
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "transient"),
+    [
+        ("SlowDown", 503, True),
+        ("InternalError", 500, True),
+        ("RequestTimeout", 400, True),
+        ("Throttling", 400, True),
+        ("SomethingNew", 502, True),
+        ("AccessDenied", 403, False),
+        ("NoSuchBucket", 404, False),
+        ("InvalidAccessKeyId", 403, False),
+        ("SignatureDoesNotMatch", 403, False),
+    ],
+)
+def test_botocore_s_s3_errors_are_told_passing_or_not(
+    code: str, status: int, transient: bool
+) -> None:
+    from botocore.exceptions import ClientError
+
+    answer: Any = {
+        "Error": {"Code": code, "Message": "the store says so"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    with pytest.raises(store.S3Error) as caught, store.s3_errors("S3 put_object of s3://b/x"):
+        raise ClientError(answer, "PutObject")
+    assert caught.value.transient is transient
+    assert code in str(caught.value)
+
+
+def test_no_answer_at_all_passes_and_no_credentials_do_not() -> None:
+    from botocore.exceptions import (
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
+    for error in (
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b/x"),
+        ConnectTimeoutError(endpoint_url="http://127.0.0.1:9/b/x"),
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:9/b/x"),
+    ):
+        with pytest.raises(store.S3Error) as caught, store.s3_errors("S3 get_object"):
+            raise error
+        assert caught.value.transient, error
+    with pytest.raises(store.S3Error) as caught, store.s3_errors("S3 get_object"):
+        raise NoCredentialsError()
+    assert not caught.value.transient
+
+
+def test_local_errors_and_missing_objects_go_through_as_they_are() -> None:
+    import errno
+
+    with pytest.raises(OSError) as caught, store.s3_errors("S3 download"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert not isinstance(caught.value, store.S3Error) and caught.value.errno == errno.ENOSPC
+    with pytest.raises(FileNotFoundError), store.s3_errors("S3 download"):
+        raise FileNotFoundError("gone")
+
+
+def test_an_s3_error_names_no_secret(prefix: str) -> None:
+    """What a failure says is the store's answer and the object's URL, never a credential."""
+    fs = store.S3Settings.from_env(
+        {**aws_env("http://127.0.0.1:9"), "AWS_REGION": "us-east-1"}
+    ).filesystem()
+    with pytest.raises(store.S3Error) as caught:
+        store.put_whole(fs, f"{prefix}/x", b"data")
+    assert caught.value.transient
+    assert FAKE_SECRET not in str(caught.value)
