@@ -453,7 +453,7 @@ def _sim(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except (TypeError, ValueError) as exc:
-        raise BatchrunError(f"batchrun sim: {exc}.") from None
+        raise UserError(f"batchrun sim: {exc}.") from None
     serve_forever(config, args.host, args.port)
     return 0
 

@@ -13,7 +13,9 @@
     │   ├── BudgetReached         the next request could take spend past budget_usd
     │   ├── SystematicFailure     the first rows all failed the same way (bad model, parameter)
     │   ├── DiskFull              the disk stayed full (or over quota) for disk_wait_s
-    │   └── StoreFailed           S3 stayed out of reach for storage_wait_s, or refused a write
+    │   ├── StoreFailed           S3 stayed out of reach for storage_wait_s, or refused a write
+    │   └── ClusterLost           Ray lost what the run needs: its desk, or workers that kept
+    │                             dying or did not come back
     └── Interrupted               exit 130: Ctrl-C or SIGTERM; committed progress is kept
 
 Per-row failures are not exceptions: they are outcomes (`batchrun.outcome`) recorded in the
@@ -88,6 +90,11 @@ class DiskFull(RunStopped):
 class StoreFailed(RunStopped):
     """S3 (the checkpoint's or the output's) stayed out of reach past storage_wait_s, or
     refused a write (access denied, no such bucket)."""
+
+
+class ClusterLost(RunStopped):
+    """The Ray cluster lost what the run needs (the desk's node, a worker that did not come
+    back, workers that kept dying on one shard); committed rows are kept."""
 
 
 class Interrupted(BatchrunError):

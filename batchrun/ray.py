@@ -68,7 +68,7 @@ from .engine import (
     with_uncommitted,
     write_job_output,
 )
-from .errors import BatchrunError, Interrupted, StoreFailed, UserError
+from .errors import BatchrunError, ClusterLost, Interrupted, StoreFailed, UserError
 from .job import Job, default_cache
 from .lease import SYNC_S, Desk, LeasedPacer, SharedBudget, Tally, stop_from
 from .nofile import fitting_concurrency
@@ -953,7 +953,7 @@ def _drive(
                         rt.get(ref)
                     except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
                         if time.monotonic() - since > RESTART_WAIT_S:
-                            raise BatchrunError(
+                            raise ClusterLost(
                                 f"A worker of the run could not be restarted within "
                                 f"{RESTART_WAIT_S:g} s ({_first_line(exc)}): the cluster may "
                                 f"lack room for it; run the same command to resume."
@@ -970,7 +970,7 @@ def _drive(
                     # A worker is given work only once it answers (see `restarting`), so
                     # each of these is a worker lost while it ran the shard.
                     if attempts[shard[0]] >= MAX_SHARD_ATTEMPTS:
-                        raise BatchrunError(
+                        raise ClusterLost(
                             f"The workers running rows {shard[1]:,} to {shard[2]:,} died "
                             f"{MAX_SHARD_ATTEMPTS} times ({_first_line(exc)}): look at the Ray "
                             f"cluster's logs, then run the same command to resume."
@@ -1033,7 +1033,7 @@ def _desk_call(rt: Any, method: Any) -> Any:
     try:
         return rt.get(method.remote())
     except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
-        raise BatchrunError(
+        raise ClusterLost(
             f"The run's desk (the actor that holds its rate limit, on the driver's node) was "
             f"lost ({_first_line(exc)}): every committed row is kept; run the same command "
             f"to resume."

@@ -649,3 +649,23 @@ def test_s3_out_of_reach_under_ray_is_waited_out_or_told_truly(ws: Workspace, ou
     count = re.search(r"([\d,]+) answers could not be committed", sentence)
     assert count is not None, sentence
     assert int(count[1].replace(",", "")) == len(set(asked) - set(held))
+
+
+def test_a_lost_desk_stops_the_run_with_exit_3_in_one_sentence() -> None:
+    """The desk's node gone (here: the actor killed) is a run-wide stop a user can meet,
+    never exit 1."""
+    from batchrun.errors import ClusterLost
+    from batchrun.ray import _desk_call
+
+    @ray.remote(num_cpus=0)
+    class Gone:
+        def totals(self) -> dict[str, int]:
+            return {}
+
+    actor = Gone.remote()  # type: ignore[attr-defined]
+    assert _desk_call(ray, actor.totals) == {}
+    ray.kill(actor)
+    with pytest.raises(ClusterLost) as caught:
+        _desk_call(ray, actor.totals)
+    assert caught.value.exit_code == 3
+    assert "run the same command to resume" in str(caught.value)
