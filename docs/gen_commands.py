@@ -67,7 +67,7 @@ def _name(action: argparse.Action) -> str:
     if action.nargs == 0:
         return flags
     if action.choices is not None and action.metavar is None:
-        return f"{flags} `{'|'.join(str(c) for c in action.choices)}`"
+        return f"{flags} `{{{','.join(str(c) for c in action.choices)}}}`"
     return f"{flags} `{action.metavar or action.dest.upper()}`"
 
 
