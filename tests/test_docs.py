@@ -80,10 +80,14 @@ def test_the_job_file_page_names_every_key() -> None:
 
 def test_the_readme_links_to_pages_that_exist() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    links = re.findall(r"\]\((docs/[^)#]+)(?:#[^)]*)?\)", readme)
+    links = re.findall(r"\]\((docs/[^)#]+)(?:#([^)]*))?\)", readme)
     assert len(links) >= 10
-    for link in links:
+    for link, anchor in links:
         assert (REPO / link).is_file(), link
+        if anchor:  # GitHub's anchor of a heading: lower case, punctuation dropped, - for spaces
+            headings = re.findall(r"(?m)^#+ (.+)$", (REPO / link).read_text(encoding="utf-8"))
+            slugs = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+            assert anchor in slugs, f"{link}#{anchor}"
 
 
 def test_the_readme_second_command_is_what_ci_runs() -> None:
