@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize(
     "command",
     [
-        ["ruff", "check", "batchrun", "tests", "benchmarks"],
-        ["ruff", "format", "--check", "batchrun", "tests", "benchmarks"],
+        ["ruff", "check", "batchrun", "tests", "benchmarks", "docs"],
+        ["ruff", "format", "--check", "batchrun", "tests", "benchmarks", "docs"],
         ["mypy"],
     ],
     ids=["ruff-check", "ruff-format", "mypy"],
