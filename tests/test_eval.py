@@ -356,7 +356,7 @@ def test_report_shows_accuracy_with_its_interval_by_group_and_the_confusion_matr
     assert 'aria-label="Confusion matrix: gold (rows)' in page
 
 
-# -- the sample jobs the README walks through ---------------------------------------------------
+# -- the sample jobs docs/evaluation.md and docs/compare.md walk through ---------------------------
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -373,7 +373,7 @@ def test_the_sample_labeling_job(ws: Workspace, tmp_path: Path) -> None:
     assert frame.filter(pl.col("attempts") > 1).height > 0
 
 
-def test_the_sample_evaluation_job_gives_the_figures_the_readme_quotes(
+def test_the_sample_evaluation_job_gives_the_figures_the_docs_quote(
     ws: Workspace, tmp_path: Path
 ) -> None:
     out = tmp_path / "eval.parquet"
@@ -381,13 +381,13 @@ def test_the_sample_evaluation_job_gives_the_figures_the_readme_quotes(
     sets = ["--set", f"output.path={out}", "--set", "sim.latency_ms=0"]
     assert ws.run("run", job, "-q", *sets).code == 0
     text = ws.run("report", job, *sets).out
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    quoted = readme.split("The evaluation's report reads, in part:")[1].split("```")[1]
+    page = (REPO / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    quoted = page.split("The evaluation's report reads, in part:")[1].split("```")[1]
     for line in quoted.strip().splitlines():
         assert line in text, line
 
 
-def test_the_sample_comparison_gives_the_figures_the_readme_quotes(
+def test_the_sample_comparison_gives_the_figures_the_docs_quote(
     ws: Workspace, tmp_path: Path
 ) -> None:
     job = str(REPO / "jobs" / "eval-reviews.toml")
@@ -398,8 +398,8 @@ def test_the_sample_comparison_gives_the_figures_the_readme_quotes(
         assert ws.run("run", job, "-q", "--set", "sim.latency_ms=0", *sets).code == 0
         outputs.append(str(out))
     text = ws.run("compare", *outputs).out
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    quoted = readme.split("## Comparing two runs")[1].split("```\n")[2]
+    page = (REPO / "docs" / "compare.md").read_text(encoding="utf-8")
+    quoted = page.split("# Comparing two runs")[1].split("```\n")[2]
     for line in quoted.strip().splitlines():
         if "latency" not in line and line.strip() != "...":  # timings differ run to run
             assert line in text, line

@@ -86,7 +86,7 @@ def test_report_in_the_terminal_and_as_a_page(finished: Workspace, tmp_path: Pat
     assert "<script" not in text
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.skip("Chromium is not installed: see the README for the screenshot command")
+        pytest.skip("Chromium is not installed: see docs/cost.md for the screenshot command")
     shot = tmp_path / "report.png"
     subprocess.run(
         [

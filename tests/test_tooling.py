@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize(
     "command",
     [
-        ["ruff", "check", "batchrun", "tests", "benchmarks"],
-        ["ruff", "format", "--check", "batchrun", "tests", "benchmarks"],
+        ["ruff", "check", "batchrun", "tests", "benchmarks", "docs/gen_commands.py"],
+        ["ruff", "format", "--check", "batchrun", "tests", "benchmarks", "docs/gen_commands.py"],
         ["mypy"],
     ],
     ids=["ruff-check", "ruff-format", "mypy"],
