@@ -16,8 +16,8 @@
     │   └── StoreFailed           S3 stayed out of reach for storage_wait_s, or refused a write
     └── Interrupted               exit 130: Ctrl-C or SIGTERM; committed progress is kept
 
-Per-row failures are not exceptions: they are outcomes (`batchrun.outcome`) recorded in the
-row's `error` column. Transport errors are translated into outcomes in `batchrun.wire`.
+Per-row failures are not exceptions: they are outcomes (`batchrun.protocol.outcome`) recorded in the
+row's `error` column. Transport errors are translated into outcomes in `batchrun.protocol.wire`.
 From Python (`batchrun.run`, `batchrun.map`), a stop or an interrupt is raised with `summary`
 set: where the run stood (a `batchrun.RunResult`).
 """

@@ -21,10 +21,10 @@ from pathlib import Path
 import peak  # benchmarks/peak.py
 import polars as pl
 
-from batchrun.checkpoint import Checkpoint, checkpoint_dir
-from batchrun.columns import RowResult
-from batchrun.job import load_job
-from batchrun.render import Renderer
+from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
+from batchrun.config.job import load_job
+from batchrun.core.columns import RowResult
+from batchrun.rows.render import Renderer
 from batchrun.sim import SimConfig, start_in_thread
 
 JOB = """

@@ -11,11 +11,11 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from batchrun import anchor as anchor_module
-from batchrun import checkpoint as checkpoint_module
-from batchrun import engine as engine_module
-from batchrun import walk as walk_module
-from batchrun.checkpoint import checkpoint_dir
+from batchrun.checkpoint import folder as checkpoint_module
+from batchrun.checkpoint import walk as walk_module
+from batchrun.checkpoint.folder import checkpoint_dir
+from batchrun.engine import local as engine_module
+from batchrun.rows import anchor as anchor_module
 from batchrun.sim import SimServer
 
 from .conftest import Workspace, latest_results, reviews

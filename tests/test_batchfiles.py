@@ -17,8 +17,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun import batchfiles
-from batchrun.batchfiles import (
+from batchrun.batchfiles import commands as batchfiles
+from batchrun.batchfiles.commands import (
     BATCH_PRICE_FACTOR,
     ID_FINGERPRINT_CHARS,
     MAX_BYTES,
@@ -26,8 +26,8 @@ from batchrun.batchfiles import (
     export_batch,
     split_custom_id,
 )
+from batchrun.config.job import load_job
 from batchrun.errors import UserError
-from batchrun.job import load_job
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
 from .conftest import Workspace, reviews

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun import checkpoint as checkpoint_module
-from batchrun import walk as walk_module
-from batchrun.checkpoint import (
+from batchrun.checkpoint import folder as checkpoint_module
+from batchrun.checkpoint import walk as walk_module
+from batchrun.checkpoint.folder import (
     CHECKPOINT_SCHEMA,
     FAILED_MARK,
     Checkpoint,
@@ -22,9 +22,9 @@ from batchrun.checkpoint import (
     segment_name,
     write_atomic_table,
 )
-from batchrun.columns import RowResult
+from batchrun.checkpoint.walk import merge_segments
+from batchrun.core.columns import RowResult
 from batchrun.errors import UserError
-from batchrun.walk import merge_segments
 
 from .conftest import latest_results
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from batchrun.config.job import DEFAULT_BASE_URL, build_job, load_job
 from batchrun.errors import JobError
-from batchrun.job import DEFAULT_BASE_URL, build_job, load_job
 
 MINIMAL = """
 [input]

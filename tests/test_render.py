@@ -7,9 +7,9 @@ from typing import Any
 import polars as pl
 import pytest
 
+from batchrun.config.job import PromptSpec
 from batchrun.errors import InputError, JobError
-from batchrun.job import PromptSpec
-from batchrun.render import Renderer, fingerprint
+from batchrun.rows.render import Renderer, fingerprint
 
 REQUEST = {"model": "gpt-4o-mini", "temperature": 0, "max_tokens": 8, "seed": 7}
 

@@ -18,13 +18,18 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun import checkpoint as checkpoint_module
-from batchrun import evaluation, quantiles, report_tally, walk
-from batchrun import report as report_module
-from batchrun.checkpoint import Checkpoint, checkpoint_dir, segment_name, write_segment
-from batchrun.columns import FINISHED_AT, KEY, POSITION, RowResult
-from batchrun.job import load_job
-from batchrun.report import (
+from batchrun.checkpoint import folder as checkpoint_module
+from batchrun.checkpoint import walk
+from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir, segment_name, write_segment
+from batchrun.checkpoint.walk import WINDOW, merge_segments
+from batchrun.config.job import load_job
+from batchrun.core import quantiles
+from batchrun.core.columns import FINISHED_AT, KEY, POSITION, RowResult
+from batchrun.core.stats import Accuracy
+from batchrun.report import evaluation
+from batchrun.report import figures as report_module
+from batchrun.report import tally as report_tally
+from batchrun.report.figures import (
     HISTOGRAM_BINS,
     TOKEN_KINDS,
     Bin,
@@ -36,12 +41,10 @@ from batchrun.report import (
     build_report,
     report_json,
 )
-from batchrun.report_html import render_html
-from batchrun.report_text import render_text
-from batchrun.scoring import job_annotator
+from batchrun.report.html import render_html
+from batchrun.report.text import render_text
+from batchrun.rows.scoring import job_annotator
 from batchrun.sim import SimConfig, start_in_thread
-from batchrun.stats import Accuracy
-from batchrun.walk import WINDOW, merge_segments
 
 from .conftest import Workspace, reviews
 

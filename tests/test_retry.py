@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from batchrun.limits import Pacer, parse_duration
-from batchrun.retry import QUOTA_MAX_PROBE_S, QuotaGate, RetryPolicy
+from batchrun.engine.pacing import Pacer, parse_duration
+from batchrun.engine.retry import QUOTA_MAX_PROBE_S, QuotaGate, RetryPolicy
 
 from .test_limits import FakeClock
 

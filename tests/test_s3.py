@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.checkpoint import _damage
+from batchrun.checkpoint.folder import _damage
 from batchrun.sim import SimConfig, start_in_thread
-from batchrun.store import Lease, Remote, S3Spec, pull, put_whole
+from batchrun.storage.store import Lease, Remote, S3Spec, pull, put_whole
 
 from .conftest import FAKE_KEY, Workspace, latest_results, reviews
 from .s3server import BUCKET, FAKE_SECRET, aws_env
@@ -278,9 +278,9 @@ def test_a_lease_that_cannot_be_renewed_holds_every_write_until_it_is(
 ) -> None:
     """S3 out of reach for the renewals: the run is not stopped for it (it waits S3 out),
     but nothing goes to S3 once the lease may have lapsed, until it is renewed."""
-    from batchrun.checkpoint import Checkpoint
-    from batchrun.columns import RowResult
-    from batchrun.store import S3Error
+    from batchrun.checkpoint.folder import Checkpoint
+    from batchrun.core.columns import RowResult
+    from batchrun.storage.store import S3Error
 
     remote = Remote(f"{prefix}/ckpt", S3Spec(lease_s=1))
     checkpoint = Checkpoint(tmp_path / "copy", remote).open()
@@ -309,8 +309,8 @@ def test_a_lease_taken_over_while_it_went_unrenewed_stops_the_next_write(
 ) -> None:
     """Its renewals failed (no renewer here), it lapsed, another run took it: the next
     commit finds out before it writes, and writes nothing."""
-    from batchrun.checkpoint import Checkpoint
-    from batchrun.columns import RowResult
+    from batchrun.checkpoint.folder import Checkpoint
+    from batchrun.core.columns import RowResult
     from batchrun.errors import RunStopped
 
     monkeypatch.setattr(Checkpoint, "_renew", lambda self: None)  # renewals that never land
@@ -329,7 +329,7 @@ def test_a_lease_taken_over_while_it_went_unrenewed_stops_the_next_write(
 
 
 def test_an_input_prefix_is_copied_as_it_stands_now(ws: Workspace, prefix: str) -> None:
-    from batchrun.store import stage_input
+    from batchrun.storage.store import stage_input
 
     remote = Remote(f"{prefix}/parts")
     for name in ("a.parquet", "b.parquet"):

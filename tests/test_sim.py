@@ -23,6 +23,8 @@ import aiohttp
 import pytest
 
 import batchrun.sim
+from batchrun.core.tokens import counter_for
+from batchrun.core.tokens import estimate_text as count_text
 from batchrun.sim import (
     FAULT_KINDS,
     SimConfig,
@@ -34,8 +36,6 @@ from batchrun.sim import (
 from batchrun.sim.latency import Latency
 from batchrun.sim.limits import QuotaWindow, RequestRate, format_duration
 from batchrun.sim.sentiment import label, score
-from batchrun.tokens import counter_for
-from batchrun.tokens import estimate_text as count_text
 
 LABEL_SYSTEM = "Label the review as positive, negative or neutral. Answer with one word."
 KEY = "sk-test-0123456789abcdefghijklmnopqrstuvwxyz"

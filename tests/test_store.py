@@ -1,4 +1,4 @@
-"""batchrun.store against a moto S3 server on loopback (and the local filesystem)."""
+"""batchrun.storage.store against a moto S3 server on loopback (and the local filesystem)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun import store
 from batchrun.errors import RunStopped, UserError
-from batchrun.store import (
+from batchrun.storage import store
+from batchrun.storage.store import (
     Lease,
     S3Settings,
     put_whole,

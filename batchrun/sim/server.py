@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from batchrun.tokens import counter_for
+from batchrun.core.tokens import counter_for
 
 from .answers import Completion, complete
 from .config import SimConfig
