@@ -288,7 +288,7 @@ def _run(args: argparse.Namespace) -> int:
     if summary.remapped:
         print(f"note: {summary.remapped:,} responses came from another model than requested")
     if summary.allowed_rpm is not None:
-        from .engine.pacing import allowed_rate_line
+        from .report.text import allowed_rate_line
 
         rpm = job.limits.requests_per_minute
         print(f"rate limits: {allowed_rate_line(summary.allowed_rpm, summary.rate_limited, rpm)}")

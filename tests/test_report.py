@@ -18,17 +18,13 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.checkpoint import folder as checkpoint_module
-from batchrun.checkpoint import walk
 from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir, segment_name, write_segment
 from batchrun.checkpoint.walk import WINDOW, merge_segments
 from batchrun.config.job import load_job
-from batchrun.core import quantiles
+from batchrun.core import quantiles, sizes
 from batchrun.core.columns import FINISHED_AT, KEY, POSITION, RowResult
 from batchrun.core.stats import Accuracy
-from batchrun.report import evaluation
 from batchrun.report import figures as report_module
-from batchrun.report import tally as report_tally
 from batchrun.report.figures import (
     HISTOGRAM_BINS,
     TOKEN_KINDS,
@@ -487,9 +483,8 @@ def random_result(rng: random.Random, key: str, position: int, t0: float) -> Row
 def small_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Row groups, batches and sorted bins far smaller than the data, so that every pass
     takes many reads and the percentiles take several passes."""
-    monkeypatch.setattr(walk, "ROW_GROUP_ROWS", 97)  # of a merged segment
-    monkeypatch.setattr(checkpoint_module, "ROW_GROUP_ROWS", 97)  # of a commit
-    monkeypatch.setattr(report_tally, "BATCH_ROWS", 500)
+    monkeypatch.setattr(sizes, "ROW_GROUP_ROWS", 97)  # of a merged segment and of a commit
+    monkeypatch.setattr(sizes, "TALLY_ROWS", 500)
     monkeypatch.setattr(quantiles, "COLLECT", 40)
 
 
@@ -567,7 +562,7 @@ def test_streamed_evaluation_equals_the_one_computed_in_memory(
     ws: Workspace, small_reads: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The input walked 64 rows at a time; results of rows gone from the input are counted.
-    monkeypatch.setattr(evaluation, "BATCH_ROWS", 64)
+    monkeypatch.setattr(sizes, "WALK_ROWS", 64)
     rng = random.Random(5)
     n = 900
     gold = [rng.choice(["positive", "negative", "neutral", "Mixed", None]) for _ in range(n)]

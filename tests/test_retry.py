@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from batchrun.engine.pacing import Pacer, parse_duration
+from batchrun.engine.pacing import Pacer
 from batchrun.engine.retry import QUOTA_MAX_PROBE_S, QuotaGate, RetryPolicy
+from batchrun.protocol.ratelimit import parse_duration
 
 from .test_limits import FakeClock
 

@@ -11,9 +11,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.checkpoint.folder import FANOUT, Checkpoint, current_segments
+from batchrun.checkpoint.folder import Checkpoint, current_segments
 from batchrun.checkpoint.walk import Positions, Walk
 from batchrun.core.columns import RowResult
+from batchrun.core.sizes import FANOUT
 from batchrun.ray.desk import Desk
 from batchrun.rows.source import POSITION, ROW_KEY, open_source
 

@@ -33,8 +33,8 @@ with the classifier of a direct run (`outcome.classify`):
 | answered earlier in this import (duplicate) or before  |                                   |
 
 A row failed before takes a new answer, never a new failure, so importing the same file
-twice changes nothing. Results are committed COMMIT_ROWS at a time under the checkpoint's
-lock, and the output Parquet is then rewritten from the checkpoint.
+twice changes nothing. Results are committed `sizes.IMPORT_COMMIT_ROWS` at a time under the
+checkpoint's lock, and the output Parquet is then rewritten from the checkpoint.
 
 **Memory** follows the batch sizes, never the row count. Export walks the input and the
 checkpoint together, as a run does. Import takes the lines GROUP_LINES at a time: for a
@@ -67,6 +67,7 @@ import polars as pl
 from ..checkpoint.folder import FAILED_MARK, Checkpoint, atomic_file, checkpoint_dir
 from ..config.job import Endpoint, Job
 from ..config.pricing import job_pricer
+from ..core import sizes
 from ..core.columns import FINGERPRINT, RowResult
 from ..core.completion import Usage
 from ..core.tokens import TokenCounter, counter_for
@@ -87,14 +88,8 @@ FILE_GLOB = "batch-[0-9][0-9][0-9][0-9].jsonl"  # only what export writes, never
 ID_SEPARATOR = "@"
 ID_FINGERPRINT_CHARS = 16  # hex digits of the request fingerprint a custom_id carries
 NOT_BATCHED = ("stream", "stream_options")  # request keys a Batch body leaves out
-BATCH_ROWS = 10_000  # input rows an export reads and renders at a time, as a run reads them
-# Results committed as one segment. More than a run's 2,000: an import commits far faster
-# than a run does, and at 2,000 a million rows once left 400 segments the background merger
-# had not caught up with, each of them opened by every walk. Together with GROUP_LINES,
-# what an import holds: 5,000 and 50,000 peaked at 368 MB on a million answers, 10,000 and
-# 100,000 at 443 MB, for a tenth more time (benchmarks/RESULTS.md).
-COMMIT_ROWS = 5_000
-GROUP_LINES = 50_000  # answer lines an import takes at a time: what bounds its memory
+# answer lines an import takes at a time: what bounds its memory, with `sizes.IMPORT_COMMIT_ROWS`
+GROUP_LINES = 50_000
 MATCH_ROWS = 25_000  # input rows an import reads at a time to find a group's rows
 SETTLED_NAME = "import-{:05d}.tmp"  # in the checkpoint folder: a group's `_Settled` rows
 
@@ -197,7 +192,7 @@ def _pending_lines(
     """(row key, Batch line) of every row a run would send now, asking for `model`; counts
     the others. The input and the checkpoint are walked together, as a run walks them."""
     renderer = plan.renderer
-    batches = plan.source.batches(renderer.columns, BATCH_ROWS, options.limit)
+    batches = plan.source.batches(renderer.columns, sizes.READ_ROWS, options.limit)
     with contextlib.closing(batches), checkpoint.walk([FINGERPRINT, "status"]) as walk:
         for batch in batches:
             if not batch.height:
@@ -634,8 +629,8 @@ class _Importer:
                 self._settle(key, group.rows[key], outcome, usage, estimated=True)
 
     def _commit(self, *, force: bool = False) -> None:
-        """Commit the buffered results once there are COMMIT_ROWS of them (or any, forced)."""
-        if len(self.buffer) >= COMMIT_ROWS or (force and self.buffer):
+        """Commit the buffered results once there are enough of them (or any, forced)."""
+        if len(self.buffer) >= sizes.IMPORT_COMMIT_ROWS or (force and self.buffer):
             self.checkpoint.commit(self.buffer)
             self.buffer = []
 

@@ -56,6 +56,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..core import sizes
 from ..core.columns import (
     ADDED_COLUMNS,
     CHECKPOINT_SCHEMA,
@@ -77,7 +78,7 @@ from ..storage.store import (
     remove,
     upload_file,
 )
-from .walk import ROW_GROUP_ROWS, Positions, Stopped, Walk, merge_segments, sort_positions
+from .walk import Positions, Stopped, Walk, merge_segments, sort_positions
 
 log = logging.getLogger("batchrun")
 
@@ -88,9 +89,6 @@ ENDPOINTS_NOTE = "endpoints.json"  # what each of several endpoints did in the l
 MERGE_RETRY_S = 10.0  # a merge that failed for lack of space, or S3, is tried again after this
 _NAME = re.compile(r"seg-(\d{12})-(\d{12})\.parquet")
 _OLD_NAME = re.compile(r"seg-(\d{12})(\.m)?\.parquet")  # before segments were sorted
-# FANOUT segments of one size class are merged into one; a class spans a factor of FANOUT.
-FANOUT = 4
-SMALLEST = 2000  # rows of the smallest size class (what a run commits at a time)
 # How segments are written: statistics for the position alone, which the walks use to pass
 # over row groups; those of every column made a five-million-row segment's footer 4 MB,
 # parsed whole by every reader of it.
@@ -649,7 +647,7 @@ class Checkpoint:
             write_atomic_table(table, path)
             return
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, **SEGMENT_OPTIONS)
+        pq.write_table(table, sink, row_group_size=sizes.ROW_GROUP_ROWS, **SEGMENT_OPTIONS)
         data = sink.getvalue()
         with atomic_file(path, lambda _: self._put_commit(path.name, data)) as tmp:
             tmp.write_bytes(memoryview(data))
@@ -732,8 +730,8 @@ class Checkpoint:
         for i in range(1, len(current) + 1):
             gap = i < len(current) and spans[i][0] != spans[i - 1][1] + 1  # type: ignore[index]
             if i == len(current) or gap or classes[i] != classes[start]:
-                if i - start >= FANOUT:
-                    return current[start : start + FANOUT]
+                if i - start >= sizes.FANOUT:
+                    return current[start : start + sizes.FANOUT]
                 start = i
         return None
 
@@ -756,7 +754,9 @@ class Checkpoint:
 
 
 def _size_class(rows: int) -> int:
-    return int(math.log(max(rows, 1) / SMALLEST, FANOUT)) if rows > SMALLEST else 0
+    return (
+        int(math.log(max(rows, 1) / sizes.SMALLEST, sizes.FANOUT)) if rows > sizes.SMALLEST else 0
+    )
 
 
 def write_segment(
@@ -793,7 +793,9 @@ def _upgrade(folder: Path) -> None:
     last = int(old[-1][0][1])
     write_segment(
         folder / segment_name(1, last),
-        lambda writer: writer.write_table(arrow, row_group_size=ROW_GROUP_ROWS) or arrow.num_rows,
+        lambda writer: (
+            writer.write_table(arrow, row_group_size=sizes.ROW_GROUP_ROWS) or arrow.num_rows
+        ),
     )
     for path in paths:
         path.unlink()
@@ -847,7 +849,7 @@ def load_note(folder: Path, name: str) -> dict[str, Any] | None:
 def write_atomic_table(table: pa.Table, path: Path) -> None:
     """Write a Parquet file atomically (see `atomic_file`), in row groups a walk reads whole."""
     with atomic_file(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, **SEGMENT_OPTIONS)
+        pq.write_table(table, tmp, row_group_size=sizes.ROW_GROUP_ROWS, **SEGMENT_OPTIONS)
 
 
 def fsync_dir(folder: Path) -> None:

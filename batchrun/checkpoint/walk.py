@@ -26,10 +26,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..core import sizes
 from ..core.columns import CHECKPOINT_SCHEMA, KEY, POSITION
 
-# Rows a segment written by a merge holds per row group: what a cursor reads at once.
-ROW_GROUP_ROWS = 8192
 # A window of positions the walks take at a time when nobody asks for a size.
 WINDOW = 65_536
 
@@ -308,7 +307,7 @@ def merge_segments(
         nonlocal held, holding, written
         table = pa.concat_tables(held)
         cut = table.num_rows if rows >= table.num_rows else rows
-        writer.write_table(table.slice(0, cut), row_group_size=ROW_GROUP_ROWS)
+        writer.write_table(table.slice(0, cut), row_group_size=sizes.ROW_GROUP_ROWS)
         written += cut
         rest = table.slice(cut)
         held, holding = ([rest] if rest.num_rows else []), rest.num_rows
@@ -326,8 +325,8 @@ def merge_segments(
             if table.num_rows:
                 held.append(sort_positions(table))
                 holding += table.num_rows
-                if holding >= ROW_GROUP_ROWS:
-                    flush(holding - holding % ROW_GROUP_ROWS)
+                if holding >= sizes.ROW_GROUP_ROWS:
+                    flush(holding - holding % sizes.ROW_GROUP_ROWS)
             if end is None:
                 if holding:
                     flush(holding)

@@ -7,7 +7,7 @@ the pool (`batchrun.engine.lanes`: an endpoint's wire, pacer, quota gate and cir
 pacer, send, classify and retry (elsewhere, where another endpoint serves); every final
 result goes to the commit buffer, which a ticker and the buffer's size flush into checkpoint
 segments. Results are durable only once flushed (at most `limits.commit_interval_s` or
-`COMMIT_ROWS` of them are ever unflushed); a row is only ever skipped on the strength of a
+`sizes.COMMIT_ROWS` of them are ever unflushed); a row is only ever skipped on the strength of a
 flushed result.
 
 Run-wide stops (bad key or quota with one endpoint, every endpoint out with several, a
@@ -37,6 +37,7 @@ import polars as pl
 from ..checkpoint.folder import ENDPOINTS_NOTE, GATEWAY_NOTE, Checkpoint, checkpoint_dir, save_note
 from ..config.job import Job, Secret
 from ..config.pricing import Budget, SharedBudget, job_pricer
+from ..core import sizes
 from ..core.columns import FINGERPRINT, RowResult
 from ..core.completion import Usage
 from ..core.network import DIRECT, ProxyURL, Route
@@ -75,8 +76,6 @@ from .retry import QuotaGate, RetryPolicy
 log = logging.getLogger("batchrun")
 
 REFRESH_S = 0.5  # how often the ticker looks at the buffer and redraws the progress
-COMMIT_ROWS = 2000  # or this many results, whichever comes first
-BATCH_ROWS = 10_000  # input rows read and rendered at a time
 INTERRUPT_GRACE_S = 5.0  # how long requests in flight may finish after Ctrl-C
 RATE_LIMIT_COOL_DOWN_S = 2.0  # the shared pause after a 429 that names no Retry-After
 SYSTEMATIC_ROWS = 10  # this many first rows failing alike stop the run
@@ -694,7 +693,7 @@ class _Engine:
             await after.wait()
         start, end = self.shard
         batches = source.batches(
-            self.renderer.columns, BATCH_ROWS, options.limit, start=start, end=end
+            self.renderer.columns, sizes.READ_ROWS, options.limit, start=start, end=end
         )
         try:
             while self.stop is None:
@@ -1024,7 +1023,7 @@ class _Engine:
             )
 
     async def _maybe_flush(self) -> None:
-        if len(self._buffer) >= COMMIT_ROWS:
+        if len(self._buffer) >= sizes.COMMIT_ROWS:
             await self._flush()
 
     async def _flush(self) -> None:

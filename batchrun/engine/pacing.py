@@ -35,9 +35,10 @@ limit, finding out now and then whether it was raised, instead of swinging up an
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+
+from ..protocol import ratelimit
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -53,8 +54,6 @@ MIN_FACTOR = 0.01
 PROBE_PER_MINUTE = 0.02  # how fast the pace creeps up, per quiet minute, towards the limits
 # A reset header asking for longer than this is not trusted further (quota logic handles outages).
 MAX_HEADER_HOLD_S = 60.0
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class _Meter:
@@ -223,11 +222,11 @@ class Pacer:
         still in flight may use that much again, so starts stop once it is no more than
         them, until `x-ratelimit-reset-*` says the window refills. This avoids the 429.
         """
-        for kind, using in (("requests", in_flight), ("tokens", in_flight_tokens)):
-            remaining = _int_header(headers.get(f"x-ratelimit-remaining-{kind}"))
+        for kind, using in zip(ratelimit.KINDS, (in_flight, in_flight_tokens), strict=True):
+            remaining = ratelimit.remaining(headers, kind)
             if remaining is None or remaining > using:
                 continue
-            reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+            reset = ratelimit.reset_after(headers, kind)
             if reset:
                 self.hold(self._clock() + min(reset, MAX_HEADER_HOLD_S))
 
@@ -242,37 +241,3 @@ class Pacer:
             quiet_min = max(self._clock() - start, 0.0) / 60
             grown = self._settled * (1 + PROBE_PER_MINUTE * quiet_min / SETTLE)
             self._factor = min(1.0, max(self._factor, grown))
-
-
-def allowed_rate_line(allowed_rpm: float, rate_limited: int, configured_rpm: float) -> str:
-    """What a rate-limited run says at its end (under "rate limits"), so that the next one
-    starts there."""
-    shown = round(allowed_rpm, -1) if allowed_rpm >= 100 else round(allowed_rpm, 1)
-    return (
-        f"the gateway answered 429 {rate_limited:,} "
-        f"time{'s' if rate_limited != 1 else ''} below the job's "
-        f"{configured_rpm:,g} requests a minute; about {shown:,g} requests a minute got "
-        f"through: set limits.requests_per_minute to that."
-    )
-
-
-def parse_duration(text: str | None) -> float | None:
-    """OpenAI's reset durations: "1s", "6m0s", "20ms", "1h2m3.5s", or plain seconds."""
-    if not text:
-        return None
-    text = text.strip()
-    try:
-        return max(float(text), 0.0)
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    return sum(float(number) * _UNIT_S[unit] for number, unit in parts)
-
-
-def _int_header(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None

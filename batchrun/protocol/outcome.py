@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 
 from ..core.completion import ChunkAssembler, Completion, NotACompletion, parse_completion
-from ..engine.pacing import parse_duration
+from . import ratelimit
 
 # A Retry-After longer than this is treated as this (a gateway asking for an hour is not
 # honoured row by row; the quota logic handles long outages).
@@ -283,8 +283,8 @@ def _reset_header(headers: Mapping[str, str]) -> float | None:
     """The longer of `x-ratelimit-reset-requests` and `-tokens` ("1s", "6m0s", "20ms")."""
     waits = [
         wait
-        for kind in ("requests", "tokens")
-        if (wait := parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))) is not None
+        for kind in ratelimit.KINDS
+        if (wait := ratelimit.reset_after(headers, kind)) is not None
     ]
     return _cap(max(waits)) if waits else None
 

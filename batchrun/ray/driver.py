@@ -49,9 +49,9 @@ from typing import Any
 from ..checkpoint.folder import Checkpoint, checkpoint_dir
 from ..config.job import Job, default_cache
 from ..config.pricing import SharedBudget
+from ..core import sizes
 from ..core.progress import Progress
 from ..engine.local import (
-    BATCH_ROWS,
     RouteInterrupts,
     RunSummary,
     _endpoints,
@@ -537,8 +537,8 @@ def shards(total: int, workers: int, rows: int | None = None) -> list[tuple[int,
         return []
     size = rows
     if size is None:
-        size = max(BATCH_ROWS, math.ceil(total / (workers * SHARDS_PER_WORKER)))
-        size = math.ceil(size / BATCH_ROWS) * BATCH_ROWS
+        size = max(sizes.READ_ROWS, math.ceil(total / (workers * SHARDS_PER_WORKER)))
+        size = math.ceil(size / sizes.READ_ROWS) * sizes.READ_ROWS
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 

@@ -19,9 +19,9 @@ import polars as pl
 from ..checkpoint.folder import Checkpoint, checkpoint_dir, refresh_copy
 from ..config.job import Job
 from ..config.pricing import job_pricer
+from ..core import sizes
 from ..core.columns import FINGERPRINT
 from ..core.tokens import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, TokenCounter, counter_for
-from ..engine.local import BATCH_ROWS
 from ..rows import render
 from ..rows.anchor import settle_positions
 from ..rows.plan import PRIOR, Plan, RunOptions, answered, plan_run, settles, with_prior
@@ -148,7 +148,7 @@ def tally(plan: Plan, checkpoint: Checkpoint, counter: TokenCounter | None) -> T
     result = Tally(exact=counter is not None and counter.exact)
     roles = {role: counter.text(role) for role in ("system", "user")} if counter else {}
     renderer = plan.renderer
-    batches = plan.source.batches(renderer.columns, BATCH_ROWS * 2, plan.total)
+    batches = plan.source.batches(renderer.columns, sizes.READ_ROWS * 2, plan.total)
     with contextlib.closing(batches), checkpoint.walk([FINGERPRINT, "status"]) as walk:
         for batch in batches:
             frame = with_prior(renderer, batch, walk)

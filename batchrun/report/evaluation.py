@@ -24,6 +24,7 @@ import polars as pl
 from ..checkpoint.folder import reading
 from ..checkpoint.walk import Walk
 from ..config.job import Job
+from ..core import sizes
 from ..core.columns import KEY
 from ..core.stats import Accuracy
 from ..errors import InputError
@@ -36,7 +37,6 @@ from ..rows.source import POSITION, ROW_KEY, Source, open_source
 UNPARSED = "(unparsed)"
 ERROR_KINDS = 5  # parse errors shown, the most frequent first
 MAX_GROUPS = 50  # groups shown per group_by column, the largest first
-BATCH_ROWS = 65_536  # input rows walked at a time with their results
 ANSWER_COLUMNS = ("status", "response", "tool_calls")  # what the annotator reads of a result
 
 
@@ -146,7 +146,7 @@ def _count_with_input(
     """The counts of the input walked batch by batch with the results of its positions."""
     tally = _Tally(job)
     with Walk(segments, ANSWER_COLUMNS) as walk:
-        batches = source.batches(wanted, BATCH_ROWS)
+        batches = source.batches(wanted, sizes.WALK_ROWS)
         with contextlib.closing(batches):
             inputs = None
             for inputs in batches:

@@ -35,6 +35,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from ..checkpoint.walk import Walk
+from ..core import sizes
 from ..core.columns import FINISHED_AT, KEY
 from ..core.quantiles import Quantiles
 
@@ -47,7 +48,6 @@ HISTOGRAM_BINS = 20
 BUCKET_SIZES = (1, 10, 60, 600, 3600, 6 * 3600, 86400)
 MAX_BUCKETS = 60
 LENGTH_EXAMPLES = 10
-BATCH_ROWS = 65_536  # rows read at a time from a segment or the scratch file
 DURATIONS = ("latency", "ttft")  # the durations with percentiles, as `<name>_s` columns
 # The checkpoint columns each pass reads; answers and ids are never read.
 CURRENT_COLUMNS = (
@@ -156,12 +156,12 @@ def _walk(walk: Walk, current: _Current, scratch: Path) -> None:
 
 
 def _batches(paths: Sequence[Path], columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
-    """The rows of Parquet files, BATCH_ROWS at a time; every file is opened first."""
+    """The rows of Parquet files, `sizes.TALLY_ROWS` at a time; every file is opened first."""
     files = [pq.ParquetFile(path, pre_buffer=False) for path in paths]  # see batchrun.rows.source
     try:
         for file in files:
             for batch in file.iter_batches(
-                batch_size=BATCH_ROWS, columns=list(columns) if columns else None
+                batch_size=sizes.TALLY_ROWS, columns=list(columns) if columns else None
             ):
                 frame = pl.from_arrow(batch)
                 assert isinstance(frame, pl.DataFrame)

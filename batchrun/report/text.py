@@ -10,7 +10,6 @@ import re
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 
-from ..engine.pacing import allowed_rate_line
 from .evaluation import Evaluation, interval
 from .figures import TOKEN_KINDS, EndpointFigures, Report
 
@@ -292,3 +291,15 @@ def text_table(
         return "  ".join(padded).rstrip()
 
     return [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
+
+
+def allowed_rate_line(allowed_rpm: float, rate_limited: int, configured_rpm: float) -> str:
+    """What a rate-limited run says at its end (under "rate limits"), so that the next one
+    starts there."""
+    shown = round(allowed_rpm, -1) if allowed_rpm >= 100 else round(allowed_rpm, 1)
+    return (
+        f"the gateway answered 429 {rate_limited:,} "
+        f"time{'s' if rate_limited != 1 else ''} below the job's "
+        f"{configured_rpm:,g} requests a minute; about {shown:,g} requests a minute got "
+        f"through: set limits.requests_per_minute to that."
+    )

@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..checkpoint.folder import Checkpoint, atomic_file, current_segments, damaged, remove_tree
-from ..checkpoint.walk import ROW_GROUP_ROWS, merge_segments, open_cursors
+from ..checkpoint.walk import merge_segments, open_cursors
+from ..core import sizes
 from ..core.columns import CHECKPOINT_SCHEMA, KEY, POSITION
 from ..errors import InputError, UserError
 from ..storage.store import Remote
@@ -38,7 +39,6 @@ from .source import POSITION as INPUT_POSITION
 from .source import ROW_KEY, Source
 
 PART_ROWS = 100_000  # committed rows per part of a realignment
-BATCH_ROWS = 100_000  # input rows read at a time while checking
 _ORDER = "__order"  # a committed row's place in commit order, while realigning
 _NEW = "__new"  # its new position
 
@@ -115,7 +115,7 @@ def aligned(segments: list[Path], source: Source) -> bool:
         gone = [cursor.take(0) for cursor in cursors]  # rows no longer in the input
         gone_keys = _texts(pa.concat_tables(gone).column(KEY))
         start = 0
-        for batch in source.batches([], BATCH_ROWS):
+        for batch in source.batches([], sizes.CHECK_ROWS):
             end = start + batch.height
             keys = batch[ROW_KEY]
             if gone_keys.len() and keys.is_in(gone_keys.implode()).any():
@@ -157,7 +157,7 @@ def realign(checkpoint: Checkpoint, source: Source) -> int:
     scratch.mkdir()
     try:
         inputs = _Parts(scratch / "in", parts)
-        for batch in source.batches([], BATCH_ROWS):
+        for batch in source.batches([], sizes.CHECK_ROWS):
             inputs.add(
                 batch.select(
                     pl.col(ROW_KEY).alias(KEY), pl.col(INPUT_POSITION).cast(pl.Int64).alias(_NEW)
@@ -186,7 +186,7 @@ def realign(checkpoint: Checkpoint, source: Source) -> int:
             frame = frame.sort([_NEW, _ORDER]).with_columns(pl.col(_NEW).alias(POSITION))
             path = scratch / f"sorted-{part:05d}.parquet"
             table = frame.select(CHECKPOINT_SCHEMA.names).to_arrow().cast(CHECKPOINT_SCHEMA)
-            pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+            pq.write_table(table, path, row_group_size=sizes.ROW_GROUP_ROWS, compression="zstd")
             sorted_parts.append(path)
             del frame, places, table
         checkpoint.replace_all(lambda writer: merge_segments(sorted_parts, writer))

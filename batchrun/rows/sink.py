@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from ..checkpoint.folder import Checkpoint, atomic_file
 from ..config.job import Job
+from ..core import sizes
 from ..core.columns import FINGERPRINT, INPUT_ROW, KEY
 from ..core.columns import POSITION as RESULT_POSITION
 from ..errors import StoreFailed, UserError
@@ -27,8 +28,6 @@ from .render import Renderer
 from .scoring import Annotator
 from .source import POSITION, ROW_KEY, Source
 
-OUTPUT_BATCH_ROWS = 16_384  # input rows joined and written at a time, one row group each: a
-# batch of 100,000 held 140 MB more at its peak than one of 16,384, and was no faster
 _KEY, _FP = "__batchrun_result_key", "__batchrun_result_fp"  # a result's, beside the input's
 
 
@@ -70,7 +69,7 @@ def write_output(
     with atomic_file(path) as tmp, checkpoint.walk([FINGERPRINT, *columns]) as walk:
         writer: pq.ParquetWriter | None = None
         try:
-            batches = source.batches(source.columns, OUTPUT_BATCH_ROWS, limit)
+            batches = source.batches(source.columns, sizes.OUTPUT_ROWS, limit)
             with contextlib.closing(batches):
                 for batch in batches:
                     end = int(batch[POSITION][-1]) + 1 if batch.height else 0
