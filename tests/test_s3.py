@@ -22,7 +22,8 @@ import pytest
 
 from batchrun.checkpoint.folder import _damage
 from batchrun.sim import SimConfig, start_in_thread
-from batchrun.storage.store import Lease, Remote, S3Spec, pull, put_whole
+from batchrun.storage.runlock import RunLock
+from batchrun.storage.store import Remote, S3Spec, pull, put_whole
 
 from .conftest import FAKE_KEY, Workspace, latest_results, reviews
 from .s3server import BUCKET, FAKE_SECRET, aws_env
@@ -119,7 +120,7 @@ def test_one_run_at_a_time_on_s3(ws: Workspace, prefix: str) -> None:
     with start_in_thread(SimConfig()) as server:
         job = s3_job(ws, server.base_url, prefix, ROWS)
         remote = Remote(f"{prefix}/out/result.parquet.checkpoint")
-        with Lease(remote.fs, remote.child("lease.json"), "the other machine", 60):
+        with RunLock(remote.fs, remote.child("lease.json"), "the other machine", 60):
             taken = ws.run("run", str(job), "--quiet")
         assert taken.code == 2
         assert "Another batchrun run (the other machine) has held" in taken.err
@@ -286,19 +287,19 @@ def test_a_lease_that_cannot_be_renewed_holds_every_write_until_it_is(
     checkpoint = Checkpoint(tmp_path / "copy", remote).open()
     row = RowResult("r0", 0, "fp", "ok", 1, time.time(), response="positive")
     assert checkpoint.commit([row]) == 1
-    renew = Lease.renew
+    renew = RunLock.renew
 
-    def unreachable(self: Lease) -> None:
+    def unreachable(self: RunLock) -> None:
         raise S3Error("S3 put_object failed: connection reset", transient=True)
 
-    monkeypatch.setattr(Lease, "renew", unreachable)
+    monkeypatch.setattr(RunLock, "renew", unreachable)
     time.sleep(1.2)  # past the lease's ttl: it may have lapsed
     assert checkpoint.lease_lost is None  # not a stop: S3 may come back
     second = RowResult("r1", 1, "fp", "ok", 1, time.time(), response="neutral")
     with pytest.raises(S3Error, match="connection reset"):
         checkpoint.commit([second])
     assert sorted(remote.names("seg-*.parquet")) == ["seg-000000000001-000000000001.parquet"]
-    monkeypatch.setattr(Lease, "renew", renew)  # S3 is back, and nobody took the lease
+    monkeypatch.setattr(RunLock, "renew", renew)  # S3 is back, and nobody took the lease
     assert checkpoint.commit([second]) == 1
     assert len(remote.names("seg-*.parquet")) == 2
     checkpoint.close()

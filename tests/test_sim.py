@@ -33,8 +33,8 @@ from batchrun.sim import (
     config_from_args,
     start_in_thread,
 )
+from batchrun.sim.gateway_limits import QuotaWindow, RequestRate, format_duration
 from batchrun.sim.latency import Latency
-from batchrun.sim.limits import QuotaWindow, RequestRate, format_duration
 from batchrun.sim.sentiment import label, score
 
 LABEL_SYSTEM = "Label the review as positive, negative or neutral. Answer with one word."

@@ -26,7 +26,7 @@ so keeps a few dozen files at most, and each row is rewritten a handful of times
 One run at a time holds the folder's lock, so two runs of the same job cannot interleave.
 
 A checkpoint on S3 (`remote`) keeps the same rules, with the folder as this machine's copy
-of it: the lock is a lease object there as well (`batchrun.storage.store.Lease`), a commit's
+of it: the lock is a lease object there as well (`batchrun.storage.runlock.RunLock`), a commit's
 segment is uploaded whole in one PUT before it is written to the copy and counted, a
 merge's segment is uploaded before it is renamed into the copy and before its inputs are
 deleted on S3, and the copy is made the remote's (`pull`) when a run opens it and before
@@ -67,9 +67,9 @@ from ..core.columns import (
     RowResult,
 )
 from ..errors import RunStopped, UserError
+from ..storage.runlock import RunLock
 from ..storage.space import disk_full
 from ..storage.store import (
-    Lease,
     Remote,
     S3Error,
     download_file,
@@ -278,7 +278,7 @@ class Checkpoint:
         # segment goes up whole before its commit counts (`commit`), merges go up before
         # their inputs are removed, and the copy is made the remote's when opened.
         self.remote = remote
-        self._lease: Lease | None = None
+        self._lease: RunLock | None = None
         self._renewer: threading.Thread | None = None
         self._renewing = threading.Event()  # set: stop renewing
         self.lease_lost: RunStopped | None = None  # another run took the lease over
@@ -346,7 +346,7 @@ class Checkpoint:
             return
         holder = f"{socket.gethostname()} pid {os.getpid()}"
         ttl = self.remote.spec.lease_s
-        lease = Lease(self.remote.fs, self.remote.child(LEASE), holder, ttl)
+        lease = RunLock(self.remote.fs, self.remote.child(LEASE), holder, ttl)
         try:
             lease.acquire()
         except OSError as exc:
@@ -381,7 +381,7 @@ class Checkpoint:
             except OSError as exc:  # S3 out of reach, or refusing: the writes say which
                 log.debug("renewing the lease on %s failed: %s", self.remote_url, exc)
 
-    def _renew_lease(self, lease: Lease) -> None:
+    def _renew_lease(self, lease: RunLock) -> None:
         """Renew the lease: a conditional replace on the etag this run last wrote, which
         succeeds where the lease lapsed but nobody took it. RunStopped (kept in
         `lease_lost`) where another run took it over; S3Error where S3 cannot say."""

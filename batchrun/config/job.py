@@ -119,6 +119,9 @@ class EndpointSpec(_Section):
 
 
 class LimitsSpec(_Section):
+    """The job's `[limits]` section: how fast, how many at once and how often a run may ask
+    (paced by `batchrun.engine.pacing`), and how long it waits out storage."""
+
     requests_per_minute: float = Field(600, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0)
     concurrency: int = Field(64, ge=1, le=100_000)

@@ -1,4 +1,5 @@
-"""The gateway's limits: requests per minute, requests in flight, and a quota that runs out.
+"""The simulated gateway's limits: requests per minute, requests in flight, and a quota that
+runs out (what batchrun's pacer, `batchrun.engine.pacing`, meets from the other side).
 
 Per-minute limits are enforced per second, as the seed gateways do: at `rpm` ≥ 60, at most
 `rpm // 60` requests are admitted in any sliding one-second window; below 60, one request per
