@@ -89,7 +89,9 @@ def build(root: Path, rows: int) -> None:
                 response_model="gpt-4o-mini",
                 response_id=f"chatcmpl-{position}",
             )
-            for key, position, fp, _, _ in renderer.render_batch(batch, ROW_KEY, POSITION)
+            for key, position, fp, _, _ in renderer.rows(
+                renderer.render_frame(batch, ROW_KEY, POSITION)
+            )
         ]
         checkpoint.commit(results)
     checkpoint.close()

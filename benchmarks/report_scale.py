@@ -100,8 +100,8 @@ def build(root: Path, rows: int, evaluate: bool, merge: bool, segment_rows: int)
     table = sort_positions(_results(rng, again, t0 + rows / 400, failures=0.0))
     write_atomic_table(table, folder / segment_name(commit, commit))
     if merge:
-        with Checkpoint(folder).open() as checkpoint:
-            checkpoint.merge_all()
+        with Checkpoint(folder).open() as checkpoint, checkpoint._writing:
+            checkpoint._merge(checkpoint.segments())  # every segment into one
     return len(Checkpoint(folder).segments())
 
 

@@ -72,7 +72,7 @@ def build(root: Path, rows: int, base_url: str, evaluate: bool) -> Path:
     batch: list[RowResult] = []
     now = time.time()
     done = frame.head(rows - 1).with_row_index("pos")
-    for key, position, fp, _, _ in renderer.render_batch(done, "id", "pos"):
+    for key, position, fp, _, _ in renderer.rows(renderer.render_frame(done, "id", "pos")):
         batch.append(
             RowResult(
                 key,

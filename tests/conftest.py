@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from batchrun.checkpoint.folder import Checkpoint
 from batchrun.cli import main
 from batchrun.config.job import load_job
 from batchrun.engine.local import RunSummary, run
@@ -164,6 +165,14 @@ def busiest(times: list[float], window_s: float) -> int:
 
 def run_async(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+def merge_all(checkpoint: Checkpoint) -> None:
+    """Merge every current segment of an open checkpoint into one, the merger's rules aside."""
+    with checkpoint._writing:
+        current = checkpoint.segments()
+    if len(current) > 1:
+        checkpoint._merge(current)
 
 
 def latest_results(folder: Path) -> dict[str, str]:

@@ -26,7 +26,7 @@ from batchrun.core import sizes
 from batchrun.core.columns import RowResult
 from batchrun.errors import UserError
 
-from .conftest import latest_results
+from .conftest import latest_results, merge_all
 
 
 def result(
@@ -86,7 +86,7 @@ def test_merges_keep_the_last_result_every_row_and_spend(
     reopened = Checkpoint(tmp_path / "cp").open()
     reopened.commit([result("k1", fp="v99")])
     assert latest_results(reopened.folder)["k1"] == "v99"  # a new segment counts after
-    reopened.merge_all()
+    merge_all(reopened)
     assert len(reopened.segments()) == 1
     assert latest_results(reopened.folder) == {**expected, "k1": "v99"}
     assert reopened.spend() == pytest.approx(181 * 0.01)
@@ -178,7 +178,7 @@ def test_the_walk_gives_each_rows_latest_result_window_by_window(
         cp.commit([result(f"k{p}", fp=f"v{i}", position=p) for p in positions])
         expected.update({p: f"v{i}" for p in positions})
         if i % 10 == 9:
-            cp.merge_all()
+            merge_all(cp)
     with cp.walk(["fingerprint"]) as walk:
         seen = {}
         for end in (0, 5, 6, 20, 33, 100):

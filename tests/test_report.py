@@ -42,7 +42,7 @@ from batchrun.report.text import render_text
 from batchrun.rows.scoring import job_annotator
 from batchrun.sim import SimConfig, start_in_thread
 
-from .conftest import Workspace, reviews
+from .conftest import Workspace, merge_all, reviews
 
 LABEL = "Label the review as positive, negative or neutral."
 HOSTILE_MODEL = "<script>alert('model')</script>"
@@ -503,7 +503,7 @@ def test_streamed_figures_equal_those_computed_in_memory(
             chosen = [row for row in rows if commit == 0 or rng.random() < 0.3]
             checkpoint.commit(random_result(rng, key, pos, t0) for key, pos in chosen)
             if commit == 2:
-                checkpoint.merge_all()
+                merge_all(checkpoint)
         segments = checkpoint.segments()
     assert len(segments) == 3 and min(p for _, p in rows) < 0 < WINDOW * 3 < max(p for _, p in rows)
 

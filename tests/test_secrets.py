@@ -143,7 +143,7 @@ def run_in_process(ws: Workspace, job: Path, raised: list[Any]) -> tuple[Result,
 def check_the_job_and_its_key(job: Path) -> dict[str, str]:
     environ = {KEY_ENV: FAKE_KEY}
     loaded = load_job(job, [], environ)
-    secret = loaded.api_key(environ)
+    secret = loaded.endpoints[0].api_key(environ)
     assert isinstance(secret, Secret) and secret.reveal() == FAKE_KEY
     return {
         "repr(job)": repr(loaded),

@@ -64,7 +64,7 @@ from typing import Any, NamedTuple
 import orjson
 import polars as pl
 
-from ..checkpoint.folder import FAILED_MARK, Checkpoint, atomic_file, checkpoint_dir
+from ..checkpoint.folder import FAILED_MARK, Checkpoint, checkpoint_dir
 from ..config.job import Endpoint, Job
 from ..config.pricing import job_pricer
 from ..core import sizes
@@ -78,6 +78,7 @@ from ..rows.anchor import anchor
 from ..rows.plan import PRIOR, Plan, RunOptions, plan_run, settles, with_prior
 from ..rows.results import counted_usage, failure_result, success_result
 from ..rows.source import ROW_KEY
+from ..storage.files import atomic_file
 
 MAX_REQUESTS = 50_000  # requests in one Batch input file: the API's limit
 MAX_BYTES = 200_000_000  # bytes in one Batch input file: the API's 200 MB

@@ -46,8 +46,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,6 +66,7 @@ from ..core.columns import (
     RowResult,
 )
 from ..errors import RunStopped, UserError
+from ..storage.files import atomic_file, fsync_dir, remove_tree
 from ..storage.runlock import RunLock
 from ..storage.space import disk_full
 from ..storage.store import (
@@ -671,13 +671,6 @@ class Checkpoint:
             fsync_dir(self.folder)
             self._rows = {target: rows}
 
-    def merge_all(self) -> None:
-        """Merge every current segment into one (the merger's rules aside)."""
-        with self._writing:
-            current = self.segments()
-        if len(current) > 1:
-            self._merge(current)
-
     # -- merging ---------------------------------------------------------------------------
 
     def _merge_loop(self) -> None:
@@ -802,35 +795,6 @@ def _upgrade(folder: Path) -> None:
     fsync_dir(folder)
 
 
-def remove_tree(folder: Path) -> None:
-    """Delete a scratch folder and what it holds (files only), if it exists."""
-    if not folder.exists():
-        return
-    for path in folder.iterdir():
-        path.unlink()
-    folder.rmdir()
-
-
-@contextmanager
-def atomic_file(path: Path, publish: Callable[[Path], None] | None = None) -> Iterator[Path]:
-    """Yield a hidden temporary path to write; then fsync it, rename it to `path` and fsync
-    the folder, so that `path` is either absent (or as before) or complete, never torn.
-    The temporary is `.<name>.<pid>.<ns>.tmp`: what a kill leaves is recognisable.
-    `publish`, if given, is called with the complete temporary before the rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        if publish is not None:
-            publish(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
 def save_note(folder: Path, name: str, figures: Mapping[str, object]) -> None:
     """Keep a few figures about the job beside its segments (JSON, written atomically)."""
     with atomic_file(folder / name) as tmp:
@@ -850,12 +814,3 @@ def write_atomic_table(table: pa.Table, path: Path) -> None:
     """Write a Parquet file atomically (see `atomic_file`), in row groups a walk reads whole."""
     with atomic_file(path) as tmp:
         pq.write_table(table, tmp, row_group_size=sizes.ROW_GROUP_ROWS, **SEGMENT_OPTIONS)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -44,9 +44,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..checkpoint.folder import atomic_file
 from ..core.quantiles import Quantiles
 from ..errors import InputError, UserError
+from ..storage.files import atomic_file
 
 TOKENS = ("prompt", "completion", "total")
 SAMPLE_ROWS = 10

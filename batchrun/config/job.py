@@ -436,10 +436,6 @@ class Job:
         """Whether a simulator started for the run serves (every endpoint's, or some)."""
         return any(e.uses_sim for e in self.endpoints)
 
-    def api_key(self, environ: Mapping[str, str]) -> Secret | None:
-        """The first endpoint's key (see `keys`)."""
-        return self.endpoints[0].api_key(environ)
-
     def keys(self, environ: Mapping[str, str]) -> dict[str, Secret | None]:
         """Every endpoint's key by name, from the variables they name; a JobError for the
         first one that is not set (a simulator needs none). Checked before any request."""

@@ -542,7 +542,6 @@ class _Engine:
         self._stopping.set()
         for lane in self.pool.lanes:
             lane.pacer.close()
-            lane.quota.release()  # wake anyone waiting on the quota so they see the stop
         self.space.release()
 
     def _lane_out(self, lane: Lane, stop: RunStopped, why: str) -> None:

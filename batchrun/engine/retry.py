@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 from dataclasses import dataclass
 
@@ -56,8 +55,6 @@ class QuotaGate:
         self._clock = clock
         self._sleep = sleep
         self._hand_off = hand_off  # rows go elsewhere while it is paused (see above)
-        self._open = asyncio.Event()  # set while requests may go (or the run is stopping)
-        self._open.set()
         self._paused = False  # the quota is being probed (a stop wakes waiters, not this)
         self._prober: object | None = None  # the row whose request is the probe
         self._deadline = 0.0  # when waiting stops
@@ -90,19 +87,11 @@ class QuotaGate:
         self._prober = row
         return True
 
-    async def wait_open(self) -> None:
-        await self._open.wait()
-
-    def release(self) -> None:
-        """Wake every waiter (the run is stopping)."""
-        self._open.set()
-
     def passed(self, row: object) -> None:
         """`row` got an answer that is not about quota: if it was probing, open the gate."""
         if self._prober is row:
             self._prober = None
             self._paused = False
-            self._open.set()
 
     async def exhausted(self, row: object) -> bool:
         """`row` got a quota answer: wait until it should try again (with hand_off, set when
@@ -111,7 +100,6 @@ class QuotaGate:
         if self._prober is None and not self._paused:
             self._prober = row
             self._paused = True
-            self._open.clear()
             self._deadline = now + self._wait_s
             self._next_wait = self._first_wait
         if self._prober is not row:

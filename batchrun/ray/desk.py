@@ -229,9 +229,6 @@ class Desk:
         if self._left is not None and amount > 0:
             self._left += amount
 
-    def budget_left(self) -> float | None:
-        return self._left
-
     def lease_until(self, until: float | None) -> None:
         """The driver says until when its lease on S3 is sure to be held (see
         `batchrun.checkpoint.folder.Checkpoint.lease_sure_until`)."""

@@ -29,11 +29,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..checkpoint.folder import Checkpoint, atomic_file, current_segments, damaged, remove_tree
+from ..checkpoint.folder import Checkpoint, current_segments, damaged
 from ..checkpoint.walk import merge_segments, open_cursors
 from ..core import sizes
 from ..core.columns import CHECKPOINT_SCHEMA, KEY, POSITION
 from ..errors import InputError, UserError
+from ..storage.files import atomic_file, remove_tree
 from ..storage.store import Remote
 from .source import POSITION as INPUT_POSITION
 from .source import ROW_KEY, Source

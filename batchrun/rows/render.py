@@ -107,10 +107,6 @@ class Renderer:
             DEFAULT_COMPLETION_ESTIMATE * _choices(request)
         )
 
-    def render_batch(self, batch: pl.DataFrame, key: str, position: str) -> Iterator[Rendered]:
-        """Render a batch row by row (see `render_frame` and `rows`)."""
-        return self.rows(self.render_frame(batch, key, position))
-
     def render_frame(self, batch: pl.DataFrame, key: str, position: str) -> pl.DataFrame:
         """A batch rendered: its rows' key, position and request fingerprint (`KEY`,
         `POSITION`, `FP`) and what their messages are made of (`PAYLOAD`: system and user

@@ -15,12 +15,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..checkpoint.folder import Checkpoint, atomic_file
+from ..checkpoint.folder import Checkpoint
 from ..config.job import Job
 from ..core import sizes
 from ..core.columns import FINGERPRINT, INPUT_ROW, KEY
 from ..core.columns import POSITION as RESULT_POSITION
 from ..errors import StoreFailed, UserError
+from ..storage.files import atomic_file
 from ..storage.space import disk_full, store_backoff
 from ..storage.store import Remote, S3Error, upload_file
 from . import render
