@@ -25,7 +25,8 @@ import polars as pl
 import pytest
 
 import batchrun.engine.local
-from batchrun.config.job import Secret, load_job
+from batchrun.config.job import load_job
+from batchrun.core.secrets import Secret
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
 from .conftest import FAKE_KEY, Result, Workspace, reviews

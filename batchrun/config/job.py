@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..core.network import DIRECT as DIRECT_ROUTE
 from ..core.network import ProxyURL, Route, pem_problem, route_for
+from ..core.secrets import Secret
 from ..errors import JobError
 from ..storage.store import S3_SCHEME, Remote, S3Spec, stage_input
 from .presets import PRESETS, Preset
@@ -281,31 +282,6 @@ class _JobModel(_Section):
                     f'[eval] scorer = "{self.eval.scorer}" needs [parse] format = "{needs}"'
                 )
         return self
-
-
-class Secret:
-    """An API key that never shows itself in a repr, a log line or an exception."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """The key itself, for the Authorization header only."""
-        return self._value
-
-    def redact(self, text: str) -> str:
-        """`text` with the key, and any prefix of it of 8 characters or more, masked."""
-        for length in range(len(self._value), 7, -1):
-            if self._value[:length] in text:
-                text = text.replace(self._value[:length], "***")
-        return text
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
 
 
 @dataclass(frozen=True)

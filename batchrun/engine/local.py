@@ -35,13 +35,14 @@ from typing import Any
 import polars as pl
 
 from ..checkpoint.folder import ENDPOINTS_NOTE, GATEWAY_NOTE, Checkpoint, checkpoint_dir, save_note
-from ..config.job import Job, Secret
+from ..config.job import Job
 from ..config.pricing import Budget, SharedBudget, job_pricer
 from ..core import sizes
 from ..core.columns import FINGERPRINT, RowResult
 from ..core.completion import Usage
 from ..core.network import DIRECT, ProxyURL, Route
 from ..core.progress import Progress
+from ..core.secrets import Secret
 from ..core.tokens import TokenCounter, counter_for
 from ..errors import (
     BadKey,

@@ -31,9 +31,9 @@ import aiohttp
 import orjson
 from aiohttp_socks import ProxyConnectionError, ProxyConnector, ProxyError, ProxyType
 
-from ..config.job import Secret
 from ..core.completion import ChunkAssembler
 from ..core.network import DIRECT, SOCKS, ProxyURL, Route
+from ..core.secrets import Secret
 from ..core.sse import EventTooLarge, SSEDecoder
 from ..version import __version__
 
