@@ -34,8 +34,8 @@ from .errors import InputError, JobError, UserError
 if TYPE_CHECKING:
     import polars as pl
 
-    from .engine import RouteInterrupts, RunSummary
-    from .plan import RunOptions
+    from .engine.local import RouteInterrupts, RunSummary
+    from .rows.plan import RunOptions
 
 T = TypeVar("T")
 FrameT = TypeVar("FrameT")  # a polars or a pandas DataFrame: map returns the same kind
@@ -135,7 +135,7 @@ async def run_async(
 
 def _run_options(limit: int | None, fresh: bool, retry_failed: bool, quiet: bool) -> RunOptions:
     """The options of `batchrun run`, refused as its command line refuses them."""
-    from .plan import RunOptions
+    from .rows.plan import RunOptions
 
     if fresh and retry_failed:
         raise UserError("fresh=True already runs every row; drop retry_failed=True.")
@@ -159,7 +159,7 @@ async def _run_job(
     engine: str | None,
     interrupts: RouteInterrupts | None,
 ) -> RunResult:
-    from .job import load_job
+    from .config.job import load_job
     from .launch import launch
 
     job = load_job(os.fspath(job_path), environ=environ, values=values)
@@ -245,8 +245,8 @@ def _map_tree(
 
 def _endpoint_section(endpoint: str | Mapping[str, Any] | None, api_key_env: str) -> dict[str, Any]:
     """The [endpoint] table: "sim", a base URL, a preset's name, or the table itself."""
-    from .job import SIM
-    from .presets import PRESETS
+    from .config.job import SIM
+    from .config.presets import PRESETS
 
     if isinstance(endpoint, Mapping):
         return {"api_key_env": api_key_env, **endpoint}
@@ -273,9 +273,9 @@ async def _map_frame(
     environ: Mapping[str, str],
     interrupts: RouteInterrupts | None,
 ) -> FrameT:
-    from .engine import run as run_engine
-    from .job import build_job
-    from .plan import RunOptions
+    from .config.job import build_job
+    from .engine.local import run as run_engine
+    from .rows.plan import RunOptions
 
     table = await asyncio.to_thread(_as_polars, frame)
     with _working_folder(checkpoint) as folder, _only_caller(folder):
@@ -360,7 +360,7 @@ def _read_results(output: Path, input_columns: list[str]) -> pl.DataFrame:
     row's input position is the frame's own row order, so it is left out."""
     import polars as pl
 
-    from .columns import INPUT_ROW
+    from .core.columns import INPUT_ROW
 
     skip = {*input_columns, INPUT_ROW}
     names = [c for c in pl.read_parquet_schema(output) if c not in skip]

@@ -19,14 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
 from .errors import BatchrunError, Interrupted, RunStopped, UserError
 from .launch import ENGINES
 from .sim.cli import positive_int
-from .space import disk_full, what_is_full
+from .storage.space import disk_full, what_is_full
+from .version import __version__
 
 if TYPE_CHECKING:
-    from .job import Job
+    from .config.job import Job
 
 # pyarrow's default allocator (mimalloc) keeps freed memory: a walk over a million-row
 # checkpoint (a report) peaked at 385 MB with it and at 320 MB with the system's allocator,
@@ -265,9 +265,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .job import load_job
+    from .config.job import load_job
     from .launch import launch, with_engine
-    from .plan import RunOptions
+    from .rows.plan import RunOptions
 
     if args.fresh and args.retry_failed:
         raise UserError("--fresh already runs every row; drop --retry-failed.")
@@ -288,7 +288,7 @@ def _run(args: argparse.Namespace) -> int:
     if summary.remapped:
         print(f"note: {summary.remapped:,} responses came from another model than requested")
     if summary.allowed_rpm is not None:
-        from .limits import allowed_rate_line
+        from .report.text import allowed_rate_line
 
         rpm = job.limits.requests_per_minute
         print(f"rate limits: {allowed_rate_line(summary.allowed_rpm, summary.rate_limited, rpm)}")
@@ -303,7 +303,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(f"output: {where} ({summary.rows_written:,} rows)")
         if job.parse is not None or job.eval is not None:
-            from .evaluation import output_line
+            from .report.evaluation import output_line
 
             line = output_line(summary.output_path)
             if line:
@@ -326,8 +326,8 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from .estimate import estimate, render_estimate
-    from .job import load_job
+    from .config.job import load_job
+    from .report.estimate import estimate, render_estimate
 
     job = load_job(args.job, args.overrides, os.environ)
     _warn_damaged(job)
@@ -337,8 +337,8 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .job import load_job
-    from .status import job_status, render_status
+    from .config.job import load_job
+    from .report.status import job_status, render_status
 
     job = load_job(args.job, args.overrides, os.environ)
     _warn_damaged(job)
@@ -348,10 +348,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .job import load_job
-    from .report import build_report, report_json
-    from .report_html import render_html
-    from .report_text import render_text
+    from .config.job import load_job
+    from .report.figures import build_report, report_json
+    from .report.html import render_html
+    from .report.text import render_text
 
     job = load_job(args.job, args.overrides, os.environ)
     _warn_damaged(job)
@@ -369,8 +369,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export_batch(args: argparse.Namespace) -> int:
-    from .batchfiles import export_batch, render_export
-    from .job import load_job
+    from .batchfiles.commands import export_batch, render_export
+    from .config.job import load_job
 
     job = load_job(args.job, args.overrides, os.environ)
     _warn_damaged(job)
@@ -388,8 +388,8 @@ def _export_batch(args: argparse.Namespace) -> int:
 
 
 def _import_batch(args: argparse.Namespace) -> int:
-    from .batchfiles import BATCH_PRICE_FACTOR, import_batch, render_import
-    from .job import load_job
+    from .batchfiles.commands import BATCH_PRICE_FACTOR, import_batch, render_import
+    from .config.job import load_job
 
     job = load_job(args.job, args.overrides, os.environ)
     factor = BATCH_PRICE_FACTOR if args.price_factor is None else args.price_factor
@@ -401,7 +401,7 @@ def _import_batch(args: argparse.Namespace) -> int:
 
 def _warn_damaged(job: Job) -> None:
     """Name each damaged checkpoint segment a reading command skips."""
-    from .checkpoint import checkpoint_dir, refresh_copy, skipped_notices
+    from .checkpoint.folder import checkpoint_dir, refresh_copy, skipped_notices
 
     folder = checkpoint_dir(job.output_path)
     refresh_copy(folder, job.checkpoint_remote)  # the copy as S3 has it now
@@ -429,15 +429,15 @@ def _local_copy(path: str) -> str:
     ~/.cache/batchrun), reached as the standard AWS variables say."""
     if not path.startswith("s3://"):
         return path
-    from .job import default_cache
-    from .store import Remote, S3Spec, stage_input
+    from .config.job import default_cache
+    from .storage.store import Remote, S3Spec, stage_input
 
     return stage_input(Remote.of_url(path, S3Spec()), default_cache(os.environ), what="output")
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare
-    from .compare_text import render_text
+    from .compare.comparison import compare
+    from .compare.text import render_text
 
     out = Path(args.out) if args.out else None
     a, b = (Path(_local_copy(path)) for path in (args.a, args.b))

@@ -18,8 +18,8 @@
     │                             dying or did not come back
     └── Interrupted               exit 130: Ctrl-C or SIGTERM; committed progress is kept
 
-Per-row failures are not exceptions: they are outcomes (`batchrun.outcome`) recorded in the
-row's `error` column. Transport errors are translated into outcomes in `batchrun.wire`.
+Per-row failures are not exceptions: they are outcomes (`batchrun.protocol.outcome`) recorded in the
+row's `error` column. Transport errors are translated into outcomes in `batchrun.protocol.wire`.
 From Python (`batchrun.run`, `batchrun.map`), a stop or an interrupt is raised with `summary`
 set: where the run stood (a `batchrun.RunResult`).
 """

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 from .errors import UserError
 
 if TYPE_CHECKING:
-    from .engine import RouteInterrupts, RunSummary
-    from .job import Job
-    from .plan import RunOptions
+    from .config.job import Job
+    from .engine.local import RouteInterrupts, RunSummary
+    from .rows.plan import RunOptions
 
 ENGINES = ("local", "ray")  # the values of [engine] kind, --engine and engine=
 
@@ -45,9 +45,9 @@ async def launch(
     come through `interrupts` when given, else through the loop's signal handlers."""
     job = with_engine(job, engine)
     if job.engine.kind == "ray":
-        from . import ray as ray_engine
+        from .ray import driver as ray_engine
 
         return await ray_engine.run_async(job, options, environ, interrupts=interrupts)
-    from . import engine as local_engine
+    from .engine import local as local_engine
 
     return await local_engine.run(job, options, environ, interrupts=interrupts)

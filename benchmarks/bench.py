@@ -35,7 +35,7 @@ import aiohttp
 import orjson
 import polars as pl
 
-from batchrun.checkpoint import Checkpoint, checkpoint_dir
+from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
 from batchrun.sim import SimConfig, start_in_thread
 
 PROMPT = "Label the review as positive, negative or neutral. Answer with one word."

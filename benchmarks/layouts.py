@@ -14,7 +14,7 @@ committed results (segments of 100,000 rows, as a run's merges leave them):
 - `duckdb`: the same in DuckDB with `memory_limit = 256MB` (it spills to disk): the last
   result per key by `QUALIFY row_number()`, joined, `ORDER BY` position, `COPY TO` Parquet;
 - `walk`: what batchrun does now: segments sorted by position, walked with the input a batch
-  at a time (`batchrun.sink.write_output`), a row group written per batch.
+  at a time (`batchrun.rows.sink.write_output`), a row group written per batch.
 
 Each prints its peak RSS (MB) and wall time; a candidate that fails (or is not installed)
 says so.
@@ -51,12 +51,12 @@ path = "out/result.parquet"
 
 def build(root: Path, rows: int) -> None:
     """The input, and a checkpoint answering every row, in batchrun's own layout."""
-    from batchrun.checkpoint import Checkpoint, checkpoint_dir
-    from batchrun.columns import RowResult
-    from batchrun.job import load_job
-    from batchrun.plan import RunOptions, plan_run
-    from batchrun.render import Renderer
-    from batchrun.source import POSITION, ROW_KEY
+    from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
+    from batchrun.config.job import load_job
+    from batchrun.core.columns import RowResult
+    from batchrun.rows.plan import RunOptions, plan_run
+    from batchrun.rows.render import Renderer
+    from batchrun.rows.source import POSITION, ROW_KEY
 
     frame = pl.DataFrame(
         {
@@ -89,7 +89,9 @@ def build(root: Path, rows: int) -> None:
                 response_model="gpt-4o-mini",
                 response_id=f"chatcmpl-{position}",
             )
-            for key, position, fp, _, _ in renderer.render_batch(batch, ROW_KEY, POSITION)
+            for key, position, fp, _, _ in renderer.rows(
+                renderer.render_frame(batch, ROW_KEY, POSITION)
+            )
         ]
         checkpoint.commit(results)
     checkpoint.close()
@@ -97,8 +99,8 @@ def build(root: Path, rows: int) -> None:
 
 def candidate(name: str, root: Path) -> None:
     """Assemble the output one way (runs in its own process)."""
-    from batchrun.checkpoint import Checkpoint, checkpoint_dir
-    from batchrun.columns import KEY, RESULT_COLUMNS
+    from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
+    from batchrun.core.columns import KEY, RESULT_COLUMNS
 
     segments = [str(p) for p in Checkpoint(checkpoint_dir(root / "out/result.parquet")).segments()]
     out = root / f"{name}.parquet"
@@ -142,9 +144,9 @@ def candidate(name: str, root: Path) -> None:
             """
         )
     else:
-        from batchrun import sink
-        from batchrun.job import load_job
-        from batchrun.plan import RunOptions, plan_run
+        from batchrun.config.job import load_job
+        from batchrun.rows import sink
+        from batchrun.rows.plan import RunOptions, plan_run
 
         job = load_job(root / "job.toml", environ={})
         plan = plan_run(job, RunOptions())

@@ -26,13 +26,13 @@ on the same job (the same input, limits and shards; only `[engine]` differs):
 Every case is its own `python benchmarks/ray_scale.py --child JOB` process, started by a
 small launcher (`benchmarks/peak.py`: Linux carries a parent's peak RSS into its children)
 with a fresh checkpoint. The child is the CLI: it calls `batchrun.cli.main(["run", JOB,
-"--quiet"])`, with `batchrun.ray.run` (or `batchrun.engine.run`) and `batchrun.ray._drive`
-wrapped only to keep what they return, and prints that as one JSON line after the CLI's own
-lines: the summary, `summary.workers` (worker count, each worker process's peak RSS, the
-starts taken and the desk calls for them, shards and shard attempts), the desk's figures
-per endpoint (starts leased, of which some may expire unused), and its own peak RSS and CPU.
-With no `[engine] address` the CLI starts a local Ray instance for the run and shuts it down
-at its end, so each case pays Ray's start-up and shut-down inside its wall time.
+"--quiet"])`, with `batchrun.ray.driver.run` (or `batchrun.engine.local.run`) and
+`batchrun.ray.driver._drive` wrapped only to keep what they return, and prints that as one JSON line
+after the CLI's own lines: the summary, `summary.workers` (worker count, each worker process's peak
+RSS, the starts taken and the desk calls for them, shards and shard attempts), the desk's figures
+per endpoint (starts leased, of which some may expire unused), and its own peak RSS and CPU. With no
+`[engine] address` the CLI starts a local Ray instance for the run and shuts it down at its end, so
+each case pays Ray's start-up and shut-down inside its wall time.
 
 While a case runs, this process reads /proc every POLL_S for the processes under its
 launcher: the driver, the Ray workers (`ray::ShardWorker`), the desk (`ray::Desk`) and Ray's
@@ -100,7 +100,7 @@ ZERO_CONCURRENCY = 256  # in flight in zero latency (split among the Ray workers
 LATENCY_CONCURRENCY = 128  # in flight with latency: twice what the limit needs at 500 ms
 SIM_LIMIT_FACTOR = 1.2  # the simulator refuses more than this times the limit in a second
 LIMIT_SLACK = 1.03  # the achieved rate over the whole span may pass the limit by this much
-SHARDS_PER_WORKER = 4  # as batchrun.ray, but over the most workers measured (see shard_rows)
+SHARDS_PER_WORKER = 4  # as batchrun.ray.driver, but over the most workers measured (see shard_rows)
 QUICK = {"rows": 600, "latency_rows": 150, "latency_ms": 100.0, "rpm": 3000}
 CASE_TIMEOUT_S = 900.0
 
@@ -114,12 +114,12 @@ def child(job_path: str) -> int:
     import resource
 
     import batchrun.cli as cli
-    from batchrun.job import load_job
+    from batchrun.config.job import load_job
 
     kept: dict[str, Any] = {}
     kind = load_job(Path(job_path), environ=os.environ).engine.kind
     if kind == "ray":
-        import batchrun.ray as ray_engine
+        import batchrun.ray.driver as ray_engine
 
         ray_run, drive = ray_engine.run, ray_engine._drive
 
@@ -134,7 +134,7 @@ def child(job_path: str) -> int:
 
         ray_engine.run, ray_engine._drive = keep_run, keep_drive
     else:
-        import batchrun.engine as local_engine
+        import batchrun.engine.local as local_engine
 
         local_run = local_engine.run
 
@@ -379,7 +379,7 @@ def checkpoint_figures(output: Path, limited: bool) -> dict[str, Any]:
     achieved starts a second (finished_at - latency_s) over the span and its busiest second."""
     import polars as pl
 
-    from batchrun.checkpoint import checkpoint_dir, current_segments
+    from batchrun.checkpoint.folder import checkpoint_dir, current_segments
 
     segments = [str(p) for p in current_segments(checkpoint_dir(output))]
     frame = pl.read_parquet(segments, columns=["finished_at", "latency_s", "attempts"])

@@ -65,9 +65,14 @@ def build(root: Path, rows: int, evaluate: bool, merge: bool, segment_rows: int)
     import numpy as np
     import polars as pl
 
-    from batchrun.checkpoint import Checkpoint, checkpoint_dir, segment_name, write_atomic_table
-    from batchrun.job import load_job
-    from batchrun.walk import sort_positions
+    from batchrun.checkpoint.folder import (
+        Checkpoint,
+        checkpoint_dir,
+        segment_name,
+        write_atomic_table,
+    )
+    from batchrun.checkpoint.walk import sort_positions
+    from batchrun.config.job import load_job
 
     rng = np.random.default_rng(7)
     ids = pl.format("id{}", pl.int_range(rows).cast(pl.String).str.zfill(8))
@@ -95,8 +100,8 @@ def build(root: Path, rows: int, evaluate: bool, merge: bool, segment_rows: int)
     table = sort_positions(_results(rng, again, t0 + rows / 400, failures=0.0))
     write_atomic_table(table, folder / segment_name(commit, commit))
     if merge:
-        with Checkpoint(folder).open() as checkpoint:
-            checkpoint.merge_all()
+        with Checkpoint(folder).open() as checkpoint, checkpoint._writing:
+            checkpoint._merge(checkpoint.segments())  # every segment into one
     return len(Checkpoint(folder).segments())
 
 
@@ -105,7 +110,7 @@ def _results(rng: Any, positions: Any, t0: float, failures: float = 0.03) -> Any
     import numpy as np
     import pyarrow as pa
 
-    from batchrun.columns import CHECKPOINT_SCHEMA
+    from batchrun.core.columns import CHECKPOINT_SCHEMA
 
     n = len(positions)
     failed = rng.random(n) < failures

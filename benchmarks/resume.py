@@ -21,10 +21,10 @@ from pathlib import Path
 import peak  # benchmarks/peak.py
 import polars as pl
 
-from batchrun.checkpoint import Checkpoint, checkpoint_dir
-from batchrun.columns import RowResult
-from batchrun.job import load_job
-from batchrun.render import Renderer
+from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
+from batchrun.config.job import load_job
+from batchrun.core.columns import RowResult
+from batchrun.rows.render import Renderer
 from batchrun.sim import SimConfig, start_in_thread
 
 JOB = """
@@ -72,7 +72,7 @@ def build(root: Path, rows: int, base_url: str, evaluate: bool) -> Path:
     batch: list[RowResult] = []
     now = time.time()
     done = frame.head(rows - 1).with_row_index("pos")
-    for key, position, fp, _, _ in renderer.render_batch(done, "id", "pos"):
+    for key, position, fp, _, _ in renderer.rows(renderer.render_frame(done, "id", "pos")):
         batch.append(
             RowResult(
                 key,

@@ -62,7 +62,7 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
 
     from batchrun.sim import SimConfig, start_in_thread
-    from batchrun.store import Remote, S3Settings, S3Spec, put_whole
+    from batchrun.storage.store import Remote, S3Settings, S3Spec, put_whole
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

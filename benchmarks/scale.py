@@ -259,7 +259,7 @@ def output_of(folder: Path) -> Path:
 
 
 def segments(folder: Path) -> list[Path]:
-    from batchrun.checkpoint import checkpoint_dir, current_segments
+    from batchrun.checkpoint.folder import checkpoint_dir, current_segments
 
     return current_segments(checkpoint_dir(output_of(folder)))
 

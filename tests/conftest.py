@@ -14,10 +14,11 @@ from typing import Any
 import polars as pl
 import pytest
 
+from batchrun.checkpoint.folder import Checkpoint
 from batchrun.cli import main
-from batchrun.engine import RunSummary, run
-from batchrun.job import load_job
-from batchrun.plan import RunOptions
+from batchrun.config.job import load_job
+from batchrun.engine.local import RunSummary, run
+from batchrun.rows.plan import RunOptions
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
 FAKE_KEY = "sk-test-CANARY-0123456789abcdefXYZ"
@@ -166,10 +167,18 @@ def run_async(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def merge_all(checkpoint: Checkpoint) -> None:
+    """Merge every current segment of an open checkpoint into one, the merger's rules aside."""
+    with checkpoint._writing:
+        current = checkpoint.segments()
+    if len(current) > 1:
+        checkpoint._merge(current)
+
+
 def latest_results(folder: Path) -> dict[str, str]:
     """Each row's latest committed result in a checkpoint folder: key -> fingerprint, marked
     when the result is a failure (a test's oracle; batchrun itself never builds this)."""
-    from batchrun.checkpoint import Checkpoint, marked_fingerprint
+    from batchrun.checkpoint.folder import Checkpoint, marked_fingerprint
 
     found: dict[str, str] = {}
     if not folder.exists():

@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from batchrun.store import S3Settings
+from batchrun.storage.store import S3Settings
 
 BUCKET = "batchrun-test"
 FAKE_KEY_ID = "fake-key-id"

@@ -11,11 +11,9 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from batchrun import anchor as anchor_module
-from batchrun import checkpoint as checkpoint_module
-from batchrun import engine as engine_module
-from batchrun import walk as walk_module
-from batchrun.checkpoint import checkpoint_dir
+from batchrun.checkpoint.folder import checkpoint_dir
+from batchrun.core import sizes
+from batchrun.rows import anchor as anchor_module
 from batchrun.sim import SimServer
 
 from .conftest import Workspace, latest_results, reviews
@@ -24,12 +22,12 @@ from .conftest import Workspace, latest_results, reviews
 @pytest.fixture(autouse=True)
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Several input batches, segments, row groups and realignment parts."""
-    monkeypatch.setattr(engine_module, "BATCH_ROWS", 17)
-    monkeypatch.setattr(engine_module, "COMMIT_ROWS", 11)
-    monkeypatch.setattr(anchor_module, "BATCH_ROWS", 13)
+    monkeypatch.setattr(sizes, "READ_ROWS", 17)
+    monkeypatch.setattr(sizes, "COMMIT_ROWS", 11)
+    monkeypatch.setattr(sizes, "CHECK_ROWS", 13)
     monkeypatch.setattr(anchor_module, "PART_ROWS", 25)
-    monkeypatch.setattr(walk_module, "ROW_GROUP_ROWS", 7)
-    monkeypatch.setattr(checkpoint_module, "SMALLEST", 5)
+    monkeypatch.setattr(sizes, "ROW_GROUP_ROWS", 7)
+    monkeypatch.setattr(sizes, "SMALLEST", 5)
 
 
 def sent(sim: SimServer) -> list[str]:

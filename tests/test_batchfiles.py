@@ -17,8 +17,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun import batchfiles
-from batchrun.batchfiles import (
+from batchrun.batchfiles import commands as batchfiles
+from batchrun.batchfiles.commands import (
     BATCH_PRICE_FACTOR,
     ID_FINGERPRINT_CHARS,
     MAX_BYTES,
@@ -26,8 +26,9 @@ from batchrun.batchfiles import (
     export_batch,
     split_custom_id,
 )
+from batchrun.config.job import load_job
+from batchrun.core import sizes
 from batchrun.errors import UserError
-from batchrun.job import load_job
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
 from .conftest import Workspace, reviews
@@ -441,7 +442,7 @@ def test_an_import_taken_in_many_groups_equals_one_taken_at_once(
     text, rows = imported("once.parquet")
     monkeypatch.setattr(batchfiles, "GROUP_LINES", 3)  # 7 groups of lines
     monkeypatch.setattr(batchfiles, "MATCH_ROWS", 4)  # 3 input batches a group
-    monkeypatch.setattr(batchfiles, "COMMIT_ROWS", 2)
+    monkeypatch.setattr(sizes, "IMPORT_COMMIT_ROWS", 2)
     grouped_text, grouped_rows = imported("grouped.parquet")
     assert grouped_text == text
     assert grouped_rows.equals(rows)

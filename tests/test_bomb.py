@@ -18,8 +18,8 @@ from contextlib import contextmanager
 import pytest
 from aiohttp import web
 
-from batchrun.sse import MAX_EVENT_BYTES
-from batchrun.wire import MAX_BODY_BYTES
+from batchrun.core.sse import MAX_EVENT_BYTES
+from batchrun.protocol.wire import MAX_BODY_BYTES
 from tests.bombs import BombGateway
 from tests.conftest import Workspace, reviews
 from tests.stingy import loopback_gateway

@@ -22,9 +22,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.checkpoint import Checkpoint, checkpoint_dir
+from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
 from batchrun.cli import main
-from batchrun.columns import FINISHED_AT, KEY
+from batchrun.core.columns import FINISHED_AT, KEY
 
 from .conftest import FAKE_KEY, latest_results, reviews, toml_dumps
 

@@ -12,9 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun import checkpoint as checkpoint_module
-from batchrun import walk as walk_module
-from batchrun.checkpoint import (
+from batchrun.checkpoint import walk as walk_module
+from batchrun.checkpoint.folder import (
     CHECKPOINT_SCHEMA,
     FAILED_MARK,
     Checkpoint,
@@ -22,11 +21,12 @@ from batchrun.checkpoint import (
     segment_name,
     write_atomic_table,
 )
-from batchrun.columns import RowResult
+from batchrun.checkpoint.walk import merge_segments
+from batchrun.core import sizes
+from batchrun.core.columns import RowResult
 from batchrun.errors import UserError
-from batchrun.walk import merge_segments
 
-from .conftest import latest_results
+from .conftest import latest_results, merge_all
 
 
 def result(
@@ -65,8 +65,8 @@ def test_a_commit_is_sorted_by_position(tmp_path: Path) -> None:
 def test_merges_keep_the_last_result_every_row_and_spend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(checkpoint_module, "SMALLEST", 1)
-    monkeypatch.setattr(walk_module, "ROW_GROUP_ROWS", 2)
+    monkeypatch.setattr(sizes, "SMALLEST", 1)
+    monkeypatch.setattr(sizes, "ROW_GROUP_ROWS", 2)
     rng = random.Random(5)
     cp = Checkpoint(tmp_path / "cp").open()
     cp.start_merging()
@@ -86,7 +86,7 @@ def test_merges_keep_the_last_result_every_row_and_spend(
     reopened = Checkpoint(tmp_path / "cp").open()
     reopened.commit([result("k1", fp="v99")])
     assert latest_results(reopened.folder)["k1"] == "v99"  # a new segment counts after
-    reopened.merge_all()
+    merge_all(reopened)
     assert len(reopened.segments()) == 1
     assert latest_results(reopened.folder) == {**expected, "k1": "v99"}
     assert reopened.spend() == pytest.approx(181 * 0.01)
@@ -169,7 +169,7 @@ def test_a_folder_of_the_old_layout_is_upgraded_once(tmp_path: Path) -> None:
 def test_the_walk_gives_each_rows_latest_result_window_by_window(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(walk_module, "ROW_GROUP_ROWS", 3)
+    monkeypatch.setattr(sizes, "ROW_GROUP_ROWS", 3)
     rng = random.Random(7)
     cp = Checkpoint(tmp_path / "cp").open()
     expected: dict[int, str] = {}
@@ -178,7 +178,7 @@ def test_the_walk_gives_each_rows_latest_result_window_by_window(
         cp.commit([result(f"k{p}", fp=f"v{i}", position=p) for p in positions])
         expected.update({p: f"v{i}" for p in positions})
         if i % 10 == 9:
-            cp.merge_all()
+            merge_all(cp)
     with cp.walk(["fingerprint"]) as walk:
         seen = {}
         for end in (0, 5, 6, 20, 33, 100):
@@ -208,7 +208,7 @@ def test_the_walk_gives_each_rows_latest_result_window_by_window(
 def test_merges_take_fanout_neighbours_of_one_class_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(checkpoint_module, "SMALLEST", 1)
+    monkeypatch.setattr(sizes, "SMALLEST", 1)
     cp = Checkpoint(tmp_path / "cp").open()  # no merger: _due is asked directly
     for i in range(3):
         cp.commit([result(f"k{i}")])

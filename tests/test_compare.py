@@ -541,7 +541,7 @@ def test_many_partitions_give_the_same_figures_in_any_order(
 ) -> None:
     """With parts of 7 rows (15 of them), shuffled files give one partition's figures; the
     sample and --out follow A's order; the temporary files are gone afterwards."""
-    from batchrun import compare_join as compare  # the join's parts are sized there
+    from batchrun.compare import join as compare  # the join's parts are sized there
 
     a_path, b_path = scored_pair(ws)
     rng = random.Random(5)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pydantic
 
-from batchrun import job as job_module
+from batchrun.config import job as job_module
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -75,7 +75,7 @@ def test_the_job_file_page_names_every_key() -> None:
     ]
     top = [k for k in job_module._JobModel.model_fields if k not in sections]
     missing += [k for k in top if f"`{k}`" not in reference and f"`[{k}]`" not in reference]
-    assert not missing, f"keys of batchrun/job.py with no row in docs/job-file.md: {missing}"
+    assert not missing, f"keys of batchrun/config/job.py with no row in docs/job-file.md: {missing}"
 
 
 def test_the_readme_links_to_pages_that_exist() -> None:

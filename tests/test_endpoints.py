@@ -13,10 +13,10 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun.checkpoint import ENDPOINTS_NOTE, checkpoint_dir
-from batchrun.job import load_job
-from batchrun.pool import CIRCUIT_ERRORS, Circuit
-from batchrun.pricing import job_pricer
+from batchrun.checkpoint.folder import ENDPOINTS_NOTE, checkpoint_dir
+from batchrun.config.job import load_job
+from batchrun.config.pricing import job_pricer
+from batchrun.engine.lanes import CIRCUIT_ERRORS, Circuit
 from batchrun.sim import RequestRecord, SimConfig, SimServer, start_in_thread
 from tests.conftest import FAKE_KEY, Workspace, busiest, reviews, toml_value
 from tests.simproc import SimProcess
@@ -351,7 +351,7 @@ def test_each_row_costs_what_its_endpoint_charges(ws: Workspace) -> None:
     loaded = load_job(job, environ={"BATCHRUN_TEST_KEY": FAKE_KEY})
     pricers = {e.name: job_pricer(loaded, e) for e in loaded.endpoints}
     assert pricers["cheap"].factor == 0.5 and pricers["full"].factor == 1.0
-    from batchrun.completion import Usage
+    from batchrun.core.completion import Usage
 
     for row in out.iter_rows(named=True):
         usage = Usage(row["prompt_tokens"], row["completion_tokens"], row["total_tokens"])
@@ -554,7 +554,7 @@ def test_report_status_and_estimate_show_each_endpoint(ws: Workspace) -> None:
 
 
 def test_export_and_import_batch_name_the_endpoint_they_are_for(ws: Workspace) -> None:
-    from batchrun.completion import Usage
+    from batchrun.core.completion import Usage
     from tests.test_batchfiles import answer, exported
 
     ws.write_input(reviews(30))
@@ -631,7 +631,7 @@ def test_the_budget_holds_across_every_endpoint(ws: Workspace) -> None:
 def test_the_progress_line_shows_each_endpoint_s_state() -> None:
     import io
 
-    from batchrun.progress import Progress
+    from batchrun.core.progress import Progress
 
     stream = io.StringIO()
     progress = Progress(10, 0, stream=stream, interactive=False)
@@ -645,7 +645,7 @@ def test_a_checkpoint_from_before_endpoints_resumes_and_reports(ws: Workspace) -
     segments, and the report and status count the old results as "(unnamed)"."""
     import pyarrow.parquet as pq
 
-    from batchrun.checkpoint import Checkpoint, checkpoint_dir
+    from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
 
     ws.write_input(reviews(30))
     with sims(SimConfig(), SimConfig()) as (a, b):
@@ -677,9 +677,9 @@ def test_a_ray_run_s_progress_line_shows_each_endpoint_s_state_over_the_cluster(
     import io
     from dataclasses import asdict
 
-    from batchrun.lease import Desk, Tally
-    from batchrun.progress import Progress
-    from batchrun.ray import _show
+    from batchrun.core.progress import Progress
+    from batchrun.ray.desk import Desk, Tally
+    from batchrun.ray.driver import _show
 
     desk = Desk({"a": (600, None), "b": (600, None), "c": (600, None)})
 
@@ -706,7 +706,7 @@ def test_a_ray_run_s_endpoint_figures_are_every_worker_s_summed() -> None:
     first reason an endpoint went out: what `report` shows of a Ray run's endpoints."""
     from dataclasses import asdict
 
-    from batchrun.lease import Desk, Tally
+    from batchrun.ray.desk import Desk, Tally
 
     def lanes(
         requests: int, answers: int, errors: dict[str, int], out: str | None = None

@@ -8,8 +8,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from batchrun.errors import BudgetReached
+from batchrun.protocol.wire import MAX_BODY_BYTES
 from batchrun.sim import SimConfig, start_in_thread
-from batchrun.wire import MAX_BODY_BYTES
 
 from .conftest import FakeClock, Workspace, reviews, run_faked
 from .stingy import loopback_gateway

@@ -9,11 +9,11 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun.job import EvalSpec, ParseSpec
-from batchrun.parse import REASK_PREFIX, Parser
-from batchrun.scoring import Scorer
+from batchrun.config.job import EvalSpec, ParseSpec
+from batchrun.core.stats import wilson_interval
+from batchrun.rows.parse import REASK_PREFIX, Parser
+from batchrun.rows.scoring import Scorer
 from batchrun.sim import SimConfig, SimServer, start_in_thread
-from batchrun.stats import wilson_interval
 
 from .conftest import Workspace
 
@@ -431,8 +431,8 @@ def test_asking_again_never_loses_an_answer_that_was_paid_for(ws: Workspace) -> 
 
 
 def test_a_stop_while_asking_again_keeps_the_answer_in_hand(ws: Workspace) -> None:
-    from batchrun.job import load_job
-    from batchrun.pricing import job_pricer
+    from batchrun.config.job import load_job
+    from batchrun.config.pricing import job_pricer
 
     frame = gold_reviews({0: "off_format"}, n=1)
     with start_in_thread(SimConfig()) as sim:

@@ -10,7 +10,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun import limits, wire
+from batchrun.engine import pacing as limits
+from batchrun.protocol import wire
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
 from .conftest import FakeClock, Workspace, reviews, run_faked
@@ -148,7 +149,7 @@ def test_a_429_storm_slows_the_whole_run_instead_of_retrying_in_a_storm(ws: Work
     """Real time: the gateway's limit is a sliding second, the job asks five times that."""
     from statistics import median
 
-    from batchrun.tokens import counter_for
+    from batchrun.core.tokens import counter_for
 
     # The simulator counts tokens with the model's encoding; loaded here, its first answer
     # does not stall (and bunch up the requests behind it) while the encoding loads.

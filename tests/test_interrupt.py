@@ -21,10 +21,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batchrun.checkpoint import Checkpoint, checkpoint_dir
+from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
 from batchrun.cli import main
-from batchrun.columns import FINISHED_AT, KEY
-from batchrun.engine import INTERRUPT_GRACE_S
+from batchrun.core.columns import FINISHED_AT, KEY
+from batchrun.engine.local import INTERRUPT_GRACE_S
 
 from .conftest import Workspace, latest_results, reviews
 
@@ -171,7 +171,7 @@ def launched(job: Path, grace_s: float | None = None) -> list[str]:
     signal handlers are set), with the grace set to `grace_s` if given."""
     patch = f"engine.INTERRUPT_GRACE_S = {grace_s!r}; " if grace_s is not None else ""
     code = (
-        f"import sys; import batchrun.engine as engine; {patch}"
+        f"import sys; import batchrun.engine.local as engine; {patch}"
         "from batchrun.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     return ["-c", code, "--log-level", "info", "run", str(job), "-q"]

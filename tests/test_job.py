@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from batchrun.config.job import DEFAULT_BASE_URL, build_job, load_job
 from batchrun.errors import JobError
-from batchrun.job import DEFAULT_BASE_URL, build_job, load_job
 
 MINIMAL = """
 [input]
@@ -135,16 +135,16 @@ def test_a_raw_tree_validates_against_the_base_folder(tmp_path: Path) -> None:
 
 def test_the_key_comes_from_the_named_variable_and_never_shows(tmp_path: Path) -> None:
     job = load_job(write(tmp_path, MINIMAL + '[endpoint]\napi_key_env = "MY_KEY"\n'))
-    key = job.api_key({"MY_KEY": "sk-secret-value-123456"})
+    key = job.endpoints[0].api_key({"MY_KEY": "sk-secret-value-123456"})
     assert key is not None and key.reveal() == "sk-secret-value-123456"
     assert "sk-secret" not in repr(key) and "sk-secret" not in str(key)
     with pytest.raises(JobError, match="MY_KEY is not set"):
-        job.api_key({})
+        job.endpoints[0].api_key({})
 
 
 def test_the_simulator_needs_no_key(tmp_path: Path) -> None:
     job = load_job(write(tmp_path, MINIMAL + '[endpoint]\nbase_url = "sim"\n'))
-    assert job.uses_sim and job.api_key({}) is None
+    assert job.uses_sim and job.endpoints[0].api_key({}) is None
 
 
 def test_prompt_needs_user_or_messages_column_but_not_both(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from batchrun.limits import Pacer
+from batchrun.engine.pacing import Pacer
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""Proxies and certificates (`batchrun.network`, the wire's routes, S3's proxy), through the
+"""Proxies and certificates (`batchrun.core.network`, the wire's routes, S3's proxy), through the
 `batchrun` command against loopback servers only (see `tests.netservers`).
 
 "Every request went through the proxy" is checked from both ends: the rows were answered,
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import trustme
 
+from batchrun.core.network import ProxyURL, bypassed, proxy_from_env, route_for
 from batchrun.errors import UserError
-from batchrun.network import ProxyURL, bypassed, proxy_from_env, route_for
 from batchrun.sim import SimServer
-from batchrun.store import S3Settings, S3Spec
+from batchrun.storage.store import S3Settings, S3Spec
 
 from .conftest import FAKE_KEY, Workspace, reviews
 from .netservers import Front, HttpProxy, Socks5Proxy, running
@@ -423,7 +423,7 @@ def test_s3_follows_the_proxy_variables() -> None:
 def test_s3_goes_through_the_forward_proxy(
     s3: str, proxy: HttpProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from batchrun.store import Remote, put_whole
+    from batchrun.storage.store import Remote, put_whole
 
     from .s3server import BUCKET
 

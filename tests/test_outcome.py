@@ -8,7 +8,7 @@ from email.utils import format_datetime
 import orjson
 import pytest
 
-from batchrun.outcome import MAX_RETRY_AFTER_S, Action, classify, retry_after_seconds
+from batchrun.protocol.outcome import MAX_RETRY_AFTER_S, Action, classify, retry_after_seconds
 
 OK_BODY = {
     "id": "chatcmpl-1",

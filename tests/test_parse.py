@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from batchrun.config.job import ParseSpec
 from batchrun.errors import JobError
-from batchrun.job import ParseSpec
-from batchrun.parse import REASK_PREFIX, Parser, normalize
+from batchrun.rows.parse import REASK_PREFIX, Parser, normalize
 from batchrun.sim.request import REASK_PREFIX as SIM_REASK_PREFIX
 
 SCHEMA = {

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from batchrun.config.job import Job, load_job
+from batchrun.config.presets import PRESETS, priced_model
 from batchrun.errors import JobError
-from batchrun.job import Job, load_job
-from batchrun.presets import PRESETS, priced_model
 from batchrun.sim import SimConfig, start_in_thread
 
 from .conftest import Workspace, reviews

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from batchrun import progress as progress_module
-from batchrun.progress import Progress
+from batchrun.core import progress as progress_module
+from batchrun.core.progress import Progress
 
 
 def test_the_bar_shows_rows_failures_tokens_and_spend() -> None:

@@ -24,9 +24,9 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun.job import load_job
-from batchrun.plan import RunOptions
-from batchrun.ray import LOOPBACK, on_loopback
+from batchrun.config.job import load_job
+from batchrun.ray.driver import LOOPBACK, on_loopback
+from batchrun.rows.plan import RunOptions
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
 from .conftest import (
@@ -93,7 +93,7 @@ def ray_job(ws: Workspace, base_url: str, **sections: Any) -> Path:
 
 
 def ray_run(job_path: Path, **options: Any) -> Any:
-    from batchrun import ray as ray_engine
+    from batchrun.ray import driver as ray_engine
 
     job = load_job(job_path, environ=ENV)
     return ray_engine.run(job, RunOptions(quiet=True, **options), ENV)
@@ -130,7 +130,7 @@ def test_a_ray_run_with_everything_on_s3_gives_the_local_run_s_output(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from batchrun.store import Remote, S3Spec, put_whole
+    from batchrun.storage.store import Remote, S3Spec, put_whole
 
     rows = 1800
     ws.write_input(reviews(rows))
@@ -165,7 +165,7 @@ def test_a_ray_run_with_everything_on_s3_gives_the_local_run_s_output(
         # Another machine resumes from S3 alone, and asks nothing again.
         before = len(sim.requests)
         elsewhere = load_job(job, environ=ENV, values={"storage.cache": str(ws.root / "other")})
-        from batchrun import ray as ray_engine
+        from batchrun.ray import driver as ray_engine
 
         again = ray_engine.run(elsewhere, RunOptions(quiet=True), ENV)
         assert (again.ok, again.ran) == (rows, 0)
@@ -284,7 +284,7 @@ def test_the_budget_holds_across_workers(ws: Workspace, sim: SimServer) -> None:
     assert 0 < spent <= budget
     assert 0 < out.height < 3000
     # The checkpoint's spend (every attempt paid) is within the budget too.
-    from batchrun.checkpoint import Checkpoint
+    from batchrun.checkpoint.folder import Checkpoint
 
     folder = ws.output.with_name(ws.output.name + ".checkpoint")
     assert Checkpoint(folder).spend() <= budget
@@ -303,7 +303,7 @@ def test_the_key_is_nowhere_in_the_cluster_s_logs(ws: Workspace, sim: SimServer)
 
 def test_a_ray_data_pipeline_puts_batchrun_between_its_read_and_write(ws: Workspace) -> None:
     """`batchrun.ray.run(job, dataset=ds)`: a pool of ChatStage actors, one rate limit."""
-    from batchrun import ray as ray_engine
+    from batchrun.ray import driver as ray_engine
 
     rpm = 1200  # 20 a second for the pool, whatever its size
     with start_in_thread(SimConfig()) as server:
@@ -548,9 +548,9 @@ def test_s3_out_of_reach_under_ray_is_waited_out_or_told_truly(ws: Workspace, ou
     meanwhile, the run stops and no worker writes anything more."""
     import re
 
-    from batchrun.checkpoint import SEGMENT_GLOB
+    from batchrun.checkpoint.folder import SEGMENT_GLOB
     from batchrun.errors import RunStopped, StoreFailed
-    from batchrun.store import Remote, S3Spec, pull, put_whole
+    from batchrun.storage.store import Remote, S3Spec, pull, put_whole
 
     from .s3proxy import outage_proxy
 
@@ -655,7 +655,7 @@ def test_a_lost_desk_stops_the_run_with_exit_3_in_one_sentence() -> None:
     """The desk's node gone (here: the actor killed) is a run-wide stop a user can meet,
     never exit 1."""
     from batchrun.errors import ClusterLost
-    from batchrun.ray import _desk_call
+    from batchrun.ray.driver import _desk_call
 
     @ray.remote(num_cpus=0)
     class Gone:

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from batchrun.job import load_job
-from batchrun.plan import RunOptions
-from batchrun.ray import LOOPBACK, on_loopback
+from batchrun.config.job import load_job
+from batchrun.ray.driver import LOOPBACK, on_loopback
+from batchrun.rows.plan import RunOptions
 from batchrun.sim import SimConfig, start_in_thread
 
 from .conftest import (
@@ -142,7 +142,7 @@ def shards_of(rows: list[int]) -> set[int]:
 def test_a_node_lost_mid_run_leaves_every_row_once_and_nothing_committed_asked_again(
     cluster: Any, ws: Workspace
 ) -> None:
-    from batchrun import ray as ray_engine
+    from batchrun.ray import driver as ray_engine
 
     with start_in_thread(SimConfig(latency_ms=LATENCY_MS)) as server:
         ws.write_input(reviews(ROWS))
@@ -235,7 +235,7 @@ def test_a_driver_killed_and_run_again_ends_with_every_row_once(
         sections: dict[str, Any] = {}
         folder = ws.output.with_name(ws.output.name + ".checkpoint")
         if storage == "s3":
-            from batchrun.store import Remote, S3Spec, pull, put_whole
+            from batchrun.storage.store import Remote, S3Spec, pull, put_whole
 
             endpoint = stack.enter_context(moto_server())
             spec = S3Spec(region="us-east-1", endpoint_url=endpoint)

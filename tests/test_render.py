@@ -7,9 +7,9 @@ from typing import Any
 import polars as pl
 import pytest
 
+from batchrun.config.job import PromptSpec
 from batchrun.errors import InputError, JobError
-from batchrun.job import PromptSpec
-from batchrun.render import Renderer, fingerprint
+from batchrun.rows.render import Renderer, fingerprint
 
 REQUEST = {"model": "gpt-4o-mini", "temperature": 0, "max_tokens": 8, "seed": 7}
 
@@ -23,7 +23,7 @@ def render(renderer: Renderer, rows: list[dict[str, Any]]) -> list[tuple[Any, ..
     )
     return [
         (fp, renderer.to_messages(payload) if reason is None else None, reason)
-        for _, _, fp, payload, reason in renderer.render_batch(frame, "key", "pos")
+        for _, _, fp, payload, reason in renderer.rows(renderer.render_frame(frame, "key", "pos"))
     ]
 
 
@@ -79,7 +79,7 @@ def test_messages_column_from_json_text_and_from_structs() -> None:
 
     def messages(value: Any) -> Any:
         frame = pl.DataFrame({"key": ["0"], "pos": [0], "m": [value]}, strict=False)
-        [(_, _, _, payload, reason)] = renderer.render_batch(frame, "key", "pos")
+        [(_, _, _, payload, reason)] = renderer.rows(renderer.render_frame(frame, "key", "pos"))
         return payload if reason is None else reason
 
     text = (

@@ -18,13 +18,14 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun import checkpoint as checkpoint_module
-from batchrun import evaluation, quantiles, report_tally, walk
-from batchrun import report as report_module
-from batchrun.checkpoint import Checkpoint, checkpoint_dir, segment_name, write_segment
-from batchrun.columns import FINISHED_AT, KEY, POSITION, RowResult
-from batchrun.job import load_job
-from batchrun.report import (
+from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir, segment_name, write_segment
+from batchrun.checkpoint.walk import WINDOW, merge_segments
+from batchrun.config.job import load_job
+from batchrun.core import quantiles, sizes
+from batchrun.core.columns import FINISHED_AT, KEY, POSITION, RowResult
+from batchrun.core.stats import Accuracy
+from batchrun.report import figures as report_module
+from batchrun.report.figures import (
     HISTOGRAM_BINS,
     TOKEN_KINDS,
     Bin,
@@ -36,14 +37,12 @@ from batchrun.report import (
     build_report,
     report_json,
 )
-from batchrun.report_html import render_html
-from batchrun.report_text import render_text
-from batchrun.scoring import job_annotator
+from batchrun.report.html import render_html
+from batchrun.report.text import render_text
+from batchrun.rows.scoring import job_annotator
 from batchrun.sim import SimConfig, start_in_thread
-from batchrun.stats import Accuracy
-from batchrun.walk import WINDOW, merge_segments
 
-from .conftest import Workspace, reviews
+from .conftest import Workspace, merge_all, reviews
 
 LABEL = "Label the review as positive, negative or neutral."
 HOSTILE_MODEL = "<script>alert('model')</script>"
@@ -484,9 +483,8 @@ def random_result(rng: random.Random, key: str, position: int, t0: float) -> Row
 def small_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Row groups, batches and sorted bins far smaller than the data, so that every pass
     takes many reads and the percentiles take several passes."""
-    monkeypatch.setattr(walk, "ROW_GROUP_ROWS", 97)  # of a merged segment
-    monkeypatch.setattr(checkpoint_module, "ROW_GROUP_ROWS", 97)  # of a commit
-    monkeypatch.setattr(report_tally, "BATCH_ROWS", 500)
+    monkeypatch.setattr(sizes, "ROW_GROUP_ROWS", 97)  # of a merged segment and of a commit
+    monkeypatch.setattr(sizes, "TALLY_ROWS", 500)
     monkeypatch.setattr(quantiles, "COLLECT", 40)
 
 
@@ -505,7 +503,7 @@ def test_streamed_figures_equal_those_computed_in_memory(
             chosen = [row for row in rows if commit == 0 or rng.random() < 0.3]
             checkpoint.commit(random_result(rng, key, pos, t0) for key, pos in chosen)
             if commit == 2:
-                checkpoint.merge_all()
+                merge_all(checkpoint)
         segments = checkpoint.segments()
     assert len(segments) == 3 and min(p for _, p in rows) < 0 < WINDOW * 3 < max(p for _, p in rows)
 
@@ -564,7 +562,7 @@ def test_streamed_evaluation_equals_the_one_computed_in_memory(
     ws: Workspace, small_reads: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The input walked 64 rows at a time; results of rows gone from the input are counted.
-    monkeypatch.setattr(evaluation, "BATCH_ROWS", 64)
+    monkeypatch.setattr(sizes, "WALK_ROWS", 64)
     rng = random.Random(5)
     n = 900
     gold = [rng.choice(["positive", "negative", "neutral", "Mixed", None]) for _ in range(n)]

@@ -12,8 +12,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batchrun import progress
-from batchrun.columns import RESULT_COLUMNS
+from batchrun.core import progress
+from batchrun.core.columns import RESULT_COLUMNS
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
 from .conftest import Workspace, reviews

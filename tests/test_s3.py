@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.checkpoint import _damage
+from batchrun.checkpoint.folder import _damage
 from batchrun.sim import SimConfig, start_in_thread
-from batchrun.store import Lease, Remote, S3Spec, pull, put_whole
+from batchrun.storage.runlock import RunLock
+from batchrun.storage.store import Remote, S3Spec, pull, put_whole
 
 from .conftest import FAKE_KEY, Workspace, latest_results, reviews
 from .s3server import BUCKET, FAKE_SECRET, aws_env
@@ -119,7 +120,7 @@ def test_one_run_at_a_time_on_s3(ws: Workspace, prefix: str) -> None:
     with start_in_thread(SimConfig()) as server:
         job = s3_job(ws, server.base_url, prefix, ROWS)
         remote = Remote(f"{prefix}/out/result.parquet.checkpoint")
-        with Lease(remote.fs, remote.child("lease.json"), "the other machine", 60):
+        with RunLock(remote.fs, remote.child("lease.json"), "the other machine", 60):
             taken = ws.run("run", str(job), "--quiet")
         assert taken.code == 2
         assert "Another batchrun run (the other machine) has held" in taken.err
@@ -278,27 +279,27 @@ def test_a_lease_that_cannot_be_renewed_holds_every_write_until_it_is(
 ) -> None:
     """S3 out of reach for the renewals: the run is not stopped for it (it waits S3 out),
     but nothing goes to S3 once the lease may have lapsed, until it is renewed."""
-    from batchrun.checkpoint import Checkpoint
-    from batchrun.columns import RowResult
-    from batchrun.store import S3Error
+    from batchrun.checkpoint.folder import Checkpoint
+    from batchrun.core.columns import RowResult
+    from batchrun.storage.store import S3Error
 
     remote = Remote(f"{prefix}/ckpt", S3Spec(lease_s=1))
     checkpoint = Checkpoint(tmp_path / "copy", remote).open()
     row = RowResult("r0", 0, "fp", "ok", 1, time.time(), response="positive")
     assert checkpoint.commit([row]) == 1
-    renew = Lease.renew
+    renew = RunLock.renew
 
-    def unreachable(self: Lease) -> None:
+    def unreachable(self: RunLock) -> None:
         raise S3Error("S3 put_object failed: connection reset", transient=True)
 
-    monkeypatch.setattr(Lease, "renew", unreachable)
+    monkeypatch.setattr(RunLock, "renew", unreachable)
     time.sleep(1.2)  # past the lease's ttl: it may have lapsed
     assert checkpoint.lease_lost is None  # not a stop: S3 may come back
     second = RowResult("r1", 1, "fp", "ok", 1, time.time(), response="neutral")
     with pytest.raises(S3Error, match="connection reset"):
         checkpoint.commit([second])
     assert sorted(remote.names("seg-*.parquet")) == ["seg-000000000001-000000000001.parquet"]
-    monkeypatch.setattr(Lease, "renew", renew)  # S3 is back, and nobody took the lease
+    monkeypatch.setattr(RunLock, "renew", renew)  # S3 is back, and nobody took the lease
     assert checkpoint.commit([second]) == 1
     assert len(remote.names("seg-*.parquet")) == 2
     checkpoint.close()
@@ -309,8 +310,8 @@ def test_a_lease_taken_over_while_it_went_unrenewed_stops_the_next_write(
 ) -> None:
     """Its renewals failed (no renewer here), it lapsed, another run took it: the next
     commit finds out before it writes, and writes nothing."""
-    from batchrun.checkpoint import Checkpoint
-    from batchrun.columns import RowResult
+    from batchrun.checkpoint.folder import Checkpoint
+    from batchrun.core.columns import RowResult
     from batchrun.errors import RunStopped
 
     monkeypatch.setattr(Checkpoint, "_renew", lambda self: None)  # renewals that never land
@@ -329,7 +330,7 @@ def test_a_lease_taken_over_while_it_went_unrenewed_stops_the_next_write(
 
 
 def test_an_input_prefix_is_copied_as_it_stands_now(ws: Workspace, prefix: str) -> None:
-    from batchrun.store import stage_input
+    from batchrun.storage.store import stage_input
 
     remote = Remote(f"{prefix}/parts")
     for name in ("a.parquet", "b.parquet"):

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchrun.sim import SimConfig, SimServer, start_in_thread
-from batchrun.store import Remote, put_whole
+from batchrun.storage.store import Remote, put_whole
 
 from .conftest import FAKE_KEY, Workspace
 from .s3proxy import Proxy, outage_proxy
@@ -98,7 +98,7 @@ def asked(server: SimServer) -> Counter[str]:
 def assert_numbered_without_gaps(prefix: str, scratch: Path) -> None:
     """The commits on S3 are numbered 1, 2, 3...: the tries that failed gave their numbers
     back (merges do not cross a gap)."""
-    from batchrun.checkpoint import current_segments
+    from batchrun.checkpoint.folder import current_segments
 
     committed_on_s3(prefix, scratch)
     spans = [tuple(int(n) for n in p.stem.split("-")[1:]) for p in current_segments(scratch)]
@@ -116,7 +116,7 @@ def requests_when_told(
     monkeypatch: pytest.MonkeyPatch, server: SimServer, line: str
 ) -> dict[str, int]:
     """Spy on the run's notes: how many requests the simulator had when `line` was said."""
-    from batchrun.progress import Progress
+    from batchrun.core.progress import Progress
 
     seen: dict[str, int] = {}
     note = Progress.note
@@ -273,7 +273,7 @@ def test_the_output_upload_waits_s3_out_or_says_where_the_output_is(
     back: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import batchrun.sink
+    import batchrun.rows.sink
 
     rows = 40
     job = s3_job(
@@ -284,7 +284,7 @@ def test_the_output_upload_waits_s3_out_or_says_where_the_output_is(
         limits={"commit_interval_s": 0.05, "storage_wait_s": SETTLE_S if back else 3},
         storage={"endpoint_url": proxy.url},
     )
-    real = batchrun.sink.upload
+    real = batchrun.rows.sink.upload
     calls = []
 
     def upload(path: Path, remote: Remote) -> None:
@@ -296,7 +296,7 @@ def test_the_output_upload_waits_s3_out_or_says_where_the_output_is(
         calls.append(time.monotonic())
         real(path, remote)
 
-    monkeypatch.setattr(batchrun.sink, "upload", upload)
+    monkeypatch.setattr(batchrun.rows.sink, "upload", upload)
     result = ws.run("run", str(job))
     assert len(calls) >= 2  # tried again
     local = ws.root / "cache" / "s3" / prefix / "out" / "result.parquet"
@@ -354,9 +354,9 @@ def test_the_wait_backs_off_and_is_bounded_by_storage_wait_s_on_the_engine_s_clo
     """Commits that cannot reach S3 (a local checkpoint whose commits fail as pyarrow fails
     them), on a fake clock: tried again after 1, 2, 4, then every 8 s; back in time, the run
     ends whole; never back, it stops after the default 300 s, counting what it holds."""
-    from batchrun.checkpoint import Checkpoint
+    from batchrun.checkpoint.folder import Checkpoint
     from batchrun.errors import StoreFailed
-    from batchrun.store import S3Error
+    from batchrun.storage.store import S3Error
 
     from .conftest import FakeClock, latest_results, reviews, run_faked
 

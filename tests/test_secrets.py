@@ -24,8 +24,9 @@ from typing import Any
 import polars as pl
 import pytest
 
-import batchrun.engine
-from batchrun.job import Secret, load_job
+import batchrun.engine.local
+from batchrun.config.job import load_job
+from batchrun.core.secrets import Secret
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
 from .conftest import FAKE_KEY, Result, Workspace, reviews
@@ -96,9 +97,9 @@ def exception_text(exc: BaseException) -> str:
 def raised(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The run's summary and every exception it raised or stopped on, as the CLI saw them."""
     seen: list[Any] = []
-    original = batchrun.engine.run
+    original = batchrun.engine.local.run
 
-    async def recording(*args: Any, **kwargs: Any) -> batchrun.engine.RunSummary:
+    async def recording(*args: Any, **kwargs: Any) -> batchrun.engine.local.RunSummary:
         try:
             summary = await original(*args, **kwargs)
         except BaseException as exc:
@@ -109,7 +110,7 @@ def raised(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
             seen.append(summary.stopped)
         return summary
 
-    monkeypatch.setattr(batchrun.engine, "run", recording)
+    monkeypatch.setattr(batchrun.engine.local, "run", recording)
     return seen
 
 
@@ -143,7 +144,7 @@ def run_in_process(ws: Workspace, job: Path, raised: list[Any]) -> tuple[Result,
 def check_the_job_and_its_key(job: Path) -> dict[str, str]:
     environ = {KEY_ENV: FAKE_KEY}
     loaded = load_job(job, [], environ)
-    secret = loaded.api_key(environ)
+    secret = loaded.endpoints[0].api_key(environ)
     assert isinstance(secret, Secret) and secret.reveal() == FAKE_KEY
     return {
         "repr(job)": repr(loaded),

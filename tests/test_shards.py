@@ -11,11 +11,12 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.checkpoint import FANOUT, Checkpoint, current_segments
-from batchrun.columns import RowResult
-from batchrun.lease import Desk
-from batchrun.source import POSITION, ROW_KEY, open_source
-from batchrun.walk import Positions, Walk
+from batchrun.checkpoint.folder import Checkpoint, current_segments
+from batchrun.checkpoint.walk import Positions, Walk
+from batchrun.core.columns import RowResult
+from batchrun.core.sizes import FANOUT
+from batchrun.ray.desk import Desk
+from batchrun.rows.source import POSITION, ROW_KEY, open_source
 
 
 def result(position: int, fingerprint: str = "f") -> RowResult:

@@ -23,6 +23,8 @@ import aiohttp
 import pytest
 
 import batchrun.sim
+from batchrun.core.tokens import counter_for
+from batchrun.core.tokens import estimate_text as count_text
 from batchrun.sim import (
     FAULT_KINDS,
     SimConfig,
@@ -31,11 +33,9 @@ from batchrun.sim import (
     config_from_args,
     start_in_thread,
 )
+from batchrun.sim.gateway_limits import QuotaWindow, RequestRate, format_duration
 from batchrun.sim.latency import Latency
-from batchrun.sim.limits import QuotaWindow, RequestRate, format_duration
 from batchrun.sim.sentiment import label, score
-from batchrun.tokens import counter_for
-from batchrun.tokens import estimate_text as count_text
 
 LABEL_SYSTEM = "Label the review as positive, negative or neutral. Answer with one word."
 KEY = "sk-test-0123456789abcdefghijklmnopqrstuvwxyz"

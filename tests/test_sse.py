@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchrun.completion import ChunkAssembler, Completion, NotACompletion
-from batchrun.sse import EventTooLarge, SSEDecoder
+from batchrun.core.completion import ChunkAssembler, Completion, NotACompletion
+from batchrun.core.sse import EventTooLarge, SSEDecoder
 
 TEXT = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12

@@ -9,7 +9,12 @@ from fractions import Fraction
 
 import pytest
 
-from batchrun.stats import EXACT_LIMIT, mcnemar_exact, paired_difference_interval, wilson_interval
+from batchrun.core.stats import (
+    EXACT_LIMIT,
+    mcnemar_exact,
+    paired_difference_interval,
+    wilson_interval,
+)
 
 
 def exact_mcnemar(b: int, c: int) -> float:

@@ -1,4 +1,4 @@
-"""batchrun.store against a moto S3 server on loopback (and the local filesystem)."""
+"""batchrun.storage.store against a moto S3 server on loopback (and the local filesystem)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun import store
 from batchrun.errors import RunStopped, UserError
-from batchrun.store import (
-    Lease,
+from batchrun.storage import store
+from batchrun.storage.runlock import RunLock
+from batchrun.storage.store import (
     S3Settings,
     put_whole,
     remove,
@@ -177,11 +177,11 @@ class FakeClock:
 def test_one_holder_at_a_time_until_release(prefix: str) -> None:
     fs, folder = _fs(prefix), prefix
     clock = FakeClock()
-    first = Lease(fs, f"{folder}/lease", "host-a:101", ttl_s=60, clock=clock).acquire()
+    first = RunLock(fs, f"{folder}/lease", "host-a:101", ttl_s=60, clock=clock).acquire()
     assert first.held
     clock.now += 30
     with pytest.raises(UserError) as caught:
-        Lease(fs, f"{folder}/lease", "host-b:202", ttl_s=60, clock=clock).acquire()
+        RunLock(fs, f"{folder}/lease", "host-b:202", ttl_s=60, clock=clock).acquire()
     message = str(caught.value)
     assert "(host-a:101) has held" in message
     assert "since 2027-01-15 08:00:00 UTC" in message
@@ -190,7 +190,7 @@ def test_one_holder_at_a_time_until_release(prefix: str) -> None:
 
     first.release()
     assert not first.held
-    with Lease(fs, f"{folder}/lease", "host-b:202", ttl_s=60, clock=clock) as second:
+    with RunLock(fs, f"{folder}/lease", "host-b:202", ttl_s=60, clock=clock) as second:
         assert second.held
     assert fs.get_file_info(f"{folder}/lease").type == pafs.FileType.NotFound
 
@@ -198,22 +198,22 @@ def test_one_holder_at_a_time_until_release(prefix: str) -> None:
 def test_a_renewed_lease_stays_a_lapsed_one_is_taken_over(prefix: str) -> None:
     fs, folder = _fs(prefix), prefix
     clock = FakeClock()
-    first = Lease(fs, f"{folder}/lease", "host-a:101", ttl_s=60, clock=clock).acquire()
+    first = RunLock(fs, f"{folder}/lease", "host-a:101", ttl_s=60, clock=clock).acquire()
     clock.now += 50
     first.renew()
     clock.now += 50  # 100 s after acquiring, 50 s after renewing: still held
     with pytest.raises(UserError, match="host-a:101"):
-        Lease(fs, f"{folder}/lease", "host-b:202", ttl_s=60, clock=clock).acquire()
+        RunLock(fs, f"{folder}/lease", "host-b:202", ttl_s=60, clock=clock).acquire()
 
     clock.now += 11  # host-a stopped renewing: the lease lapsed
-    second = Lease(fs, f"{folder}/lease", "host-b:202", ttl_s=60, clock=clock).acquire()
+    second = RunLock(fs, f"{folder}/lease", "host-b:202", ttl_s=60, clock=clock).acquire()
     assert second.held
     first.release()  # no longer its own: leaves host-b's lease alone
     with pytest.raises(UserError, match="host-b:202"):
-        Lease(fs, f"{folder}/lease", "host-c:303", ttl_s=60, clock=clock).acquire()
+        RunLock(fs, f"{folder}/lease", "host-c:303", ttl_s=60, clock=clock).acquire()
 
     clock.now += 61
-    third = Lease(fs, f"{folder}/lease", "host-c:303", ttl_s=60, clock=clock).acquire()
+    third = RunLock(fs, f"{folder}/lease", "host-c:303", ttl_s=60, clock=clock).acquire()
     with pytest.raises(RunStopped, match=r"lost its lease .* to another run \(host-c:303\)"):
         second.renew()
     assert not second.held
@@ -223,7 +223,7 @@ def test_a_renewed_lease_stays_a_lapsed_one_is_taken_over(prefix: str) -> None:
 
 def test_a_lease_is_for_s3(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="flock"):
-        Lease(pafs.LocalFileSystem(), str(tmp_path / "lease"), "me", ttl_s=60)
+        RunLock(pafs.LocalFileSystem(), str(tmp_path / "lease"), "me", ttl_s=60)
 
 
 # -- large files, and local copies ---------------------------------------------------------
@@ -282,7 +282,7 @@ def test_a_renewal_whose_answer_was_lost_is_taken_for_the_success_it_was(prefix:
     """botocore sends a PUT again when its answer is lost; the retry then fails its
     condition against the write that landed, which carries this lease's nonce."""
     fs, folder = _fs(prefix), prefix
-    lease = Lease(fs, f"{folder}/lease", "host-a:101", ttl_s=60).acquire()
+    lease = RunLock(fs, f"{folder}/lease", "host-a:101", ttl_s=60).acquire()
     real = lease._call
 
     def landed_but_lost(operation: str, **arguments: object) -> object:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from batchrun import checkpoint as checkpoint_module
-from batchrun import engine as engine_module
-from batchrun import sink as sink_module
-from batchrun import walk as walk_module
-from batchrun.checkpoint import checkpoint_dir
+from batchrun.checkpoint import folder as checkpoint_module
+from batchrun.checkpoint import walk as walk_module
+from batchrun.checkpoint.folder import checkpoint_dir
+from batchrun.core import sizes
 from batchrun.sim import SimConfig, start_in_thread
 
 from .conftest import Workspace, latest_results, reviews
@@ -21,12 +20,12 @@ ROWS = 500
 
 @pytest.fixture(autouse=True)
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module, "BATCH_ROWS", 37)
-    monkeypatch.setattr(engine_module, "COMMIT_ROWS", 23)
-    monkeypatch.setattr(sink_module, "OUTPUT_BATCH_ROWS", 41)
-    monkeypatch.setattr(walk_module, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setattr(sizes, "READ_ROWS", 37)
+    monkeypatch.setattr(sizes, "COMMIT_ROWS", 23)
+    monkeypatch.setattr(sizes, "OUTPUT_ROWS", 41)
+    monkeypatch.setattr(sizes, "ROW_GROUP_ROWS", 16)
     monkeypatch.setattr(walk_module, "WINDOW", 29)
-    monkeypatch.setattr(checkpoint_module, "SMALLEST", 10)
+    monkeypatch.setattr(sizes, "SMALLEST", 10)
 
 
 def asked(sim_requests: list) -> list[str]:  # type: ignore[type-arg]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from batchrun.tokens import counter_for, estimate_text
+from batchrun.core.tokens import counter_for, estimate_text
 
 # From OpenAI's cookbook "How to count tokens with tiktoken", section 5: token ids per encoding.
 KNOWN_IDS = {

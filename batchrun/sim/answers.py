@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from batchrun.tokens import counter_for
+from batchrun.core.tokens import counter_for
 
 from .config import Dialect
 from .request import ChatRequest

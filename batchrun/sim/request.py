@@ -12,7 +12,7 @@ from .text import stable_hash
 
 JsonMode = Literal["json_object", "json_schema"]
 MAX_CHOICES = 128
-# How batchrun's re-ask after an unparseable answer begins (`batchrun.parse.REASK_PREFIX`):
+# How batchrun's re-ask after an unparseable answer begins (`batchrun.rows.parse.REASK_PREFIX`):
 # the question is still the user message before it.
 REASK_PREFIX = "Your answer could not be used"
 # Fields that change how an answer is delivered, not what it is.

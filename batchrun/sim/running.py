@@ -11,7 +11,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from batchrun.tokens import counter_for
+from batchrun.core.tokens import counter_for
 
 from .config import SimConfig
 from .records import RequestLog, RequestRecord

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from batchrun.tokens import counter_for
+from batchrun.core.tokens import counter_for
 
 from .answers import Completion, complete
 from .config import SimConfig
@@ -35,8 +35,8 @@ from .faults import (
     rate_limited,
     too_many_in_flight,
 )
+from .gateway_limits import NOMINAL_RPM, InFlight, QuotaWindow, RequestRate
 from .latency import Latency
-from .limits import NOMINAL_RPM, InFlight, QuotaWindow, RequestRate
 from .records import RequestLog, RequestRecord, redacted_headers
 from .request import ChatRequest, InvalidRequest, parse_request
 from .stream import plan_stream

@@ -6,7 +6,7 @@ import hashlib
 import random
 import re
 
-from batchrun.tokens import estimate_text as count_text
+from batchrun.core.tokens import estimate_text as count_text
 
 # fmt: off
 # Plausible words for English filler answers.

@@ -1,0 +1,1 @@
+"""Comparing two outputs of a job: the join, its figures and their text."""

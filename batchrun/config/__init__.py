@@ -1,0 +1,1 @@
+"""A job as validated, immutable objects: the job file, the gateway presets, prices and budgets."""

@@ -1,0 +1,1 @@
+"""Talking to a gateway: the wire (HTTP), classifying what comes back, its rate-limit headers."""

@@ -1,0 +1,1069 @@
+"""The Ray engine: one job run by many workers, with one rate limit and one checkpoint.
+
+`batchrun run JOB --engine ray` (or `[engine] kind = "ray"`) splits the input into shards of
+positions. Each worker is a Ray actor running batchrun's own async engine
+(`batchrun.engine.local`) on one shard at a time: the same requests, retries, classification and
+commits as a local run, nothing reimplemented. What the workers share lives in a named actor
+holding a `batchrun.ray.desk.Desk`: the pace of each endpoint (leased in slices), the stop, the
+pauses, the budget and the checkpoint's commit numbers.
+
+Exactly once comes from the commit, as on one machine. Every worker commits segments into
+the job's checkpoint folder with the usual atomic protocol, each under a number the desk
+gives once; the driver holds the folder (its lock, its clean-up, its merges, which never
+span a number whose segment is not in place yet) and, once every shard is done, writes the
+output from it as a local run does. A shard whose worker died (the actor killed, its node
+removed) is run again by a restarted worker: it reads the checkpoint first, so the rows its
+predecessor committed are settled and never paid for again; only answers that were not yet
+committed are asked again.
+
+The key is read from the job's variable on each worker's own machine: it never travels
+through Ray (task arguments and runtime environments are stored by the cluster). So are the
+proxy and certificate variables (`HTTPS_PROXY`, `NO_PROXY`, `SSL_CERT_FILE`...): a worker
+goes out the way its own node does, unless the job names a proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import logging
+import math
+import os
+import random
+import resource
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint.folder import Checkpoint, checkpoint_dir
+from ..config.job import Job, default_cache
+from ..config.pricing import SharedBudget
+from ..core import sizes
+from ..core.progress import Progress
+from ..engine.local import (
+    RouteInterrupts,
+    RunSummary,
+    _endpoints,
+    _Engine,
+    _signals,
+    check_complete,
+    concurrency_of,
+    lane_figures,
+    note_endpoints,
+    note_gateway,
+    open_run,
+    output_words,
+    realign,
+    store_cause,
+    store_sentence,
+    with_concurrency,
+    with_uncommitted,
+    write_job_output,
+)
+from ..engine.retry import QuotaGate
+from ..errors import BatchrunError, ClusterLost, Interrupted, StoreFailed, UserError
+from ..rows.plan import Plan, RunOptions, plan_run
+from ..rows.sink import upload_waiting
+from ..storage.nofile import fitting_concurrency
+from ..storage.space import store_backoff
+from ..storage.store import Remote, S3Error
+from .desk import SYNC_S, Desk, LeasedPacer, Tally, stop_from
+
+try:
+    import ray
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+except ImportError:  # pragma: no cover - the extra is not installed
+    ray = None  # type: ignore[assignment]
+
+log = logging.getLogger("batchrun")
+
+SHARDS_PER_WORKER = 4  # shards are small enough that a slow or restarted worker is caught up
+MAX_SHARD_ATTEMPTS = 5  # a shard whose workers keep dying stops the run
+RESTART_WAIT_S = 300.0  # how long a worker Ray restarts may take to come back
+PULL_S = 2.0  # with the checkpoint on S3, how often the driver pulls the workers' segments
+QUOTA_HOLD_MARGIN_S = 1.0  # others wait this much past a quota probe's next try
+INTERRUPTED = "Interrupted: finished rows are saved; run the same command to resume."
+LOOPBACK = "127.0.0.1"  # where a local Ray instance listens (see `on_loopback`)
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is loopback
+
+
+def require_ray() -> Any:
+    if ray is None:
+        raise UserError(
+            "The Ray engine needs Ray: pip install 'batchrun[ray]' (or run with --engine local)."
+        )
+    return ray
+
+
+# -- the worker -----------------------------------------------------------------------------
+
+
+class _ActorLink:
+    """A worker's way to the desk actor for one endpoint's pace (see
+    `batchrun.ray.desk.DeskLink`), and for the budget."""
+
+    def __init__(self, desk: Any, worker: str, endpoint: str) -> None:
+        self._desk = desk
+        self._worker = worker
+        self._endpoint = endpoint
+
+    def lease(self, want: int, tokens_each: int, successes: list[float], token_delta: int) -> Any:
+        return self._desk.lease.remote(
+            self._endpoint, self._worker, want, tokens_each, successes, token_delta
+        )
+
+    def cool_down(self, seconds: float, sent_at: float | None) -> None:
+        self._desk.cool_down.remote(self._endpoint, seconds, sent_at)
+
+    def hold(self, until: float) -> None:
+        self._desk.hold.remote(self._endpoint, until)
+
+    def allow(self, want: float) -> float:
+        return float(ray.get(self._desk.allow.remote(want)))
+
+
+class _SharedQuotaGate(QuotaGate):
+    """The quota gate of one worker, whose probing pauses every other worker too."""
+
+    def __init__(
+        self, wait_s: float, clock: Any, sleep: Any, link: _ActorLink, *, hand_off: bool
+    ) -> None:
+        super().__init__(wait_s, clock, sleep, hand_off=hand_off)
+        self._link = link
+
+    def _pausing(self, until: float) -> None:
+        self._link.hold(until + QUOTA_HOLD_MARGIN_S)
+
+
+class _ShardEngine(_Engine):
+    """The engine on one shard, its stops handed on to every other worker."""
+
+    desk: Any = None
+    from_desk = False  # the stop came from the desk (another worker, the driver)
+
+    def _halt(self, error: BatchrunError) -> None:
+        first = self.stop is None
+        super()._halt(error)
+        if first and not self.from_desk and self.desk is not None:
+            self.desk.halt.remote(type(error).__name__, str(error))
+
+    def store_stop(self, written: bool | None = None) -> StoreFailed:
+        """The cause alone: the driver counts the answers every worker could not commit
+        (`Tally.uncommitted`) and says where the output is."""
+        return StoreFailed(self.store_cause())
+
+    def halt_from_desk(self, kind: str, message: str) -> None:
+        if self.stop is None:
+            self.from_desk = True
+            self._halt(stop_from(kind, message))
+
+    def tally(self) -> Tally:
+        ok, failed = self.counts.ok, self.counts.failed
+        pacers = [lane.pacer for lane in self.pool.lanes]
+        now = self.clock()
+        return Tally(
+            settled_ok=self.final_ok - ok,
+            settled_failed=self.final_failed - failed,
+            ok=ok,
+            failed=failed,
+            tokens=self.progress.tokens,
+            spend=self.progress.spend,
+            rate_limited=self.rate_limited,
+            remapped=self.counts.remapped,
+            requests=sum(p.requests for p in pacers if isinstance(p, LeasedPacer)),
+            uncommitted=len(self._buffer),
+            lanes={lane.name: lane_figures(lane, now) for lane in self.pool.lanes},
+        )
+
+
+@dataclass
+class ShardDone:
+    """What a worker hands back for a shard."""
+
+    shard: int
+    tally: dict[str, Any]
+    stop: tuple[str, str] | None
+    pid: int
+    peak_rss_mb: float
+
+
+class ShardWorker:
+    """A Ray actor that runs shards of one job (see the module docstring)."""
+
+    def __init__(
+        self,
+        job: Job,
+        options: RunOptions,
+        total: int,
+        folder: str,
+        desk_name: str,
+        urls: Mapping[str, str],
+        concurrency: int,
+        remote: Remote | None = None,
+    ) -> None:
+        # Copies of S3 files go to this node's cache: the driver's default is in its
+        # user's home, which another node may not have ([storage] cache is kept as given).
+        cache = job.cache if job.storage.cache else default_cache(os.environ)
+        self.job = dataclasses.replace(with_concurrency(job, concurrency), cache=cache)
+        self.options = options
+        self.total = total
+        # A checkpoint on S3: this worker commits there and keeps a copy of its own, pulled
+        # before each shard (the rows committed in its range by workers before it).
+        self.remote = remote
+        self.folder = Path(folder) if remote is None else Path(tempfile.mkdtemp(prefix="batchrun-"))
+        self.desk = ray.get_actor(desk_name)  # by name: a handle as an argument is kept
+        self.urls = dict(urls)
+        self.name = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def release(self) -> None:
+        """Remove this worker's copy of an S3 checkpoint (the run is over)."""
+        if self.remote is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def run_shard(self, shard: int, start: int, end: int) -> ShardDone:
+        # On an event loop of its own, in a thread of its own: Ray may run actor methods
+        # inside a loop, and the budget's rare blocking call to the desk must not stall it.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batchrun") as pool:
+            return pool.submit(asyncio.run, self._run(shard, start, end)).result()
+
+    async def _run(self, shard: int, start: int, end: int) -> ShardDone:
+        desk = self.desk
+        plan = plan_run(self.job, self.options, total=self.total)
+        checkpoint = Checkpoint(self.folder, self.remote).attach(functools.partial(_number, desk))
+        _pull_for_shard(checkpoint, self.job.limits.storage_wait_s)
+        # This node's open-files limit, as a local run fits its concurrency to its own.
+        job = self.job
+        fits, crowded = fitting_concurrency(
+            concurrency_of(job), len(checkpoint.segments()), sim=False
+        )
+        if crowded is not None:
+            log.warning("%s", crowded)
+            job = with_concurrency(job, fits)
+        engine = await run_on_desk(
+            job,
+            self.options,
+            plan,
+            checkpoint,
+            desk,
+            self.name,
+            self.urls,
+            shard,
+            (start, end),
+        )
+        stop = engine.stop
+        if stop is not None and engine.from_desk:
+            stop = None  # another's: the driver has it from the desk
+        return ShardDone(
+            shard=shard,
+            tally=asdict(engine.tally()),
+            stop=(type(stop).__name__, str(stop)) if stop is not None else None,
+            pid=os.getpid(),
+            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
+
+
+_WORKER_PULL = (
+    "A worker",
+    "check that every node reaches S3 with the job's credentials, then run the same "
+    "command to resume",
+)
+_DRIVER_PULL = (
+    "The driver",
+    "every answer the workers gave is committed, but the output was not rewritten: run the "
+    "same command once S3 answers to write it",
+)
+
+
+def _number(desk: Any) -> int:
+    """A commit number from the desk, for a worker's checkpoint; while the driver's lease
+    on S3 is not sure, an S3Error that the worker's engine waits out as an outage."""
+    number = int(ray.get(desk.commit_number.remote()))
+    if number < 0:
+        raise S3Error(
+            "the run's lease on S3 is not confirmed (the driver cannot reach S3, or lost it)",
+            transient=True,
+        )
+    return number
+
+
+def _pull_for_shard(
+    checkpoint: Checkpoint, wait_s: float, said: tuple[str, str] = _WORKER_PULL
+) -> None:
+    """Bring a worker's copy of an S3 checkpoint up to date before a shard (what is settled
+    in its range is known only then), or the driver's before it writes the output. S3 out
+    of reach is waited out for `wait_s`; then, or when S3 refuses, one sentence: who could
+    not read it, and what follows (`said`)."""
+    since = time.monotonic()
+    tries = 0
+    while True:
+        try:
+            checkpoint.refresh()
+            return
+        except OSError as exc:
+            left = since + wait_s - time.monotonic()
+            passing = isinstance(exc, S3Error) and exc.transient
+            if not passing or left <= 0:
+                waited = f" for {wait_s:g} s (limits.storage_wait_s)" if passing else ""
+                who, then = said
+                raise StoreFailed(
+                    f"{who} could not read the checkpoint {checkpoint.remote_url}{waited} "
+                    f"({_first_line(exc)}): {then}."
+                ) from None
+            time.sleep(min(store_backoff(tries), left))
+            tries += 1
+
+
+async def run_on_desk(
+    job: Job,
+    options: RunOptions,
+    plan: Plan,
+    checkpoint: Checkpoint,
+    desk: Any,
+    name: str,
+    urls: Mapping[str, str],
+    shard: int,
+    span: tuple[int, int | None],
+) -> _ShardEngine:
+    """batchrun's engine on the rows at positions `span`, each endpoint paced by the desk
+    and the whole run stopped and budgeted by it, syncing with it every SYNC_S until it
+    ends; returns the engine, ended."""
+    keys = job.keys(os.environ)
+    routes = job.routes(os.environ)  # this node's proxy and CA variables, as its key
+    links = {e.name: _ActorLink(desk, name, e.name) for e in job.endpoints}
+    pacers = {
+        e.name: LeasedPacer(links[e.name], e.requests_per_minute, e.tokens_per_minute)
+        for e in job.endpoints
+    }
+    engine = _ShardEngine(
+        job,
+        plan,
+        checkpoint,
+        urls,
+        keys,
+        routes=routes,
+        sleep=asyncio.sleep,
+        clock=time.time,
+        rng=random.Random(),
+        pacers=pacers,
+        budget=None,
+    )
+    engine.desk = desk
+    engine.shard = span
+    if job.cost.budget_usd:
+        engine.budget = SharedBudget(links[job.endpoints[0].name].allow, job.cost.budget_usd, 0.0)
+    for lane in engine.pool.lanes:
+        lane.quota = _SharedQuotaGate(
+            job.limits.quota_wait_s,
+            time.time,
+            engine._nap,
+            links[lane.name],
+            hand_off=not engine.pool.single,
+        )
+    engine.progress = Progress(plan.total, 0, quiet=True)
+    attempt = uuid.uuid4().hex
+    finished = asyncio.Event()
+
+    async def sync() -> None:
+        while True:
+            state = await desk.sync.remote(shard, attempt, asdict(engine.tally()))
+            if state.stop is not None:
+                engine.halt_from_desk(*state.stop)
+            for endpoint, pacer in pacers.items():
+                pacer.learn_pause(state.paused_until.get(endpoint, 0.0))
+            if finished.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), SYNC_S)
+
+    syncing = asyncio.create_task(sync())
+    try:
+        await engine.execute(options)
+    finally:
+        finished.set()
+        await syncing
+        if isinstance(engine.budget, SharedBudget):
+            desk.give_back.remote(engine.budget.unspent())
+    return engine
+
+
+# -- the Ray Data stage -----------------------------------------------------------------------
+
+
+class ChatStage:
+    """batchrun as one stage of a Ray Data pipeline, between its own read and write::
+
+        ds = ray.data.read_parquet("s3://bucket/reviews/")
+        ds = ds.map_batches(
+            batchrun.ray.ChatStage,
+            fn_constructor_kwargs={"job": "label.toml"},
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=4),
+            num_cpus=0.25,
+        )
+        ds.write_parquet("s3://bucket/labeled/")
+
+    (or `batchrun.ray.run(job, dataset=ds)`, which does the same). Each batch in is the same
+    batch out with the job's result columns added (failed rows have status "failed"; a
+    run-wide stop, such as a bad key or the budget, fails the pipeline with its message).
+    The pool's actors share one desk (`batchrun.ray.desk.Desk`, named after the job, created
+    by the first actor): one rate limit, one budget, one stop for the whole pool. Each
+    batch is run by batchrun's engine on a scratch checkpoint of its own: a batch that Ray
+    runs again (a task retry) is asked again, as with any Ray Data stage; for exactly once
+    over a whole table, run the job itself on Ray (`--engine ray`).
+    """
+
+    def __init__(self, job: Job | str | os.PathLike[str], desk: str | None = None) -> None:
+        require_ray()
+        from ..config.job import load_job
+
+        self.job = job if isinstance(job, Job) else load_job(Path(job), environ=os.environ)
+        self.desk = open_desk(self.job, desk)
+        self.name = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._sim = contextlib.ExitStack()
+        self.urls = self._sim.enter_context(_endpoints(self.job))
+
+    async def __call__(self, batch: Any) -> Any:
+        # On an event loop of its own (see ShardWorker.run_shard).
+        return await asyncio.to_thread(self._answer, batch)
+
+    def _answer(self, batch: Any) -> Any:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from ..core.columns import INPUT_ROW
+
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_pandas(batch)
+        with tempfile.TemporaryDirectory(prefix="batchrun-stage-") as scratch:
+            source = Path(scratch) / "batch.parquet"
+            pq.write_table(table, source)
+            job = dataclasses.replace(  # the job's own input and output are not this batch's
+                self.job,
+                input_path=str(source),
+                output_path=Path(scratch) / "answers.parquet",
+                output_url=None,
+            )
+            options = RunOptions(quiet=True)
+            plan = plan_run(job, options)
+            checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open()
+            try:
+                engine = asyncio.run(
+                    run_on_desk(
+                        job,
+                        options,
+                        plan,
+                        checkpoint,
+                        self.desk,
+                        self.name,
+                        self.urls,
+                        uuid.uuid4().int & 0x7FFF_FFFF_FFFF,
+                        (0, None),
+                    )
+                )
+                if engine.stop is not None:
+                    raise engine.stop
+                write_job_output(job, plan, checkpoint, options)
+            finally:
+                checkpoint.close()
+            answered = pq.read_table(job.output_path)
+        if job.input.id_column is None and INPUT_ROW in answered.column_names:
+            answered = answered.drop_columns([INPUT_ROW])  # a position within the batch
+        return answered
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._sim.close()
+
+
+def open_desk(job: Job, name: str | None = None) -> Any:
+    """The desk a job's ChatStage actors share, created by the first one that asks.
+
+    `batchrun.ray.run(job, dataset=...)` creates it on the driver (it lives as long as the
+    driver) and names it to the stage. Without a name, the stage's actors share one named
+    after the job, detached so that it outlives whichever actor created it: it stays until
+    `release(job)` or the cluster's end."""
+    options: dict[str, Any] = {"get_if_exists": True, "num_cpus": 0}
+    if name is None:
+        name, options["lifetime"] = stage_desk(job), "detached"
+    return (
+        ray.remote(Desk)
+        .options(name=name, **options)
+        .remote(
+            paces(job),
+            budget_usd=job.cost.budget_usd,
+        )
+    )
+
+
+def paces(job: Job) -> dict[str, tuple[float, float | None]]:
+    """Each endpoint's requests and tokens a minute, by name: what a desk paces."""
+    return {e.name: (e.requests_per_minute, e.tokens_per_minute) for e in job.endpoints}
+
+
+def stage_desk(job: Job) -> str:
+    """The name of the detached desk a job's ChatStage actors share by default."""
+    return f"batchrun-stage-{job.name}"
+
+
+def release(job: Job) -> None:
+    """End the detached desk that ChatStage actors of `job` shared (see `open_desk`)."""
+    with contextlib.suppress(ValueError):
+        ray.kill(ray.get_actor(stage_desk(job)))
+
+
+_DESKS: dict[str, Any] = {}  # desks this driver created for its pipelines: kept referenced
+
+
+# -- the driver -------------------------------------------------------------------------------
+
+
+def shards(total: int, workers: int, rows: int | None = None) -> list[tuple[int, int]]:
+    """The input's positions cut into ranges of `rows`, or else a few per worker of whole
+    input batches each."""
+    if total <= 0:
+        return []
+    size = rows
+    if size is None:
+        size = max(sizes.READ_ROWS, math.ceil(total / (workers * SHARDS_PER_WORKER)))
+        size = math.ceil(size / sizes.READ_ROWS) * sizes.READ_ROWS
+    return [(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+@contextlib.contextmanager
+def on_loopback() -> Iterator[None]:
+    """While a local Ray instance starts: every port it opens on loopback only.
+
+    Ray (2.60) has no bind-address setting: its gRPC servers (GCS, raylet, every worker and
+    the driver) listen on every interface unless the node's address is exactly 127.0.0.1,
+    ::1 or localhost, and its agents on the node's address. `ray.init` turns a given
+    `_node_ip_address` of 127.0.0.1 into the machine's network address, unless Ray is in
+    its local-only mode (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, the default on macOS and
+    Windows), where the node's address is loopback. The driver reads that setting once,
+    when `ray` is imported, hence its constant set here too; the processes Ray spawns
+    inherit the variable. Both are restored once Ray is up: nothing else in this process
+    changes. `tests/test_ray.py` lists the sockets of a run to hold this.
+    """
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(LOCAL_ONLY_ENV)
+    saved = ray_constants.ENABLE_RAY_CLUSTER  # read by services.get_node_ip_address
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = saved_env
+
+
+def _on_loopback(address: str) -> bool:
+    """Whether a cluster's address ("host:port") is on this machine's loopback."""
+    import ipaddress
+
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, "auto", a ray:// URL
+        return False
+
+
+def _check_loopback(rt: Any) -> None:
+    """Refuse to run on a local instance Ray did not put on loopback (a Ray whose settings
+    changed): its ports would be open to the network."""
+    address = rt.util.get_node_ip_address()
+    if address not in ("127.0.0.1", "::1", "localhost"):
+        rt.shutdown()
+        raise BatchrunError(
+            f"The local Ray instance started on {address}, not on loopback, so its ports "
+            f"would be reachable from the network; it was shut down before any work. Ray "
+            f"{rt.__version__} may place a local instance differently: please report it, "
+            f"and run with --engine local meanwhile."
+        )
+
+
+@contextlib.contextmanager
+def connected(job: Job) -> Iterator[Any]:
+    """Ray, connected to the job's cluster or to a local instance started for the run (shut
+    down after it); a caller's own connection is used and left as it is."""
+    rt = require_ray()
+    if rt.is_initialized():
+        yield rt
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # At ERROR: Ray warns at every start that its token authentication is on (it stays on).
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+    try:
+        if job.engine.address:
+            # A cluster on loopback keeps its address (Ray would put the network's instead).
+            local = _on_loopback(job.engine.address)
+            with on_loopback() if local else contextlib.nullcontext():
+                rt.init(address=job.engine.address, **kwargs)
+        else:
+            cpus = max(os.cpu_count() or 1, math.ceil(job.engine.workers * job.engine.worker_cpus))
+            with on_loopback():
+                rt.init(
+                    address="local",
+                    num_cpus=cpus,
+                    include_dashboard=False,
+                    _node_ip_address=LOOPBACK,
+                    **kwargs,
+                )
+            _check_loopback(rt)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = job.engine.address or "a local instance"
+        raise UserError(
+            f"Could not start or join the Ray cluster at {where} ({_first_line(exc)}): check "
+            f"[engine] address, and that this process has the cluster's RAY_AUTH_MODE and "
+            f"token (~/.ray/auth_token) if it uses token authentication."
+        ) from None
+    try:
+        yield rt
+    finally:
+        rt.shutdown()
+
+
+def run(
+    job: Job | str | os.PathLike[str],
+    options: RunOptions | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    dataset: Any = None,
+    heard: Interrupts | None = None,
+) -> Any:
+    """Run or resume a job on Ray; see the module docstring. The same summary as a local
+    run, over the whole job (a `RunSummary`).
+
+    Ctrl-C and SIGTERM stop the run as they stop a local one: through `heard`, which the
+    caller feeds from its own handlers, or else through signal handlers set for the run
+    (from the main thread only).
+
+    With `dataset` (a Ray Data `Dataset`), returns that dataset with the job's answers
+    added by a `ChatStage` pool of `[engine] workers` actors (lazy, as Ray Data is); the
+    job's input and output paths are not used."""
+    rt = require_ray()
+    if not isinstance(job, Job):
+        from ..config.job import load_job
+
+        job = load_job(Path(job), environ=os.environ if environ is None else environ)
+    if dataset is not None:
+        import ray.data
+
+        name = f"batchrun-stage-{uuid.uuid4().hex[:12]}"
+        _DESKS[name] = open_desk(job, name)
+        return dataset.map_batches(
+            ChatStage,
+            fn_constructor_kwargs={"job": job, "desk": name},
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=job.engine.workers),
+            num_cpus=job.engine.worker_cpus,
+        )
+    options = options or RunOptions()
+    environ = os.environ if environ is None else environ
+    # The key and the route are only checked here: each worker reads them on its own machine.
+    job.routes(environ)
+    plan, _, checkpoint = open_run(job, options, environ)
+    folder = checkpoint.folder
+    started = time.monotonic()
+    progress = Progress(plan.total, 0, quiet=options.quiet, interactive=options.interactive)
+    try:
+        realign(job, plan, checkpoint)
+        for line in checkpoint.quarantined:
+            progress.note(line)
+        checkpoint.start_merging()
+        with _endpoints(job) as urls, connected(job) as rt:
+            figures, stop, hurried = _drive(
+                rt, job, options, plan.total, checkpoint, urls, progress, heard
+            )
+        progress.close()
+        checkpoint.stop_merging()
+        fresh = True  # the copy holds every worker's segments (S3)
+        unread: StoreFailed | None = None  # the driver's own stop: the copy could not be read
+        try:
+            gone = isinstance(stop, StoreFailed)  # the workers waited S3 out already
+            _pull_for_shard(checkpoint, 0.0 if gone else job.limits.storage_wait_s, _DRIVER_PULL)
+        except StoreFailed as exc:
+            fresh = False
+            if stop is None:  # the workers committed every answer: only the output is missing
+                stop = unread = exc
+        written = None
+        failure: S3Error | None = None  # why the output did not reach S3
+        # Else another run holds the job, or the copy may lack rows committed on S3.
+        if not hurried and checkpoint.lease_lost is None and fresh:
+            written = write_job_output(job, plan, checkpoint, options, publish=False)
+            if job.output_remote is not None:
+                # Where the workers waited S3 out already, one try.
+                wait_s = 0.0 if isinstance(stop, StoreFailed) else job.limits.storage_wait_s
+                failure = upload_waiting(job.output_path, job.output_remote, wait_s, progress.note)
+        not_uploaded = job.output_url if failure is not None else None
+        if unread is None:
+            lost_lease = checkpoint.lease_lost is not None
+            stop = _settled(job, stop, figures, written is not None, failure, lost_lease)
+    finally:
+        progress.close()
+        checkpoint.close()
+    allowed_rpm = None
+    first = figures["endpoints"][job.endpoints[0].name]
+    if first["rate_limited"] and first["allowed_rps"] is not None:
+        allowed_rpm = first["allowed_rps"] * 60
+        note_gateway(job, folder, allowed_rpm, first["rate_limited"])
+    note_endpoints(
+        job,
+        folder,
+        {
+            name: {
+                **e["run"],
+                "rate_limited": e["rate_limited"],
+                "allowed_rpm": e["allowed_rps"] * 60
+                if e["rate_limited"] and e["allowed_rps"] is not None
+                else None,
+                "state": e["state"],
+            }
+            for name, e in figures["endpoints"].items()
+        },
+    )
+    check_complete(job, plan, stop, written.rows if written is not None else None)
+    if written is not None:
+        ok, failed = written.ok, written.failed
+    else:
+        ok = figures["settled_ok"] + figures["ok"]
+        failed = figures["settled_failed"] + figures["failed"]
+    return RunSummary(
+        total=plan.total,
+        ok=ok,
+        failed=failed,
+        pending=max(plan.total - ok - failed, 0),
+        ran=figures["ok"] + figures["failed"],
+        tokens=figures["tokens"],
+        spend=figures["spend"],
+        elapsed_s=time.monotonic() - started,
+        output_path=job.output_path,
+        rows_written=written.rows if written is not None else None,
+        remapped=figures["remapped"],
+        stopped=stop,
+        rate_limited=sum(e["rate_limited"] for e in figures["endpoints"].values()),
+        allowed_rpm=allowed_rpm,
+        workers=figures.get("workers"),
+        not_uploaded=not_uploaded,
+    )
+
+
+async def run_async(
+    job: Job,
+    options: RunOptions,
+    environ: Mapping[str, str],
+    *,
+    interrupts: RouteInterrupts | None = None,
+) -> RunSummary:
+    """`run`, awaited: the driver on a worker thread, the caller's loop free meanwhile.
+    Ctrl-C and SIGTERM reach the run through `interrupts` (as the local engine's), or
+    else through the loop's signal handlers; a cancelled await stops the run as Ctrl-C."""
+    heard = Interrupts()
+    with (interrupts or _signals)(heard.hear):
+        driver = asyncio.to_thread(run, job, options, environ, heard=heard)
+        try:
+            summary: RunSummary = await driver
+        except asyncio.CancelledError:
+            heard.hear()  # the driver stops its workers, keeps their rows, and shuts down
+            raise
+    return summary
+
+
+class Interrupts:
+    """Ctrl-C and SIGTERM as a Ray run hears them, from any thread: counted, and each one
+    handed to the run's desk, which stops every worker."""
+
+    def __init__(self) -> None:
+        # Guards both fields below; re-entrant, as a signal handler (`hear`) may run in the
+        # main thread while that thread holds it.
+        self._lock = threading.RLock()
+        self._count = 0  # interrupts heard so far
+        self._desk: Any = None  # the run's desk, once it exists
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return self._count
+
+    def hear(self, *_: object) -> None:
+        """One interrupt (a signal handler's arguments are ignored)."""
+        with self._lock:
+            self._count += 1
+            desk = self._desk
+        if desk is not None:
+            desk.halt.remote("Interrupted", INTERRUPTED)
+
+    def reach(self, desk: Any) -> None:
+        """Hand interrupts to `desk` from now on, and any heard before it existed."""
+        with self._lock:
+            self._desk = desk
+            heard = self._count
+        if heard:
+            desk.halt.remote("Interrupted", INTERRUPTED)
+
+
+def _settled(
+    job: Job,
+    stop: BatchrunError | None,
+    figures: Mapping[str, Any],
+    written: bool,
+    failure: S3Error | None,
+    lost_lease: bool = False,
+) -> BatchrunError | None:
+    """The run's stop, its sentence saying what is so once the run ended. A worker's stop
+    on S3 gives only its cause (`_ShardEngine.store_stop`): the answers no worker could
+    commit (summed over their tallies) and where the output is are added here. A run
+    that did not stop but whose output could not be uploaded stops on that."""
+    lost = int(figures.get("uncommitted", 0))
+    not_uploaded = job.output_url if failure is not None else None
+    where = output_words(job, written, not_uploaded)
+    if isinstance(stop, StoreFailed):
+        cause = str(stop).rstrip(".")
+        waited = cause.startswith("S3 could not be reached")
+        return StoreFailed(store_sentence(cause, lost, where, waited, "commit"))
+    if stop is None and failure is not None:
+        wait_s = job.limits.storage_wait_s
+        cause = store_cause(failure, failure.transient, "upload", wait_s, job.output_url or "")
+        return StoreFailed(store_sentence(cause, 0, where, failure.transient, "upload"))
+    if stop is not None and lost:
+        why = (
+            "a run that lost its lease writes nothing more"
+            if lost_lease
+            else "S3 could not be reached"
+        )
+        return with_uncommitted(stop, lost, why)
+    return stop
+
+
+def _drive(
+    rt: Any,
+    job: Job,
+    options: RunOptions,
+    total: int,
+    checkpoint: Checkpoint,
+    urls: Mapping[str, str],
+    progress: Progress,
+    heard: Interrupts | None = None,
+) -> tuple[dict[str, Any], BatchrunError | None, bool]:
+    """Start the desk and the workers, hand out the shards until all are done (again where
+    a worker died), show the progress; returns the desk's figures and the run's stop.
+    Without `heard`, Ctrl-C and SIGTERM are heard through signal handlers set meanwhile."""
+    engine = job.engine
+    desk_name = f"batchrun-desk-{uuid.uuid4().hex[:12]}"
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # On the driver's node: the node that holds the checkpoint's lock is the one whose loss
+    # ends the run anyway.
+    here = NodeAffinitySchedulingStrategy(rt.get_runtime_context().get_node_id(), soft=False)
+    desk = (
+        rt.remote(Desk)
+        .options(name=desk_name, max_restarts=0, num_cpus=0, scheduling_strategy=here)
+        .remote(
+            paces(job),
+            budget_usd=job.cost.budget_usd,
+            spent=checkpoint.spend() if job.cost.budget_usd else 0.0,
+            next_commit=checkpoint.next_commit,
+        )
+    )
+    desk.lease_until.remote(checkpoint.lease_sure_until())
+    concurrency = max(1, math.ceil(concurrency_of(job) / engine.workers))
+    worker_class = rt.remote(ShardWorker)
+    workers = [
+        worker_class.options(
+            name=f"{desk_name}-worker-{i}",
+            num_cpus=engine.worker_cpus,
+            max_restarts=-1,
+            max_task_retries=0,
+            max_concurrency=2,
+        ).remote(
+            job,
+            options,
+            total,
+            str(checkpoint.folder),
+            desk_name,
+            urls,
+            concurrency,
+            checkpoint.remote,
+        )
+        for i in range(engine.workers)
+    ]
+    todo: deque[tuple[int, int, int]] = deque(
+        (i, start, end)
+        for i, (start, end) in enumerate(shards(total, engine.workers, engine.shard_rows))
+    )
+    attempts: dict[int, int] = {}
+    running: dict[Any, tuple[int, tuple[int, int, int]]] = {}
+    restarting: dict[Any, tuple[int, float]] = {}  # a ready call -> (worker, since when)
+    idle = list(range(len(workers)))
+    stop: BatchrunError | None = None
+    peaks: dict[int, float] = {}
+    pulled = time.monotonic()  # when the workers' segments were last pulled from S3
+
+    previous = None  # the signal handlers before the run's, if it sets its own
+    if heard is None:
+        heard = Interrupts()
+        previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        _route(heard.hear, heard.hear)
+    heard.reach(desk)
+    try:
+        while todo or running:
+            while idle and todo and stop is None and heard.count == 0:
+                index, shard = idle.pop(0), todo.popleft()
+                attempts[shard[0]] = attempts.get(shard[0], 0) + 1
+                running[workers[index].run_shard.remote(*shard)] = (index, shard)
+            if heard.count >= 2:  # a second Ctrl-C: stop at once, the output not rewritten
+                stop = Interrupted(INTERRUPTED)
+                break
+            waiting = [*running, *restarting]
+            ready, _ = rt.wait(waiting, num_returns=1, timeout=SYNC_S * 2) if waiting else ([], [])
+            figures = _desk_call(rt, desk.totals)
+            _show(progress, figures)
+            if figures["stop"] is not None and stop is None:
+                stop = stop_from(*figures["stop"])
+            if checkpoint.remote is not None and time.monotonic() >= pulled + PULL_S:
+                try:
+                    checkpoint.refresh()  # the workers' segments, for the merger
+                except OSError as exc:  # S3 not answering for now: the next tick tries again
+                    log.warning("pulling the checkpoint from S3 failed (%s)", _first_line(exc))
+                pulled = time.monotonic()
+            desk.lease_until.remote(checkpoint.lease_sure_until())  # for the workers' commits
+            if checkpoint.lease_lost is not None and stop is None:
+                stop = checkpoint.lease_lost  # another run took the job over: every worker stops
+                desk.halt.remote(type(stop).__name__, str(stop))
+            for ref in ready:
+                if ref in restarting:  # a worker Ray was restarting: back, or not yet
+                    index, since = restarting.pop(ref)
+                    try:
+                        rt.get(ref)
+                    except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+                        if time.monotonic() - since > RESTART_WAIT_S:
+                            raise ClusterLost(
+                                f"A worker of the run could not be restarted within "
+                                f"{RESTART_WAIT_S:g} s ({_first_line(exc)}): the cluster may "
+                                f"lack room for it; run the same command to resume."
+                            ) from None
+                        time.sleep(SYNC_S)
+                        restarting[workers[index].pid.remote()] = (index, since)
+                        continue
+                    idle.append(index)
+                    continue
+                index, shard = running.pop(ref)
+                try:
+                    done: ShardDone = rt.get(ref)
+                except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+                    # A worker is given work only once it answers (see `restarting`), so
+                    # each of these is a worker lost while it ran the shard.
+                    if attempts[shard[0]] >= MAX_SHARD_ATTEMPTS:
+                        raise ClusterLost(
+                            f"The workers running rows {shard[1]:,} to {shard[2]:,} died "
+                            f"{MAX_SHARD_ATTEMPTS} times ({_first_line(exc)}): look at the Ray "
+                            f"cluster's logs, then run the same command to resume."
+                        ) from None
+                    else:
+                        log.warning(
+                            "a worker died on rows %d to %d; running them again", *shard[1:]
+                        )
+                    todo.appendleft(shard)  # to the next worker that is up
+                    # Ray restarts the actor behind the same handle: it takes work again
+                    # once it answers.
+                    restarting[workers[index].pid.remote()] = (index, time.monotonic())
+                    continue
+                except RayTaskError as exc:
+                    cause = exc.cause if isinstance(exc.cause, BaseException) else None
+                    if isinstance(cause, BatchrunError):
+                        raise cause from None
+                    what = f"{type(cause).__name__}: {_first_line(cause)}" if cause else ""
+                    raise BatchrunError(
+                        f"A worker failed on rows {shard[1]:,} to {shard[2]:,} ({what or exc}): "
+                        f"every committed row is kept; run the same command to resume, and "
+                        f"please report this if it happens again."
+                    ) from None
+                peaks[done.pid] = max(peaks.get(done.pid, 0.0), done.peak_rss_mb)
+                if done.stop is not None and stop is None:
+                    stop = stop_from(*done.stop)
+                idle.append(index)
+            if stop is not None and not running:
+                break
+        _desk_call(rt, desk.settle)  # a 429 storm the run ended in sets its figures
+        figures = _desk_call(rt, desk.totals)
+        _show(progress, figures)
+        if figures["stop"] is not None and stop is None:
+            stop = stop_from(*figures["stop"])
+    finally:
+        if previous is not None:
+            _route(*previous)
+        # However the run ended: no worker may go on sending, or committing into a folder
+        # the driver is about to unlock.
+        with contextlib.suppress(Exception):
+            desk.halt.remote("Interrupted", INTERRUPTED)
+            if checkpoint.remote is not None:  # their copies of the checkpoint
+                rt.wait([w.release.remote() for w in workers], num_returns=len(workers), timeout=10)
+            for worker in workers:
+                rt.kill(worker, no_restart=True)
+            rt.kill(desk)
+    figures["workers"] = {
+        "count": len(workers),
+        "peak_rss_mb": sorted(peaks.values()),  # of each worker process that ran a shard
+        "requests": figures["requests"],  # starts the workers took
+        "leases": sum(e["leases"] for e in figures["endpoints"].values()),  # calls for them
+        "shards": len(attempts),
+        "shard_attempts": sum(attempts.values()),
+    }
+    return figures, stop, heard.count >= 2
+
+
+def _desk_call(rt: Any, method: Any) -> Any:
+    """A call to the desk; its loss (its node gone) ends the run in one sentence."""
+    try:
+        return rt.get(method.remote())
+    except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+        raise ClusterLost(
+            f"The run's desk (the actor that holds its rate limit, on the driver's node) was "
+            f"lost ({_first_line(exc)}): every committed row is kept; run the same command "
+            f"to resume."
+        ) from None
+
+
+def _show(progress: Progress, figures: Mapping[str, Any]) -> None:
+    endpoints = figures["endpoints"]
+    if len(endpoints) > 1:  # the cluster's state of each, on the progress line
+        line = ", ".join(f"{name} {e['state']}" for name, e in endpoints.items())
+        progress.endpoints = lambda: line
+    progress.show(
+        done=figures["done"],
+        settled=figures["settled_ok"] + figures["settled_failed"],
+        ok=figures["ok"],
+        failed=figures["failed"],
+        tokens=figures["tokens"],
+        spend=figures["spend"],
+    )
+
+
+def _route(on_int: Any, on_term: Any) -> None:
+    """Set the handlers of Ctrl-C and SIGTERM (from the main thread only: elsewhere the
+    caller handles interrupts)."""
+    with contextlib.suppress(ValueError, TypeError):
+        signal.signal(signal.SIGINT, on_int)
+        signal.signal(signal.SIGTERM, on_term)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
