@@ -39,11 +39,23 @@ def toml_value(value: Any) -> str:
 
 
 def toml_dumps(doc: dict[str, Any]) -> str:
-    lines = [f"{k} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
+    """A job as TOML: plain keys first, then a `[table]` for each dict (a dict within it
+    inline), then an `[[array]]` of tables for each list of dicts."""
+
+    def is_tables(value: Any) -> bool:
+        return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+    def body(table: dict[str, Any]) -> list[str]:
+        return [f"{json.dumps(k)} = {toml_value(v)}" for k, v in table.items()]
+
+    lines = body({k: v for k, v in doc.items() if not isinstance(v, dict) and not is_tables(v)})
     for section, table in doc.items():
         if isinstance(table, dict):
-            lines.append(f"\n[{section}]")
-            lines += [f"{json.dumps(k)} = {toml_value(v)}" for k, v in table.items()]
+            lines += [f"\n[{section}]", *body(table)]
+    for section, tables in doc.items():
+        if is_tables(tables):
+            for table in tables:
+                lines += [f"\n[[{section}]]", *body(table)]
     return "\n".join(lines) + "\n"
 
 
@@ -64,13 +76,31 @@ class Workspace:
 
     def write_input(self, frame: pl.DataFrame, name: str = "input.parquet") -> Path:
         path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         if name.endswith(".csv"):
             frame.write_csv(path)
         else:
             frame.write_parquet(path)
         return path
 
-    def job(self, base_url: str, *, input_path: str = "input.parquet", **sections: Any) -> Path:
+    def job(
+        self,
+        base_url: str | None = None,
+        *,
+        input_path: str = "input.parquet",
+        file: str = "job.toml",
+        base: dict[str, Any] | None = None,
+        **sections: Any,
+    ) -> Path:
+        """Write a job file (`file`, under the workspace; folders made as needed) and return
+        its path: every test's job goes through here.
+
+        The job starts as one labelling the reviews at `input_path` through `[endpoint]`
+        `base_url` (no `[endpoint]` without it: give `endpoints=[{...}, ...]` for
+        `[[endpoints]]`). Then `base` and then `sections` change it, each key a top-level
+        key or section: a dict is merged into the section of that name (a None value drops
+        that key), None drops the section or key, and anything else (a list of dicts for an
+        array of tables, a plain value) replaces it."""
         doc: dict[str, Any] = {
             "name": "test-job",
             "input": {"path": input_path},
@@ -83,15 +113,19 @@ class Workspace:
             "limits": {"requests_per_minute": 60000, "concurrency": 16, "max_attempts": 4},
             "output": {"path": "out/result.parquet"},
         }
-        for section, values in sections.items():
-            if values is None:
-                doc.pop(section, None)
-            elif isinstance(values, dict) and isinstance(doc.get(section), dict):
-                doc[section] = {**doc[section], **values}
-                doc[section] = {k: v for k, v in doc[section].items() if v is not None}
-            else:
-                doc[section] = values
-        path = self.root / "job.toml"
+        if base_url is None:
+            del doc["endpoint"]
+        for changes in (base or {}, sections):
+            for section, values in changes.items():
+                if values is None:
+                    doc.pop(section, None)
+                elif isinstance(values, dict) and isinstance(doc.get(section), dict):
+                    merged = {**doc[section], **values}
+                    doc[section] = {k: v for k, v in merged.items() if v is not None}
+                else:
+                    doc[section] = values
+        path = self.root / file
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(toml_dumps(doc), encoding="utf-8")
         return path
 

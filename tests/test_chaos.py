@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -26,7 +27,7 @@ from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
 from batchrun.cli import main
 from batchrun.core.columns import FINISHED_AT, KEY
 
-from .conftest import FAKE_KEY, latest_results, reviews, toml_dumps
+from .conftest import FAKE_KEY, Workspace, latest_results, reviews, toml_dumps
 
 ROWS = 600
 KILLS = 12
@@ -59,24 +60,13 @@ def sim_url() -> Iterator[str]:
             proc.communicate()
 
 
-def write_job(folder: Path, base_url: str) -> Path:
-    folder.mkdir()
-    reviews(ROWS).write_parquet(folder / "input.parquet")
-    doc = {
-        "name": "chaos",
-        "input": {"path": "input.parquet", "id_column": "id"},
-        "prompt": {
-            "system": "Label the review as positive, negative or neutral.",
-            "user": "Review: {text}",
-        },
-        "request": {"model": "gpt-4o-mini", "temperature": 0, "max_tokens": 8},
-        "endpoint": {"base_url": base_url, "api_key_env": KEY_ENV},
-        "limits": {"requests_per_minute": PACED_RPM, "concurrency": 32, "max_attempts": 4},
-        "output": {"path": "out/result.parquet"},
-    }
-    job = folder / "job.toml"
-    job.write_text(toml_dumps(doc), encoding="utf-8")
-    return job
+# The job each test run here makes (`Workspace.job`), in a folder of its own with the input.
+CHAOS_JOB: dict[str, Any] = {
+    "name": "chaos",
+    "input": {"id_column": "id"},
+    "endpoint": {"api_key_env": KEY_ENV},
+    "limits": {"requests_per_minute": PACED_RPM, "concurrency": 32},
+}
 
 
 def start_run(job: Path) -> subprocess.Popen[str]:
@@ -118,10 +108,11 @@ def commits(output: Path) -> pl.DataFrame:
 
 
 def test_sigkill_at_random_instants_then_resume_gives_every_row_exactly_once(
-    tmp_path: Path, sim_url: str, monkeypatch: pytest.MonkeyPatch
+    ws: Workspace, tmp_path: Path, sim_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rng = random.Random(SEED)
-    job = write_job(tmp_path / "chaos", sim_url)
+    ws.write_input(reviews(ROWS), "chaos/input.parquet")
+    job = ws.job(sim_url, file="chaos/job.toml", **CHAOS_JOB)
     output = tmp_path / "chaos" / "out" / "result.parquet"
     folder = checkpoint_dir(output)
 
@@ -172,7 +163,8 @@ def test_sigkill_at_random_instants_then_resume_gives_every_row_exactly_once(
     assert int(ran[1].replace(",", "")) == ROWS - before  # committed rows were not sent again
 
     # A clean run of the same rows against the same server, in another folder.
-    clean_job = write_job(tmp_path / "clean", sim_url)
+    ws.write_input(reviews(ROWS), "clean/input.parquet")
+    clean_job = ws.job(sim_url, file="clean/job.toml", **CHAOS_JOB)
     monkeypatch.setenv(KEY_ENV, FAKE_KEY)
     assert main(["run", str(clean_job), "-q", "--set", "limits.requests_per_minute=600000"]) == 0
     clean = pl.read_parquet(tmp_path / "clean" / "out" / "result.parquet")

@@ -18,39 +18,20 @@ from batchrun.config.job import load_job
 from batchrun.config.pricing import job_pricer
 from batchrun.engine.lanes import CIRCUIT_ERRORS, Circuit
 from batchrun.sim import RequestRecord, SimConfig, SimServer, start_in_thread
-from tests.conftest import FAKE_KEY, Workspace, busiest, reviews, toml_value
+from tests.conftest import FAKE_KEY, Workspace, busiest, reviews
 from tests.simproc import SimProcess
 
 OTHER_KEY = "sk-other-CANARY-9876543210fedcba"
 
 
-def write_job(ws: Workspace, endpoints: list[dict[str, Any]], **top: Any) -> Path:
-    """A job file with `[[endpoints]]` entries (each a dict) and optional top-level keys,
-    [limits] and other sections given as dicts."""
-    sections = {
-        "input": {"path": "input.parquet", "id_column": "id"},
-        "prompt": {
-            "system": "Label the review as positive, negative or neutral.",
-            "user": "Review: {text}",
-        },
-        "request": {"model": "gpt-4o-mini", "temperature": 0, "max_tokens": 8},
-        "limits": {"max_attempts": 4, "quota_wait_s": 1},
-        "output": {"path": "out/result.parquet"},
-    }
-    plain = {k: v for k, v in top.items() if not isinstance(v, dict)}
-    for name, values in top.items():
-        if isinstance(values, dict):
-            sections[name] = {**sections.get(name, {}), **values}
-    lines = [f"{k} = {toml_value(v)}" for k, v in plain.items()]
-    for name, table in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
-    for entry in endpoints:
-        lines.append("[[endpoints]]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in entry.items()]
-    path = ws.root / "job.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+# What every [[endpoints]] job here has beyond the workspace's job (`Workspace.job`): rows
+# known by id, a second's wait on a quota that ran out, and no name; each entry sets its
+# own pace, so [limits] sets none.
+POOLED: dict[str, Any] = {
+    "name": None,
+    "input": {"id_column": "id"},
+    "limits": {"requests_per_minute": None, "concurrency": None, "quota_wait_s": 1},
+}
 
 
 def entry(name: str, server: SimServer | SimProcess, **values: Any) -> dict[str, Any]:
@@ -87,7 +68,7 @@ def test_a_bad_key_takes_its_endpoint_out_and_the_others_answer_every_row(
 ) -> None:
     ws.write_input(reviews(60))
     with sims(SimConfig(api_key=OTHER_KEY), SimConfig()) as (bad, good):
-        job = write_job(ws, [entry("first", bad), entry("second", good)])
+        job = ws.job(base=POOLED, endpoints=[entry("first", bad), entry("second", good)])
         result = ws.run("run", str(job), "--quiet")
     assert result.code == 0, result.err
     out = check_all_ok_once(ws, 60)
@@ -104,9 +85,9 @@ def test_a_quota_that_runs_out_mid_run_pauses_its_endpoint_and_the_job_finishes(
     ws.write_input(reviews(120))
     slow = SimConfig(latency_ms=20, quota_window=(0.2, 1e9))
     with sims(slow, SimConfig(latency_ms=20)) as (thin, wide):
-        job = write_job(
-            ws,
-            [
+        job = ws.job(
+            base=POOLED,
+            endpoints=[
                 entry("thin", thin, requests_per_minute=3000, concurrency=4),
                 entry("wide", wide, requests_per_minute=3000, concurrency=4),
             ],
@@ -131,9 +112,9 @@ def test_a_quota_that_never_returns_holds_no_row_while_another_endpoint_serves(
     when that one has answered every row (5 s at its pace), not when the wait is over."""
     ws.write_input(reviews(100))
     with sims(SimConfig(quota_window=(0, 1e9)), SimConfig()) as (broke, good):
-        job = write_job(
-            ws,
-            [
+        job = ws.job(
+            base=POOLED,
+            endpoints=[
                 entry("broke", broke, concurrency=2),
                 entry("good", good, requests_per_minute=1200, concurrency=4),
             ],
@@ -166,9 +147,9 @@ def test_an_endpoint_paused_when_the_run_stops_is_reported_paused(ws: Workspace)
     on the pause, and the report still says the endpoint was paused, not serving."""
     ws.write_input(reviews(400))
     with sims(SimConfig(quota_window=(0, 1e9)), SimConfig()) as (broke, good):
-        job = write_job(
-            ws,
-            [entry("broke", broke, concurrency=2), entry("good", good, concurrency=4)],
+        job = ws.job(
+            base=POOLED,
+            endpoints=[entry("broke", broke, concurrency=2), entry("good", good, concurrency=4)],
             limits={"quota_wait_s": 60},
             cost={"budget_usd": 0.0005},
         )
@@ -191,9 +172,9 @@ def test_the_failed_attempts_say_quota_exhausted_bad_key_or_rate_limited(ws: Wor
         SimConfig(faults={"rate_limit": 0.1}, seed=5),  # 429 rate_limit_exceeded
     )
     with sims(*configs) as (revoked, broke, bcwhkj, busy):
-        job = write_job(
-            ws,
-            [
+        job = ws.job(
+            base=POOLED,
+            endpoints=[
                 entry("revoked", revoked, concurrency=2),
                 entry("broke", broke, concurrency=2),
                 entry("bcwhkj", bcwhkj, preset="bcwhkj", concurrency=2),
@@ -239,7 +220,7 @@ def test_an_endpoints_note_from_before_the_quota_and_key_kinds_still_reads(
     endpoint's state was kept) reads as it is: its kinds are shown as they were counted."""
     ws.write_input(reviews(20))
     with sims(SimConfig(), SimConfig()) as (first, second):
-        job = write_job(ws, [entry("first", first), entry("second", second)])
+        job = ws.job(base=POOLED, endpoints=[entry("first", first), entry("second", second)])
         assert ws.run("run", str(job), "--quiet").code == 0
     old = {
         "requests": 30,
@@ -269,7 +250,9 @@ def test_a_502_storm_opens_the_circuit_and_the_rows_go_elsewhere(ws: Workspace) 
     ws.write_input(reviews(80))
     storm = SimConfig(faults={"cf_bad_gateway": 1.0})
     with sims(storm, SimConfig()) as (bad, good):
-        job = write_job(ws, [entry("stormy", bad, concurrency=2), entry("calm", good)])
+        job = ws.job(
+            base=POOLED, endpoints=[entry("stormy", bad, concurrency=2), entry("calm", good)]
+        )
         result = ws.run("run", str(job), "--quiet")
     assert result.code == 0, result.err
     out = check_all_ok_once(ws, 80)
@@ -293,9 +276,9 @@ def test_when_every_endpoint_is_out_the_run_stops_with_exit_3_naming_each(
         b,
         c,
     ):
-        job = write_job(
-            ws,
-            [
+        job = ws.job(
+            base=POOLED,
+            endpoints=[
                 entry("keyless", a),
                 entry("revoked", b, api_key_env="BATCHRUN_SECOND_KEY"),
                 entry("broke", c),
@@ -318,16 +301,19 @@ def test_when_every_endpoint_is_out_the_run_stops_with_exit_3_naming_each(
 def test_a_resume_after_adding_an_endpoint_sends_only_the_pending_rows(ws: Workspace) -> None:
     ws.write_input(reviews(50))
     with sims(SimConfig(), SimConfig()) as (a, b):
-        job = write_job(ws, [entry("a", a)])
+        job = ws.job(base=POOLED, endpoints=[entry("a", a)])
         assert ws.run("run", str(job), "--quiet", "--limit", "20").code == 0
         assert len(a.requests) == 20
-        job = write_job(ws, [entry("a", a, concurrency=1), entry("b", b, model="gpt-4o-mini")])
+        job = ws.job(
+            base=POOLED,
+            endpoints=[entry("a", a, concurrency=1), entry("b", b, model="gpt-4o-mini")],
+        )
         result = ws.run("run", str(job), "--quiet")
         assert result.code == 0, result.err
         assert len(a.requests) + len(b.requests) == 50  # the 30 pending, once each
         assert len(b.requests) > 0
         # Removing one again re-asks nothing: the endpoint is not part of a row's identity.
-        job = write_job(ws, [entry("b", b)])
+        job = ws.job(base=POOLED, endpoints=[entry("b", b)])
         assert ws.run("run", str(job), "--quiet").code == 0
         assert len(a.requests) + len(b.requests) == 50
     out = check_all_ok_once(ws, 50)
@@ -337,9 +323,9 @@ def test_a_resume_after_adding_an_endpoint_sends_only_the_pending_rows(ws: Works
 def test_each_row_costs_what_its_endpoint_charges(ws: Workspace) -> None:
     ws.write_input(reviews(60))
     with sims(SimConfig(dialect="bcwhkj"), SimConfig()) as (cheap, full):
-        job = write_job(
-            ws,
-            [
+        job = ws.job(
+            base=POOLED,
+            endpoints=[
                 entry("cheap", cheap, preset="bcwhkj", concurrency=2, requests_per_minute=1200),
                 entry("full", full, preset="openai"),
             ],
@@ -362,9 +348,9 @@ def test_each_row_costs_what_its_endpoint_charges(ws: Workspace) -> None:
 def test_spread_shares_rows_in_proportion_to_the_endpoints_limits(ws: Workspace) -> None:
     ws.write_input(reviews(90))
     with SimProcess() as fast, SimProcess() as slow:
-        job = write_job(
-            ws,
-            [
+        job = ws.job(
+            base=POOLED,
+            endpoints=[
                 entry("fast", fast, requests_per_minute=2400, concurrency=16),
                 entry("slow", slow, requests_per_minute=1200, concurrency=16),
             ],
@@ -384,12 +370,16 @@ def test_priority_gives_the_first_endpoint_all_it_can_take(ws: Workspace) -> Non
     second takes the overflow."""
     ws.write_input(reviews(40))
     with sims(SimConfig(), SimConfig()) as (first, second):
-        job = write_job(ws, [entry("first", first, concurrency=64), entry("second", second)])
+        job = ws.job(
+            base=POOLED, endpoints=[entry("first", first, concurrency=64), entry("second", second)]
+        )
         assert ws.run("run", str(job), "--quiet").code == 0
         assert set(check_all_ok_once(ws, 40)["endpoint"]) == {"first"}
         assert not second.requests
     with sims(SimConfig(latency_ms=50), SimConfig(latency_ms=50)) as (first, second):
-        job = write_job(ws, [entry("first", first, concurrency=2), entry("second", second)])
+        job = ws.job(
+            base=POOLED, endpoints=[entry("first", first, concurrency=2), entry("second", second)]
+        )
         assert ws.run("run", str(job), "--quiet", "--fresh").code == 0
         counts = dict(check_all_ok_once(ws, 40).group_by("endpoint").len().iter_rows())
         assert counts["second"] > 0 and max(r.t for r in first.requests) > min(
@@ -435,7 +425,7 @@ def test_a_wrong_endpoints_list_is_an_error_before_any_request(
     with sims(SimConfig()) as (server,):
         for e in endpoints:
             e.setdefault("base_url", server.base_url)
-        result = ws.run("run", str(write_job(ws, endpoints)), "--quiet")
+        result = ws.run("run", str(ws.job(base=POOLED, endpoints=endpoints)), "--quiet")
         assert result.code == 2 and said in result.err, result.err
         assert not server.requests
 
@@ -445,7 +435,9 @@ def test_a_missing_key_variable_of_any_endpoint_is_an_error_before_any_request(
 ) -> None:
     ws.write_input(reviews(5))
     with sims(SimConfig(), SimConfig()) as (a, b):
-        job = write_job(ws, [entry("a", a), entry("b", b, api_key_env="BATCHRUN_UNSET_KEY")])
+        job = ws.job(
+            base=POOLED, endpoints=[entry("a", a), entry("b", b, api_key_env="BATCHRUN_UNSET_KEY")]
+        )
         result = ws.run("run", str(job), "--quiet")
         assert result.code == 2, result.err
         assert "BATCHRUN_UNSET_KEY of endpoint 'b' is not set" in result.err
@@ -454,7 +446,9 @@ def test_a_missing_key_variable_of_any_endpoint_is_an_error_before_any_request(
 
 def test_endpoint_and_endpoints_together_are_an_error(ws: Workspace) -> None:
     ws.write_input(reviews(5))
-    path = write_job(ws, [{"name": "a", "base_url": "sim"}], endpoint={"base_url": "sim"})
+    path = ws.job(
+        base=POOLED, endpoints=[{"name": "a", "base_url": "sim"}], endpoint={"base_url": "sim"}
+    )
     result = ws.run("run", str(path), "--quiet")
     assert result.code == 2 and "either [endpoint] or [[endpoints]]" in result.err
 
@@ -507,9 +501,9 @@ def test_report_status_and_estimate_show_each_endpoint(ws: Workspace) -> None:
     ws.write_input(reviews(60))
     storm = SimConfig(faults={"server_error": 0.3}, seed=3)
     with sims(storm, SimConfig(dialect="bcwhkj")) as (flaky, cheap):
-        job = write_job(
-            ws,
-            [
+        job = ws.job(
+            base=POOLED,
+            endpoints=[
                 entry("flaky", flaky, concurrency=4, requests_per_minute=1200),
                 entry("cheap", cheap, preset="bcwhkj", concurrency=4, requests_per_minute=1200),
             ],
@@ -559,9 +553,9 @@ def test_export_and_import_batch_name_the_endpoint_they_are_for(ws: Workspace) -
 
     ws.write_input(reviews(30))
     with sims(SimConfig(), SimConfig()) as (a, b):
-        job = write_job(
-            ws,
-            [entry("a", a), entry("b", b, preset="bcwhkj", model="gpt-3.5-turbo")],
+        job = ws.job(
+            base=POOLED,
+            endpoints=[entry("a", a), entry("b", b, preset="bcwhkj", model="gpt-3.5-turbo")],
         )
         folder = ws.root / "batches"
         result = ws.run("export-batch", str(job), str(folder), "--endpoint", "b")
@@ -591,9 +585,9 @@ def test_export_and_import_batch_name_the_endpoint_they_are_for(ws: Workspace) -
 def test_a_429_slows_only_the_endpoint_that_gave_it(ws: Workspace) -> None:
     ws.write_input(reviews(150))
     with sims(SimConfig(rpm_limit=300), SimConfig()) as (tight, roomy):
-        job = write_job(
-            ws,
-            [
+        job = ws.job(
+            base=POOLED,
+            endpoints=[
                 entry("tight", tight, requests_per_minute=3000, concurrency=8),
                 entry("roomy", roomy, requests_per_minute=1200, concurrency=8),
             ],
@@ -614,9 +608,9 @@ def test_a_429_slows_only_the_endpoint_that_gave_it(ws: Workspace) -> None:
 def test_the_budget_holds_across_every_endpoint(ws: Workspace) -> None:
     ws.write_input(reviews(400))
     with sims(SimConfig(), SimConfig()) as (a, b):
-        job = write_job(
-            ws,
-            [entry("a", a, concurrency=4), entry("b", b, concurrency=4)],
+        job = ws.job(
+            base=POOLED,
+            endpoints=[entry("a", a, concurrency=4), entry("b", b, concurrency=4)],
             strategy="spread",
             cost={"budget_usd": 0.0005},
         )
@@ -656,7 +650,7 @@ def test_a_checkpoint_from_before_endpoints_resumes_and_reports(ws: Workspace) -
             table = pq.read_table(path)
             pq.write_table(table.drop_columns(["endpoint"]), path)
         ws.write_input(reviews(45))
-        job = write_job(ws, [entry("a", a), entry("b", b)])
+        job = ws.job(base=POOLED, endpoints=[entry("a", a), entry("b", b)])
         result = ws.run("run", str(job), "--quiet")
         assert result.code == 0, result.err
         assert len(a.requests) + len(b.requests) == 45

@@ -33,16 +33,6 @@ GRACE_S = INTERRUPT_GRACE_S  # how long requests in flight may finish after one 
 INPUT_IDS = reviews(ROWS)["id"].to_list()
 
 
-def write_job(ws: Workspace, latency_ms: float, concurrency: int = 8) -> Path:
-    ws.write_input(reviews(ROWS))
-    return ws.job(
-        "sim",
-        input={"id_column": "id"},
-        limits={"requests_per_minute": 600_000, "concurrency": concurrency},
-        sim={"latency_ms": latency_ms},
-    )
-
-
 @contextlib.contextmanager
 def running(*argv: str) -> Iterator[subprocess.Popen[str]]:
     """`batchrun ARGV` in its own process; killed and reaped if the test leaves it running."""
@@ -106,7 +96,13 @@ def resume_to_the_end(ws: Workspace, job: Path, committed_before: int) -> None:
 def test_a_signal_stops_the_run_keeps_finished_rows_and_the_next_run_completes(
     ws: Workspace, sig: signal.Signals
 ) -> None:
-    job = write_job(ws, latency_ms=300)
+    ws.write_input(reviews(ROWS))
+    job = ws.job(
+        "sim",
+        input={"id_column": "id"},
+        limits={"requests_per_minute": 600_000, "concurrency": 8},
+        sim={"latency_ms": 300},
+    )
     with running(*batchrun_run(job)) as proc:
         wait_for_first_commit(ws.output, proc)  # about 1.5 s after the start
         sent = time.monotonic()
@@ -193,7 +189,13 @@ def without_log_lines(err: str) -> str:
 def double_interrupt(tmp_path_factory: pytest.TempPathFactory) -> DoubleInterrupt:
     root = tmp_path_factory.mktemp("double")
     ws = Workspace(root, None)  # type: ignore[arg-type]  # capsys: runs nothing through it
-    job = write_job(ws, latency_ms=SLOWER_THAN_GRACE_MS)
+    ws.write_input(reviews(ROWS))
+    job = ws.job(
+        "sim",
+        input={"id_column": "id"},
+        limits={"requests_per_minute": 600_000, "concurrency": 8},
+        sim={"latency_ms": SLOWER_THAN_GRACE_MS},
+    )
     # An earlier run commits the first rows and writes them out: the output to be kept.
     fast = ["run", str(job), "-q", "--limit", str(PRIOR_ROWS), "--set", "sim.latency_ms=0"]
     with contextlib.redirect_stdout(io.StringIO()):
@@ -259,7 +261,13 @@ def test_a_signal_exits_after_the_grace_even_if_requests_are_still_in_flight(
 ) -> None:
     # Requests take 4 s, longer than the grace (cut to 1 s here to keep the test short).
     grace_s = 1.0
-    job = write_job(ws, latency_ms=4000, concurrency=2)
+    ws.write_input(reviews(ROWS))
+    job = ws.job(
+        "sim",
+        input={"id_column": "id"},
+        limits={"requests_per_minute": 600_000, "concurrency": 2},
+        sim={"latency_ms": 4000},
+    )
     with running(*launched(job, grace_s)) as proc:
         wait_until_sending(proc)
         sent = time.monotonic()
