@@ -494,8 +494,13 @@ def test_batchrun_run_honours_engine_ray_and_engine_local_overrides_it(
     assert out["status"].to_list() == ["ok"] * 300
 
     before, asked = run_desks(), len(sim.requests)
-    again = ws.root / "again.toml"
-    again.write_text(job.read_text().replace("out/result.parquet", "out/again.parquet"))
+    again = ray_job(
+        ws,
+        sim.base_url,
+        file="again.toml",
+        engine={"shard_rows": 100},
+        output={"path": "out/again.parquet"},
+    )
     local = asyncio.run(batchrun.run_async(again, quiet=True, engine="local"))
     assert (local.ok, local.ran) == (300, 300)
     assert run_desks() == before  # no Ray run
