@@ -4,6 +4,8 @@ The simulator serves from its own process, so killing a run does not kill the se
 every kill, every file batchrun left must be readable; at the end, the output must hold every
 input row exactly once with its own answer (the one a clean run gets for that row), no
 committed row may have been sent again, and the kills must not have stopped progress.
+
+Tests `batchrun.checkpoint` and `batchrun.engine` (the local run), through the command.
 """
 
 from __future__ import annotations

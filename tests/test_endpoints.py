@@ -1,5 +1,8 @@
 """Several endpoints in one job (`[[endpoints]]`): through the `batchrun` command against
-loopback simulators, one per endpoint, each misbehaving its own way."""
+loopback simulators, one per endpoint, each misbehaving its own way.
+
+Tests `batchrun.engine` (its lanes, one per endpoint) and `batchrun.config` ([[endpoints]]).
+"""
 
 from __future__ import annotations
 

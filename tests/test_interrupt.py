@@ -4,6 +4,8 @@ Each run signalled here is a real `batchrun run` process with its own embedded s
 (`base_url = "sim"`); the signal goes to that process. The runs before and after it run
 in-process, with the simulator's latency turned down (an endpoint setting, not part of any
 request, so it changes no row's fingerprint).
+
+Tests `batchrun.engine` (the local run's signal handling) and `batchrun.checkpoint`.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ the cluster, exactly once when a worker dies, a bad key and the budget reaching 
 
 Ray starts once for the module (start and stop take seconds), with the test key in its
 environment: workers read the key from their own machine's environment, never from Ray.
+
+Tests `batchrun.ray`.
 """
 
 from __future__ import annotations
