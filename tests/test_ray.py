@@ -370,14 +370,14 @@ def test_a_multi_endpoint_job_holds_each_endpoint_s_own_limit_across_the_cluster
     its own limit over the run and in every second. The simulators run in their own
     processes, so that the driver's work in this one cannot bunch their arrivals."""
     from .simproc import SimProcess
-    from .test_endpoints import assert_within_rate, entry, write_job
+    from .test_endpoints import POOLED, assert_within_rate, entry
 
     limits = {"fast": 1800, "slow": 600}
     with SimProcess() as fast, SimProcess() as slow:
         ws.write_input(reviews(240))
-        job = write_job(
-            ws,
-            [
+        job = ws.job(
+            base=POOLED,
+            endpoints=[
                 entry("fast", fast, requests_per_minute=limits["fast"], concurrency=8),
                 entry("slow", slow, requests_per_minute=limits["slow"], concurrency=8),
             ],
