@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -321,3 +322,18 @@ def listeners(processes: list[Any]) -> list[Listener]:
 def beyond_loopback(processes: list[Any]) -> list[Listener]:
     """The listening sockets of these processes that another machine could reach."""
     return [s for s in listeners(processes) if not s.on_loopback]
+
+
+def ray_cli_env() -> dict[str, str]:
+    """The environment of a `batchrun run` in a process of its own that uses Ray: the test
+    key, no usage stats, and the cluster's token authentication as this process has it (a
+    local `ray.init` earlier in the session turns it on: RAY_AUTH_MODE=token, the token in
+    ~/.ray)."""
+    env = {
+        "BATCHRUN_TEST_KEY": FAKE_KEY,
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    passed = ("HOME", "PYTHONPATH")
+    env.update((k, v) for k, v in os.environ.items() if k.startswith("RAY_AUTH") or k in passed)
+    return env

@@ -40,6 +40,7 @@ from .conftest import (
     latest_results,
     listeners,
     process_tree,
+    ray_cli_env,
     reviews,
 )
 from .s3server import BUCKET, FAKE_KEY_ID, FAKE_SECRET, moto_server
@@ -405,19 +406,6 @@ def test_a_multi_endpoint_job_holds_each_endpoint_s_own_limit_across_the_cluster
 RUN = [sys.executable, "-m", "batchrun.cli", "run"]  # `batchrun run`, in a process of its own
 
 
-def cli_env() -> dict[str, str]:
-    """The environment of a `batchrun run` that starts its own Ray instance."""
-    env = {
-        "BATCHRUN_TEST_KEY": FAKE_KEY,
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    # The machine's Ray token, as the tests' own instance has it (see test_ray_cluster).
-    passed = ("HOME", "PYTHONPATH")
-    env.update((k, v) for k, v in os.environ.items() if k.startswith("RAY_AUTH") or k in passed)
-    return env
-
-
 def test_a_local_ray_instance_listens_on_loopback_only(ws: Workspace) -> None:
     """`batchrun run JOB --engine ray` with no address starts Ray for the run: while its
     workers answer, no process of the run (the batchrun driver, the GCS, the raylet, the
@@ -427,7 +415,7 @@ def test_a_local_ray_instance_listens_on_loopback_only(ws: Workspace) -> None:
         job = ray_job(ws, server.base_url, limits={"concurrency": 4})
         run = subprocess.Popen(
             [*RUN, str(job), "--engine", "ray", "--quiet"],
-            env=cli_env(),
+            env=ray_cli_env(),
             cwd=ws.root,
             stdout=subprocess.PIPE,
             text=True,
@@ -522,7 +510,7 @@ def test_ctrl_c_stops_a_ray_run_of_the_command_which_the_same_command_resumes(
         job = ray_job(ws, server.base_url, limits=limits)
         command = [*RUN, str(job), "--quiet"]
         first = subprocess.Popen(
-            command, env=cli_env(), cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            command, env=ray_cli_env(), cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         folder = ws.output.with_name(ws.output.name + ".checkpoint")
         deadline = time.monotonic() + 120
@@ -535,7 +523,7 @@ def test_ctrl_c_stops_a_ray_run_of_the_command_which_the_same_command_resumes(
         _, err = first.communicate(timeout=120)
         asked = len(server.requests)
         second = subprocess.run(
-            command, env=cli_env(), cwd=ws.root, capture_output=True, text=True, timeout=120
+            command, env=ray_cli_env(), cwd=ws.root, capture_output=True, text=True, timeout=120
         )
         records = server.requests
     assert first.returncode == 130, err

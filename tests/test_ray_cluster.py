@@ -34,6 +34,7 @@ from .conftest import (
     beyond_loopback,
     latest_results,
     process_tree,
+    ray_cli_env,
     reviews,
 )
 from .s3server import BUCKET, FAKE_KEY_ID, FAKE_SECRET, moto_server
@@ -266,16 +267,7 @@ def test_a_driver_killed_and_run_again_ends_with_every_row_once(
                 pass
 
         job_path = ws.job(server.base_url, engine=engine, limits=LIMITS, **sections)
-        env = {
-            "BATCHRUN_TEST_KEY": FAKE_KEY,
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "RAY_USAGE_STATS_ENABLED": "0",
-            **S3_CREDENTIALS,
-        }
-        # The cluster's token authentication, as this process has it (a local `ray.init`
-        # earlier in the session turns it on: RAY_AUTH_MODE=token, the token in ~/.ray).
-        passed = ("HOME", "PYTHONPATH")
-        env.update((k, v) for k, v in os.environ.items() if k.startswith("RAY_AUTH") or k in passed)
+        env = {**ray_cli_env(), **S3_CREDENTIALS}
         command = [sys.executable, "-m", "batchrun.cli", "run", str(job_path), "--quiet"]
         log = ws.root / "first.log"
         with log.open("wb") as sink:
