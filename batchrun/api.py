@@ -22,19 +22,18 @@ import contextlib
 import os
 import sys
 import tempfile
-import threading
-from collections.abc import Callable, Coroutine, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .engine.interrupts import RouteInterrupts, block_on
 from .errors import InputError, JobError, UserError
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from .engine.local import RouteInterrupts, RunSummary
+    from .engine.lifecycle import RunSummary
     from .rows.plan import RunOptions
 
 T = TypeVar("T")
@@ -111,7 +110,7 @@ def run(
     options = _run_options(limit, fresh, retry_failed, quiet)
     values = _override_values(overrides, keys)
     environ = os.environ
-    return _block_on(
+    return block_on(
         lambda interrupts: _run_job(job_path, options, values, environ, engine, interrupts)
     )
 
@@ -389,65 +388,6 @@ def _with_results(frame: FrameT, results: pl.DataFrame) -> FrameT:
     return combined
 
 
-# -- the sync edge ------------------------------------------------------------------------------
-
-
-def _block_on(start: Callable[[RouteInterrupts | None], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine to its end from sync code, whether or not a loop runs in this thread."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(start(None))  # the engine hears Ctrl-C through signal handlers
-    relay = _InterruptRelay()
-    with ThreadPoolExecutor(1, thread_name_prefix="batchrun-api") as pool:
-        future = pool.submit(asyncio.run, start(relay.route))
-        while True:
-            try:
-                return future.result()
-            except KeyboardInterrupt:
-                if future.done():
-                    raise
-                relay.interrupt()  # the run stops as on Ctrl-C, keeps its rows, and raises
-
-
-class _InterruptRelay:
-    """Carries a Ctrl-C from the waiting thread to a run on a loop in a worker thread.
-
-    The signal only reaches the main thread, as a KeyboardInterrupt where it waits; no
-    handler can be installed on the worker's loop. An interrupt before the run is ready to
-    hear it is held, and handed over as soon as it is.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()  # guards both fields below
-        # The run's loop and interrupt handler while it listens; None before and after.
-        self._target: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
-        self._held = 0  # interrupts that came before the run listened
-
-    @contextlib.contextmanager
-    def route(self, handler: Callable[[], None]) -> Iterator[None]:
-        """Hand interrupts to `handler`, on the running loop, while the block lasts."""
-        with self._lock:
-            self._target = (asyncio.get_running_loop(), handler)
-            held, self._held = self._held, 0
-        for _ in range(held):
-            handler()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._target = None
-
-    def interrupt(self) -> None:
-        """One Ctrl-C, from any thread."""
-        with self._lock:
-            if self._target is None:
-                self._held += 1
-                return
-            loop, handler = self._target
-        loop.call_soon_threadsafe(handler)
-
-
 def map(  # the builtin is shadowed in this module on purpose: batchrun.map is the name
     frame: FrameT,
     *,
@@ -483,6 +423,6 @@ def map(  # the builtin is shadowed in this module on purpose: batchrun.map is t
         prompt, model, system, endpoint, api_key_env, request, id_column, parse, eval, sim
     )
     environ = os.environ
-    return _block_on(
+    return block_on(
         lambda interrupts: _map_frame(frame, tree, limits, checkpoint, quiet, environ, interrupts)
     )

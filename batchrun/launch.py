@@ -18,7 +18,8 @@ from .errors import UserError
 
 if TYPE_CHECKING:
     from .config.job import Job
-    from .engine.local import RouteInterrupts, RunSummary
+    from .engine.interrupts import RouteInterrupts
+    from .engine.lifecycle import RunSummary
     from .rows.plan import RunOptions
 
 ENGINES = ("local", "ray")  # the values of [engine] kind, --engine and engine=

@@ -18,7 +18,8 @@ import pytest
 from batchrun.checkpoint.folder import Checkpoint
 from batchrun.cli import main
 from batchrun.config.job import load_job
-from batchrun.engine.local import RunSummary, run
+from batchrun.engine.lifecycle import RunSummary
+from batchrun.engine.local import run
 from batchrun.rows.plan import RunOptions
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 

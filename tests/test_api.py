@@ -25,7 +25,7 @@ import pytest
 
 import batchrun
 from batchrun import api
-from batchrun.api import _InterruptRelay
+from batchrun.engine.interrupts import InterruptRelay
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
 from .conftest import FAKE_KEY, Workspace, reviews
@@ -278,7 +278,7 @@ def test_an_interrupt_before_the_run_listens_is_held_for_it() -> None:
     heard: list[str] = []
 
     async def main() -> None:
-        relay = _InterruptRelay()
+        relay = InterruptRelay()
         relay.interrupt()  # while the input is still being written, say
         with relay.route(lambda: heard.append("early")):
             assert heard == ["early"]

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import math
 import random
-import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +32,7 @@ from typing import Any
 
 import polars as pl
 
-from ..checkpoint.folder import ENDPOINTS_NOTE, GATEWAY_NOTE, Checkpoint, checkpoint_dir, save_note
+from ..checkpoint.folder import Checkpoint
 from ..config.job import Job
 from ..config.pricing import Budget, SharedBudget, job_pricer
 from ..core import sizes
@@ -51,7 +49,6 @@ from ..errors import (
     BudgetReached,
     DiskFull,
     Interrupted,
-    JobError,
     NoEndpoint,
     QuotaExhausted,
     RunStopped,
@@ -61,18 +58,28 @@ from ..errors import (
 from ..protocol.outcome import Action, Outcome, classify, classify_failure, classify_stream
 from ..protocol.wire import Reply, TransportFailure, Wire
 from ..rows import sink
-from ..rows.anchor import anchor
 from ..rows.asking import Item, plus_cost
-from ..rows.plan import Plan, RunOptions, answered, fresh, plan_run, settles, with_prior
+from ..rows.plan import Plan, RunOptions, answered, fresh, settles, with_prior
 from ..rows.render import Rendered
 from ..rows.results import counted_usage, failure_result, success_result
 from ..rows.source import Source
 from ..storage.nofile import fitting_concurrency
 from ..storage.space import RETRY_S, SpaceGate, disk_full, store_backoff, what_is_full
 from ..storage.store import S3Error
+from . import lifecycle
+from .interrupts import RouteInterrupts
 from .lanes import CIRCUIT_ERRORS, Circuit, Lane, Pool
+from .lifecycle import (
+    Answered,
+    OpenRun,
+    RunSummary,
+    allowed_rpm,
+    concurrency_of,
+    with_concurrency,
+)
 from .pacing import Pacer, Sleep
 from .retry import QuotaGate, RetryPolicy
+from .stops import output_words, store_cause, store_sentence, with_uncommitted
 
 log = logging.getLogger("batchrun")
 
@@ -81,33 +88,6 @@ INTERRUPT_GRACE_S = 5.0  # how long requests in flight may finish after Ctrl-C
 RATE_LIMIT_COOL_DOWN_S = 2.0  # the shared pause after a 429 that names no Retry-After
 SYSTEMATIC_ROWS = 10  # this many first rows failing alike stop the run
 SYSTEMATIC_ERRORS = frozenset({"invalid_request", "model_not_found"})
-
-# Given the run's interrupt handler, routes Ctrl-C to it for as long as the block lasts. The
-# default installs signal handlers (main thread only); batchrun's Python API, running the
-# engine on a loop in a worker thread, relays the KeyboardInterrupt its waiting thread gets.
-RouteInterrupts = Callable[[Callable[[], None]], contextlib.AbstractContextManager[None]]
-
-
-@dataclass
-class RunSummary:
-    """Where a run ended."""
-
-    total: int
-    ok: int
-    failed: int
-    pending: int
-    ran: int  # rows finished by this run
-    tokens: int
-    spend: float
-    elapsed_s: float
-    output_path: Path
-    rows_written: int | None  # None: the output was not rewritten (stopped at once, disk full)
-    remapped: int = 0  # responses whose model differs from the requested one
-    stopped: BatchrunError | None = None
-    rate_limited: int = 0  # 429s that were rate limits
-    allowed_rpm: float | None = None  # what got through when they came, a minute
-    workers: Mapping[str, object] | None = None  # a Ray run's: how many, their peak memory
-    not_uploaded: str | None = None  # the S3 URL the output (at output_path) did not reach
 
 
 @dataclass
@@ -128,248 +108,53 @@ async def run(
     rng: random.Random | None = None,
     interrupts: RouteInterrupts | None = None,
 ) -> RunSummary:
-    """Run or resume a job; see the module docstring."""
-    routes = job.routes(environ)
-    plan, keys, checkpoint = open_run(job, options, environ)
-    started = time.monotonic()
-    try:
-        await asyncio.to_thread(realign, job, plan, checkpoint)
-        concurrency, crowded = fitting_concurrency(
-            concurrency_of(job), len(checkpoint.segments()), sim=job.uses_sim
-        )
-        if crowded is not None:
-            job = with_concurrency(job, concurrency)
-        checkpoint.start_merging()
-        with _endpoints(job) as urls:
-            engine = _Engine(
-                job,
-                plan,
-                checkpoint,
-                urls,
-                keys,
-                routes=routes,
-                sleep=sleep,
-                clock=clock,
-                rng=rng or random.Random(),
-            )
-            engine.progress = Progress(
-                plan.total, 0, quiet=options.quiet, interactive=options.interactive
-            )
-            if job.pooled:
-                engine.progress.endpoints = engine.pool.describe
-            for line in [*checkpoint.quarantined, *([crowded] if crowded else [])]:
-                engine.progress.note(line)
-            for lane in engine.pool.lanes:
-                if lane.pricer.price is None:
-                    at = f" at endpoint {lane.name!r}" if job.pooled else ""
-                    engine.progress.note(
-                        f"batchrun: warning: no price is known for model "
-                        f"{lane.pricer.model!r}{at}, so cost_usd will be null; give one in "
-                        f"[cost.prices] to have costs."
-                    )
-            with (interrupts or _signals)(engine.interrupt):
-                try:
-                    await engine.execute(options)
-                finally:
-                    engine.progress.close()
-                written = None
-                checkpoint.stop_merging()
-                if checkpoint.merge_error is not None:
-                    log.warning(
-                        "%s: merging checkpoint segments stopped (%s); they stay as they are",
-                        job.name,
-                        checkpoint.merge_error,
-                    )
-                if isinstance(engine.stop, DiskFull):
-                    engine.stop = engine.disk_full_stop()  # with the answers lost since
-                # A run that lost its lease leaves the output to the run that holds it now.
-                if not engine.hurried and checkpoint.lease_lost is None:
-                    written = await engine.write_output(
-                        functools.partial(
-                            write_job_output, job, plan, checkpoint, options, publish=False
-                        )
-                    )
-                    if written is not None:
-                        await engine.publish_output()
-                engine.settle_stop(written is not None)
-    finally:
-        checkpoint.close()
-    allowed_rpm = None
-    for lane in engine.pool.lanes:
-        lane.pacer.settle()  # a storm the run ended in
-    first = engine.pool.lanes[0]
-    if first.rate_limited and first.pacer.allowed_rps is not None:
-        allowed_rpm = first.pacer.allowed_rps * 60
-        note_gateway(job, checkpoint.folder, allowed_rpm, first.rate_limited)
-    now = engine.clock()
-    note_endpoints(
-        job, checkpoint.folder, {n.name: lane_figures(n, now) for n in engine.pool.lanes}
+    """Run or resume a job on this machine, its rows answered through the direct lanes;
+    see the module docstring and `batchrun.engine.lifecycle`."""
+    make = functools.partial(direct_lanes, sleep=sleep, clock=clock, rng=rng or random.Random())
+    return await lifecycle.run(job, options, environ, make, interrupts=interrupts)
+
+
+def direct_lanes(
+    opened: OpenRun, *, sleep: Sleep, clock: Callable[[], float], rng: random.Random
+) -> _Engine:
+    """The answerer of a local run: the engine over the job's endpoints, with no more
+    requests in flight than the open files allow."""
+    job = opened.job
+    concurrency, crowded = fitting_concurrency(
+        concurrency_of(job), len(opened.checkpoint.segments()), sim=job.uses_sim
     )
-    rows_written = written.rows if written is not None else None
-    if written is not None:
-        # What the output holds is the standing, whatever the feeds had counted when the
-        # run stopped (the one checking finished rows may not have reached them all).
-        engine.final_ok, engine.final_failed = written.ok, written.failed
-    check_complete(job, plan, engine.stop, rows_written)
-    return RunSummary(
-        total=plan.total,
-        ok=engine.final_ok,
-        failed=engine.final_failed,
-        pending=max(plan.total - engine.final_ok - engine.final_failed, 0),
-        ran=engine.counts.ok + engine.counts.failed,
-        tokens=engine.progress.tokens,
-        spend=engine.progress.spend,
-        elapsed_s=time.monotonic() - started,
-        output_path=job.output_path,
-        rows_written=rows_written,
-        remapped=engine.counts.remapped,
-        stopped=engine.stop,
-        rate_limited=engine.rate_limited,
-        allowed_rpm=allowed_rpm,
-        not_uploaded=engine.not_uploaded,
+    if crowded is not None:
+        job = with_concurrency(job, concurrency)
+        opened.progress.note(crowded)
+    engine = _Engine(
+        job,
+        opened.plan,
+        opened.checkpoint,
+        opened.urls,
+        opened.keys,
+        routes=opened.routes,
+        sleep=sleep,
+        clock=clock,
+        rng=rng,
     )
-
-
-def concurrency_of(job: Job) -> int:
-    """Requests the job may have in flight: its endpoints' together."""
-    return sum(e.concurrency for e in job.endpoints)
-
-
-def with_concurrency(job: Job, concurrency: int) -> Job:
-    """The job with `concurrency` requests in flight at most, shared among its endpoints
-    in proportion to theirs (each keeps one)."""
-    wanted = concurrency_of(job)
-    endpoints = tuple(
-        dataclasses.replace(e, concurrency=max(1, e.concurrency * concurrency // wanted))
-        for e in job.endpoints
-    )
-    limits = job.limits.model_copy(update={"concurrency": min(job.limits.concurrency, concurrency)})
-    return dataclasses.replace(job, limits=limits, endpoints=endpoints)
-
-
-def open_run(
-    job: Job, options: RunOptions, environ: Mapping[str, str]
-) -> tuple[Plan, dict[str, Secret | None], Checkpoint]:
-    """What every run does before anything starts: check the job against its input, read
-    every endpoint's key, check the output can be written, and hold the checkpoint."""
-    plan = plan_run(job, options)
-    keys = job.keys(environ)
-    sink.check_writable(job.output_path)
-    checkpoint = Checkpoint(checkpoint_dir(job.output_path), job.checkpoint_remote).open(
-        fresh=options.fresh
-    )
-    sink.remove_temporaries(job.output_path)
-    return plan, keys, checkpoint
-
-
-def realign(job: Job, plan: Plan, checkpoint: Checkpoint) -> None:
-    """Move committed results with their rows where the input's rows moved (`anchor`)."""
-    moved = anchor(checkpoint, plan.source)
-    if moved:
-        log.info("%s: %d committed results moved with their rows in the input", job.name, moved)
-
-
-def check_complete(
-    job: Job, plan: Plan, stop: BatchrunError | None, rows_written: int | None
-) -> None:
-    """A run that did not stop has a committed result for every row, so the output must
-    hold them all: say so loudly rather than exit 0 over a short file."""
-    if stop is None and rows_written != plan.total:
-        raise BatchrunError(
-            f"The output {job.output_url or job.output_path} has {rows_written} rows where "
-            f"{plan.total} were "
-            f"expected, although every row is committed: run the same command again to "
-            f"rewrite it, and please report this."
-        )
-
-
-def write_job_output(
-    job: Job, plan: Plan, checkpoint: Checkpoint, options: RunOptions, *, publish: bool = True
-) -> sink.Written:
-    """The job's output, written from its checkpoint (see `batchrun.rows.sink.write_output`),
-    and (with `publish`) uploaded when it goes to S3."""
-    written = sink.write_output(
-        plan.source,
-        checkpoint,
-        job.output_path,
-        plan.columns,
-        plan.renderer,
-        limit=options.limit,
-        annotator=plan.annotator,
-        metadata=sink.job_metadata(job, plan.total),
-    )
-    if publish:
-        sink.publish(job.output_path, job.output_remote)
-    return written
-
-
-def note_gateway(job: Job, folder: Path, allowed_rpm: float, rate_limited: int) -> None:
-    """Keep what rate the (first) gateway let through when it rate-limited, for `report`."""
-    with contextlib.suppress(OSError):  # a figure, not a result
-        save_note(
-            folder,
-            GATEWAY_NOTE,
-            {
-                "allowed_rpm": allowed_rpm,
-                "rate_limited": rate_limited,
-                "requests_per_minute": job.endpoints[0].requests_per_minute,
-                "at": time.time(),
-            },
-        )
-
-
-def note_endpoints(job: Job, folder: Path, figures: Mapping[str, Mapping[str, Any]]) -> None:
-    """Keep what each endpoint of a job with [[endpoints]] did in its last run (requests,
-    answers, failed attempts by kind, 429s and the rate that got through, why it went out),
-    for `report`."""
-    if not job.pooled:
-        return
-    limits = {e.name: e.requests_per_minute for e in job.endpoints}
-    note = {
-        "endpoints": {
-            name: {**values, "requests_per_minute": limits.get(name)}
-            for name, values in figures.items()
-        },
-        "at": time.time(),
-    }
-    with contextlib.suppress(OSError):  # a figure, not a result
-        save_note(folder, ENDPOINTS_NOTE, note)
+    engine.progress = opened.progress
+    if job.pooled:
+        opened.progress.endpoints = engine.pool.describe
+    return engine
 
 
 def lane_figures(lane: Lane, now: float) -> dict[str, Any]:
     """What one lane did this run, and its state at the end, as `note_endpoints` keeps it."""
-    allowed = lane.pacer.allowed_rps
     return {
         "requests": lane.requests,
         "answers": lane.answers,
         "errors": dict(lane.errors),
         "rate_limited": lane.rate_limited,
-        "allowed_rpm": allowed * 60 if lane.rate_limited and allowed is not None else None,
+        "allowed_rpm": allowed_rpm(lane.rate_limited, lane.pacer.allowed_rps),
         "circuit_opened": lane.circuit.opened,
         "out": lane.out,
         "state": lane.state(now),
     }
-
-
-@contextlib.contextmanager
-def _endpoints(job: Job) -> Iterator[dict[str, str]]:
-    """The base URL of each endpoint by name; for one with `base_url = "sim"`, a simulator
-    started for this run with its own settings."""
-    with contextlib.ExitStack() as stack:
-        urls = {}
-        for endpoint in job.endpoints:
-            if not endpoint.uses_sim:
-                urls[endpoint.name] = endpoint.base_url
-                continue
-            from ..sim import SimConfig, start_in_thread
-
-            try:
-                config = SimConfig(**endpoint.sim)
-            except (TypeError, ValueError) as exc:
-                where = f"[[endpoints]] {endpoint.name!r} sim" if job.pooled else "[sim]"
-                raise JobError(f"{job.path}: {where} {exc}.") from None
-            urls[endpoint.name] = stack.enter_context(start_in_thread(config)).base_url
-        yield urls
 
 
 class _Engine:
@@ -510,6 +295,8 @@ class _Engine:
                 finished.set()
                 await ticker
                 await self._flush()
+        if isinstance(self.stop, DiskFull):
+            self.stop = self.disk_full_stop()  # with the answers lost since
 
     def interrupt(self) -> None:
         """Ctrl-C or SIGTERM: stop starting requests; a second one stops at once."""
@@ -531,6 +318,21 @@ class _Engine:
     def hurried(self) -> bool:
         """Interrupted twice: exit at once, without rewriting the output."""
         return self._interrupts >= 2
+
+    def answered(self) -> Answered:
+        """What this run did, once it stopped answering (see `batchrun.engine.lifecycle`)."""
+        for lane in self.pool.lanes:
+            lane.pacer.settle()  # a storm the run ended in
+        now = self.clock()
+        return Answered(
+            ok=self.final_ok,
+            failed=self.final_failed,
+            ran=self.counts.ok + self.counts.failed,
+            remapped=self.counts.remapped,
+            tokens=self.progress.tokens,
+            spend=self.progress.spend,
+            endpoints={lane.name: lane_figures(lane, now) for lane in self.pool.lanes},
+        )
 
     def _cancel(self) -> None:
         for task in [self._producer, *self._workers]:
@@ -1221,84 +1023,9 @@ class _Engine:
         return text
 
 
-def store_cause(exc: S3Error, waited: bool, what: str, wait_s: float, where: str) -> str:
-    """What S3 did to a `what` ("commit" or "upload") at `where`, in a few words: out of
-    reach for `wait_s` (`waited`), or it refused."""
-    if waited:
-        return (
-            f"S3 could not be reached for {wait_s:g} s (limits.storage_wait_s; the last try: "
-            f"{exc.why})"
-        )
-    if what == "commit":
-        return f"S3 refused a commit to {where} ({exc.why})"
-    return f"S3 refused the output's upload to {where} ({exc.why})"
-
-
-def with_uncommitted(stop: BatchrunError, lost: int, why: str) -> BatchrunError:
-    """`stop`, its sentence saying too that `lost` answers could not be committed."""
-    return type(stop)(
-        f"{stop} But {lost:,} answers could not be committed ({why}): they will be asked "
-        f"(and paid for) again when the run resumes."
-    )
-
-
-def store_sentence(cause: str, lost: int, where: str | None, waited: bool, what: str) -> str:
-    """The sentence of a stop on S3: its `cause`, the `lost` answers not committed, `where`
-    the rows committed so far are (None: not known yet), and what to do."""
-    if lost:
-        kept = (
-            f"{lost:,} answers could not be committed and will be asked (and paid for) "
-            f"again when the run resumes"
-        )
-    else:
-        kept = "every answer of this run is committed"
-    parts = [f"{cause}: {kept}", *([where] if where is not None else [])]
-    fix = (
-        "run the same command again to upload it"
-        if what == "upload" and not lost
-        else "run the same command to resume"
-    )
-    check = (
-        "once S3 answers"
-        if waited
-        else "once the bucket, the credentials and the endpoint are right"
-    )
-    parts.append(f"{fix} {check}")
-    return "; ".join(parts) + "."
-
-
-def output_words(job: Job, written: bool, not_uploaded: str | None) -> str:
-    """Where the rows committed so far can be read, once a run ended."""
-    if not written:
-        return "the output was not rewritten"
-    if not_uploaded is not None:
-        return (
-            f"the rows committed so far are in {job.output_path} (not uploaded to {not_uploaded})"
-        )
-    return f"the output {job.output_url or job.output_path} holds the rows committed so far"
-
-
 def _next_pending(
     batches: Iterator[pl.DataFrame],
     pending: Callable[[pl.DataFrame], tuple[pl.DataFrame | None, int, int]],
 ) -> tuple[pl.DataFrame | None, int, int] | None:
     batch = next(batches, None)
     return None if batch is None else pending(batch)
-
-
-@contextlib.contextmanager
-def _signals(handler: Callable[[], None]) -> Iterator[None]:
-    """Route Ctrl-C and SIGTERM to `handler` for the whole run, output writing included."""
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, handler)
-        except (RuntimeError, ValueError, NotImplementedError):
-            continue  # not the main thread: the caller handles interrupts
-        installed.append(sig)
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)

@@ -35,14 +35,13 @@ import os
 import random
 import resource
 import shutil
-import signal
 import tempfile
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,30 +50,24 @@ from ..config.job import Job, default_cache
 from ..config.pricing import SharedBudget
 from ..core import sizes
 from ..core.progress import Progress
-from ..engine.local import (
-    RouteInterrupts,
+from ..engine import lifecycle
+from ..engine.interrupts import RouteInterrupts, block_on
+from ..engine.lifecycle import (
+    Answered,
+    OpenRun,
     RunSummary,
-    _endpoints,
-    _Engine,
-    _signals,
-    check_complete,
+    allowed_rpm,
     concurrency_of,
-    lane_figures,
-    note_endpoints,
-    note_gateway,
-    open_run,
-    output_words,
-    realign,
-    store_cause,
-    store_sentence,
+    endpoints,
     with_concurrency,
-    with_uncommitted,
     write_job_output,
 )
+from ..engine.local import _Engine, lane_figures
 from ..engine.retry import QuotaGate
+from ..engine.stops import output_words, store_cause, store_sentence, with_uncommitted
 from ..errors import BatchrunError, ClusterLost, Interrupted, StoreFailed, UserError
 from ..rows.plan import Plan, RunOptions, plan_run
-from ..rows.sink import upload_waiting
+from ..rows.sink import Written, upload_waiting
 from ..storage.nofile import fitting_concurrency
 from ..storage.space import store_backoff
 from ..storage.store import Remote, S3Error
@@ -434,7 +427,7 @@ class ChatStage:
         self.desk = open_desk(self.job, desk)
         self.name = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._sim = contextlib.ExitStack()
-        self.urls = self._sim.enter_context(_endpoints(self.job))
+        self.urls = self._sim.enter_context(endpoints(self.job))
 
     async def __call__(self, batch: Any) -> Any:
         # On an event loop of its own (see ShardWorker.run_shard).
@@ -646,23 +639,20 @@ def run(
     environ: Mapping[str, str] | None = None,
     *,
     dataset: Any = None,
-    heard: Interrupts | None = None,
 ) -> Any:
     """Run or resume a job on Ray; see the module docstring. The same summary as a local
-    run, over the whole job (a `RunSummary`).
-
-    Ctrl-C and SIGTERM stop the run as they stop a local one: through `heard`, which the
-    caller feeds from its own handlers, or else through signal handlers set for the run
-    (from the main thread only).
+    run, over the whole job (a `RunSummary`). Ctrl-C and SIGTERM stop the run as they stop
+    a local one (see `batchrun.engine.interrupts.block_on`).
 
     With `dataset` (a Ray Data `Dataset`), returns that dataset with the job's answers
     added by a `ChatStage` pool of `[engine] workers` actors (lazy, as Ray Data is); the
     job's input and output paths are not used."""
-    rt = require_ray()
+    require_ray()
+    environ = os.environ if environ is None else environ
     if not isinstance(job, Job):
         from ..config.job import load_job
 
-        job = load_job(Path(job), environ=os.environ if environ is None else environ)
+        job = load_job(Path(job), environ=environ)
     if dataset is not None:
         import ray.data
 
@@ -675,93 +665,9 @@ def run(
             compute=ray.data.ActorPoolStrategy(size=job.engine.workers),
             num_cpus=job.engine.worker_cpus,
         )
-    options = options or RunOptions()
-    environ = os.environ if environ is None else environ
-    # The key and the route are only checked here: each worker reads them on its own machine.
-    job.routes(environ)
-    plan, _, checkpoint = open_run(job, options, environ)
-    folder = checkpoint.folder
-    started = time.monotonic()
-    progress = Progress(plan.total, 0, quiet=options.quiet, interactive=options.interactive)
-    try:
-        realign(job, plan, checkpoint)
-        for line in checkpoint.quarantined:
-            progress.note(line)
-        checkpoint.start_merging()
-        with _endpoints(job) as urls, connected(job) as rt:
-            figures, stop, hurried = _drive(
-                rt, job, options, plan.total, checkpoint, urls, progress, heard
-            )
-        progress.close()
-        checkpoint.stop_merging()
-        fresh = True  # the copy holds every worker's segments (S3)
-        unread: StoreFailed | None = None  # the driver's own stop: the copy could not be read
-        try:
-            gone = isinstance(stop, StoreFailed)  # the workers waited S3 out already
-            _pull_for_shard(checkpoint, 0.0 if gone else job.limits.storage_wait_s, _DRIVER_PULL)
-        except StoreFailed as exc:
-            fresh = False
-            if stop is None:  # the workers committed every answer: only the output is missing
-                stop = unread = exc
-        written = None
-        failure: S3Error | None = None  # why the output did not reach S3
-        # Else another run holds the job, or the copy may lack rows committed on S3.
-        if not hurried and checkpoint.lease_lost is None and fresh:
-            written = write_job_output(job, plan, checkpoint, options, publish=False)
-            if job.output_remote is not None:
-                # Where the workers waited S3 out already, one try.
-                wait_s = 0.0 if isinstance(stop, StoreFailed) else job.limits.storage_wait_s
-                failure = upload_waiting(job.output_path, job.output_remote, wait_s, progress.note)
-        not_uploaded = job.output_url if failure is not None else None
-        if unread is None:
-            lost_lease = checkpoint.lease_lost is not None
-            stop = _settled(job, stop, figures, written is not None, failure, lost_lease)
-    finally:
-        progress.close()
-        checkpoint.close()
-    allowed_rpm = None
-    first = figures["endpoints"][job.endpoints[0].name]
-    if first["rate_limited"] and first["allowed_rps"] is not None:
-        allowed_rpm = first["allowed_rps"] * 60
-        note_gateway(job, folder, allowed_rpm, first["rate_limited"])
-    note_endpoints(
-        job,
-        folder,
-        {
-            name: {
-                **e["run"],
-                "rate_limited": e["rate_limited"],
-                "allowed_rpm": e["allowed_rps"] * 60
-                if e["rate_limited"] and e["allowed_rps"] is not None
-                else None,
-                "state": e["state"],
-            }
-            for name, e in figures["endpoints"].items()
-        },
-    )
-    check_complete(job, plan, stop, written.rows if written is not None else None)
-    if written is not None:
-        ok, failed = written.ok, written.failed
-    else:
-        ok = figures["settled_ok"] + figures["ok"]
-        failed = figures["settled_failed"] + figures["failed"]
-    return RunSummary(
-        total=plan.total,
-        ok=ok,
-        failed=failed,
-        pending=max(plan.total - ok - failed, 0),
-        ran=figures["ok"] + figures["failed"],
-        tokens=figures["tokens"],
-        spend=figures["spend"],
-        elapsed_s=time.monotonic() - started,
-        output_path=job.output_path,
-        rows_written=written.rows if written is not None else None,
-        remapped=figures["remapped"],
-        stopped=stop,
-        rate_limited=sum(e["rate_limited"] for e in figures["endpoints"].values()),
-        allowed_rpm=allowed_rpm,
-        workers=figures.get("workers"),
-        not_uploaded=not_uploaded,
+    loaded = job
+    return block_on(
+        lambda route: run_async(loaded, options or RunOptions(), environ, interrupts=route)
     )
 
 
@@ -772,18 +678,337 @@ async def run_async(
     *,
     interrupts: RouteInterrupts | None = None,
 ) -> RunSummary:
-    """`run`, awaited: the driver on a worker thread, the caller's loop free meanwhile.
-    Ctrl-C and SIGTERM reach the run through `interrupts` (as the local engine's), or
-    else through the loop's signal handlers; a cancelled await stops the run as Ctrl-C."""
-    heard = Interrupts()
-    with (interrupts or _signals)(heard.hear):
-        driver = asyncio.to_thread(run, job, options, environ, heard=heard)
+    """`run`, awaited: the run's lifecycle (`batchrun.engine.lifecycle`) on the caller's loop,
+    the driver on a worker thread. Ctrl-C and SIGTERM reach the run through `interrupts`
+    (as the local engine's), or else through the loop's signal handlers; a cancelled await
+    stops the run as Ctrl-C. The key and the route are only checked here: each worker reads
+    them on its own machine."""
+    require_ray()
+    return await lifecycle.run(job, options, environ, RayAnswerer, interrupts=interrupts)
+
+
+class RayAnswerer:
+    """A Ray run's answerer (see `batchrun.engine.lifecycle.Answerer`): a driver handing
+    shards to workers on a Ray cluster, run on a worker thread so that the loop stays free
+    to hear interrupts; then the output written from the driver's copy of the checkpoint."""
+
+    def __init__(self, opened: OpenRun) -> None:
+        self.opened = opened
+        self.heard = Interrupts()
+        self.stop: BatchrunError | None = None
+        self.not_uploaded: str | None = None
+        self._figures: dict[str, Any] = {}  # the desk's, once the driver ended
+        self._upload_failure: S3Error | None = None  # why the output did not reach S3
+        self._unread = False  # the stop is the driver's own: it could not read the copy
+
+    @property
+    def hurried(self) -> bool:
+        return self.heard.count >= 2
+
+    def interrupt(self) -> None:
+        self.heard.hear()
+
+    async def execute(self, options: RunOptions) -> None:
+        driving = asyncio.ensure_future(asyncio.to_thread(self._drive))
         try:
-            summary: RunSummary = await driver
+            self._figures, self.stop = await asyncio.shield(driving)
         except asyncio.CancelledError:
-            heard.hear()  # the driver stops its workers, keeps their rows, and shuts down
+            self.heard.hear()  # the driver stops its workers and keeps their rows
+            await asyncio.wait([driving])  # the checkpoint stays held until they stopped
             raise
-    return summary
+
+    def _drive(self) -> tuple[dict[str, Any], BatchrunError | None]:
+        with connected(self.opened.job) as rt:
+            return Driver(rt, self.opened, self.heard).drive()
+
+    async def write_output(self, write: Callable[[], Written]) -> Written | None:
+        return await asyncio.to_thread(self._write_output, write)
+
+    def _write_output(self, write: Callable[[], Written]) -> Written | None:
+        """The output, once the driver's copy of an S3 checkpoint holds every worker's
+        segments; None when the copy could not be read."""
+        job, checkpoint = self.opened.job, self.opened.checkpoint
+        gone = isinstance(self.stop, StoreFailed)  # the workers waited S3 out already
+        try:
+            _pull_for_shard(checkpoint, 0.0 if gone else job.limits.storage_wait_s, _DRIVER_PULL)
+        except StoreFailed as exc:
+            if self.stop is None:  # the workers committed every answer: only the output is missing
+                self.stop, self._unread = exc, True
+            return None
+        return write()
+
+    async def publish_output(self) -> bool:
+        job = self.opened.job
+        if job.output_remote is None:
+            return True
+        # Where the workers waited S3 out already, one try.
+        wait_s = 0.0 if isinstance(self.stop, StoreFailed) else job.limits.storage_wait_s
+        note = self.opened.progress.note
+        failure = await asyncio.to_thread(
+            upload_waiting, job.output_path, job.output_remote, wait_s, note
+        )
+        if failure is None:
+            return True
+        self._upload_failure, self.not_uploaded = failure, job.output_url
+        return False
+
+    def settle_stop(self, written: bool) -> None:
+        if self._unread:
+            return
+        lost_lease = self.opened.checkpoint.lease_lost is not None
+        self.stop = _settled(
+            self.opened.job, self.stop, self._figures, written, self._upload_failure, lost_lease
+        )
+
+    def answered(self) -> Answered:
+        figures = self._figures
+        return Answered(
+            ok=figures["settled_ok"] + figures["ok"],
+            failed=figures["settled_failed"] + figures["failed"],
+            ran=figures["ok"] + figures["failed"],
+            remapped=figures["remapped"],
+            tokens=figures["tokens"],
+            spend=figures["spend"],
+            endpoints={
+                name: {
+                    **e["run"],
+                    "rate_limited": e["rate_limited"],
+                    "allowed_rpm": allowed_rpm(e["rate_limited"], e["allowed_rps"]),
+                    "state": e["state"],
+                }
+                for name, e in figures["endpoints"].items()
+            },
+            workers=figures.get("workers"),
+        )
+
+
+Shard = tuple[int, int, int]  # its number, its first position, the position after its last
+
+
+@dataclass
+class _Schedule:
+    """Where each shard and each worker is, as the driver hands shards out."""
+
+    todo: deque[Shard]  # shards no worker runs now (again at the front where one died)
+    idle: list[int]  # workers (by index) ready for a shard
+    running: dict[Any, tuple[int, Shard]] = field(default_factory=dict)  # a call -> its worker
+    # A call asking a worker Ray restarts whether it is back -> the worker, since when.
+    restarting: dict[Any, tuple[int, float]] = field(default_factory=dict)
+    attempts: dict[int, int] = field(default_factory=dict)  # runs of each shard so far
+
+    def calls(self) -> list[Any]:
+        """The calls the driver waits on."""
+        return [*self.running, *self.restarting]
+
+
+class Driver:
+    """The driver of a Ray run: starts the desk and the workers, hands out the shards until
+    all are done (again where a worker died), shows the progress, pulls the workers'
+    segments from S3 for the merger, watches the checkpoint's lock; ends with the desk's
+    figures and the run's stop (`drive`)."""
+
+    def __init__(self, rt: Any, opened: OpenRun, heard: Interrupts) -> None:
+        self.rt = rt
+        self.job = opened.job
+        self.checkpoint = opened.checkpoint
+        self.progress = opened.progress
+        self.heard = heard
+        self.stop: BatchrunError | None = None
+        self.peaks: dict[int, float] = {}  # each worker process's peak memory, MB
+        self.pulled = time.monotonic()  # when the workers' segments were last pulled from S3
+        self.desk, self.workers = self._start(opened)
+        engine = self.job.engine
+        self.schedule = _Schedule(
+            todo=deque(
+                (i, start, end)
+                for i, (start, end) in enumerate(
+                    shards(opened.plan.total, engine.workers, engine.shard_rows)
+                )
+            ),
+            idle=list(range(len(self.workers))),
+        )
+
+    def _start(self, opened: OpenRun) -> tuple[Any, list[Any]]:
+        """The desk, on the driver's node (the node that holds the checkpoint's lock is the
+        one whose loss ends the run anyway), and the workers."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        rt, job, checkpoint, engine = self.rt, self.job, self.checkpoint, self.job.engine
+        desk_name = f"batchrun-desk-{uuid.uuid4().hex[:12]}"
+        here = NodeAffinitySchedulingStrategy(rt.get_runtime_context().get_node_id(), soft=False)
+        desk = (
+            rt.remote(Desk)
+            .options(name=desk_name, max_restarts=0, num_cpus=0, scheduling_strategy=here)
+            .remote(
+                paces(job),
+                budget_usd=job.cost.budget_usd,
+                spent=checkpoint.spend() if job.cost.budget_usd else 0.0,
+                next_commit=checkpoint.next_commit,
+            )
+        )
+        desk.lease_until.remote(checkpoint.lease_sure_until())
+        self.heard.reach(desk)
+        concurrency = max(1, math.ceil(concurrency_of(job) / engine.workers))
+        worker_class = rt.remote(ShardWorker)
+        workers = [
+            worker_class.options(
+                name=f"{desk_name}-worker-{i}",
+                num_cpus=engine.worker_cpus,
+                max_restarts=-1,
+                max_task_retries=0,
+                max_concurrency=2,
+            ).remote(
+                job,
+                opened.options,
+                opened.plan.total,
+                str(checkpoint.folder),
+                desk_name,
+                opened.urls,
+                concurrency,
+                checkpoint.remote,
+            )
+            for i in range(engine.workers)
+        ]
+        return desk, workers
+
+    def drive(self) -> tuple[dict[str, Any], BatchrunError | None]:
+        """Run every shard, or until the run stops; the desk's figures and the stop."""
+        try:
+            while self.schedule.todo or self.schedule.running:
+                self._hand_out()
+                if self.heard.count >= 2:  # a second Ctrl-C: stop at once, no output
+                    self._stop_on(Interrupted(INTERRUPTED))
+                    break
+                calls = self.schedule.calls()
+                ready, _ = (
+                    self.rt.wait(calls, num_returns=1, timeout=SYNC_S * 2) if calls else ([], [])
+                )
+                self._watch()
+                for call in ready:
+                    if call in self.schedule.restarting:
+                        self._on_restarting(call)
+                    else:
+                        self._on_shard(call)
+                if self.stop is not None and not self.schedule.running:
+                    break
+            _desk_call(self.rt, self.desk.settle)  # a 429 storm the run ended in sets its figures
+            figures = self._totals()
+        finally:
+            self._tear_down()
+        schedule = self.schedule
+        figures["workers"] = {
+            "count": len(self.workers),
+            "peak_rss_mb": sorted(self.peaks.values()),  # of each worker process that ran a shard
+            "requests": figures["requests"],  # starts the workers took
+            "leases": sum(e["leases"] for e in figures["endpoints"].values()),  # calls for them
+            "shards": len(schedule.attempts),
+            "shard_attempts": sum(schedule.attempts.values()),
+        }
+        return figures, self.stop
+
+    def _stop_on(self, stop: BatchrunError) -> None:
+        """The run's stop, unless it has one already."""
+        if self.stop is None:
+            self.stop = stop
+
+    def _hand_out(self) -> None:
+        """A shard to each idle worker, while there are shards and the run goes on."""
+        schedule = self.schedule
+        while schedule.idle and schedule.todo and self.stop is None and self.heard.count == 0:
+            index, shard = schedule.idle.pop(0), schedule.todo.popleft()
+            schedule.attempts[shard[0]] = schedule.attempts.get(shard[0], 0) + 1
+            schedule.running[self.workers[index].run_shard.remote(*shard)] = (index, shard)
+
+    def _totals(self) -> dict[str, Any]:
+        """The desk's figures, shown; a stop a worker told the desk becomes the run's."""
+        figures: dict[str, Any] = _desk_call(self.rt, self.desk.totals)
+        _show(self.progress, figures)
+        if figures["stop"] is not None:
+            self._stop_on(stop_from(*figures["stop"]))
+        return figures
+
+    def _watch(self) -> None:
+        """Each tick: the progress, the workers' segments from S3 (for the merger), the
+        checkpoint's lock (the workers commit only while it is sure)."""
+        self._totals()
+        checkpoint = self.checkpoint
+        if checkpoint.remote is not None and time.monotonic() >= self.pulled + PULL_S:
+            try:
+                checkpoint.refresh()
+            except OSError as exc:  # S3 not answering for now: the next tick tries again
+                log.warning("pulling the checkpoint from S3 failed (%s)", _first_line(exc))
+            self.pulled = time.monotonic()
+        self.desk.lease_until.remote(checkpoint.lease_sure_until())
+        if checkpoint.lease_lost is not None and self.stop is None:
+            self.stop = checkpoint.lease_lost  # another run took the job over: every worker stops
+            self.desk.halt.remote(type(self.stop).__name__, str(self.stop))
+
+    def _on_restarting(self, call: Any) -> None:
+        """A worker Ray was restarting answered: back (idle again), or not yet."""
+        schedule = self.schedule
+        index, since = schedule.restarting.pop(call)
+        try:
+            self.rt.get(call)
+        except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+            if time.monotonic() - since > RESTART_WAIT_S:
+                raise ClusterLost(
+                    f"A worker of the run could not be restarted within "
+                    f"{RESTART_WAIT_S:g} s ({_first_line(exc)}): the cluster may "
+                    f"lack room for it; run the same command to resume."
+                ) from None
+            time.sleep(SYNC_S)
+            schedule.restarting[self.workers[index].pid.remote()] = (index, since)
+            return
+        schedule.idle.append(index)
+
+    def _on_shard(self, call: Any) -> None:
+        """A shard ended: done (its worker idle again), or its worker lost (the shard to
+        the next worker that is up), or a failure that ends the run."""
+        schedule = self.schedule
+        index, shard = schedule.running.pop(call)
+        try:
+            done: ShardDone = self.rt.get(call)
+        except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+            # A worker is given work only once it answers (see `restarting`), so each of
+            # these is a worker lost while it ran the shard.
+            if schedule.attempts[shard[0]] >= MAX_SHARD_ATTEMPTS:
+                raise ClusterLost(
+                    f"The workers running rows {shard[1]:,} to {shard[2]:,} died "
+                    f"{MAX_SHARD_ATTEMPTS} times ({_first_line(exc)}): look at the Ray "
+                    f"cluster's logs, then run the same command to resume."
+                ) from None
+            log.warning("a worker died on rows %d to %d; running them again", *shard[1:])
+            schedule.todo.appendleft(shard)
+            # Ray restarts the actor behind the same handle: it takes work again once it
+            # answers.
+            schedule.restarting[self.workers[index].pid.remote()] = (index, time.monotonic())
+            return
+        except RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, BaseException) else None
+            if isinstance(cause, BatchrunError):
+                raise cause from None
+            what = f"{type(cause).__name__}: {_first_line(cause)}" if cause else ""
+            raise BatchrunError(
+                f"A worker failed on rows {shard[1]:,} to {shard[2]:,} ({what or exc}): "
+                f"every committed row is kept; run the same command to resume, and "
+                f"please report this if it happens again."
+            ) from None
+        self.peaks[done.pid] = max(self.peaks.get(done.pid, 0.0), done.peak_rss_mb)
+        if done.stop is not None:
+            self._stop_on(stop_from(*done.stop))
+        schedule.idle.append(index)
+
+    def _tear_down(self) -> None:
+        """However the run ended: no worker may go on sending, or committing into a folder
+        the driver is about to unlock."""
+        rt, desk, workers = self.rt, self.desk, self.workers
+        with contextlib.suppress(Exception):
+            desk.halt.remote("Interrupted", INTERRUPTED)
+            if self.checkpoint.remote is not None:  # their copies of the checkpoint
+                rt.wait([w.release.remote() for w in workers], num_returns=len(workers), timeout=10)
+            for worker in workers:
+                rt.kill(worker, no_restart=True)
+            rt.kill(desk)
 
 
 class Interrupts:
@@ -852,183 +1077,6 @@ def _settled(
     return stop
 
 
-def _drive(
-    rt: Any,
-    job: Job,
-    options: RunOptions,
-    total: int,
-    checkpoint: Checkpoint,
-    urls: Mapping[str, str],
-    progress: Progress,
-    heard: Interrupts | None = None,
-) -> tuple[dict[str, Any], BatchrunError | None, bool]:
-    """Start the desk and the workers, hand out the shards until all are done (again where
-    a worker died), show the progress; returns the desk's figures and the run's stop.
-    Without `heard`, Ctrl-C and SIGTERM are heard through signal handlers set meanwhile."""
-    engine = job.engine
-    desk_name = f"batchrun-desk-{uuid.uuid4().hex[:12]}"
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    # On the driver's node: the node that holds the checkpoint's lock is the one whose loss
-    # ends the run anyway.
-    here = NodeAffinitySchedulingStrategy(rt.get_runtime_context().get_node_id(), soft=False)
-    desk = (
-        rt.remote(Desk)
-        .options(name=desk_name, max_restarts=0, num_cpus=0, scheduling_strategy=here)
-        .remote(
-            paces(job),
-            budget_usd=job.cost.budget_usd,
-            spent=checkpoint.spend() if job.cost.budget_usd else 0.0,
-            next_commit=checkpoint.next_commit,
-        )
-    )
-    desk.lease_until.remote(checkpoint.lease_sure_until())
-    concurrency = max(1, math.ceil(concurrency_of(job) / engine.workers))
-    worker_class = rt.remote(ShardWorker)
-    workers = [
-        worker_class.options(
-            name=f"{desk_name}-worker-{i}",
-            num_cpus=engine.worker_cpus,
-            max_restarts=-1,
-            max_task_retries=0,
-            max_concurrency=2,
-        ).remote(
-            job,
-            options,
-            total,
-            str(checkpoint.folder),
-            desk_name,
-            urls,
-            concurrency,
-            checkpoint.remote,
-        )
-        for i in range(engine.workers)
-    ]
-    todo: deque[tuple[int, int, int]] = deque(
-        (i, start, end)
-        for i, (start, end) in enumerate(shards(total, engine.workers, engine.shard_rows))
-    )
-    attempts: dict[int, int] = {}
-    running: dict[Any, tuple[int, tuple[int, int, int]]] = {}
-    restarting: dict[Any, tuple[int, float]] = {}  # a ready call -> (worker, since when)
-    idle = list(range(len(workers)))
-    stop: BatchrunError | None = None
-    peaks: dict[int, float] = {}
-    pulled = time.monotonic()  # when the workers' segments were last pulled from S3
-
-    previous = None  # the signal handlers before the run's, if it sets its own
-    if heard is None:
-        heard = Interrupts()
-        previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-        _route(heard.hear, heard.hear)
-    heard.reach(desk)
-    try:
-        while todo or running:
-            while idle and todo and stop is None and heard.count == 0:
-                index, shard = idle.pop(0), todo.popleft()
-                attempts[shard[0]] = attempts.get(shard[0], 0) + 1
-                running[workers[index].run_shard.remote(*shard)] = (index, shard)
-            if heard.count >= 2:  # a second Ctrl-C: stop at once, the output not rewritten
-                stop = Interrupted(INTERRUPTED)
-                break
-            waiting = [*running, *restarting]
-            ready, _ = rt.wait(waiting, num_returns=1, timeout=SYNC_S * 2) if waiting else ([], [])
-            figures = _desk_call(rt, desk.totals)
-            _show(progress, figures)
-            if figures["stop"] is not None and stop is None:
-                stop = stop_from(*figures["stop"])
-            if checkpoint.remote is not None and time.monotonic() >= pulled + PULL_S:
-                try:
-                    checkpoint.refresh()  # the workers' segments, for the merger
-                except OSError as exc:  # S3 not answering for now: the next tick tries again
-                    log.warning("pulling the checkpoint from S3 failed (%s)", _first_line(exc))
-                pulled = time.monotonic()
-            desk.lease_until.remote(checkpoint.lease_sure_until())  # for the workers' commits
-            if checkpoint.lease_lost is not None and stop is None:
-                stop = checkpoint.lease_lost  # another run took the job over: every worker stops
-                desk.halt.remote(type(stop).__name__, str(stop))
-            for ref in ready:
-                if ref in restarting:  # a worker Ray was restarting: back, or not yet
-                    index, since = restarting.pop(ref)
-                    try:
-                        rt.get(ref)
-                    except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
-                        if time.monotonic() - since > RESTART_WAIT_S:
-                            raise ClusterLost(
-                                f"A worker of the run could not be restarted within "
-                                f"{RESTART_WAIT_S:g} s ({_first_line(exc)}): the cluster may "
-                                f"lack room for it; run the same command to resume."
-                            ) from None
-                        time.sleep(SYNC_S)
-                        restarting[workers[index].pid.remote()] = (index, since)
-                        continue
-                    idle.append(index)
-                    continue
-                index, shard = running.pop(ref)
-                try:
-                    done: ShardDone = rt.get(ref)
-                except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
-                    # A worker is given work only once it answers (see `restarting`), so
-                    # each of these is a worker lost while it ran the shard.
-                    if attempts[shard[0]] >= MAX_SHARD_ATTEMPTS:
-                        raise ClusterLost(
-                            f"The workers running rows {shard[1]:,} to {shard[2]:,} died "
-                            f"{MAX_SHARD_ATTEMPTS} times ({_first_line(exc)}): look at the Ray "
-                            f"cluster's logs, then run the same command to resume."
-                        ) from None
-                    else:
-                        log.warning(
-                            "a worker died on rows %d to %d; running them again", *shard[1:]
-                        )
-                    todo.appendleft(shard)  # to the next worker that is up
-                    # Ray restarts the actor behind the same handle: it takes work again
-                    # once it answers.
-                    restarting[workers[index].pid.remote()] = (index, time.monotonic())
-                    continue
-                except RayTaskError as exc:
-                    cause = exc.cause if isinstance(exc.cause, BaseException) else None
-                    if isinstance(cause, BatchrunError):
-                        raise cause from None
-                    what = f"{type(cause).__name__}: {_first_line(cause)}" if cause else ""
-                    raise BatchrunError(
-                        f"A worker failed on rows {shard[1]:,} to {shard[2]:,} ({what or exc}): "
-                        f"every committed row is kept; run the same command to resume, and "
-                        f"please report this if it happens again."
-                    ) from None
-                peaks[done.pid] = max(peaks.get(done.pid, 0.0), done.peak_rss_mb)
-                if done.stop is not None and stop is None:
-                    stop = stop_from(*done.stop)
-                idle.append(index)
-            if stop is not None and not running:
-                break
-        _desk_call(rt, desk.settle)  # a 429 storm the run ended in sets its figures
-        figures = _desk_call(rt, desk.totals)
-        _show(progress, figures)
-        if figures["stop"] is not None and stop is None:
-            stop = stop_from(*figures["stop"])
-    finally:
-        if previous is not None:
-            _route(*previous)
-        # However the run ended: no worker may go on sending, or committing into a folder
-        # the driver is about to unlock.
-        with contextlib.suppress(Exception):
-            desk.halt.remote("Interrupted", INTERRUPTED)
-            if checkpoint.remote is not None:  # their copies of the checkpoint
-                rt.wait([w.release.remote() for w in workers], num_returns=len(workers), timeout=10)
-            for worker in workers:
-                rt.kill(worker, no_restart=True)
-            rt.kill(desk)
-    figures["workers"] = {
-        "count": len(workers),
-        "peak_rss_mb": sorted(peaks.values()),  # of each worker process that ran a shard
-        "requests": figures["requests"],  # starts the workers took
-        "leases": sum(e["leases"] for e in figures["endpoints"].values()),  # calls for them
-        "shards": len(attempts),
-        "shard_attempts": sum(attempts.values()),
-    }
-    return figures, stop, heard.count >= 2
-
-
 def _desk_call(rt: Any, method: Any) -> Any:
     """A call to the desk; its loss (its node gone) ends the run in one sentence."""
     try:
@@ -1054,14 +1102,6 @@ def _show(progress: Progress, figures: Mapping[str, Any]) -> None:
         tokens=figures["tokens"],
         spend=figures["spend"],
     )
-
-
-def _route(on_int: Any, on_term: Any) -> None:
-    """Set the handlers of Ctrl-C and SIGTERM (from the main thread only: elsewhere the
-    caller handles interrupts)."""
-    with contextlib.suppress(ValueError, TypeError):
-        signal.signal(signal.SIGINT, on_int)
-        signal.signal(signal.SIGTERM, on_term)
 
 
 def _first_line(exc: BaseException) -> str:
