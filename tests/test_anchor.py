@@ -25,7 +25,7 @@ def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sizes, "READ_ROWS", 17)
     monkeypatch.setattr(sizes, "COMMIT_ROWS", 11)
     monkeypatch.setattr(sizes, "CHECK_ROWS", 13)
-    monkeypatch.setattr(anchor_module, "PART_ROWS", 25)
+    monkeypatch.setattr(sizes, "ANCHOR_PART_ROWS", 25)
     monkeypatch.setattr(sizes, "ROW_GROUP_ROWS", 7)
     monkeypatch.setattr(sizes, "SMALLEST", 5)
 

@@ -541,7 +541,7 @@ def test_many_partitions_give_the_same_figures_in_any_order(
 ) -> None:
     """With parts of 7 rows (15 of them), shuffled files give one partition's figures; the
     sample and --out follow A's order; the temporary files are gone afterwards."""
-    from batchrun.compare import join as compare  # the join's parts are sized there
+    from batchrun.core import sizes  # the join's parts are sized there
 
     a_path, b_path = scored_pair(ws)
     rng = random.Random(5)
@@ -555,7 +555,7 @@ def test_many_partitions_give_the_same_figures_in_any_order(
     spill = ws.root / "spill"
     spill.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spill))
-    monkeypatch.setattr(compare, "PART_ROWS", 7)
+    monkeypatch.setattr(sizes, "COMPARE_PART_ROWS", 7)
     out = ws.root / "d.parquet"
     parted = compare_json(ws, str(a_path), str(b_path), "--out", str(out))
     parted["disagreements"]["out"] = None

@@ -4,12 +4,13 @@ Memory follows a part, not the row count. `join` is an external hash join in fou
 each holding at most a batch, a pair of parts or a range of rows at a time:
 
 1. Spread (`_spread`). Each file is read once, a batch of the needed columns at a time
-   (`Reader.batches`: a row group at a time, at most BATCH_ROWS rows or BATCH_BYTES), and
-   each row goes by a hash of its key into one of `parts` temporary files, in the file's
-   order; equal keys of both files thus land in the same pair of parts. There are enough
-   parts for one to hold about PART_ROWS rows of the larger file and PART_BYTES of the
-   needed columns of both, and at most MAX_PARTS of them, so that the files open at once
-   stay under the usual limit of 1,024 (beyond it, parts grow instead).
+   (`Reader.batches`: a row group at a time, at most `sizes.COMPARE_BATCH_ROWS` rows or
+   `COMPARE_BATCH_BYTES`), and each row goes by a hash of its key into one of `parts`
+   temporary files, in the file's order; equal keys of both files thus land in the same pair
+   of parts. There are enough parts for one to hold about `sizes.COMPARE_PART_ROWS` rows of
+   the larger file and `COMPARE_PART_BYTES` of the needed columns of both, and at most
+   `COMPARE_MAX_PARTS` of them, so that the files open at once stay under the usual limit of
+   1,024 (beyond it, parts grow instead).
 2. Join (`_join_parts`). The pairs of parts are joined one at a time in memory, in A's
    order within a part. Every figure of a part is a sum or a count (`_sums`, `_tallies`),
    added up over the parts. A part's keys are checked unique: equal keys share a part, so
@@ -44,6 +45,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..core import sizes
 from ..core.quantiles import Quantiles
 from ..errors import InputError, UserError
 from ..storage.files import atomic_file
@@ -61,11 +63,6 @@ NUMBERS: dict[str, pl.DataType] = {
     "cost_usd": pl.Float64(),
     "latency_s": pl.Float64(),
 }
-# How much of both files one part may hold (rows of the larger, bytes of the needed columns
-# of both, uncompressed), and of a file one batch read from it. Parts beyond MAX_PARTS grow
-# instead: that many files are open at once, under the usual limit of 1,024.
-PART_ROWS, PART_BYTES, MAX_PARTS = 100_000, 32 << 20, 500
-BATCH_ROWS, BATCH_BYTES = 100_000, 16 << 20
 PERCENTILES = {"p50": 0.5, "p95": 0.95}
 
 
@@ -125,7 +122,7 @@ class Reader:
         """The file once, a bounded batch at a time: the raw columns and `frame`."""
         size = sum(self.file.sizes.get(c, 0) for c in self.columns)
         per_row = max(1, size // max(1, self.file.rows))
-        rows = max(1_000, min(BATCH_ROWS, BATCH_BYTES // per_row))
+        rows = max(1_000, min(sizes.COMPARE_BATCH_ROWS, sizes.COMPARE_BATCH_BYTES // per_row))
         offset, parquet = 0, pq.ParquetFile(self.file.path)
         # A row group at a time: over the whole file at once, iter_batches' memory grew with
         # the file (by 15 MB a million rows here).
@@ -188,7 +185,13 @@ def _join_parts(a: Reader, b: Reader, folder: Path, keep: bool) -> _Parts:
     `keep`, the disagreements are spread into ranges of A's row numbers (`_write_ranges`)."""
     rows = max(a.file.rows, b.file.rows)
     size = sum(r.file.sizes.get(c, 0) for r in (a, b) for c in r.columns)
-    parts = max(1, min(MAX_PARTS, max(-(-rows // PART_ROWS), -(-size // PART_BYTES))))
+    parts = max(
+        1,
+        min(
+            sizes.COMPARE_MAX_PARTS,
+            max(-(-rows // sizes.COMPARE_PART_ROWS), -(-size // sizes.COMPARE_PART_BYTES)),
+        ),
+    )
     j = _Parts({"_a": a, "_b": b}, parts)
     spills = {s: _spread(r, folder, j) for s, r in j.sides.items()}
     no_pairs = a.empty().join(b.empty(), on=KEY)

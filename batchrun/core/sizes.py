@@ -32,6 +32,17 @@ IMPORT_COMMIT_ROWS = 5_000
 # at once.
 ROW_GROUP_ROWS = 8192
 
+# Realigning committed results with moved input rows: committed rows per part of the
+# external hash join, which bounds its memory (`batchrun.rows.anchor`).
+ANCHOR_PART_ROWS = 100_000
+
+# Comparing two outputs (`batchrun.compare.join`): how much of both files one part may hold
+# (rows of the larger, bytes of the needed columns of both, uncompressed), and of a file one
+# batch read from it. Parts beyond COMPARE_MAX_PARTS grow instead: that many files are open at
+# once, under the usual limit of 1,024.
+COMPARE_PART_ROWS, COMPARE_PART_BYTES, COMPARE_MAX_PARTS = 100_000, 32 << 20, 500
+COMPARE_BATCH_ROWS, COMPARE_BATCH_BYTES = 100_000, 16 << 20
+
 # Writing the output: input rows joined and written at a time, one row group each: a batch
 # of 100,000 held 140 MB more at its peak than one of 16,384, and was no faster.
 OUTPUT_ROWS = 16_384

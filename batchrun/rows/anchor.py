@@ -10,10 +10,10 @@ is moved to its row's new position (`realign`). Results of rows no longer in the
 kept (their spend stays counted) at negative positions, one per row, and found again if the
 row comes back.
 
-Realigning is an external hash join, in memory bounded by PART_ROWS: the input's keys and
-the checkpoint's rows are spread over parts by a hash of the key, each part is joined and
-sorted alone, and the sorted parts are merged into one segment that replaces the others.
-Without an `id_column` a row's key is its position, so nothing can move.
+Realigning is an external hash join, in memory bounded by `sizes.ANCHOR_PART_ROWS`: the
+input's keys and the checkpoint's rows are spread over parts by a hash of the key, each part
+is joined and sorted alone, and the sorted parts are merged into one segment that replaces
+the others. Without an `id_column` a row's key is its position, so nothing can move.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from ..storage.store import Remote
 from .source import POSITION as INPUT_POSITION
 from .source import ROW_KEY, Source
 
-PART_ROWS = 100_000  # committed rows per part of a realignment
 _ORDER = "__order"  # a committed row's place in commit order, while realigning
 _NEW = "__new"  # its new position
 
@@ -152,7 +151,7 @@ def realign(checkpoint: Checkpoint, source: Source) -> int:
     """Move every committed result to its row's position in `source` (see the docstring)."""
     segments = checkpoint.segments()
     committed = sum(pq.read_metadata(p).num_rows for p in segments)
-    parts = max(1, math.ceil(committed / PART_ROWS))
+    parts = max(1, math.ceil(committed / sizes.ANCHOR_PART_ROWS))
     scratch = checkpoint.folder / "anchor.tmp"
     remove_tree(scratch)
     scratch.mkdir()
