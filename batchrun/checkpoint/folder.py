@@ -56,7 +56,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..core import sizes
-from ..core.columns import (
+from ..core.messages import first_line
+from ..errors import RunStopped, UserError
+from ..protocol.result import (
     ADDED_COLUMNS,
     CHECKPOINT_SCHEMA,
     ENDPOINT_COLUMN,
@@ -65,8 +67,6 @@ from ..core.columns import (
     POSITION,
     RowResult,
 )
-from ..core.messages import first_line
-from ..errors import RunStopped, UserError
 from ..storage.files import atomic_file, fsync_dir, remove_tree
 from ..storage.runlock import RunLock
 from ..storage.space import disk_full

@@ -49,10 +49,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..core.columns import INPUT_ROW
 from ..core.messages import first_line
 from ..core.stats import Accuracy, mcnemar_exact, paired_difference_interval
 from ..errors import InputError, UserError
+from ..protocol.result import INPUT_ROW
 from .join import KEY, PAIR_COLUMNS, PERCENTILES, TOKENS, Joined, OutputFile, Reader, join
 
 METADATA_KEY = b"batchrun"  # the Parquet key-value metadata batchrun writes into its output

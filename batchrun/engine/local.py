@@ -38,7 +38,6 @@ from ..checkpoint.folder import ENDPOINTS_NOTE, GATEWAY_NOTE, Checkpoint, checkp
 from ..config.job import Job
 from ..config.pricing import Budget, SharedBudget, job_pricer
 from ..core import sizes
-from ..core.columns import FINGERPRINT, RowResult
 from ..core.completion import Usage
 from ..core.network import DIRECT, ProxyURL, Route
 from ..core.progress import Progress
@@ -59,13 +58,20 @@ from ..errors import (
     SystematicFailure,
 )
 from ..protocol.outcome import Action, Outcome, classify, classify_failure, classify_stream
+from ..protocol.result import (
+    FINGERPRINT,
+    RowResult,
+    counted_usage,
+    failure_result,
+    plus_cost,
+    success_result,
+)
 from ..protocol.wire import Reply, TransportFailure, Wire
 from ..rows import sink
 from ..rows.anchor import anchor
-from ..rows.asking import Item, plus_cost
+from ..rows.asking import Item
 from ..rows.plan import Plan, RunOptions, answered, fresh, plan_run, settles, with_prior
 from ..rows.render import Rendered
-from ..rows.results import counted_usage, failure_result, success_result
 from ..rows.source import Source
 from ..storage.nofile import fitting_concurrency
 from ..storage.space import RETRY_S, SpaceGate, disk_full, store_backoff, what_is_full

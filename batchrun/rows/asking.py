@@ -14,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.columns import RowResult
 from ..core.completion import Usage
 from ..protocol.outcome import Outcome
+from ..protocol.result import RowResult, plus_cost, success_result
 from ..protocol.wire import Reply
 from .parse import Parser
-from .results import success_result
 
 # What a follow-up message costs beyond its text's tokens (the chat format's framing).
 MESSAGE_OVERHEAD_TOKENS = 4
@@ -107,8 +106,3 @@ class Item:
         )
         result.endpoint = self.kept_at
         return result
-
-
-def plus_cost(cost: float | None, paid: float | None) -> float | None:
-    """A cost plus what was paid before; unknown if either is."""
-    return None if cost is None or paid is None else cost + paid
