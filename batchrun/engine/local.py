@@ -69,9 +69,9 @@ from ..protocol.result import (
 from ..protocol.wire import Reply, TransportFailure, Wire
 from ..rows import sink
 from ..rows.anchor import anchor
-from ..rows.asking import Item
 from ..rows.plan import Plan, RunOptions, answered, fresh, plan_run, settles, with_prior
 from ..rows.render import Rendered
+from ..rows.request import Item
 from ..rows.source import Source
 from ..storage.nofile import fitting_concurrency
 from ..storage.space import RETRY_S, SpaceGate, disk_full, store_backoff, what_is_full

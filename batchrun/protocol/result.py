@@ -9,7 +9,7 @@ gateway sent no usage, `plus_cost` across a row's answers). The engine and `impo
 make theirs here, so a row answered through a Batch file reads exactly like one sent directly.
 
 Beside it: `protocol.outcome` classifies one attempt (a row may take several before it has a
-result); `core.completion` is what an answer's body holds; `rows.asking` is the row's request
+result); `core.completion` is what an answer's body holds; `rows.request` is the row's request
 on its way through the engine.
 """
 

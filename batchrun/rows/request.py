@@ -1,4 +1,8 @@
-"""One row on its way through the engine, and asking again after an answer that does not parse.
+"""One row's request as the engine carries it (`Item`): the row's identity, its request body
+and token estimate, and asking again after an answer that does not parse.
+
+The request body is made by `rows.render`; what each attempt comes back as is
+`protocol.outcome`'s; the row's result, once it has one, is made by `protocol.result`.
 
 `retry_invalid` sends a follow-up after an unparseable answer: the model's answer and why it
 could not be used, so that even a model at temperature 0 has a reason to answer differently.
