@@ -359,7 +359,7 @@ def _read_results(output: Path, input_columns: list[str]) -> pl.DataFrame:
     row's input position is the frame's own row order, so it is left out."""
     import polars as pl
 
-    from .core.columns import INPUT_ROW
+    from .protocol.result import INPUT_ROW
 
     skip = {*input_columns, INPUT_ROW}
     names = [c for c in pl.read_parquet_schema(output) if c not in skip]

@@ -53,7 +53,7 @@ def build(root: Path, rows: int) -> None:
     """The input, and a checkpoint answering every row, in batchrun's own layout."""
     from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
     from batchrun.config.job import load_job
-    from batchrun.core.columns import RowResult
+    from batchrun.protocol.result import RowResult
     from batchrun.rows.plan import RunOptions, plan_run
     from batchrun.rows.render import Renderer
     from batchrun.rows.source import POSITION, ROW_KEY
@@ -100,7 +100,7 @@ def build(root: Path, rows: int) -> None:
 def candidate(name: str, root: Path) -> None:
     """Assemble the output one way (runs in its own process)."""
     from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
-    from batchrun.core.columns import KEY, RESULT_COLUMNS
+    from batchrun.protocol.result import KEY, RESULT_COLUMNS
 
     segments = [str(p) for p in Checkpoint(checkpoint_dir(root / "out/result.parquet")).segments()]
     out = root / f"{name}.parquet"

@@ -110,7 +110,7 @@ def _results(rng: Any, positions: Any, t0: float, failures: float = 0.03) -> Any
     import numpy as np
     import pyarrow as pa
 
-    from batchrun.core.columns import CHECKPOINT_SCHEMA
+    from batchrun.protocol.result import CHECKPOINT_SCHEMA
 
     n = len(positions)
     failed = rng.random(n) < failures

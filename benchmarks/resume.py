@@ -23,7 +23,7 @@ import polars as pl
 
 from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
 from batchrun.config.job import load_job
-from batchrun.core.columns import RowResult
+from batchrun.protocol.result import RowResult
 from batchrun.rows.render import Renderer
 from batchrun.sim import SimConfig, start_in_thread
 

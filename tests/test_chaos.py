@@ -27,7 +27,7 @@ import pytest
 
 from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
 from batchrun.cli import main
-from batchrun.core.columns import FINISHED_AT, KEY
+from batchrun.protocol.result import FINISHED_AT, KEY
 
 from .conftest import FAKE_KEY, Workspace, latest_results, reviews, toml_dumps
 

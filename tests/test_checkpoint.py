@@ -23,8 +23,8 @@ from batchrun.checkpoint.folder import (
 )
 from batchrun.checkpoint.walk import merge_segments
 from batchrun.core import sizes
-from batchrun.core.columns import RowResult
 from batchrun.errors import UserError
+from batchrun.protocol.result import RowResult
 
 from .conftest import latest_results, merge_all
 

@@ -25,8 +25,8 @@ import pytest
 
 from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
 from batchrun.cli import main
-from batchrun.core.columns import FINISHED_AT, KEY
 from batchrun.engine.local import INTERRUPT_GRACE_S
+from batchrun.protocol.result import FINISHED_AT, KEY
 
 from .conftest import Workspace, latest_results, reviews
 

@@ -22,8 +22,8 @@ from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir, segment_name,
 from batchrun.checkpoint.walk import WINDOW, merge_segments
 from batchrun.config.job import load_job
 from batchrun.core import quantiles, sizes
-from batchrun.core.columns import FINISHED_AT, KEY, POSITION, RowResult
 from batchrun.core.stats import Accuracy
+from batchrun.protocol.result import FINISHED_AT, KEY, POSITION, RowResult
 from batchrun.report import figures as report_module
 from batchrun.report.figures import (
     HISTOGRAM_BINS,

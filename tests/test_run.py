@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from batchrun.core import progress
-from batchrun.core.columns import RESULT_COLUMNS
+from batchrun.protocol.result import RESULT_COLUMNS
 from batchrun.sim import SimConfig, SimServer, start_in_thread
 
 from .conftest import Workspace, reviews

@@ -280,7 +280,7 @@ def test_a_lease_that_cannot_be_renewed_holds_every_write_until_it_is(
     """S3 out of reach for the renewals: the run is not stopped for it (it waits S3 out),
     but nothing goes to S3 once the lease may have lapsed, until it is renewed."""
     from batchrun.checkpoint.folder import Checkpoint
-    from batchrun.core.columns import RowResult
+    from batchrun.protocol.result import RowResult
     from batchrun.storage.store import S3Error
 
     remote = Remote(f"{prefix}/ckpt", S3Spec(lease_s=1))
@@ -311,8 +311,8 @@ def test_a_lease_taken_over_while_it_went_unrenewed_stops_the_next_write(
     """Its renewals failed (no renewer here), it lapsed, another run took it: the next
     commit finds out before it writes, and writes nothing."""
     from batchrun.checkpoint.folder import Checkpoint
-    from batchrun.core.columns import RowResult
     from batchrun.errors import RunStopped
+    from batchrun.protocol.result import RowResult
 
     monkeypatch.setattr(Checkpoint, "_renew", lambda self: None)  # renewals that never land
     remote = Remote(f"{prefix}/ckpt", S3Spec(lease_s=1))

@@ -13,8 +13,8 @@ import pytest
 
 from batchrun.checkpoint.folder import Checkpoint, current_segments
 from batchrun.checkpoint.walk import Positions, Walk
-from batchrun.core.columns import RowResult
 from batchrun.core.sizes import FANOUT
+from batchrun.protocol.result import RowResult
 from batchrun.ray.desk import Desk
 from batchrun.rows.source import POSITION, ROW_KEY, open_source
 

@@ -68,15 +68,14 @@ from ..checkpoint.folder import FAILED_MARK, Checkpoint, checkpoint_dir
 from ..config.job import Endpoint, Job
 from ..config.pricing import job_pricer
 from ..core import sizes
-from ..core.columns import FINGERPRINT, RowResult
 from ..core.completion import Usage
 from ..core.tokens import TokenCounter, counter_for
 from ..errors import JobError, UserError
 from ..protocol.outcome import Action, Outcome, classify
+from ..protocol.result import FINGERPRINT, RowResult, counted_usage, failure_result, success_result
 from ..rows import render, sink
 from ..rows.anchor import anchor
 from ..rows.plan import PRIOR, Plan, RunOptions, plan_run, settles, with_prior
-from ..rows.results import counted_usage, failure_result, success_result
 from ..rows.source import ROW_KEY
 from ..storage.files import atomic_file
 

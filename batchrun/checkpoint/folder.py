@@ -56,7 +56,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..core import sizes
-from ..core.columns import (
+from ..core.messages import first_line
+from ..errors import RunStopped, UserError
+from ..protocol.result import (
     ADDED_COLUMNS,
     CHECKPOINT_SCHEMA,
     ENDPOINT_COLUMN,
@@ -65,7 +67,6 @@ from ..core.columns import (
     POSITION,
     RowResult,
 )
-from ..errors import RunStopped, UserError
 from ..storage.files import atomic_file, fsync_dir, remove_tree
 from ..storage.runlock import RunLock
 from ..storage.space import disk_full
@@ -156,7 +157,7 @@ def _damage(path: str, size: int, mtime_ns: int) -> str | None:
     except FileNotFoundError:
         raise
     except (OSError, pa.ArrowException) as exc:
-        return f"it is not readable Parquet: {str(exc).splitlines()[0][:120]}"
+        return f"it is not readable Parquet: {first_line(exc, 120)}"
     for wanted in CHECKPOINT_SCHEMA:
         index = schema.get_field_index(wanted.name)
         if index < 0 and wanted.name in ADDED_COLUMNS:
@@ -234,7 +235,7 @@ def refresh_copy(folder: Path, remote: Remote | None) -> None:
         _pull(folder, remote)
     except OSError as exc:
         raise UserError(
-            f"The checkpoint {remote.url} cannot be read ({str(exc).splitlines()[0][:160]}): "
+            f"The checkpoint {remote.url} cannot be read ({first_line(exc, 160)}): "
             f"check the bucket, the credentials and the endpoint."
         ) from None
 
@@ -352,7 +353,7 @@ class Checkpoint:
         except OSError as exc:
             raise UserError(
                 f"The checkpoint {self.remote.url} cannot be reached "
-                f"({str(exc).splitlines()[0][:160]}): check the bucket, the credentials and "
+                f"({first_line(exc, 160)}): check the bucket, the credentials and "
                 f"the endpoint."
             ) from None
         self._lease = lease

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core import sizes
-from ..core.columns import CHECKPOINT_SCHEMA, KEY, POSITION
+from ..protocol.result import CHECKPOINT_SCHEMA, KEY, POSITION
 
 # A window of positions the walks take at a time when nobody asks for a size.
 WINDOW = 65_536

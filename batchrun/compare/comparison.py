@@ -49,9 +49,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..core.columns import INPUT_ROW
+from ..core.messages import first_line
 from ..core.stats import Accuracy, mcnemar_exact, paired_difference_interval
 from ..errors import InputError, UserError
+from ..protocol.result import INPUT_ROW
 from .join import KEY, PAIR_COLUMNS, PERCENTILES, TOKENS, Joined, OutputFile, Reader, join
 
 METADATA_KEY = b"batchrun"  # the Parquet key-value metadata batchrun writes into its output
@@ -364,7 +365,7 @@ def compare(
     try:
         return _compare(path_a, path_b, id_column, out)
     except (pl.exceptions.PolarsError, pa.ArrowException) as exc:  # what no check foresaw
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc, None)
         raise InputError(
             f"{path_a} and {path_b} cannot be compared ({reason}): check that both are "
             f"batchrun outputs and that the --id column holds plain ids."

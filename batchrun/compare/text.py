@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from ..core.columns import INPUT_ROW
 from ..core.stats import Accuracy
+from ..protocol.result import INPUT_ROW
 from ..report.text import secs, text_table, usd
 from .comparison import POSITION, Comparison, Disagreement, Side, minus
 from .join import TOKENS

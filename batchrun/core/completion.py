@@ -1,4 +1,7 @@
-"""A chat completion as batchrun records it, parsed from the gateway's JSON."""
+"""A chat completion as batchrun records it, parsed from the gateway's JSON (whole, or
+reassembled from a stream): what an answer's body holds. The row's result made from it, with
+its usage and cost, is `protocol.result`'s; whether an attempt's body is an answer at all is
+`protocol.outcome`'s to say."""
 
 from __future__ import annotations
 

@@ -36,7 +36,6 @@ from ..checkpoint.folder import Checkpoint
 from ..config.job import Job
 from ..config.pricing import Budget, SharedBudget, job_pricer
 from ..core import sizes
-from ..core.columns import FINGERPRINT, RowResult
 from ..core.completion import Usage
 from ..core.network import DIRECT, ProxyURL, Route
 from ..core.progress import Progress
@@ -56,12 +55,19 @@ from ..errors import (
     SystematicFailure,
 )
 from ..protocol.outcome import Action, Outcome, classify, classify_failure, classify_stream
+from ..protocol.result import (
+    FINGERPRINT,
+    RowResult,
+    counted_usage,
+    failure_result,
+    plus_cost,
+    success_result,
+)
 from ..protocol.wire import Reply, TransportFailure, Wire
 from ..rows import sink
-from ..rows.asking import Item, plus_cost
 from ..rows.plan import Plan, RunOptions, answered, fresh, settles, with_prior
 from ..rows.render import Rendered
-from ..rows.results import counted_usage, failure_result, success_result
+from ..rows.request import Item
 from ..rows.source import Source
 from ..storage.nofile import fitting_concurrency
 from ..storage.space import RETRY_S, SpaceGate, disk_full, store_backoff, what_is_full

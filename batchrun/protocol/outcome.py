@@ -1,5 +1,9 @@
 """Classifying what came back (status, headers, body, or a transport failure) into one action.
 
+An `Outcome` is one attempt's, not the row's: the engine retries, pauses or stops on it; the
+row's result, made once the row is done, is `protocol.result`'s. The answer's body an outcome
+carries is a `core.completion.Completion`.
+
 Gateways send errors with HTTP 200, so the body decides as much as the status:
 
 | what came back                                           | action        | error              |

@@ -49,6 +49,7 @@ from ..checkpoint.folder import Checkpoint, checkpoint_dir
 from ..config.job import Job, default_cache
 from ..config.pricing import SharedBudget
 from ..core import sizes
+from ..core.messages import first_line
 from ..core.progress import Progress
 from ..engine import lifecycle
 from ..engine.interrupts import RouteInterrupts, block_on
@@ -314,7 +315,7 @@ def _pull_for_shard(
                 who, then = said
                 raise StoreFailed(
                     f"{who} could not read the checkpoint {checkpoint.remote_url}{waited} "
-                    f"({_first_line(exc)}): {then}."
+                    f"({first_line(exc)}): {then}."
                 ) from None
             time.sleep(min(store_backoff(tries), left))
             tries += 1
@@ -437,7 +438,7 @@ class ChatStage:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from ..core.columns import INPUT_ROW
+        from ..protocol.result import INPUT_ROW
 
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_pandas(batch)
         with tempfile.TemporaryDirectory(prefix="batchrun-stage-") as scratch:
@@ -623,7 +624,7 @@ def connected(job: Job) -> Iterator[Any]:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = job.engine.address or "a local instance"
         raise UserError(
-            f"Could not start or join the Ray cluster at {where} ({_first_line(exc)}): check "
+            f"Could not start or join the Ray cluster at {where} ({first_line(exc)}): check "
             f"[engine] address, and that this process has the cluster's RAY_AUTH_MODE and "
             f"token (~/.ray/auth_token) if it uses token authentication."
         ) from None
@@ -936,7 +937,7 @@ class Driver:
             try:
                 checkpoint.refresh()
             except OSError as exc:  # S3 not answering for now: the next tick tries again
-                log.warning("pulling the checkpoint from S3 failed (%s)", _first_line(exc))
+                log.warning("pulling the checkpoint from S3 failed (%s)", first_line(exc))
             self.pulled = time.monotonic()
         self.desk.lease_until.remote(checkpoint.lease_sure_until())
         if checkpoint.lease_lost is not None and self.stop is None:
@@ -953,7 +954,7 @@ class Driver:
             if time.monotonic() - since > RESTART_WAIT_S:
                 raise ClusterLost(
                     f"A worker of the run could not be restarted within "
-                    f"{RESTART_WAIT_S:g} s ({_first_line(exc)}): the cluster may "
+                    f"{RESTART_WAIT_S:g} s ({first_line(exc)}): the cluster may "
                     f"lack room for it; run the same command to resume."
                 ) from None
             time.sleep(SYNC_S)
@@ -974,7 +975,7 @@ class Driver:
             if schedule.attempts[shard[0]] >= MAX_SHARD_ATTEMPTS:
                 raise ClusterLost(
                     f"The workers running rows {shard[1]:,} to {shard[2]:,} died "
-                    f"{MAX_SHARD_ATTEMPTS} times ({_first_line(exc)}): look at the Ray "
+                    f"{MAX_SHARD_ATTEMPTS} times ({first_line(exc)}): look at the Ray "
                     f"cluster's logs, then run the same command to resume."
                 ) from None
             log.warning("a worker died on rows %d to %d; running them again", *shard[1:])
@@ -987,7 +988,7 @@ class Driver:
             cause = exc.cause if isinstance(exc.cause, BaseException) else None
             if isinstance(cause, BatchrunError):
                 raise cause from None
-            what = f"{type(cause).__name__}: {_first_line(cause)}" if cause else ""
+            what = f"{type(cause).__name__}: {first_line(cause)}" if cause else ""
             raise BatchrunError(
                 f"A worker failed on rows {shard[1]:,} to {shard[2]:,} ({what or exc}): "
                 f"every committed row is kept; run the same command to resume, and "
@@ -1084,7 +1085,7 @@ def _desk_call(rt: Any, method: Any) -> Any:
     except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
         raise ClusterLost(
             f"The run's desk (the actor that holds its rate limit, on the driver's node) was "
-            f"lost ({_first_line(exc)}): every committed row is kept; run the same command "
+            f"lost ({first_line(exc)}): every committed row is kept; run the same command "
             f"to resume."
         ) from None
 
@@ -1102,8 +1103,3 @@ def _show(progress: Progress, figures: Mapping[str, Any]) -> None:
         tokens=figures["tokens"],
         spend=figures["spend"],
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -20,8 +20,8 @@ from ..checkpoint.folder import Checkpoint, checkpoint_dir, refresh_copy
 from ..config.job import Job
 from ..config.pricing import job_pricer
 from ..core import sizes
-from ..core.columns import FINGERPRINT
 from ..core.tokens import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, TokenCounter, counter_for
+from ..protocol.result import FINGERPRINT
 from ..rows import render
 from ..rows.anchor import settle_positions
 from ..rows.plan import PRIOR, Plan, RunOptions, answered, plan_run, settles, with_prior

@@ -25,9 +25,9 @@ from ..checkpoint.folder import reading
 from ..checkpoint.walk import Walk
 from ..config.job import Job
 from ..core import sizes
-from ..core.columns import KEY
 from ..core.stats import Accuracy
 from ..errors import InputError
+from ..protocol.result import KEY
 from ..rows.anchor import settle_positions
 from ..rows.parse import PARSE_ERROR, PARSED
 from ..rows.plan import check_eval_columns

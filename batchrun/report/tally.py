@@ -36,8 +36,8 @@ import pyarrow.parquet as pq
 
 from ..checkpoint.walk import Walk
 from ..core import sizes
-from ..core.columns import FINISHED_AT, KEY
 from ..core.quantiles import Quantiles
+from ..protocol.result import FINISHED_AT, KEY
 
 UNKNOWN = "(unknown)"
 TOKEN_KINDS = ("prompt", "completion", "total", "cached", "reasoning")

@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 from ..checkpoint.folder import Checkpoint, current_segments, damaged
 from ..checkpoint.walk import merge_segments, open_cursors
 from ..core import sizes
-from ..core.columns import CHECKPOINT_SCHEMA, KEY, POSITION
 from ..errors import InputError, UserError
+from ..protocol.result import CHECKPOINT_SCHEMA, KEY, POSITION
 from ..storage.files import atomic_file, remove_tree
 from ..storage.store import Remote
 from .source import POSITION as INPUT_POSITION

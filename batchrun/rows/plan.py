@@ -16,9 +16,9 @@ from ..checkpoint.folder import FAILED_MARK, marked_fingerprint
 from ..checkpoint.walk import Positions, Walk
 from ..config.job import Job
 from ..config.pricing import job_pricer
-from ..core.columns import INPUT_ROW, KEY, output_columns
-from ..core.columns import POSITION as RESULT_POSITION
 from ..errors import InputError, JobError
+from ..protocol.result import INPUT_ROW, KEY, output_columns
+from ..protocol.result import POSITION as RESULT_POSITION
 from . import render
 from .render import Renderer, completion_ceiling
 from .scoring import Annotator, job_annotator

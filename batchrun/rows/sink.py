@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 from ..checkpoint.folder import Checkpoint
 from ..config.job import Job
 from ..core import sizes
-from ..core.columns import FINGERPRINT, INPUT_ROW, KEY
-from ..core.columns import POSITION as RESULT_POSITION
+from ..core.messages import first_line
 from ..errors import StoreFailed, UserError
+from ..protocol.result import FINGERPRINT, INPUT_ROW, KEY
+from ..protocol.result import POSITION as RESULT_POSITION
 from ..storage.files import atomic_file
 from ..storage.space import disk_full, store_backoff
 from ..storage.store import Remote, S3Error, upload_file
@@ -222,4 +223,4 @@ def publish(path: Path, remote: Remote | None) -> None:
 
 
 def _why(exc: OSError) -> str:
-    return exc.why if isinstance(exc, S3Error) else str(exc).strip().splitlines()[0][:160]
+    return exc.why if isinstance(exc, S3Error) else first_line(exc, 160)

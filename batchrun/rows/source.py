@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from ..core.messages import first_line
 from ..errors import InputError
 
 POSITION = "__batchrun_pos"
@@ -227,7 +228,7 @@ class _reading:
         if exc is None or isinstance(exc, InputError):
             return
         if isinstance(exc, pl.exceptions.PolarsError | OSError):
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            detail = first_line(exc, None)
             if "utf-8" in detail.lower() or "utf8" in detail.lower():
                 hint = "save it as UTF-8 and run again"
             else:

@@ -47,6 +47,7 @@ from urllib.parse import quote, urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from ..core.messages import first_line
 from ..core.network import SOCKS, ProxyURL, proxy_from_env
 from ..errors import UserError
 
@@ -95,7 +96,7 @@ class S3Error(OSError):
     @property
     def why(self) -> str:
         """The failure in a few words, for a sentence."""
-        return _first_line(self)
+        return first_line(self)
 
 
 @contextlib.contextmanager
@@ -125,7 +126,7 @@ def s3_errors(what: str) -> Iterator[None]:
         from botocore.exceptions import ConnectionError, HTTPClientError
 
         transient = isinstance(exc, ConnectionError | HTTPClientError)
-        raise S3Error(f"{what} failed: {_first_line(exc)}", transient=transient) from exc
+        raise S3Error(f"{what} failed: {first_line(exc)}", transient=transient) from exc
     except OSError as exc:
         if exc.errno is not None:
             raise  # this machine's (a local file), not the store's: pyarrow's have no errno
@@ -152,11 +153,6 @@ def _brief(text: str) -> str:
     if (start := line.find("AWS Error")) > 0:
         line = line[start:]
     return line[:200]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 CONNECT_TIMEOUT_S = 5.0  # botocore's default is 60
@@ -564,7 +560,7 @@ def stage_input(remote: Remote, cache: str | os.PathLike[str], what: str = "inpu
             parts = {}
     except OSError as exc:
         raise UserError(
-            f"The {what} {remote.url} cannot be listed ({str(exc).splitlines()[0][:160]}): check "
+            f"The {what} {remote.url} cannot be listed ({first_line(exc, 160)}): check "
             f"the bucket, the credentials and the endpoint."
         ) from None
     if not parts:
@@ -591,7 +587,7 @@ def stage_input(remote: Remote, cache: str | os.PathLike[str], what: str = "inpu
         except OSError as exc:
             raise UserError(
                 f"The {what} {S3_SCHEME}{part.path} cannot be read "
-                f"({str(exc).splitlines()[0][:160]}): check the credentials and the endpoint."
+                f"({first_line(exc, 160)}): check the credentials and the endpoint."
             ) from None
         os.utime(target, ns=(mtime_ns, mtime_ns))
     return local

@@ -1,4 +1,8 @@
-"""One row on its way through the engine, and asking again after an answer that does not parse.
+"""One row's request as the engine carries it (`Item`): the row's identity, its request body
+and token estimate, and asking again after an answer that does not parse.
+
+The request body is made by `rows.render`; what each attempt comes back as is
+`protocol.outcome`'s; the row's result, once it has one, is made by `protocol.result`.
 
 `retry_invalid` sends a follow-up after an unparseable answer: the model's answer and why it
 could not be used, so that even a model at temperature 0 has a reason to answer differently.
@@ -14,12 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.columns import RowResult
 from ..core.completion import Usage
 from ..protocol.outcome import Outcome
+from ..protocol.result import RowResult, plus_cost, success_result
 from ..protocol.wire import Reply
 from .parse import Parser
-from .results import success_result
 
 # What a follow-up message costs beyond its text's tokens (the chat format's framing).
 MESSAGE_OVERHEAD_TOKENS = 4
@@ -107,8 +110,3 @@ class Item:
         )
         result.endpoint = self.kept_at
         return result
-
-
-def plus_cost(cost: float | None, paid: float | None) -> float | None:
-    """A cost plus what was paid before; unknown if either is."""
-    return None if cost is None or paid is None else cost + paid
