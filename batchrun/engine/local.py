@@ -34,7 +34,8 @@ from typing import Any
 
 import polars as pl
 
-from ..checkpoint.folder import ENDPOINTS_NOTE, GATEWAY_NOTE, Checkpoint, checkpoint_dir, save_note
+from ..checkpoint.folder import Checkpoint, checkpoint_dir
+from ..checkpoint.notes import ENDPOINTS_NOTE, GATEWAY_NOTE, save_note
 from ..config.job import Job
 from ..config.pricing import Budget, SharedBudget, job_pricer
 from ..core import sizes

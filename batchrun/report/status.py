@@ -11,7 +11,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from ..checkpoint.folder import Checkpoint, checkpoint_dir, refresh_copy
+from ..checkpoint.folder import Checkpoint, checkpoint_dir
+from ..checkpoint.remote import refresh_copy
 from ..config.job import Job
 from ..rows.anchor import settle_positions
 from ..rows.plan import RunOptions, plan_run
