@@ -234,6 +234,6 @@ class RemoteCopy:
         """Give the local copy the remote's modification time, which `pull` compares. A
         failure costs nothing but a download at the next pull."""
         with contextlib.suppress(OSError):
-            info = self.remote.fs.get_file_info(self.remote.child(path.name))
+            info = self.remote.info(self.remote.child(path.name))
             if info.mtime_ns is not None:
                 os.utime(path, ns=(info.mtime_ns, info.mtime_ns))

@@ -71,7 +71,7 @@ def _output_exists(job: Job) -> bool:
     if remote is None:
         return job.output_path.exists()
     try:
-        return bool(remote.fs.get_file_info(remote.path).type == pafs.FileType.File)
+        return bool(remote.info().type == pafs.FileType.File)
     except OSError:
         return job.output_path.exists()
 
