@@ -401,7 +401,9 @@ def _import_batch(args: argparse.Namespace) -> int:
 
 def _warn_damaged(job: Job) -> None:
     """Name each damaged checkpoint segment a reading command skips."""
-    from .checkpoint.folder import checkpoint_dir, refresh_copy, skipped_notices
+    from .checkpoint.folder import checkpoint_dir
+    from .checkpoint.remote import refresh_copy
+    from .checkpoint.segments import skipped_notices
 
     folder = checkpoint_dir(job.output_path)
     refresh_copy(folder, job.checkpoint_remote)  # the copy as S3 has it now

@@ -379,7 +379,8 @@ def checkpoint_figures(output: Path, limited: bool) -> dict[str, Any]:
     achieved starts a second (finished_at - latency_s) over the span and its busiest second."""
     import polars as pl
 
-    from batchrun.checkpoint.folder import checkpoint_dir, current_segments
+    from batchrun.checkpoint.folder import checkpoint_dir
+    from batchrun.checkpoint.segments import current_segments
 
     segments = [str(p) for p in current_segments(checkpoint_dir(output))]
     frame = pl.read_parquet(segments, columns=["finished_at", "latency_s", "attempts"])

@@ -65,12 +65,8 @@ def build(root: Path, rows: int, evaluate: bool, merge: bool, segment_rows: int)
     import numpy as np
     import polars as pl
 
-    from batchrun.checkpoint.folder import (
-        Checkpoint,
-        checkpoint_dir,
-        segment_name,
-        write_atomic_table,
-    )
+    from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
+    from batchrun.checkpoint.segments import segment_name, write_atomic_table
     from batchrun.checkpoint.walk import sort_positions
     from batchrun.config.job import load_job
 

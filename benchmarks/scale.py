@@ -259,7 +259,8 @@ def output_of(folder: Path) -> Path:
 
 
 def segments(folder: Path) -> list[Path]:
-    from batchrun.checkpoint.folder import checkpoint_dir, current_segments
+    from batchrun.checkpoint.folder import checkpoint_dir
+    from batchrun.checkpoint.segments import current_segments
 
     return current_segments(checkpoint_dir(output_of(folder)))
 

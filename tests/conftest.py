@@ -208,13 +208,14 @@ def merge_all(checkpoint: Checkpoint) -> None:
     with checkpoint._writing:
         current = checkpoint.segments()
     if len(current) > 1:
-        checkpoint._merge(current)
+        checkpoint.merger.merge(current)
 
 
 def latest_results(folder: Path) -> dict[str, str]:
     """Each row's latest committed result in a checkpoint folder: key -> fingerprint, marked
     when the result is a failure (a test's oracle; batchrun itself never builds this)."""
-    from batchrun.checkpoint.folder import Checkpoint, marked_fingerprint
+    from batchrun.checkpoint.folder import Checkpoint
+    from batchrun.checkpoint.walk import marked_fingerprint
 
     found: dict[str, str] = {}
     if not folder.exists():

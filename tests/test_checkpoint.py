@@ -13,18 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchrun.checkpoint import walk as walk_module
-from batchrun.checkpoint.folder import (
-    CHECKPOINT_SCHEMA,
-    FAILED_MARK,
-    Checkpoint,
-    current_segments,
-    segment_name,
-    write_atomic_table,
-)
-from batchrun.checkpoint.walk import merge_segments
+from batchrun.checkpoint.folder import Checkpoint
+from batchrun.checkpoint.segments import current_segments, segment_name, write_atomic_table
+from batchrun.checkpoint.walk import FAILED_MARK, merge_segments
 from batchrun.core import sizes
 from batchrun.errors import UserError
-from batchrun.protocol.result import RowResult
+from batchrun.protocol.result import CHECKPOINT_SCHEMA, RowResult
 
 from .conftest import latest_results, merge_all
 
@@ -40,8 +34,8 @@ def finish_merges(cp: Checkpoint) -> None:
     """Stop the background merger, then do what it had left, here: a wait on the merger
     could not tell "done" from "between two merges"."""
     cp.stop_merging()
-    while (due := cp._due()) is not None:
-        cp._merge(due)
+    while (due := cp.merger.due()) is not None:
+        cp.merger.merge(due)
 
 
 def test_last_result_wins_and_spend_counts_every_attempt(tmp_path: Path) -> None:
@@ -209,16 +203,16 @@ def test_merges_take_fanout_neighbours_of_one_class_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sizes, "SMALLEST", 1)
-    cp = Checkpoint(tmp_path / "cp").open()  # no merger: _due is asked directly
+    cp = Checkpoint(tmp_path / "cp").open()  # no merger: merger.due is asked directly
     for i in range(3):
         cp.commit([result(f"k{i}")])
     cp.commit([result(f"k{10 + i}") for i in range(40)])  # a bigger class in between
     for i in range(9):
         cp.commit([result(f"k{100 + i}")])
     names = [p.name for p in cp.segments()]
-    due = cp._due()
+    due = cp.merger.due()
     assert due is not None and [p.name for p in due] == names[4:8]  # the oldest four of nine
-    cp._merge(due)
-    due = cp._due()
+    cp.merger.merge(due)
+    due = cp.merger.due()
     assert due is not None and [p.name for p in due] == names[8:12]
     cp.close()

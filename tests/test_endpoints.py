@@ -16,7 +16,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrun.checkpoint.folder import ENDPOINTS_NOTE, checkpoint_dir
+from batchrun.checkpoint.folder import checkpoint_dir
+from batchrun.checkpoint.notes import ENDPOINTS_NOTE
 from batchrun.config.job import load_job
 from batchrun.config.pricing import job_pricer
 from batchrun.engine.lanes import CIRCUIT_ERRORS, Circuit

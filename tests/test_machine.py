@@ -22,7 +22,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batchrun.checkpoint.folder import checkpoint_dir, current_segments
+from batchrun.checkpoint.folder import checkpoint_dir
+from batchrun.checkpoint.segments import current_segments
 from batchrun.sim import SimConfig, start_in_thread
 
 from .conftest import FAKE_KEY, Workspace, reviews

@@ -543,7 +543,7 @@ def test_s3_out_of_reach_under_ray_is_waited_out_or_told_truly(ws: Workspace, ou
     meanwhile, the run stops and no worker writes anything more."""
     import re
 
-    from batchrun.checkpoint.folder import SEGMENT_GLOB
+    from batchrun.checkpoint.segments import SEGMENT_GLOB
     from batchrun.errors import RunStopped, StoreFailed
     from batchrun.storage.store import Remote, S3Spec, pull, put_whole
 

@@ -18,7 +18,8 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir, segment_name, write_segment
+from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
+from batchrun.checkpoint.segments import segment_name, write_segment
 from batchrun.checkpoint.walk import WINDOW, merge_segments
 from batchrun.config.job import load_job
 from batchrun.core import quantiles, sizes

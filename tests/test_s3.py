@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.checkpoint.folder import _damage
+from batchrun.checkpoint.segments import _damage
 from batchrun.sim import SimConfig, start_in_thread
 from batchrun.storage.runlock import RunLock
 from batchrun.storage.store import Remote, S3Spec, pull, put_whole
@@ -311,10 +311,11 @@ def test_a_lease_taken_over_while_it_went_unrenewed_stops_the_next_write(
     """Its renewals failed (no renewer here), it lapsed, another run took it: the next
     commit finds out before it writes, and writes nothing."""
     from batchrun.checkpoint.folder import Checkpoint
+    from batchrun.checkpoint.remote import RemoteCopy
     from batchrun.errors import RunStopped
     from batchrun.protocol.result import RowResult
 
-    monkeypatch.setattr(Checkpoint, "_renew", lambda self: None)  # renewals that never land
+    monkeypatch.setattr(RemoteCopy, "_renew", lambda self: None)  # renewals that never land
     remote = Remote(f"{prefix}/ckpt", S3Spec(lease_s=1))
     checkpoint = Checkpoint(tmp_path / "copy", remote).open()
     assert checkpoint.commit([RowResult("r0", 0, "fp", "ok", 1, time.time(), response="a")]) == 1

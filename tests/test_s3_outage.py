@@ -98,7 +98,7 @@ def asked(server: SimServer) -> Counter[str]:
 def assert_numbered_without_gaps(prefix: str, scratch: Path) -> None:
     """The commits on S3 are numbered 1, 2, 3...: the tries that failed gave their numbers
     back (merges do not cross a gap)."""
-    from batchrun.checkpoint.folder import current_segments
+    from batchrun.checkpoint.segments import current_segments
 
     committed_on_s3(prefix, scratch)
     spans = [tuple(int(n) for n in p.stem.split("-")[1:]) for p in current_segments(scratch)]

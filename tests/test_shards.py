@@ -11,7 +11,8 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.checkpoint.folder import Checkpoint, current_segments
+from batchrun.checkpoint.folder import Checkpoint
+from batchrun.checkpoint.segments import current_segments
 from batchrun.checkpoint.walk import Positions, Walk
 from batchrun.core.sizes import FANOUT
 from batchrun.protocol.result import RowResult

@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from batchrun.checkpoint import folder as checkpoint_module
+from batchrun.checkpoint import segments as checkpoint_module
 from batchrun.checkpoint import walk as walk_module
 from batchrun.checkpoint.folder import checkpoint_dir
 from batchrun.core import sizes

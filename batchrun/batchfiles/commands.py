@@ -64,7 +64,8 @@ from typing import Any, NamedTuple
 import orjson
 import polars as pl
 
-from ..checkpoint.folder import FAILED_MARK, Checkpoint, checkpoint_dir
+from ..checkpoint.folder import Checkpoint, checkpoint_dir
+from ..checkpoint.walk import FAILED_MARK
 from ..config.job import Endpoint, Job
 from ..config.pricing import job_pricer
 from ..core import sizes

@@ -32,6 +32,16 @@ from ..protocol.result import CHECKPOINT_SCHEMA, KEY, POSITION
 # A window of positions the walks take at a time when nobody asks for a size.
 WINDOW = 65_536
 
+# In a row's latest result as the walks give it, a failed row's fingerprint carries this
+# mark in front (see `marked_fingerprint` and `batchrun.rows.plan.settles`).
+FAILED_MARK = "!"
+
+
+def marked_fingerprint() -> pl.Expr:
+    """A result's fingerprint, marked with FAILED_MARK when the result is a failure."""
+    ok = pl.col("status") == "ok"
+    return pl.when(ok).then(pl.col("fingerprint")).otherwise(FAILED_MARK + pl.col("fingerprint"))
+
 
 class _Cursor:
     """One segment read forward in position order, a row group at a time."""

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..checkpoint.folder import ENDPOINTS_NOTE, GATEWAY_NOTE, Checkpoint, checkpoint_dir, save_note
+from ..checkpoint.folder import Checkpoint, checkpoint_dir
+from ..checkpoint.notes import ENDPOINTS_NOTE, GATEWAY_NOTE, save_note
 from ..config.job import Job
 from ..config.pricing import job_pricer
 from ..core.network import Route

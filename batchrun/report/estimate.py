@@ -16,7 +16,8 @@ from typing import Any
 
 import polars as pl
 
-from ..checkpoint.folder import Checkpoint, checkpoint_dir, refresh_copy
+from ..checkpoint.folder import Checkpoint, checkpoint_dir
+from ..checkpoint.remote import refresh_copy
 from ..config.job import Job
 from ..config.pricing import job_pricer
 from ..core import sizes

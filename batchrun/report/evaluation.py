@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from ..checkpoint.folder import reading
+from ..checkpoint.segments import reading
 from ..checkpoint.walk import Walk
 from ..config.job import Job
 from ..core import sizes

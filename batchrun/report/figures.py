@@ -63,15 +63,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint.folder import (
-    ENDPOINTS_NOTE,
-    GATEWAY_NOTE,
-    checkpoint_dir,
-    current_segments,
-    load_note,
-    reading,
-    refresh_copy,
-)
+from ..checkpoint.folder import checkpoint_dir
+from ..checkpoint.notes import ENDPOINTS_NOTE, GATEWAY_NOTE, load_note
+from ..checkpoint.remote import refresh_copy
+from ..checkpoint.segments import current_segments, reading
 from ..config.job import Job
 from .evaluation import Evaluation, build_evaluation, evaluation_json
 from .tally import HISTOGRAM_BINS, TOKEN_KINDS, Tally, tally

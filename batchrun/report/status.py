@@ -11,7 +11,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from ..checkpoint.folder import Checkpoint, checkpoint_dir, refresh_copy
+from ..checkpoint.folder import Checkpoint, checkpoint_dir
+from ..checkpoint.remote import refresh_copy
 from ..config.job import Job
 from ..rows.anchor import settle_positions
 from ..rows.plan import RunOptions, plan_run
@@ -70,7 +71,7 @@ def _output_exists(job: Job) -> bool:
     if remote is None:
         return job.output_path.exists()
     try:
-        return bool(remote.fs.get_file_info(remote.path).type == pafs.FileType.File)
+        return bool(remote.info().type == pafs.FileType.File)
     except OSError:
         return job.output_path.exists()
 

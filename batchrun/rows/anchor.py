@@ -29,7 +29,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..checkpoint.folder import Checkpoint, current_segments, damaged
+from ..checkpoint.folder import Checkpoint
+from ..checkpoint.segments import current_segments, damaged
 from ..checkpoint.walk import merge_segments, open_cursors
 from ..core import sizes
 from ..errors import InputError, UserError

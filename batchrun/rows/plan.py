@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from ..checkpoint.folder import FAILED_MARK, marked_fingerprint
-from ..checkpoint.walk import Positions, Walk
+from ..checkpoint.walk import FAILED_MARK, Positions, Walk, marked_fingerprint
 from ..config.job import Job
 from ..config.pricing import job_pricer
 from ..errors import InputError, JobError

@@ -429,6 +429,12 @@ class Remote:
     def child(self, name: str) -> str:
         return f"{self.path}/{name}"
 
+    def info(self, path: str | None = None) -> pafs.FileInfo:
+        """What S3 says of the file at `path` (this one when None): its type, size, time."""
+        where = self.path if path is None else path
+        with s3_errors(f"S3 lookup of {S3_SCHEME}{where}"):
+            return self.fs.get_file_info(where)
+
     def names(self, pattern: str = "*") -> dict[str, tuple[int, int]]:
         """name -> (size, modification time in ns) of the files right under this folder
         that match `pattern`."""
