@@ -135,6 +135,7 @@ class ImportSummary:
     duplicate: int = 0  # lines for a row settled by an earlier line of this import
     already: int = 0  # lines for a row settled for this request before this import
     cost: float | None = None  # of the rows imported; None when the model has no price
+    already_cost: float = 0.0  # of the answers among `already`: paid for, and not used
     rows: int = 0  # rows of the job
     rows_ok: int = 0  # rows whose result for the current request is ok, after the import
     rows_failed: int = 0  # ... is a failure
@@ -191,7 +192,52 @@ def _pending_lines(
     plan: Plan, checkpoint: Checkpoint, options: RunOptions, summary: ExportSummary, model: str
 ) -> Generator[tuple[str, bytes], None, None]:
     """(row key, Batch line) of every row a run would send now, asking for `model`; counts
-    the others. The input and the checkpoint are walked together, as a run walks them."""
+    the others."""
+    requests = pending_requests(plan, checkpoint, options, model)
+    with contextlib.closing(requests):
+        for pending in requests:
+            if isinstance(pending, Pending):
+                summary.exported += 1
+                yield pending.key, pending.line
+            elif pending.done:
+                summary.done += pending.rows
+            else:
+                summary.unsendable += pending.rows
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A row a run would send now, as a Batch line."""
+
+    key: str
+    position: int
+    fingerprint: str
+    line: bytes
+    prompt: Any  # what its messages are made of (`Renderer.to_messages` takes it)
+
+
+@dataclass(frozen=True, slots=True)
+class Passed:
+    """Rows of one input batch that are not sent: settled already (`done`), or that cannot
+    become a request (an empty prompt: `rendered` holds them, for their failure to be
+    recorded)."""
+
+    rows: int
+    done: bool
+    rendered: list[render.Rendered] = field(default_factory=list)
+
+
+def pending_requests(
+    plan: Plan,
+    checkpoint: Checkpoint,
+    options: RunOptions,
+    model: str,
+    held: pl.Series | None = None,
+) -> Generator[Pending | Passed, None, None]:
+    """Every row a run would send now, as a Batch line asking for `model`, in input order;
+    and, for each input batch, how many rows it passes over and why. The input and the
+    checkpoint are walked together, as a run walks them. Rows at the positions in `held`
+    (rows in a batch still running) are neither sent nor counted."""
     renderer = plan.renderer
     batches = plan.source.batches(renderer.columns, sizes.READ_ROWS, options.limit)
     with contextlib.closing(batches), checkpoint.walk([FINGERPRINT, "status"]) as walk:
@@ -199,19 +245,23 @@ def _pending_lines(
             if not batch.height:
                 continue
             frame = with_prior(renderer, batch, walk)
+            if held is not None and held.len():
+                frame = frame.filter(~pl.col(render.POSITION).is_in(held.implode()))
             done = settles(retry_failed=options.retry_failed)
             sendable = pl.col(render.REASON).is_null()
             counts = frame.select(done=done.sum(), unsendable=(~done & ~sendable).sum()).row(
                 0, named=True
             )
-            summary.done += counts["done"]
-            summary.unsendable += counts["unsendable"]
-            for key, _, fp, payload, _ in renderer.rows(frame.filter(~done & sendable)):
-                summary.exported += 1
+            if counts["done"]:
+                yield Passed(counts["done"], True)
+            if counts["unsendable"]:
+                unsendable = frame.filter(~done & ~sendable)
+                yield Passed(counts["unsendable"], False, list(renderer.rows(unsendable)))
+            for key, position, fp, payload, _ in renderer.rows(frame.filter(~done & sendable)):
                 body = renderer.body(payload)
                 if body["model"] != model:
                     body = {**body, "model": model}
-                yield key, batch_line(key, fp, body)
+                yield Pending(key, position, fp, batch_line(key, fp, body), payload)
 
 
 def batch_line(key: str, fingerprint: str, body: Mapping[str, Any]) -> bytes:
@@ -498,7 +548,16 @@ class _Importer:
         summary: ImportSummary,
         environ: Mapping[str, str],
         price_factor: float,
+        *,
+        latency_s: float | None = None,
+        last_try: Callable[[pl.Series], set[str]] | None = None,
     ) -> None:
+        """`latency_s`: what each answer's latency is (a batch's time); `last_try`: given a
+        group's row keys, those whose retryable failure is final (the batch lane's rows out
+        of attempts), recorded as failures instead of left pending."""
+        self.latency_s = latency_s
+        self.last_try = last_try
+        self.final: set[str] = set()  # the current group's rows on their last try
         self.plan = plan
         self.checkpoint = checkpoint
         self.summary = summary
@@ -531,6 +590,7 @@ class _Importer:
             # This import's own results of the row stand in the checkpoint now.
             rows[key] = rows[key]._replace(prior=prior)
         group = _Group(rows, frames, {key: answered for key, (answered, _) in earlier.items()})
+        self.final = self.last_try(keys) if self.last_try is not None else set()
         for line in lines:
             self.summary.lines += 1
             parsed = split_custom_id(line.custom_id)
@@ -551,14 +611,23 @@ class _Importer:
         fp = row.fingerprint
         if row.prior == fp or (row.prior == FAILED_MARK + fp and not answered):
             self.summary.already += 1
+            usage = outcome.completion.usage if outcome and outcome.completion else None
+            cost = self.pricer.cost(usage) if usage is not None else None
+            self.summary.already_cost += (cost or 0.0) * self.price_factor
             return
         if outcome is None:
-            self.summary.pending[line.error] += 1
-            return
+            if key not in self.final:
+                self.summary.pending[line.error] += 1
+                return
+            outcome = Outcome(
+                Action.FAIL, line.error, f"the batch ended without answering ({line.error})"
+            )
         if outcome.action not in (Action.OK, Action.FAIL):
             reason = outcome.error if outcome.action is Action.RETRY else outcome.action.value
-            self.summary.pending[reason or "server_error"] += 1
-            return
+            if key not in self.final:
+                self.summary.pending[reason or "server_error"] += 1
+                return
+            outcome = Outcome(Action.FAIL, reason or "server_error", outcome.message)
         if key in group.settled:
             if group.settled[key] or not answered:
                 self.summary.duplicate += 1
@@ -592,6 +661,7 @@ class _Importer:
                 usage_estimated=estimated,
                 cost=cost,
                 json_mode=self.plan.json_mode,
+                latency_s=self.latency_s,
             )
         else:
             self.summary.failed += 1
