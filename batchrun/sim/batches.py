@@ -184,9 +184,7 @@ class BatchDesk:
                     batch.status,
                 )
             )
-        # Opened now, so that deleting the input file once the batch exists is harmless.
-        lines = input_file.path.open("rb")
-        self._tasks[batch.id] = asyncio.create_task(self._run(batch, lines))
+        self._tasks[batch.id] = asyncio.create_task(self._run(batch, input_file.path))
         return batch
 
     def get(self, batch_id: str) -> Batch | None:
@@ -233,7 +231,10 @@ class BatchDesk:
                 )
         return None
 
-    async def _run(self, batch: Batch, lines: IO[bytes]) -> None:
+    async def _run(self, batch: Batch, input_path: Path) -> None:
+        # Opened before the first wait, so before any request to delete the input file is
+        # read: deleting it once the batch exists is harmless.
+        lines = input_path.open("rb")
         outputs = _Outputs(self._files, batch.id)
         try:
             await asyncio.sleep(self._config.batch_delay_s)
