@@ -3,11 +3,12 @@ exists at the provider, and every id the provider gives, recorded as soon as it 
 
 A checkpoint's `batches/` folder holds, for each **intent** (one Batch input file):
 
-| file | what | written |
-| --- | --- | --- |
-| `<key>.jsonl` | the file's lines, as uploaded | first, atomically |
-| `<key>.rows.parquet` | its rows: key, position, attempt (how many batches held the row) | second, atomically |
-| `<key>.json` | the intent's state: ids, the provider's status, what collecting did | third (the commit point), then replaced atomically after each provider call |
+| file | what |
+| --- | --- |
+| `<key>.jsonl` | the file's lines, as uploaded: written first, atomically |
+| `<key>.rows.parquet` | its rows: key, position, attempt (how many files held the row) |
+| `<key>.json` | the intent's record (ids, the provider's status, what collecting did): |
+| | written last (the commit point), then replaced after each provider call |
 
 The **key** is a hash of the file's custom_ids (row key and request fingerprint each): the
 same rows asking the same requests give the same key. It names the file at the provider

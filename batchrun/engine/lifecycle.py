@@ -67,6 +67,8 @@ class RunSummary:
     allowed_rpm: float | None = None  # what got through when they came, a minute
     workers: Mapping[str, object] | None = None  # a Ray run's: how many, their peak memory
     not_uploaded: str | None = None  # the S3 URL the output (at output_path) did not reach
+    # With a batch endpoint: the rows and batches still running at the provider.
+    in_batches: Mapping[str, int] | None = None
 
 
 @dataclass
@@ -97,6 +99,7 @@ class Answered:
     # errors by kind, rate_limited, allowed_rpm, circuit_opened, out, state.
     endpoints: Mapping[str, Mapping[str, Any]]
     workers: Mapping[str, object] | None = None  # a Ray run's: how many, their peak memory
+    batches: Mapping[str, int] | None = None  # rows and batches still running at the provider
 
     @property
     def rate_limited(self) -> int:
@@ -216,6 +219,7 @@ async def run(
         allowed_rpm=allowed_rpm,
         workers=answered.workers,
         not_uploaded=answerer.not_uploaded,
+        in_batches=answered.batches,
     )
 
 
@@ -318,9 +322,9 @@ def allowed_rpm(rate_limited: int, allowed_rps: float | None) -> float | None:
 def note_gateway(job: Job, folder: Path, answered: Answered) -> float | None:
     """Keep what rate the (first) gateway let through when it rate-limited, for `report`;
     that rate, a minute (None: it did not rate-limit)."""
-    first = answered.endpoints[job.endpoints[0].name]
-    rpm: float | None = first["allowed_rpm"]
-    if rpm is None:
+    first = answered.endpoints.get(job.endpoints[0].name)  # none: it did not send this run
+    rpm: float | None = first["allowed_rpm"] if first is not None else None
+    if first is None or rpm is None:
         return None
     with contextlib.suppress(OSError):  # a figure, not a result
         save_note(

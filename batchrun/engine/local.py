@@ -73,10 +73,12 @@ from ..storage.nofile import fitting_concurrency
 from ..storage.space import RETRY_S, SpaceGate, disk_full, store_backoff, what_is_full
 from ..storage.store import S3Error
 from . import lifecycle
+from .batch import batch_lanes
 from .interrupts import RouteInterrupts
 from .lanes import CIRCUIT_ERRORS, Circuit, Lane, Pool
 from .lifecycle import (
     Answered,
+    MakeAnswerer,
     OpenRun,
     RunSummary,
     allowed_rpm,
@@ -114,9 +116,13 @@ async def run(
     rng: random.Random | None = None,
     interrupts: RouteInterrupts | None = None,
 ) -> RunSummary:
-    """Run or resume a job on this machine, its rows answered through the direct lanes;
-    see the module docstring and `batchrun.engine.lifecycle`."""
-    make = functools.partial(direct_lanes, sleep=sleep, clock=clock, rng=rng or random.Random())
+    """Run or resume a job on this machine, its rows answered through the direct lanes (and
+    first through its batch endpoint, where it has one: `batchrun.engine.batch`); see the
+    module docstring and `batchrun.engine.lifecycle`."""
+    direct = functools.partial(direct_lanes, sleep=sleep, clock=clock, rng=rng or random.Random())
+    make: MakeAnswerer = direct
+    if job.batch_endpoint is not None:
+        make = functools.partial(batch_lanes, detach=options.detach, direct=direct)
     return await lifecycle.run(job, options, environ, make, interrupts=interrupts)
 
 

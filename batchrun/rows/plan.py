@@ -35,6 +35,7 @@ class RunOptions:
     limit: int | None = None
     quiet: bool = False
     interactive: bool | None = None  # None: a bar when stderr is a terminal
+    detach: bool = False  # with a batch endpoint: submit the batches and return
 
 
 @dataclass(frozen=True)
