@@ -12,6 +12,11 @@ Modules, in the order a request meets them: `server` (aiohttp handlers), `limits
 `faults` (refusals and misbehaviour), `request` (checking the body), `answers` with
 `sentiment`, `schema` and `text` (the completion), `stream` (SSE), `records` (the log);
 `config` holds SimConfig, `running` the thread and foreground runners, `cli` the options.
+
+The Files and Batches API (/v1/files, /v1/batches) has its own: `batch_api` (handlers),
+`batch_files` (uploads checked line by line, kept on disk), `batches` (each batch's moves
+and the task answering its lines), `batch_lines` (a line's answer, as chat would give it)
+and `ledger` (what was uploaded, batched and cancelled: `SimServer.batch_ledger`).
 """
 
 from .cli import add_sim_arguments, config_from_args

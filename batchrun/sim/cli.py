@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .config import DIALECTS, FAULT_KINDS, LATENCY_DISTS, SimConfig
+from .config import BATCH_LINE_FAULTS, DIALECTS, FAULT_KINDS, LATENCY_DISTS, SimConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -141,6 +141,71 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long a hang fault holds the request before dropping it (default: %(default)s)",
     )
 
+    _add_batch_arguments(parser, d)
+
+
+def _add_batch_arguments(parser: argparse.ArgumentParser, d: SimConfig) -> None:
+    batches = parser.add_argument_group(
+        "files and batches", "The Files and Batches API at /v1/files and /v1/batches."
+    )
+    batches.add_argument(
+        "--batch-delay-s",
+        type=_non_negative,
+        default=d.batch_delay_s,
+        metavar="S",
+        help="how long a batch stays validating, and cancelling (default: %(default)s)",
+    )
+    batches.add_argument(
+        "--batch-line-ms",
+        type=_non_negative,
+        default=d.batch_line_ms,
+        metavar="MS",
+        help="the time each line of a batch takes (default: %(default)s)",
+    )
+    batches.add_argument(
+        "--batch-line-faults",
+        type=_line_faults,
+        default={},
+        metavar="KIND=RATE[,KIND=RATE]",
+        help=f"answer RATE of batch lines with fault KIND; kinds: {', '.join(BATCH_LINE_FAULTS)}",
+    )
+    batches.add_argument(
+        "--batch-expire-after",
+        type=_share,
+        default=d.batch_expire_after,
+        metavar="SHARE",
+        help="every batch expires once SHARE (0..1) of its lines are answered (default: never)",
+    )
+    batches.add_argument(
+        "--batch-enqueued-tokens",
+        type=positive_int,
+        default=d.batch_enqueued_tokens,
+        metavar="N",
+        help="a batch that would put a model's prompt and max_tokens tokens in batches not "
+        "yet ended over N fails with token_limit_exceeded (default: no cap)",
+    )
+    batches.add_argument(
+        "--batch-unknown-status",
+        default=d.batch_unknown_status,
+        metavar="STATUS",
+        help="report STATUS (e.g. in_queue) instead of validating (default: none)",
+    )
+    batches.add_argument(
+        "--batch-poll-errors",
+        type=_share,
+        default=d.batch_poll_errors,
+        metavar="SHARE",
+        help="answer SHARE (0..1) of GETs on batches with HTTP 500, 502, 503 or 504 "
+        "(default: %(default)s)",
+    )
+    batches.add_argument(
+        "--file-visible-after-s",
+        type=_non_negative,
+        default=d.file_visible_after_s,
+        metavar="S",
+        help="an uploaded file is not found for S seconds (default: %(default)s)",
+    )
+
 
 def config_from_args(ns: argparse.Namespace) -> SimConfig:
     """The SimConfig the options of add_sim_arguments describe; raises ValueError if invalid."""
@@ -160,6 +225,14 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         hang_s=ns.hang_s,
         no_usage=ns.no_usage,
         label_noise=dict(ns.label_noise),
+        batch_delay_s=ns.batch_delay_s,
+        batch_line_ms=ns.batch_line_ms,
+        batch_line_faults=ns.batch_line_faults,
+        batch_expire_after=ns.batch_expire_after,
+        batch_enqueued_tokens=ns.batch_enqueued_tokens,
+        batch_unknown_status=ns.batch_unknown_status,
+        batch_poll_errors=ns.batch_poll_errors,
+        file_visible_after_s=ns.file_visible_after_s,
     )
 
 
@@ -172,6 +245,25 @@ def _noise(text: str) -> tuple[str, float]:
     if not sep or not model or not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"expected MODEL=SHARE with SHARE in 0..1, got {text!r}")
     return model, value
+
+
+def _line_faults(text: str) -> dict[str, float]:
+    faults = {}
+    for item in text.split(","):
+        kind, sep, rate = item.partition("=")
+        if not sep or kind not in BATCH_LINE_FAULTS:
+            raise argparse.ArgumentTypeError(
+                f"expected KIND=RATE with KIND one of {', '.join(BATCH_LINE_FAULTS)}, got {item!r}"
+            )
+        faults[kind] = _share(rate)
+    return faults
+
+
+def _share(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1")
+    return value
 
 
 def _fault(text: str) -> tuple[str, float]:

@@ -42,11 +42,37 @@ FAULT_KINDS: Mapping[str, str] = MappingProxyType(
         "quota": "the dialect's quota-exhausted answer",
     }
 )
+# The fault kinds a line of a batch can be answered with: those whose answer is a JSON body
+# (an error, or a completion worded off), since a batch's output file holds only JSON.
+BATCH_LINE_FAULTS: tuple[str, ...] = (
+    "server_error",
+    "rate_limit",
+    "quota",
+    "context_length",
+    "content_filter",
+    "illegal_chars",
+    "model_not_found",
+    "bad_json",
+    "chatty",
+    "off_format",
+)
 
 
 @dataclass(frozen=True)
 class SimConfig:
-    """How the simulator answers and misbehaves; every field has a harmless default."""
+    """How the simulator answers and misbehaves; every field has a harmless default.
+
+    The Files and Batches API (`sim.batches`) has its own settings. `batch_delay_s` is how
+    long a batch stays `validating` (and `cancelling`) and `batch_line_ms` the time each of
+    its lines takes. Its faults: `batch_line_faults` (kind to share of lines, kinds from
+    BATCH_LINE_FAULTS) answers lines with errors or off-format answers; `batch_expire_after`
+    (a share, 0 to 1) expires every batch once that share of its lines is answered;
+    `batch_enqueued_tokens` caps, per model, the prompt and max_tokens tokens of the batches
+    not yet ended, a batch beyond it fails with `token_limit_exceeded`;
+    `batch_unknown_status` (e.g. "in_queue") is reported instead of `validating`;
+    `batch_poll_errors` is the share of GETs on batches answered with a 5xx; and a file
+    younger than `file_visible_after_s` is not found yet.
+    """
 
     dialect: Dialect = "openai"
     latency_ms: float = 0.0
@@ -65,6 +91,14 @@ class SimConfig:
     # Per model (a name or an fnmatch pattern): the share of sentiment labels it gets wrong on
     # purpose, beyond the labeler's own mistakes, so that two models' answers differ.
     label_noise: Mapping[str, float] = field(default_factory=dict)
+    batch_delay_s: float = 1.0
+    batch_line_ms: float = 0.0
+    batch_line_faults: Mapping[str, float] = field(default_factory=dict)
+    batch_expire_after: float | None = None
+    batch_enqueued_tokens: int | None = None
+    batch_unknown_status: str | None = None
+    batch_poll_errors: float = 0.0
+    file_visible_after_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.dialect not in DIALECTS:
@@ -95,6 +129,37 @@ class SimConfig:
         for model, share in noise.items():
             _require(0 <= share <= 1, f"the label_noise of {model!r} must be between 0 and 1")
         object.__setattr__(self, "label_noise", MappingProxyType(noise))
+        self._check_batch_settings()
+
+    def _check_batch_settings(self) -> None:
+        for name in ("batch_delay_s", "batch_line_ms", "file_visible_after_s"):
+            _require(getattr(self, name) >= 0, f"{name} must be zero or more")
+        line_faults = {str(kind): float(rate) for kind, rate in self.batch_line_faults.items()}
+        for kind, rate in line_faults.items():
+            _require(
+                kind in BATCH_LINE_FAULTS,
+                f"unknown batch line fault {kind!r}; known: {', '.join(BATCH_LINE_FAULTS)}",
+            )
+            _require(
+                0 <= rate <= 1, f"the rate of batch line fault {kind!r} must be between 0 and 1"
+            )
+        _require(
+            math.fsum(line_faults.values()) <= 1 + 1e-9,
+            "the batch line fault rates must add up to 1 or less",
+        )
+        object.__setattr__(self, "batch_line_faults", MappingProxyType(line_faults))
+        if self.batch_expire_after is not None:
+            _require(
+                0 <= self.batch_expire_after <= 1, "batch_expire_after must be between 0 and 1"
+            )
+        if self.batch_enqueued_tokens is not None:
+            _require(self.batch_enqueued_tokens >= 1, "batch_enqueued_tokens must be at least 1")
+        if self.batch_unknown_status is not None:
+            _require(
+                bool(self.batch_unknown_status.strip()),
+                "batch_unknown_status must not be empty (or None)",
+            )
+        _require(0 <= self.batch_poll_errors <= 1, "batch_poll_errors must be between 0 and 1")
 
     def noise_for(self, model: str) -> float:
         """The share of labels `model` gets wrong on purpose (the first pattern that fits)."""
@@ -107,7 +172,7 @@ class SimConfig:
         changed = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("faults", "label_noise"):
+            if f.name in ("faults", "label_noise", "batch_line_faults"):
                 if value:
                     changed.append(f"{f.name}={dict(value)!r}")
             elif f.name == "api_key":

@@ -8,6 +8,7 @@ illegal characters 400, content safety 402, quota 300) and passes upstream error
 
 from __future__ import annotations
 
+import hmac
 import math
 import random
 import re
@@ -38,6 +39,8 @@ _NGINX_502 = (
     b"</body>\r\n</html>\r\n"
 )
 CONTEXT_WINDOW = 128_000
+# A model name that never exists, so tests can provoke model_not_found without a marker.
+MISSING_MODEL = "missing-model"
 # How long a request refused for the in-flight cap is told to wait.
 IN_FLIGHT_RETRY_MS = 100
 
@@ -142,6 +145,18 @@ def fault_reply(
     if kind == "quota":
         return quota_exhausted(dialect)
     raise ValueError(f"fault {kind!r} does not replace the answer")
+
+
+def key_refusal(expected: str | None, dialect: Dialect, authorization: str) -> ErrorReply | None:
+    """The answer to a request whose Authorization header lacks the `expected` key, or None
+    when it bears it (or when any key will do)."""
+    if expected is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), expected.encode()):
+        return None
+    return bad_key(dialect, token or None)
 
 
 def bad_key(dialect: Dialect, provided: str | None) -> ErrorReply:

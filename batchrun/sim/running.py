@@ -14,6 +14,7 @@ from aiohttp import web
 from batchrun.core.tokens import counter_for
 
 from .config import SimConfig
+from .ledger import BatchLedger
 from .records import RequestLog, RequestRecord
 from .server import build_app
 
@@ -38,6 +39,7 @@ def base_url_for(host: str, port: int) -> str:
 async def _serve(
     config: SimConfig,
     log: RequestLog | None,
+    ledger: BatchLedger | None,
     host: str,
     port: int,
     on_listening: Callable[[int], None],
@@ -46,7 +48,7 @@ async def _serve(
     """Serves until `stop` is set; calls `on_listening` with the bound port once listening."""
     counter_for(WARM_MODEL)
     runner = web.AppRunner(
-        build_app(config, log),
+        build_app(config, log, ledger=ledger),
         access_log=None,
         handle_signals=False,
         handler_cancellation=True,
@@ -72,6 +74,9 @@ class SimServer:
         self.port = port
         # Every chat request received, unless recording was turned off.
         self._log = RequestLog() if record else None
+        # Every file uploaded, batch created and cancel asked for, unless recording was
+        # turned off; None then.
+        self.batch_ledger = BatchLedger() if record else None
         # The server's loop and its stop signal, set once the thread runs.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -129,6 +134,7 @@ class SimServer:
             await _serve(
                 self.config,
                 self._log,
+                self.batch_ledger,
                 self.host,
                 self.port,
                 self._ready.set_result,
@@ -145,7 +151,7 @@ def start_in_thread(
 ) -> SimServer:
     """Starts a simulator in a daemon thread and returns it once it is listening.
 
-    `record=False` keeps no request log, for long benchmark runs.
+    `record=False` keeps no request log and no batch ledger, for long benchmark runs.
     """
     server = SimServer(config or SimConfig(), host, port, record=record)
     server.start()
@@ -167,7 +173,7 @@ async def _serve_until_signalled(config: SimConfig, host: str, port: int) -> Non
         print(f"batchrun sim listening on {base_url_for(host, bound)}", flush=True)
 
     try:
-        await _serve(config, None, host, port, announce, stop)
+        await _serve(config, None, None, host, port, announce, stop)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

@@ -1,4 +1,5 @@
-"""The simulator's HTTP face: aiohttp handlers for chat completions and the model list.
+"""The simulator's HTTP face: aiohttp handlers for chat completions and the model list
+(the Files and Batches API has its own, in `batch_api`).
 
 A chat request goes through, in order: JSON decoding, the API key, the quota window, the
 requests-per-minute limit, the in-flight cap (each answered at once, like a gateway's own
@@ -9,7 +10,6 @@ a dropped connection, or the completion, whole or streamed.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,15 +21,17 @@ from aiohttp import web
 from batchrun.core.tokens import counter_for
 
 from .answers import Completion, complete
+from .batch_api import BatchApi
 from .config import SimConfig
 from .faults import (
     CONTENT_FAULTS,
     DELIVERY_FAULTS,
+    MISSING_MODEL,
     ErrorReply,
     FaultPicker,
-    bad_key,
     fault_reply,
     invalid_request,
+    key_refusal,
     marked_fault,
     quota_exhausted,
     rate_limited,
@@ -37,12 +39,11 @@ from .faults import (
 )
 from .gateway_limits import NOMINAL_RPM, InFlight, QuotaWindow, RequestRate
 from .latency import Latency
+from .ledger import BatchLedger
 from .records import RequestLog, RequestRecord, redacted_headers
 from .request import ChatRequest, InvalidRequest, parse_request
 from .stream import plan_stream
 
-# A model name that never exists, so tests can provoke model_not_found without a marker.
-MISSING_MODEL = "missing-model"
 MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo", "o3-mini", "gpt-4-gizmo-g-B3hgivKK9")
 # Streamed chunks are this many times slower under the slow_stream fault, from at least 5 ms.
 SLOW_STREAM_FACTOR = 20
@@ -160,14 +161,8 @@ class SimHandlers:
         return None
 
     def _check_key(self, request: web.Request) -> ErrorReply | None:
-        expected = self._config.api_key
-        if expected is None:
-            return None
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), expected.encode()):
-            return None
-        return bad_key(self._config.dialect, token or None)
+        authorization = request.headers.get("Authorization", "")
+        return key_refusal(self._config.api_key, self._config.dialect, authorization)
 
     async def _answer(
         self, request: web.Request, body: dict[str, Any], trace: _Trace
@@ -296,12 +291,19 @@ def _total_tokens(chat: ChatRequest, completion: Completion) -> int:
 
 
 def build_app(
-    config: SimConfig, log: RequestLog | None, clock: Callable[[], float] = time.monotonic
+    config: SimConfig,
+    log: RequestLog | None,
+    clock: Callable[[], float] = time.monotonic,
+    ledger: BatchLedger | None = None,
 ) -> web.Application:
-    """The simulator as an aiohttp application, at /v1/... and without the /v1 prefix."""
+    """The simulator as an aiohttp application, at /v1/... and without the /v1 prefix: chat
+    completions, the model list, and the Files and Batches API (noted in `ledger`)."""
     handlers = SimHandlers(config, log, clock)
+    batch_api = BatchApi(config, ledger)
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", handlers.chat)
         app.router.add_get(f"{prefix}/models", handlers.models)
+        batch_api.add_routes(app, prefix)
+    app.on_cleanup.append(batch_api.close)
     return app
