@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 
+from batchrun.config.job import Job, build_job
+from batchrun.config.pricing import job_pricer
+from batchrun.core.completion import Usage
 from batchrun.sim import SimServer
 
 from .conftest import Workspace, reviews
@@ -112,3 +117,48 @@ def test_a_budget_needs_a_price_and_max_tokens(ws: Workspace, sim: SimServer) ->
     total = check_costs(out, qwen_cost)
     assert total > 0.0001 and spent_this_run(result.out) == round(total, 4)
     assert len(sim.requests) == 3
+
+
+def pool_job(tmp_path: Path, *endpoints: dict[str, Any], stream: bool = False) -> Job:
+    """A job with these `[[endpoints]]`, for its pricers."""
+    raw = {
+        "input": {"path": "in.csv"},
+        "prompt": {"user": "{text}"},
+        "request": {"model": "gpt-4o-mini", "stream": stream},
+        "output": {"path": "out/o.parquet"},
+        "endpoints": list(endpoints),
+    }
+    return build_job(raw, tmp_path, path=tmp_path / "j.toml")
+
+
+BATCH = {"name": "openai-batch", "kind": "batch"}
+BCWHKJ = {"name": "bcwhkj", "preset": "bcwhkj"}  # non_stream_price_factor 0.5
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_batch_answer_costs_the_list_price_times_the_batch_factor_alone(
+    tmp_path: Path, stream: bool
+) -> None:
+    job = pool_job(tmp_path, {**BATCH, "preset": "bcwhkj"}, stream=stream)
+    pricer = job_pricer(job, job.batch_endpoint)
+    usage = Usage(prompt_tokens=1000, completion_tokens=100, total_tokens=1100, cached_tokens=400)
+    assert pricer.factor == 0.5
+    assert pricer.cost(usage) == pytest.approx(mini_cost(1000, 100, 400) * 0.5)
+    assert pricer.worst_case(1000, 100) == pytest.approx(mini_cost(1000, 100, 0) * 0.5)
+
+
+def test_the_batch_factor_is_the_endpoints_own(tmp_path: Path) -> None:
+    job = pool_job(tmp_path, {**BATCH, "batch_price_factor": 0.4}, {"name": "direct"})
+    usage = Usage(prompt_tokens=1000, completion_tokens=100, total_tokens=1100)
+    batch, direct = (job_pricer(job, e) for e in job.endpoints)
+    assert batch.cost(usage) == pytest.approx(mini_cost(1000, 100, 0) * 0.4)
+    assert direct.cost(usage) == pytest.approx(mini_cost(1000, 100, 0))
+
+
+def test_the_default_pricer_is_the_first_direct_endpoints(tmp_path: Path) -> None:
+    job = pool_job(tmp_path, BATCH, BCWHKJ)
+    assert job_pricer(job).factor == 0.5 and job_pricer(job, job.endpoints[1]).factor == 0.5
+    job = pool_job(tmp_path, BATCH, {"name": "openai"})
+    assert job_pricer(job).factor == 1.0
+    alone = pool_job(tmp_path, {**BATCH, "batch_price_factor": 0.25})
+    assert job_pricer(alone).factor == 0.25

@@ -158,3 +158,86 @@ def test_prompt_needs_user_or_messages_column_but_not_both(tmp_path: Path) -> No
         )
     with pytest.raises(JobError, match="needs model"):
         load_job(write(tmp_path, MINIMAL.replace('model = "gpt-4o-mini"', "")))
+
+
+BATCH_AND_DIRECT = """
+[[endpoints]]
+name = "openai-batch"
+kind = "batch"
+batch_rows = 1000
+batch_enqueued_tokens = 2000000
+poll_s = 5
+[[endpoints]]
+name = "302ai"
+preset = "302ai"
+[limits]
+deadline_s = 21600
+"""
+
+
+def test_a_batch_endpoint_has_every_batch_default_and_a_direct_one_beside_it(
+    tmp_path: Path,
+) -> None:
+    job = load_job(write(tmp_path, MINIMAL + BATCH_AND_DIRECT))
+    batch = job.batch_endpoint
+    assert batch is not None and batch.name == "openai-batch" and batch.is_batch
+    assert (batch.batch_rows, batch.batch_enqueued_tokens, batch.poll_s) == (1000, 2_000_000, 5)
+    assert (batch.batch_price_factor, batch.batch_bytes, batch.completion_window) == (
+        0.5,
+        200_000_000,
+        "24h",
+    )
+    assert [e.name for e in job.direct_endpoints] == ["302ai"]
+    assert job.limits.deadline_s == 21600
+
+
+def test_endpoints_are_direct_by_default_and_a_job_without_batch_has_no_batch_endpoint(
+    tmp_path: Path,
+) -> None:
+    job = load_job(write(tmp_path, MINIMAL))
+    assert job.endpoints[0].kind == "direct" and job.batch_endpoint is None
+    assert job.direct_endpoints == job.endpoints
+    assert job.limits.deadline_s is None
+
+
+def test_the_batch_endpoint_may_be_the_only_one(tmp_path: Path) -> None:
+    job = load_job(
+        write(tmp_path, MINIMAL + '[endpoint]\nkind = "batch"\ncompletion_window = "48h"\n')
+    )
+    assert job.batch_endpoint is job.endpoints[0] and job.direct_endpoints == ()
+    assert job.endpoints[0].completion_window == "48h"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "[endpoint]\nbatch_rows = 10\n",
+            'batch_rows is a batch endpoint\'s setting: add kind = "batch"',
+        ),
+        ("[endpoint]\npoll_s = 10\n", "poll_s is a batch endpoint's setting"),
+        ('[endpoint]\nkind = "offline"\n', "[endpoint] kind"),
+        ('[endpoint]\nkind = "batch"\nbatch_rows = 50001\n', "[endpoint] batch_rows"),
+        ('[endpoint]\nkind = "batch"\nbatch_bytes = 200000001\n', "[endpoint] batch_bytes"),
+        ('[endpoint]\nkind = "batch"\nbatch_price_factor = 0\n', "[endpoint] batch_price_factor"),
+        ('[endpoint]\nkind = "batch"\nbatch_enqueued_tokens = 0\n', "batch_enqueued_tokens"),
+        ('[endpoint]\nkind = "batch"\npoll_s = 0\n', "[endpoint] poll_s"),
+        ('[endpoint]\nkind = "batch"\ncompletion_window = "1d"\n', 'OpenAI takes only "24h"'),
+        ('[endpoint]\nkind = "batch"\ncompletion_window = "12h"\n', "completion_window must be"),
+        ('[endpoint]\nkind = "batch"\n[engine]\nkind = "ray"\n', "runs in one process"),
+        ("[limits]\ndeadline_s = 60\n", 'deadline_s goes with an endpoint of kind = "batch"'),
+        ('[endpoint]\nkind = "batch"\n[limits]\ndeadline_s = 0\n', "[limits] deadline_s"),
+        (
+            '[[endpoints]]\nname = "a"\nkind = "batch"\n'
+            '[[endpoints]]\nname = "b"\nkind = "batch"\n',
+            "a job takes one: the batch lane keeps one ledger",
+        ),
+    ],
+)
+def test_batch_settings_are_refused_in_one_sentence(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    with pytest.raises(JobError) as caught:
+        load_job(write(tmp_path, MINIMAL + extra))
+    assert message in str(caught.value)
+    assert caught.value.exit_code == 2 and str(caught.value).count("\n") == 0

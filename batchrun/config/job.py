@@ -34,6 +34,23 @@ _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DEFAULT_ENDPOINT = "default"  # the name of the one endpoint of a job with `[endpoint]`
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# The Batch API's limits on one input file (OpenAI's; a gateway's may be lower).
+BATCH_MAX_ROWS = 50_000
+BATCH_MAX_BYTES = 200_000_000
+# A completion window in hours ("24h"): OpenAI takes only "24h"; some gateways take longer.
+_WINDOW = re.compile(r"([1-9][0-9]*)h")
+MIN_WINDOW_HOURS = 24
+# An endpoint's keys that only a batch endpoint takes.
+BATCH_SETTINGS = frozenset(
+    (
+        "batch_price_factor",
+        "batch_rows",
+        "batch_bytes",
+        "batch_enqueued_tokens",
+        "completion_window",
+        "poll_s",
+    )
+)
 
 
 class _Section(BaseModel):
@@ -81,6 +98,34 @@ class EndpointSpec(_Section):
     # (a password is read from the environment, never the job file)
     proxy_env: str | None = None
     ca_bundle: str | None = None  # a PEM file of CAs trusted besides the system's
+    # "batch": rows go through the Files and Batches API instead of /chat/completions. The
+    # batch settings below are None when not given, so that a direct endpoint's are refused.
+    kind: Literal["direct", "batch"] = "direct"
+    batch_price_factor: float | None = Field(None, gt=0)
+    batch_rows: int | None = Field(None, ge=1, le=BATCH_MAX_ROWS)
+    batch_bytes: int | None = Field(None, gt=0, le=BATCH_MAX_BYTES)
+    batch_enqueued_tokens: int | None = Field(None, ge=1)
+    completion_window: str | None = None
+    poll_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _batch_settings(self) -> EndpointSpec:
+        if self.kind == "direct":
+            given = sorted(set(self.model_fields_set) & BATCH_SETTINGS)
+            if given:
+                raise ValueError(
+                    f'{given[0]} is a batch endpoint\'s setting: add kind = "batch" to this '
+                    f"endpoint, or remove it"
+                )
+        window = self.completion_window
+        if window is not None:
+            hours = _WINDOW.fullmatch(window)
+            if hours is None or int(hours.group(1)) < MIN_WINDOW_HOURS:
+                raise ValueError(
+                    f'completion_window must be a number of hours the API takes, "24h" or '
+                    f'more (OpenAI takes only "24h"; got {window!r})'
+                )
+        return self
 
     @model_validator(mode="after")
     def _known_preset(self) -> EndpointSpec:
@@ -134,6 +179,8 @@ class LimitsSpec(_Section):
     commit_interval_s: float = Field(0.5, gt=0)
     disk_wait_s: float = Field(300, ge=0)  # how long to wait for space on a full disk
     storage_wait_s: float = Field(300, ge=0)  # how long S3 may stay out of reach
+    # With a batch endpoint: what it has not answered within this many seconds goes direct.
+    deadline_s: float | None = Field(None, gt=0)
 
 
 class EngineSpec(_Section):
@@ -275,6 +322,7 @@ class _JobModel(_Section):
                 seen.add(entry.name)
         elif self.endpoint.sim is not None:
             raise ValueError("[endpoint] takes no sim table: give the simulator's in [sim]")
+        self._one_batch_lane()
         if self.eval is not None:
             needs = {"label": "label", "json_field": "json"}.get(self.eval.scorer)
             if needs and (self.parse is None or self.parse.format != needs):
@@ -282,6 +330,26 @@ class _JobModel(_Section):
                     f'[eval] scorer = "{self.eval.scorer}" needs [parse] format = "{needs}"'
                 )
         return self
+
+    def _one_batch_lane(self) -> None:
+        """At most one batch endpoint, in a local run; a deadline only beside one."""
+        batch = [e for e in self.endpoints or [self.endpoint] if e.kind == "batch"]
+        if len(batch) > 1:
+            raise ValueError(
+                f'{len(batch)} endpoints have kind = "batch", and a job takes one: the batch '
+                f"lane keeps one ledger of its files and batches in the checkpoint, under "
+                f"one key space; make the others direct"
+            )
+        if batch and self.engine.kind == "ray":
+            raise ValueError(
+                'an endpoint with kind = "batch" needs [engine] kind = "local": the batch '
+                "lane runs in one process, which submits, polls and collects its batches"
+            )
+        if self.limits.deadline_s is not None and not batch:
+            raise ValueError(
+                '[limits] deadline_s goes with an endpoint of kind = "batch" (what it has '
+                "not answered by then goes direct): add one, or remove deadline_s"
+            )
 
 
 @dataclass(frozen=True)
@@ -306,10 +374,23 @@ class Endpoint:
     proxy_env: str | None = None  # the variable holding this endpoint's proxy URL instead
     ca_bundle: str | None = None  # the CA file's absolute path, for messages
     ca_pem: str | None = dataclasses.field(default=None, repr=False)  # its certificates
+    # "direct": /chat/completions; "batch": the Files and Batches API, with the settings below
+    kind: str = "direct"
+    batch_price_factor: float = 0.5  # a batch answer costs this much of the list price
+    batch_rows: int = BATCH_MAX_ROWS  # request lines in one uploaded file at most
+    batch_bytes: int = BATCH_MAX_BYTES  # bytes of one uploaded file at most
+    batch_enqueued_tokens: int | None = None  # prompt + max_tokens enqueued at once; None: no cap
+    completion_window: str = "24h"  # the window each batch is created with
+    poll_s: float = 30.0  # seconds between two looks at a batch in flight
 
     @property
     def uses_sim(self) -> bool:
         return self.base_url == SIM
+
+    @property
+    def is_batch(self) -> bool:
+        """Whether rows go through this endpoint's Files and Batches API."""
+        return self.kind == "batch"
 
     def route(self, environ: Mapping[str, str]) -> Route:
         """How this endpoint's connections are made, from its own settings and the proxy and
@@ -406,6 +487,16 @@ class Job:
         if not self.input_path.startswith(S3_SCHEME):
             return self.input_path
         return str(stage_input(Remote.of_url(self.input_path, self.s3), self.cache))
+
+    @property
+    def batch_endpoint(self) -> Endpoint | None:
+        """The endpoint served through its Batch API (a job has one at most), or None."""
+        return next((e for e in self.endpoints if e.is_batch), None)
+
+    @property
+    def direct_endpoints(self) -> tuple[Endpoint, ...]:
+        """The endpoints requests are sent to one by one: the direct engine's lanes."""
+        return tuple(e for e in self.endpoints if not e.is_batch)
 
     @property
     def uses_sim(self) -> bool:
@@ -535,10 +626,18 @@ def _resolve(
         proxy=spec.proxy,
         proxy_env=spec.proxy_env,
         **_ca_bundle(spec, base, path, model.endpoints is not None),
+        **_batch_settings(spec),
     )
 
 
-def _ca_bundle(spec: EndpointSpec, base: Path, path: Path, pooled: bool) -> dict[str, str]:
+def _batch_settings(spec: EndpointSpec) -> dict[str, Any]:
+    """The endpoint's kind and the batch settings it gives (the rest keep `Endpoint`'s
+    defaults)."""
+    given = {key: getattr(spec, key) for key in BATCH_SETTINGS if getattr(spec, key) is not None}
+    return {"kind": spec.kind, **given}
+
+
+def _ca_bundle(spec: EndpointSpec, base: Path, path: Path, pooled: bool) -> dict[str, Any]:
     """The endpoint's ca_bundle as its absolute path and its certificates, read now (so a
     Ray worker on another node has them); a JobError when it is no PEM file."""
     if spec.ca_bundle is None:

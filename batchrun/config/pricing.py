@@ -63,7 +63,7 @@ class Pricer:
 
     model: str  # the model whose price applies
     price: Price | None  # None when the model has no known price
-    factor: float = 1.0  # the gateway's multiplier (e.g. 0.5 for bcwhkj non-streaming)
+    factor: float = 1.0  # the gateway's multiplier (0.5 for bcwhkj non-streaming, or a batch)
     source: str = "table"  # where the price came from: "job", "table" or "none"
 
     def cost(self, usage: Usage) -> float | None:
@@ -79,13 +79,14 @@ class Pricer:
 
 
 def job_pricer(job: Job, endpoint: Endpoint | None = None) -> Pricer:
-    """The pricer of a job's answers from `endpoint` (the first one by default): the job's
-    own [cost.prices] first, then the shipped table, for the model the endpoint is asked
-    for and with its billing rules (`price_as`, `non_stream_price_factor`)."""
-    endpoint = endpoint or job.endpoints[0]
+    """The pricer of a job's answers from `endpoint` (by default the first direct one, else
+    the batch one): the job's own [cost.prices] first, then the shipped table, for the
+    model the endpoint is asked for and with its billing rules (`price_as`, and
+    `batch_price_factor` for a batch endpoint, else `non_stream_price_factor`)."""
+    endpoint = endpoint or (job.direct_endpoints or job.endpoints)[0]
     requested = job.model_at(endpoint)
     model = priced_model(requested, endpoint.price_as)
-    factor = 1.0 if job.request.get("stream") is True else endpoint.non_stream_price_factor
+    factor = _billing_factor(job, endpoint)
     # A gateway's own name for the model (`model` of the endpoint) may be unknown to the
     # tables: the job's name for it is tried after.
     own = str(job.request["model"])
@@ -98,6 +99,15 @@ def job_pricer(job: Job, endpoint: Endpoint | None = None) -> Pricer:
         if price is not None:
             return Pricer(name, price, factor, "table")
     return Pricer(model, None, factor, "none")
+
+
+def _billing_factor(job: Job, endpoint: Endpoint) -> float:
+    """The share of the list price an answer from `endpoint` is billed at. Every answer of a
+    batch endpoint is a batch answer, billed as the provider bills batches (the batch
+    factor alone: a batch line is never streamed, and its discount is the whole rule)."""
+    if endpoint.is_batch:
+        return endpoint.batch_price_factor
+    return 1.0 if job.request.get("stream") is True else endpoint.non_stream_price_factor
 
 
 class Budget:
