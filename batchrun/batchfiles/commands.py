@@ -563,7 +563,8 @@ class _Importer:
         self.summary = summary
         self.endpoint = endpoint.name
         self.pricer = job_pricer(job, endpoint)
-        self.price_factor = price_factor
+        # A batch endpoint's pricer has its batch price already.
+        self.price_factor = 1.0 if endpoint.is_batch else price_factor
         self.model = job.model_at(endpoint)
         if self.pricer.price is not None:
             summary.cost = 0.0

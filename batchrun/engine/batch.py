@@ -122,7 +122,7 @@ class BatchLane:
         self.stop: BatchrunError | None = None
         self.not_uploaded: str | None = None
         self.figures = LaneFigures()
-        self.pricer = job_pricer(job, endpoint, batch=True)
+        self.pricer = job_pricer(job, endpoint)  # at the batch price
         self.ledger: Ledger | None = None
         self.budget: Budget | None = None
         self._interrupts = 0
@@ -300,8 +300,9 @@ class BatchLane:
             if recovering or intent.refused:
                 batch = await api.find_batch(METADATA_KEY, intent.key, skip=intent.refused)
             if batch is None:
+                assert intent.file_id is not None
                 batch = await api.create_batch(
-                    intent.file_id,  # type: ignore[arg-type]
+                    intent.file_id,
                     completion_window=self.endpoint.completion_window,
                     metadata={METADATA_KEY: intent.key, "batchrun_job": self.job.name[:512]},
                 )
@@ -406,7 +407,7 @@ class BatchLane:
             opened.checkpoint,
             summary,
             os.environ,
-            self.endpoint.batch_price_factor,
+            1.0,  # the endpoint's pricer has its batch price
             latency_s=latency,
             last_try=last_try,
         )
@@ -444,12 +445,12 @@ class BatchLane:
         making = self._files(options)
         with contextlib.closing(making):
             while not self._stopping.is_set():
-                intent = await asyncio.to_thread(next, making, None)
-                if intent is None:
+                made = await asyncio.to_thread(_next, making)
+                if made is None:
                     break
                 self.figures.files += 1
-                self.figures.lines += intent.rows
-                await self._launch(api, intent, recovering=False)
+                self.figures.lines += made.rows
+                await self._launch(api, made, recovering=False)
 
     def _room(self, tokens: int) -> bool:
         """Whether `tokens` more fit under the endpoint's enqueued-token cap."""
@@ -477,10 +478,9 @@ class BatchLane:
         counting = bool(endpoint.batch_enqueued_tokens or self.budget is not None)
         self._walks += 1
         with contextlib.closing(requests):
-            stream = (p for p in requests if not self._passed(p))
+            stream = self._sendable(requests)
             pending = next(stream, None)
             while pending is not None:
-                assert isinstance(pending, Pending)
                 if not self._room(0):
                     return
                 scratch = ledger.scratch()
@@ -546,20 +546,23 @@ class BatchLane:
                 yield ledger.propose(scratch, rows, intent)
             self._exhausted = True
 
-    def _passed(self, passed: Pending | Passed) -> bool:
-        """Rows not sent: counted; the ones that cannot become a request recorded failed."""
-        if isinstance(passed, Pending):
-            return False
+    def _sendable(
+        self, requests: Generator[Pending | Passed, None, None]
+    ) -> Generator[Pending, None, None]:
+        """The rows to send; the rows passed over counted (once), the ones that cannot
+        become a request recorded failed, as a run records them."""
         progress = self.opened.progress
-        if passed.done:
-            if self._walks == 1:
-                progress.skip(passed.rows)
-            return True
-        self.opened.checkpoint.commit([_unsendable(r) for r in passed.rendered])
-        self.figures.failed += passed.rows
-        progress.failed += passed.rows
-        progress.done += passed.rows
-        return True
+        for request in requests:
+            if isinstance(request, Pending):
+                yield request
+            elif request.done:
+                if self._walks == 1:
+                    progress.skip(request.rows)
+            else:
+                self.opened.checkpoint.commit([_unsendable(r) for r in request.rendered])
+                self.figures.failed += request.rows
+                progress.failed += request.rows
+                progress.done += request.rows
 
     def _tokens(self, pending: Pending) -> tuple[int, float]:
         """A line's prompt + max_tokens × n tokens, and its worst-case cost."""
@@ -638,6 +641,10 @@ class BatchLane:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def _next(intents: Generator[Intent, None, None]) -> Intent | None:
+    return next(intents, None)
 
 
 def _unsendable(rendered: Rendered) -> RowResult:
