@@ -27,6 +27,7 @@ from .version import __version__
 
 if TYPE_CHECKING:
     from .config.job import Job
+    from .engine.lifecycle import RunSummary
 
 # pyarrow's default allocator (mimalloc) keeps freed memory: a walk over a million-row
 # checkpoint (a report) peaked at 385 MB with it and at 320 MB with the system's allocator,
@@ -126,7 +127,26 @@ def _parser() -> argparse.ArgumentParser:
         help="run in this process (local), or on a Ray cluster ([engine] in the job says "
         "which cluster and how many workers)",
     )
+    run.add_argument(
+        "--detach",
+        action="store_true",
+        help="with a batch endpoint: submit the batches and exit; run again to collect them",
+    )
     run.set_defaults(handler=_run)
+
+    cancel = commands.add_parser(
+        "cancel-batches",
+        help="cancel the job's batches still running, and collect what they finished",
+        description=(
+            "Cancel every batch of the job's batch endpoint still running, wait for the "
+            "provider to end them, and commit the lines they finished; the rows they did not "
+            "answer stay pending for the next run."
+        ),
+        epilog=_EPILOG,
+    )
+    _job_arguments(cancel)
+    cancel.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    cancel.set_defaults(handler=_cancel_batches)
 
     estimate = commands.add_parser(
         "estimate",
@@ -273,9 +293,34 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--fresh already runs every row; drop --retry-failed.")
     job = with_engine(load_job(args.job, args.overrides, os.environ), args.engine)
     options = RunOptions(
-        fresh=args.fresh, retry_failed=args.retry_failed, limit=args.limit, quiet=args.quiet
+        fresh=args.fresh,
+        retry_failed=args.retry_failed,
+        limit=args.limit,
+        quiet=args.quiet,
+        detach=args.detach,
     )
+    if args.detach and job.batch_endpoint is None:
+        raise UserError('--detach goes with a batch endpoint (kind = "batch"): this job has none.')
     summary = asyncio.run(launch(job, options, os.environ))
+    return _summed_up(job, summary)
+
+
+def _cancel_batches(args: argparse.Namespace) -> int:
+    from .config.job import load_job
+    from .launch import launch
+    from .rows.plan import RunOptions
+
+    job = load_job(args.job, args.overrides, os.environ)
+    if job.batch_endpoint is None:
+        raise UserError(
+            'cancel-batches goes with a batch endpoint (kind = "batch"): this job has none.'
+        )
+    options = RunOptions(quiet=args.quiet, cancel_batches=True)
+    return _summed_up(job, asyncio.run(launch(job, options, os.environ)))
+
+
+def _summed_up(job: Job, summary: RunSummary) -> int:
+    """Print where a run ended; its stop raised (the caller's exit code)."""
     parts = [
         f"{summary.ok:,} ok",
         f"{summary.failed:,} failed",
@@ -308,6 +353,13 @@ def _run(args: argparse.Namespace) -> int:
             line = output_line(summary.output_path)
             if line:
                 print(line)
+    running = summary.in_batches or {}
+    if running.get("rows") and summary.stopped is None:
+        print(
+            f"batches: {running['rows']:,} rows are in {running['batches']} batches still "
+            f"running; run the same command to collect them, or `batchrun cancel-batches` to "
+            f"cancel them"
+        )
     if summary.stopped is not None:
         raise summary.stopped
     return 0

@@ -72,6 +72,7 @@ ENDED = frozenset(
     {BatchState.COMPLETED, BatchState.FAILED, BatchState.EXPIRED, BatchState.CANCELLED}
 )
 TOKEN_LIMIT = "token_limit_exceeded"
+CANCEL_POLL_S = 5.0  # how often cancel-batches looks at the batches it cancelled
 
 
 class DeadlinePassed(RunStopped):
@@ -169,6 +170,9 @@ class BatchLane:
         assert ledger is not None
         async with self._api() as api:
             await self._adopt(api)
+            if options.cancel_batches:
+                await self._cancel_all(api)
+                return
             while self.stop is None:
                 await self._poll(api)
                 if self.stop is not None:
@@ -601,6 +605,23 @@ class BatchLane:
             self.ledger.record(
                 intent, cancel_requested_at=self.clock(), handed_over_at=self.clock()
             )
+
+    async def _cancel_all(self, api: BatchAPI) -> None:
+        """`batchrun cancel-batches`: cancel every batch still running, then collect each
+        as the provider ends it (what it finished is committed; its other rows stay
+        pending)."""
+        assert self.ledger is not None
+        for intent in self.ledger.live():
+            if intent.batch_id is not None and intent.finished_at is None:
+                await api.cancel_batch(intent.batch_id)
+                self.ledger.record(intent, cancel_requested_at=self.clock())
+        while self.stop is None and any(i.batch_id for i in self.ledger.open()):
+            await self._poll(api)
+            if any(i.batch_id for i in self.ledger.open()):
+                await self._nap(min(self.endpoint.poll_s, CANCEL_POLL_S))
+        for intent in self.ledger.live():  # files never turned into a batch: nothing to cancel
+            if intent.batch_id is None:
+                self.ledger.record(intent, collected_at=self.clock(), collected={"cancelled": True})
 
     async def _answer_direct(self, options: RunOptions) -> None:
         """The direct endpoints answer the rows left: the local engine over them alone."""

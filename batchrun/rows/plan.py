@@ -36,6 +36,7 @@ class RunOptions:
     quiet: bool = False
     interactive: bool | None = None  # None: a bar when stderr is a terminal
     detach: bool = False  # with a batch endpoint: submit the batches and return
+    cancel_batches: bool = False  # with a batch endpoint: cancel its batches, collect, return
 
 
 @dataclass(frozen=True)
