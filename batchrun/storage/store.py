@@ -95,7 +95,7 @@ class S3Error(OSError):
     @property
     def why(self) -> str:
         """The failure in a few words, for a sentence."""
-        return _first_line(self)
+        return first_line(self)
 
 
 @contextlib.contextmanager
@@ -125,7 +125,7 @@ def s3_errors(what: str) -> Iterator[None]:
         from botocore.exceptions import ConnectionError, HTTPClientError
 
         transient = isinstance(exc, ConnectionError | HTTPClientError)
-        raise S3Error(f"{what} failed: {_first_line(exc)}", transient=transient) from exc
+        raise S3Error(f"{what} failed: {first_line(exc)}", transient=transient) from exc
     except OSError as exc:
         if exc.errno is not None:
             raise  # this machine's (a local file), not the store's: pyarrow's have no errno
@@ -154,7 +154,9 @@ def _brief(text: str) -> str:
     return line[:200]
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message, at most 200 characters: for a sentence that
+    names it."""
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
 
