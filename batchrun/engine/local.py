@@ -4,11 +4,12 @@ Shape of a run: one producer renders input rows into requests and skips rows who
 committed result has the same request fingerprint; as many workers as the endpoints'
 concurrencies together take requests from a bounded queue and, for each attempt, a lane of
 the pool (`batchrun.engine.lanes`: an endpoint's wire, pacer, quota gate and circuit), wait for its
-pacer, send, classify and retry (elsewhere, where another endpoint serves); every final
-result goes to the commit buffer, which a ticker and the buffer's size flush into checkpoint
-segments. Results are durable only once flushed (at most `limits.commit_interval_s` or
-`sizes.COMMIT_ROWS` of them are ever unflushed); a row is only ever skipped on the strength of a
-flushed result.
+pacer, send, classify and retry (elsewhere, where another endpoint serves; the row's state
+from one attempt to the next is `batchrun.engine.attempt.Attempts`); every final result goes
+to the commit buffer (`batchrun.engine.commits`), which a ticker and the buffer's size flush
+into checkpoint segments. Results are durable only once flushed (at most
+`limits.commit_interval_s` or `sizes.COMMIT_ROWS` of them are ever unflushed); a row is only
+ever skipped on the strength of a flushed result.
 
 Run-wide stops (bad key or quota with one endpoint, every endpoint out with several, a
 systematic client error, the budget, an interrupt) set `_stop`: no request starts after it
