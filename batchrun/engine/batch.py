@@ -72,6 +72,7 @@ ENDED = frozenset(
     {BatchState.COMPLETED, BatchState.FAILED, BatchState.EXPIRED, BatchState.CANCELLED}
 )
 TOKEN_LIMIT = "token_limit_exceeded"
+MAX_REFUSALS = 5  # token_limit_exceeded this often with nothing else running: the file is too big
 CANCEL_POLL_S = 5.0  # how often cancel-batches looks at the batches it cancelled
 
 
@@ -155,35 +156,38 @@ class BatchLane:
         checkpoint = self.opened.checkpoint
         self.ledger = ledger = await asyncio.to_thread(Ledger, checkpoint.folder)
         if self.job.cost.budget_usd:
-            held = sum(i.reserved_usd for i in ledger.open())
-            self.budget = Budget(self.job.cost.budget_usd, checkpoint.spend() + held)
+            self.budget = Budget(self.job.cost.budget_usd, checkpoint.spend())
+            # The batches of earlier runs not collected yet hold their worst cases still.
+            self.budget.reserved = sum(i.reserved_usd for i in ledger.open())
         self.opened.progress.endpoints = self._describe
-        try:
-            await self._rounds(options)
-        except RunStopped as exc:  # the endpoint refused the key, the route, the budget
-            self.stop = exc
-        if self.stop is None and not self.detach and self._make_direct is not None:
-            await self._answer_direct(options)
+        async with self._api() as api:
+            try:
+                await self._rounds(api, options)
+            except RunStopped as exc:  # the endpoint refused the key, the route, the budget
+                self.stop = exc
+            if self.stop is None and not self.detach and self._make_direct is not None:
+                await self._answer_direct(options)
+                with contextlib.suppress(BatchrunError):  # the batches handed over, if ended
+                    await self._poll(api)
 
-    async def _rounds(self, options: RunOptions) -> None:
+    async def _rounds(self, api: BatchAPI, options: RunOptions) -> None:
         ledger = self.ledger
         assert ledger is not None
-        async with self._api() as api:
-            await self._adopt(api)
-            if options.cancel_batches:
-                await self._cancel_all(api)
-                return
-            while self.stop is None:
-                await self._poll(api)
-                if self.stop is not None:
-                    break
-                if self._deadline_due():
-                    await self._hand_over(api)
-                    break
-                await self._submit(api, options)
-                if self.detach or self.stop is not None or not ledger.live():
-                    break
-                await self._nap(self.endpoint.poll_s)
+        await self._adopt(api)
+        if options.cancel_batches:
+            await self._cancel_all(api)
+            return
+        while self.stop is None:
+            await self._poll(api)
+            if self.stop is not None:
+                break
+            if self._deadline_due():
+                await self._hand_over(api)
+                break
+            await self._submit(api, options)
+            if self.detach or self.stop is not None or not ledger.live():
+                break
+            await self._nap(self.endpoint.poll_s)
 
     async def write_output(self, write: Callable[[], sink.Written]) -> sink.Written | None:
         return await asyncio.to_thread(write)
@@ -441,6 +445,15 @@ class BatchLane:
         assert ledger is not None
         for intent in ledger.live():
             if intent.batch_id is None and intent.file_id is not None and self._room(intent.tokens):
+                running = any(i.batch_id and i.finished_at is None for i in ledger.live())
+                if len(intent.refused) >= MAX_REFUSALS and not running:
+                    raise RunStopped(
+                        f"{self.endpoint.name} refused batch file {intent.filename} "
+                        f"{len(intent.refused)} times for its enqueued-token limit "
+                        f"(token_limit_exceeded) with no other batch running: lower "
+                        f"batch_enqueued_tokens and batch_rows so that a file fits the limit, "
+                        f"then run the same command."
+                    )
                 await self._launch(api, intent, recovering=False)
         if self._stopping.is_set():
             return

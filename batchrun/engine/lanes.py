@@ -28,13 +28,16 @@ as long (at most CIRCUIT_MAX_S), one that succeeds closes it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import enum
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..config.job import Endpoint
-from ..config.pricing import Pricer
+from ..config.job import Endpoint, Job
+from ..config.pricing import Pricer, job_pricer
+from ..core.network import DIRECT, Route
+from ..core.secrets import Secret
 from ..protocol.wire import Wire
-from .pacing import Pacer, Sleep
+from .pacing import LanePacer, Pacer, Sleep
 from .retry import QuotaGate
 
 CIRCUIT_ERRORS = 5  # server errors or timeouts in a row that open an endpoint's circuit
@@ -44,7 +47,17 @@ CIRCUIT_MAX_S = 300.0  # the longest it stays open between probes
 # than go to a later one: a second's share of a fast endpoint is not overflow.
 PRIORITY_WAIT_S = 0.25
 
-SERVING, PAUSED, OPEN, OUT = "serving", "paused", "open", "out"
+
+class LaneState(enum.StrEnum):
+    """Where a lane stands. Each is the word the progress line and the endpoints' note
+    (JSON) show, as a string is: a worker's figures carry it to the desk, whose state of an
+    endpoint is the first of these that any worker's lane is in, in this order (see
+    `batchrun.ray.desk.Desk`)."""
+
+    SERVING = "serving"
+    PAUSED = "paused"  # its quota is exhausted and probed
+    OPEN = "open"  # its circuit is open
+    OUT = "out"  # it serves no more this run
 
 
 class Circuit:
@@ -98,7 +111,7 @@ class Lane:
     endpoint: Endpoint
     model: str  # the model name requests carry here
     wire: Wire
-    pacer: Pacer
+    pacer: LanePacer
     quota: QuotaGate
     pricer: Pricer
     circuit: Circuit
@@ -120,14 +133,14 @@ class Lane:
     def concurrency(self) -> int:
         return self.endpoint.concurrency
 
-    def state(self, now: float) -> str:
+    def state(self, now: float) -> LaneState:
         if self.out is not None:
-            return OUT
+            return LaneState.OUT
         if not self.quota.is_open:
-            return PAUSED
+            return LaneState.PAUSED
         if self.circuit.open_until is not None and not self.circuit.allows(now):
-            return OPEN
-        return SERVING
+            return LaneState.OPEN
+        return LaneState.SERVING
 
     def start_s(self, now: float) -> float:
         """How soon a request given to it now could start, by its pacer and its queue."""
@@ -165,7 +178,7 @@ class Pool:
     def serving_elsewhere(self, lane: Lane) -> bool:
         """Whether a lane other than `lane` is serving now (busy or not)."""
         now = self._clock()
-        return any(o is not lane and o.state(now) == SERVING for o in self.lanes)
+        return any(o is not lane and o.state(now) is LaneState.SERVING for o in self.lanes)
 
     async def take(self, row: object, avoid: Lane | None = None) -> Lane | None:
         """A lane for `row`'s next attempt, one of its request slots held (give it back with
@@ -191,7 +204,7 @@ class Pool:
         self._changed = asyncio.Event()
 
     def _choose(self, row: object, avoid: Lane | None, now: float) -> Lane | None:
-        serving = [lane for lane in self.lanes if lane.state(now) == SERVING]
+        serving = [lane for lane in self.lanes if lane.state(now) is LaneState.SERVING]
         elsewhere = avoid is not None and any(lane is not avoid for lane in serving)
         for lane in self.lanes:
             if lane.out is not None or (lane is avoid and elsewhere):
@@ -234,4 +247,70 @@ class Pool:
     def describe(self) -> str:
         """Each lane's name and state, for the progress line: "a serving, b paused"."""
         now = self._clock()
-        return ", ".join(f"{lane.name} {lane.state(now)}" for lane in self.lanes)
+        return ", ".join(f"{lane.name} {lane.state(now).value}" for lane in self.lanes)
+
+
+@dataclass(frozen=True)
+class SharedLanes:
+    """What a Ray worker's lanes share with the whole cluster, by endpoint name (see
+    `batchrun.ray.worker`): the pace leased from the desk, and who hears a quota's pause."""
+
+    pacers: Mapping[str, LanePacer]
+    quota_paused: Mapping[str, Callable[[float], None]]
+
+
+def build_pool(
+    job: Job,
+    urls: Mapping[str, str],
+    keys: Mapping[str, Secret | None],
+    routes: Mapping[str, Route],
+    *,
+    clock: Callable[[], float],
+    sleep: Sleep,
+    stopping: asyncio.Event,
+    shared: SharedLanes | None = None,
+) -> Pool:
+    """The job's lanes, each complete: `urls`, `keys` and `routes` give each endpoint's base
+    URL, key and route (absent: direct) by name; `sleep` is cut short by `stopping`. With
+    `shared`, a Ray worker's, each lane is paced by the desk and its quota's pauses are told
+    to it; otherwise each has a pacer of its own."""
+    limits = job.limits
+    several = len(job.endpoints) > 1
+    lanes = []
+    for endpoint in job.endpoints:
+        name = endpoint.name
+        pacer: LanePacer
+        if shared is not None:
+            pacer = shared.pacers[name]
+        else:
+            pacer = Pacer(
+                endpoint.requests_per_minute, endpoint.tokens_per_minute, clock=clock, sleep=sleep
+            )
+        wire = Wire(
+            urls[name],
+            keys.get(name),
+            headers=endpoint.headers,
+            pool_size=endpoint.concurrency,
+            timeout_s=limits.request_timeout_s,
+            idle_timeout_s=limits.idle_timeout_s,
+            route=routes.get(name, DIRECT),
+        )
+        quota = QuotaGate(
+            limits.quota_wait_s,
+            clock,
+            sleep,
+            hand_off=several,
+            on_pause=shared.quota_paused[name] if shared is not None else None,
+        )
+        lanes.append(
+            Lane(
+                endpoint=endpoint,
+                model=job.model_at(endpoint),
+                wire=wire,
+                pacer=pacer,
+                quota=quota,
+                pricer=job_pricer(job, endpoint),
+                circuit=Circuit(CIRCUIT_ERRORS if several else None),
+            )
+        )
+    return Pool(lanes, job.strategy, clock=clock, sleep=sleep, stopping=stopping)

@@ -112,7 +112,11 @@ class Answerer(Protocol):
     a Ray driver and its workers."""
 
     stop: BatchrunError | None  # the run-wide stop, once one happened
-    not_uploaded: str | None  # the output's S3 URL, when the output did not get there
+
+    @property
+    def not_uploaded(self) -> str | None:
+        """The output's S3 URL, when the output did not get there."""
+        ...
 
     @property
     def hurried(self) -> bool:

@@ -4,11 +4,12 @@ Shape of a run: one producer renders input rows into requests and skips rows who
 committed result has the same request fingerprint; as many workers as the endpoints'
 concurrencies together take requests from a bounded queue and, for each attempt, a lane of
 the pool (`batchrun.engine.lanes`: an endpoint's wire, pacer, quota gate and circuit), wait for its
-pacer, send, classify and retry (elsewhere, where another endpoint serves); every final
-result goes to the commit buffer, which a ticker and the buffer's size flush into checkpoint
-segments. Results are durable only once flushed (at most `limits.commit_interval_s` or
-`sizes.COMMIT_ROWS` of them are ever unflushed); a row is only ever skipped on the strength of a
-flushed result.
+pacer, send, classify and retry (elsewhere, where another endpoint serves; the row's state
+from one attempt to the next is `batchrun.engine.attempt.Attempts`); every final result goes
+to the commit buffer (`batchrun.engine.commits`), which a ticker and the buffer's size flush
+into checkpoint segments. Results are durable only once flushed (at most
+`limits.commit_interval_s` or `sizes.COMMIT_ROWS` of them are ever unflushed); a row is only
+ever skipped on the strength of a flushed result.
 
 Run-wide stops (bad key or quota with one endpoint, every endpoint out with several, a
 systematic client error, the budget, an interrupt) set `_stop`: no request starts after it
@@ -27,17 +28,16 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from ..checkpoint.folder import Checkpoint
 from ..config.job import Job
-from ..config.pricing import Budget, SharedBudget, job_pricer
+from ..config.pricing import Budget, SharedBudget
 from ..core import sizes
 from ..core.completion import Usage
-from ..core.network import DIRECT, ProxyURL, Route
+from ..core.network import ProxyURL, Route
 from ..core.progress import Progress
 from ..core.secrets import Secret
 from ..core.tokens import TokenCounter, counter_for
@@ -51,10 +51,9 @@ from ..errors import (
     NoEndpoint,
     QuotaExhausted,
     RunStopped,
-    StoreFailed,
     SystematicFailure,
 )
-from ..protocol.outcome import Action, Outcome, classify, classify_failure, classify_stream
+from ..protocol.outcome import Action, classify, classify_failure, classify_stream
 from ..protocol.result import (
     FINGERPRINT,
     RowResult,
@@ -63,19 +62,19 @@ from ..protocol.result import (
     plus_cost,
     success_result,
 )
-from ..protocol.wire import Reply, TransportFailure, Wire
+from ..protocol.wire import TransportFailure
 from ..rows import sink
 from ..rows.plan import Plan, RunOptions, answered, fresh, settles, with_prior
 from ..rows.render import Rendered
 from ..rows.request import Item
 from ..rows.source import Source
 from ..storage.nofile import fitting_concurrency
-from ..storage.space import RETRY_S, SpaceGate, disk_full, store_backoff, what_is_full
-from ..storage.store import S3Error
 from . import lifecycle
+from .attempt import Attempts
 from .batch import batch_lanes
+from .commits import Commits
 from .interrupts import RouteInterrupts
-from .lanes import CIRCUIT_ERRORS, Circuit, Lane, Pool
+from .lanes import Lane, SharedLanes, build_pool
 from .lifecycle import (
     Answered,
     MakeAnswerer,
@@ -85,9 +84,8 @@ from .lifecycle import (
     concurrency_of,
     with_concurrency,
 )
-from .pacing import Pacer, Sleep
-from .retry import QuotaGate, RetryPolicy
-from .stops import output_words, store_cause, store_sentence, with_uncommitted
+from .pacing import Sleep
+from .retry import RetryPolicy
 
 log = logging.getLogger("batchrun")
 
@@ -169,6 +167,17 @@ def lane_figures(lane: Lane, now: float) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Shard:
+    """What a Ray worker's engine runs on and shares with the rest of the run (see
+    `batchrun.ray.worker`)."""
+
+    span: tuple[int, int | None]  # the input positions it covers
+    lanes: SharedLanes  # each endpoint's pace and quota pauses, on the desk
+    budget: SharedBudget | None  # the run's budget, taken from the desk in slices
+    tell_stop: Callable[[BatchrunError], None]  # hands this engine's own stop to every worker
+
+
 class _Engine:
     """The async machinery of one run."""
 
@@ -184,12 +193,11 @@ class _Engine:
         sleep: Sleep,
         clock: Callable[[], float],
         rng: random.Random,
-        pacers: Mapping[str, Pacer] | None = None,
-        budget: Budget | None = None,
+        shard: Shard | None = None,
     ) -> None:
         """`urls`, `keys` and `routes` give each endpoint's base URL, key and route (None:
-        all direct) by name. `pacers` and `budget` stand in for the job's own (a Ray
-        worker's shared ones); with `pacers`, `budget` is only what is given."""
+        all direct) by name. With `shard` (a Ray worker's), the engine runs on its span of
+        the input, paced, budgeted and stopped with the rest of the cluster."""
         limits = job.limits
         routes = routes or {}
         self.job = job
@@ -205,68 +213,51 @@ class _Engine:
         self.rng = rng
         self.policy = RetryPolicy(max_attempts=limits.max_attempts, max_retry_s=limits.max_retry_s)
         self._stopping = asyncio.Event()  # set with `stop`: cuts every wait short
-        several = len(job.endpoints) > 1
-        lanes = []
-        for endpoint in job.endpoints:
-            concurrency = endpoint.concurrency
-            lanes.append(
-                Lane(
-                    endpoint=endpoint,
-                    model=job.model_at(endpoint),
-                    wire=Wire(
-                        urls[endpoint.name],
-                        keys.get(endpoint.name),
-                        headers=endpoint.headers,
-                        pool_size=concurrency,
-                        timeout_s=limits.request_timeout_s,
-                        idle_timeout_s=limits.idle_timeout_s,
-                        route=routes.get(endpoint.name, DIRECT),
-                    ),
-                    pacer=pacers[endpoint.name]
-                    if pacers is not None
-                    else Pacer(
-                        endpoint.requests_per_minute,
-                        endpoint.tokens_per_minute,
-                        clock=clock,
-                        sleep=self._nap,
-                    ),
-                    quota=QuotaGate(limits.quota_wait_s, clock, self._nap, hand_off=several),
-                    pricer=job_pricer(job, endpoint),
-                    circuit=Circuit(CIRCUIT_ERRORS if several else None),
-                )
-            )
-        self.pool = Pool(lanes, job.strategy, clock=clock, sleep=self._nap, stopping=self._stopping)
+        self.pool = build_pool(
+            job,
+            urls,
+            keys,
+            routes,
+            clock=clock,
+            sleep=self._nap,
+            stopping=self._stopping,
+            shared=shard.lanes if shard is not None else None,
+        )
         # Every lane at once may be sending: the workers are their concurrencies together.
-        self.workers = sum(lane.concurrency for lane in lanes)
+        self.workers = sum(lane.concurrency for lane in self.pool.lanes)
         # Prompts are counted before sending only where a count is used: pacing by tokens
         # and the budget. Loading an encoding takes a quarter of a second.
         self._count_prompts = bool(
             any(e.tokens_per_minute for e in job.endpoints) or job.cost.budget_usd
         )
         self.parser = plan.annotator.parser if plan.annotator is not None else None
-        self.budget: Budget | SharedBudget | None = budget
-        if pacers is None and job.cost.budget_usd:
+        self.budget: Budget | SharedBudget | None = None
+        if shard is not None:
+            self.budget = shard.budget
+        elif job.cost.budget_usd:
             self.budget = Budget(job.cost.budget_usd, checkpoint.spend())
         self.progress = Progress(0, 0, quiet=True)  # replaced by run() before executing
         self.counts = _Counts()
         self.final_ok = 0  # rows whose latest result is ok (before and during this run)
         self.final_failed = 0  # rows whose latest result is failed
         self.stop: BatchrunError | None = None  # the run-wide stop, once one happened
-        self._buffer: list[RowResult] = []  # finished results not yet committed
-        self._flush_lock = asyncio.Lock()  # one segment write at a time
-        self._last_flush = time.monotonic()
-        self.space = SpaceGate(limits.disk_wait_s, clock)
-        self._full = (checkpoint.folder, "full")  # the folder a shortage stopped on, and how
-        self._shortage = "disk"  # what the gate waits for while closed: "disk" or "store"
-        self._store_tries = 0  # tries at S3 that failed in the current outage
-        # The S3 failure the run stopped on (or gave up uploading on): the error, whether
-        # it was waited out for storage_wait_s (else S3 refused), "commit" or "upload".
-        self._store_failure: tuple[S3Error, bool, str] | None = None
-        self.not_uploaded: str | None = None  # the output's S3 URL, when it did not get there
+        self.stopped_elsewhere = False  # the stop came from the cluster (another worker)
+        self._tell_stop = shard.tell_stop if shard is not None else None
+        self.span = shard.span if shard is not None else (0, None)  # the input positions run
+        self.commits = Commits(
+            job,
+            checkpoint,
+            clock=clock,
+            nap=self._nap,
+            note=lambda line: self.progress.note(line),
+            halt=self._halt,
+            stopped=lambda: self.stop is not None,
+            cause_only=shard is not None,
+        )
+        self.space = self.commits.space  # closed while a full disk or S3 is waited out
         self._workers: list[asyncio.Task[None]] = []
         self._producer: asyncio.Task[None] | None = None
         self._interrupts = 0  # Ctrl-C / SIGTERM received so far
-        self.shard: tuple[int, int | None] = (0, None)  # the input positions this run covers
 
     # -- the run as a whole ---------------------------------------------------------------
 
@@ -306,7 +297,7 @@ class _Engine:
                 # must be in place before the output is written from the segments.
                 finished.set()
                 await ticker
-                await self._flush()
+                await self.commits.flush()
         if isinstance(self.stop, DiskFull):
             self.stop = self.disk_full_stop()  # with the answers lost since
 
@@ -320,6 +311,13 @@ class _Engine:
             asyncio.get_running_loop().call_later(INTERRUPT_GRACE_S, self._cancel)
         else:
             self._cancel()
+
+    def hear_stop(self, error: BatchrunError) -> None:
+        """A stop raised elsewhere in the cluster (another worker, the driver): this engine
+        stops too, without handing the stop back."""
+        if self.stop is None:
+            self.stopped_elsewhere = True
+            self._halt(error)
 
     @property
     def rate_limited(self) -> int:
@@ -346,18 +344,43 @@ class _Engine:
             endpoints={lane.name: lane_figures(lane, now) for lane in self.pool.lanes},
         )
 
+    @property
+    def not_uploaded(self) -> str | None:
+        """The output's S3 URL, when it did not get there."""
+        return self.commits.not_uploaded
+
+    async def write_output(self, write: Callable[[], sink.Written]) -> sink.Written | None:
+        """Write the output, waiting for space as a commit does; None when it could not be."""
+        return await self.commits.write_output(write)
+
+    async def publish_output(self) -> bool:
+        """Upload the written output to S3, waiting S3 out; False when it could not be."""
+        return await self.commits.publish_output()
+
+    def disk_full_stop(self) -> DiskFull:
+        """The stop for a disk that stayed full, counting the answers not saved now."""
+        return self.commits.disk_full_stop()
+
+    def settle_stop(self, written: bool) -> None:
+        """Once the run ended: make the stop's sentence say what is so now (whether the
+        output was `written`, the answers not committed)."""
+        self.stop = self.commits.settled_stop(self.stop, written)
+
     def _cancel(self) -> None:
         for task in [self._producer, *self._workers]:
             if task is not None:
                 task.cancel()
 
     def _halt(self, error: BatchrunError) -> None:
-        if self.stop is None:
+        first = self.stop is None
+        if first:
             self.stop = error
         self._stopping.set()
         for lane in self.pool.lanes:
             lane.pacer.close()
         self.space.release()
+        if first and not self.stopped_elsewhere and self._tell_stop is not None:
+            self._tell_stop(error)
 
     def _lane_out(self, lane: Lane, stop: RunStopped, why: str) -> None:
         """`lane` serves no more this run: the run stops with `stop` where it was the only
@@ -432,12 +455,8 @@ class _Engine:
         while not finished.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), min(interval, REFRESH_S))
-            if (
-                self._buffer
-                and not self._flush_lock.locked()  # a flush may be waiting for space
-                and time.monotonic() - self._last_flush >= interval
-            ):
-                await self._flush()
+            if self.commits.due(interval):
+                await self.commits.flush()
             self.progress.refresh()
 
     # -- producing requests ---------------------------------------------------------------
@@ -453,7 +472,7 @@ class _Engine:
         committed = bool(self.checkpoint.segments())
         positions = await asyncio.to_thread(self.checkpoint.positions)
         walk = await asyncio.to_thread(self.checkpoint.walk, [FINGERPRINT, "status"])
-        start = self.shard[0]
+        start = self.span[0]
         if start:
             await asyncio.to_thread(positions.seek, start)
             await asyncio.to_thread(walk.seek, start)
@@ -505,7 +524,7 @@ class _Engine:
         once a row is queued or the feed ends; the feed starts once `after` is set."""
         if after is not None:
             await after.wait()
-        start, end = self.shard
+        start, end = self.span
         batches = source.batches(
             self.renderer.columns, sizes.READ_ROWS, options.limit, start=start, end=end
         )
@@ -562,123 +581,69 @@ class _Engine:
             result = await self._process(item)
             if result is not None:
                 self._record(result)
-                await self._maybe_flush()
+                await self.commits.flush_if_full()
 
     async def _process(self, item: Item) -> RowResult | None:
         """Send one row until it has a final result; None if the run stopped before it had
-        an answer. Every attempt goes where the pool says (see `batchrun.engine.lanes`)."""
-        attempts = 0  # requests sent for this row
-        tries = 0  # attempts that count toward max_attempts (quota probes do not)
-        first_start = self.clock()
-        failed_on: Lane | None = None  # the lane the last attempt failed on
+        an answer. Each attempt takes a lane (where the pool says, see
+        `batchrun.engine.lanes`) and waits for its pacer, reserves, is sent; then what came
+        back says what follows: a result, another attempt, or first a wait."""
+        row = Attempts(item, self.clock())
         while True:
             await self.space.wait_open()
-            lane = await self.pool.take(item, failed_on)
+            lane = await self.pool.take(item, row.failed_on)
             if lane is None:
-                return item.kept_answer(attempts, self.json_mode)
+                return item.kept_answer(row.attempts, self.json_mode)
             try:
-                lane.queued += 1
-                try:
-                    await lane.pacer.acquire(item.estimate)
-                finally:
-                    lane.queued -= 1
-                await self.space.wait_open()  # again: the disk may have filled during the pacing
-                if self.stop is not None:
-                    return item.kept_answer(attempts, self.json_mode)
-                worst = self._reserve(item, lane)
-                if worst is None:
-                    return item.kept_answer(attempts, self.json_mode)
-                attempts += 1
-                tries += 1
-                sent_at = self.clock()
-                outcome, reply = await self._send(item, lane)
+                if not await self._pace(item, lane) or not self._reserve(row, lane):
+                    return item.kept_answer(row.attempts, self.json_mode)
+                await self._send(row, lane)
             finally:
                 self.pool.release(lane)
-            usage = self._usage(item, outcome)
-            cost = lane.pricer.cost(usage[0]) if usage else None
-            if self.budget is not None:
-                self.budget.settle(worst, cost)
-            action = outcome.action
-            if action is not Action.OK:
-                kind = outcome.error or action.value
-                lane.errors[kind] = lane.errors.get(kind, 0) + 1
-            # A server error or a timeout counts against the circuit; any answer of the
-            # gateway's own (a refusal, a 429, a quota, a key) shows that it is up.
-            if action is Action.RETRY:
-                if lane.circuit.failed(self.clock()):
-                    self.pool.poke()
-            else:
-                lane.circuit.answered()
+            self._bill(row, lane)
+            self._tell_lane(row, lane)
+            action = row.last.action
             if action is Action.QUOTA:
-                tries -= 1
-                pausing = lane.quota.is_open
-                if not await lane.quota.exhausted(item):
-                    self._quota_gone(lane, outcome.message or "insufficient quota")
-                elif pausing and not self.pool.single:
-                    self.progress.note(
-                        f"batchrun: warning: endpoint {lane.name!r} is paused: its quota is "
-                        f"exhausted ({self._redact(outcome.message or 'insufficient quota')}); "
-                        f"probing it for up to {self.job.limits.quota_wait_s:g} s while the "
-                        f"others serve."
-                    )
-                failed_on = lane  # where another lane serves, it takes the row
-                self.pool.poke()  # a probe may be due later: the waiting rows look again
-                continue
-            if lane.quota.probing(item):
-                lane.quota.passed(item)
-                self.pool.poke()  # the lane serves again
-            if action is Action.OK:
-                lane.answers += 1
-                lane.pacer.recover(sent_at)
-                assert usage is not None
-                lane.pacer.reconcile(item.estimate, usage[0].total_tokens)
-                if self.parser and item.ask_again(
-                    self.parser, outcome, reply, usage, cost, self._count
-                ):
-                    item.kept_at = lane.name
-                    tries, first_start, failed_on = 0, self.clock(), None
-                    continue
-                return self._success(item, outcome, attempts, reply, usage, cost, lane)
-            if action is Action.FAIL:
-                return self._failure(item, outcome, attempts, usage, cost, lane)
-            if action is Action.BAD_KEY:
-                tries -= 1  # the key's fault, not the row's
-                self._bad_key(lane, outcome.message or "unauthorized")
-                failed_on = lane
-                continue
-            if action is Action.BAD_ROUTE:
-                tries -= 1  # the network's settings' fault, not the row's
-                self._bad_route(lane, outcome.message or "refused")
-                failed_on = lane
-                continue
-            if action is Action.RATE_LIMITED:
-                # Pacing is the run's job: a rate limit never uses up a row's attempts, only
-                # max_retry_s bounds its wait.
-                tries -= 1
-                lane.rate_limited += 1
-                lane.pacer.cool_down(outcome.retry_after_s or RATE_LIMIT_COOL_DOWN_S, sent_at)
-            exhausted = tries >= self.policy.max_attempts
-            if exhausted or self.clock() - first_start > self.policy.max_retry_s:
-                return self._failure(item, outcome, attempts, usage, cost, lane)
-            failed_on = lane
-            if action is Action.RETRY and not self.pool.serving_elsewhere(lane):
-                # Nowhere else to go: the row's own backoff spaces its retries here.
-                await self._nap(self.policy.delay(tries, outcome.retry_after_s, self.rng))
+                await self._on_quota(row, lane)
+            elif action is Action.OK:
+                if not self._asks_again(row, lane):
+                    return self._success(row, lane)
+            elif action is Action.FAIL:
+                return self._failure(row, lane)
+            elif action is Action.BAD_KEY or action is Action.BAD_ROUTE:
+                self._on_refused(row, lane)
+            elif self.policy.gives_up(row.tries, self.clock() - row.started):
+                return self._failure(row, lane)
+            else:
+                await self._before_retry(row, lane)
+
+    async def _pace(self, item: Item, lane: Lane) -> bool:
+        """Wait for `lane`'s pacer (and for space, which may have run out meanwhile); False
+        when the run stopped."""
+        lane.queued += 1
+        try:
+            await lane.pacer.acquire(item.estimate)
+        finally:
+            lane.queued -= 1
+        await self.space.wait_open()
+        return self.stop is None
 
     @property
     def counter(self) -> TokenCounter:
         """The model's token counter, loaded when first needed."""
         return counter_for(str(self.job.request["model"]))
 
-    def _reserve(self, item: Item, lane: Lane) -> float | None:
-        """Reserve the request's worst case at `lane`'s prices against the budget; None
+    def _reserve(self, row: Attempts, lane: Lane) -> bool:
+        """Reserve the request's worst case at `lane`'s prices against the budget; False
         (and a stop) if over."""
         if self.budget is None:
-            return 0.0
+            return True
+        item = row.item
         prompt = item.prompt_tokens if self.counter.exact else math.ceil(item.prompt_tokens * 1.2)
         worst = lane.pricer.worst_case(prompt, self.renderer.completion_estimate) or 0.0
         if self.budget.reserve(worst):
-            return worst
+            row.worst = worst
+            return True
         self._halt(
             BudgetReached(
                 f"The budget of ${self.budget.limit:,.2f} is reached: ${self.budget.spent:,.4f} "
@@ -687,30 +652,12 @@ class _Engine:
                 f"(finished rows are saved)."
             )
         )
-        return None
+        return False
 
-    def _usage(self, item: Item, outcome: Outcome) -> tuple[Usage, bool] | None:
-        """What the attempt used (counted locally when the gateway said nothing), if billed."""
-        completion = outcome.completion
-        if completion is None:
-            return None
-        if completion.usage is not None:
-            return completion.usage, False
-        return self._count_locally(item, completion.choices), True
-
-    async def _nap(self, seconds: float) -> None:
-        """Sleep, unless the run stops first: a stop never waits out a backoff or a pause."""
-        if self._stopping.is_set():
-            return
-        napping = asyncio.ensure_future(self.sleep(seconds))
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({napping, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            napping.cancel()
-            stopping.cancel()
-
-    async def _send(self, item: Item, lane: Lane) -> tuple[Outcome, Reply | None]:
+    async def _send(self, row: Attempts, lane: Lane) -> None:
+        """Send the row's request to `lane` and classify what came back."""
+        item = row.item
+        row.sent(self.clock())
         body = item.body
         if body["model"] != lane.model:  # this gateway's name for the model
             body = {**body, "model": lane.model}
@@ -720,7 +667,8 @@ class _Engine:
         try:
             reply = await lane.wire.post(body)
         except TransportFailure as failure:
-            return classify_failure(failure.kind, failure.message), None
+            row.came_back(classify_failure(failure.kind, failure.message), None)
+            return
         finally:
             lane.in_flight -= 1
             lane.in_flight_tokens -= item.estimate
@@ -737,23 +685,116 @@ class _Engine:
                 outcome.action.value,
                 outcome.error or "",
             )
-        return outcome, reply
+        row.came_back(outcome, reply)
+
+    def _bill(self, row: Attempts, lane: Lane) -> None:
+        """What the attempt used (counted locally when the gateway said nothing) and cost,
+        settled against the budget's reservation."""
+        completion = row.last.completion
+        if completion is None:
+            row.usage = None
+        elif completion.usage is not None:
+            row.usage = completion.usage, False
+        else:
+            row.usage = self._count_locally(row.item, completion.choices), True
+        row.cost = lane.pricer.cost(row.usage[0]) if row.usage else None
+        if self.budget is not None:
+            self.budget.settle(row.worst, row.cost)
+
+    def _tell_lane(self, row: Attempts, lane: Lane) -> None:
+        """What the attempt says of `lane`: its failed attempts by kind, its circuit, its
+        quota's probe, its pace after a 429."""
+        outcome = row.last
+        action = outcome.action
+        if action is not Action.OK:
+            kind = outcome.error or action.value
+            lane.errors[kind] = lane.errors.get(kind, 0) + 1
+        # A server error or a timeout counts against the circuit; any answer of the
+        # gateway's own (a refusal, a 429, a quota, a key) shows that it is up.
+        if action is Action.RETRY:
+            if lane.circuit.failed(self.clock()):
+                self.pool.poke()
+        else:
+            lane.circuit.answered()
+        if action is Action.QUOTA:
+            return
+        if lane.quota.probing(row.item):
+            lane.quota.passed(row.item)
+            self.pool.poke()  # the lane serves again
+        if action is Action.OK:
+            lane.answers += 1
+            lane.pacer.recover(row.sent_at)
+            assert row.usage is not None
+            lane.pacer.reconcile(row.item.estimate, row.usage[0].total_tokens)
+        elif action is Action.RATE_LIMITED:
+            # Pacing is the run's job: a rate limit never uses up a row's attempts, only
+            # max_retry_s bounds its wait.
+            lane.rate_limited += 1
+            lane.pacer.cool_down(outcome.retry_after_s or RATE_LIMIT_COOL_DOWN_S, row.sent_at)
+
+    async def _on_quota(self, row: Attempts, lane: Lane) -> None:
+        """The quota answer: probe the quota (the first row to get it), or wait while
+        another row does, or go to another lane; the lane goes out when it stays gone."""
+        message = row.last.message or "insufficient quota"
+        pausing = lane.quota.is_open
+        if not await lane.quota.exhausted(row.item):
+            self._quota_gone(lane, message)
+        elif pausing and not self.pool.single:
+            self.progress.note(
+                f"batchrun: warning: endpoint {lane.name!r} is paused: its quota is "
+                f"exhausted ({self._redact(message)}); "
+                f"probing it for up to {self.job.limits.quota_wait_s:g} s while the "
+                f"others serve."
+            )
+        row.failed_on = lane  # where another lane serves, it takes the row
+        self.pool.poke()  # a probe may be due later: the waiting rows look again
+
+    def _asks_again(self, row: Attempts, lane: Lane) -> bool:
+        """Whether an answer that does not parse is asked again (its bounds start over)."""
+        assert row.usage is not None
+        if self.parser and row.item.ask_again(
+            self.parser, row.last, row.reply, row.usage, row.cost, self._count
+        ):
+            row.item.kept_at = lane.name
+            row.asked_again(self.clock())
+            return True
+        return False
+
+    def _on_refused(self, row: Attempts, lane: Lane) -> None:
+        """The gateway rejected the key or the route refused: `lane`'s fault, not the row's."""
+        outcome = row.last
+        if outcome.action is Action.BAD_KEY:
+            self._bad_key(lane, outcome.message or "unauthorized")
+        else:
+            self._bad_route(lane, outcome.message or "refused")
+        row.failed_on = lane
+
+    async def _before_retry(self, row: Attempts, lane: Lane) -> None:
+        """The row goes elsewhere where another lane serves; else its own backoff spaces
+        its retries of a server error here."""
+        row.failed_on = lane
+        if row.last.action is Action.RETRY and not self.pool.serving_elsewhere(lane):
+            await self._nap(self.policy.delay(row.tries, row.last.retry_after_s, self.rng))
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep, unless the run stops first: a stop never waits out a backoff or a pause."""
+        if self._stopping.is_set():
+            return
+        napping = asyncio.ensure_future(self.sleep(seconds))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({napping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            napping.cancel()
+            stopping.cancel()
 
     # -- results --------------------------------------------------------------------------
 
-    def _success(
-        self,
-        item: Item,
-        outcome: Outcome,
-        attempts: int,
-        reply: Reply | None,
-        counted: tuple[Usage, bool],
-        cost: float | None,
-        lane: Lane,
-    ) -> RowResult:
+    def _success(self, row: Attempts, lane: Lane) -> RowResult:
+        item, outcome, reply = row.item, row.last, row.reply
         completion = outcome.completion
-        assert completion is not None
-        usage, estimated = counted
+        assert completion is not None and row.usage is not None
+        usage, estimated = row.usage
         if completion.response_model and completion.response_model != lane.model:
             self.counts.remapped += 1
         result = success_result(
@@ -761,10 +802,10 @@ class _Engine:
             item.position,
             item.fingerprint,
             outcome,
-            attempts=attempts,
+            attempts=row.attempts,
             usage=usage + item.paid if item.paid else usage,
             usage_estimated=estimated,
-            cost=plus_cost(cost, item.paid_cost),
+            cost=plus_cost(row.cost, item.paid_cost),
             json_mode=self.json_mode,
             latency_s=reply.latency_s if reply else None,
             ttft_s=reply.ttft_s if reply else None,
@@ -772,29 +813,22 @@ class _Engine:
         result.endpoint = lane.name
         return result
 
-    def _failure(
-        self,
-        item: Item,
-        outcome: Outcome,
-        attempts: int,
-        counted: tuple[Usage, bool] | None,
-        cost: float | None,
-        lane: Lane,
-    ) -> RowResult:
-        kept = item.kept_answer(attempts, self.json_mode, counted, cost)
+    def _failure(self, row: Attempts, lane: Lane) -> RowResult:
+        item = row.item
+        kept = item.kept_answer(row.attempts, self.json_mode, row.usage, row.cost)
         if kept is not None:
             return kept  # asking again failed: the row keeps the answer it had
-        usage, estimated = counted if counted is not None else (None, False)
+        usage, estimated = row.usage if row.usage is not None else (None, False)
         result = failure_result(
             item.key,
             item.position,
             item.fingerprint,
-            outcome,
-            attempts=attempts,
+            row.last,
+            attempts=row.attempts,
             redact=self._redact,
             usage=usage,
             usage_estimated=estimated,
-            cost=cost,
+            cost=row.cost,
         )
         result.endpoint = lane.name
         return result
@@ -806,7 +840,7 @@ class _Engine:
         return counted_usage(self.counter, item.body["messages"], choices)
 
     def _record(self, result: RowResult) -> None:
-        self._buffer.append(result)
+        self.commits.add(result)
         ok = result.status == "ok"
         if ok:
             self.counts.ok += 1
@@ -835,199 +869,6 @@ class _Engine:
                     f"parameters) and run again; use --retry-failed to send those rows again."
                 )
             )
-
-    async def _maybe_flush(self) -> None:
-        if len(self._buffer) >= sizes.COMMIT_ROWS:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        """Commit the buffered results as one segment; on a full disk, wait for space, and
-        with S3 out of reach, for S3.
-
-        The write runs in a thread; if the awaiting task is cancelled (a second Ctrl-C), the
-        write is still waited for, so that no commit is under way once the run moves on.
-        While the disk is full, the results stay in the buffer (with those that keep coming
-        back), no request starts, and the commit is tried again every RETRY_S until it
-        passes or `disk_wait_s` is over (see `batchrun.storage.space`); likewise with S3 out of
-        reach, with a growing backoff, for `storage_wait_s`.
-        """
-        async with self._flush_lock:
-            while self._buffer:
-                batch, self._buffer = self._buffer, []
-                self._last_flush = time.monotonic()
-                writing = asyncio.ensure_future(asyncio.to_thread(self.checkpoint.commit, batch))
-                try:
-                    await asyncio.shield(writing)
-                except asyncio.CancelledError:
-                    with contextlib.suppress(OSError):
-                        await writing
-                    raise
-                except BatchrunError as exc:  # the checkpoint on S3 is lost or unreachable
-                    self._buffer = batch + self._buffer
-                    self._halt(exc)
-                    return
-                except OSError as exc:
-                    if not (disk_full(exc) or isinstance(exc, S3Error)):
-                        raise
-                    self._buffer = batch + self._buffer
-                    if isinstance(exc, S3Error):
-                        waiting = await self._wait_for_store(exc, "commit")
-                    else:
-                        waiting = await self._wait_for_space(exc, self.checkpoint.folder)
-                    if not waiting:
-                        return
-                    continue
-                if self.space.succeeded():
-                    again = (
-                        "S3 answers again"
-                        if self._shortage == "store"
-                        else f"there is space again in {self.checkpoint.folder}"
-                    )
-                    self.progress.note(
-                        f"batchrun: {again}: {len(batch):,} answers kept meanwhile are "
-                        f"committed; going on."
-                    )
-                return  # what came back during the write waits for the next flush
-
-    async def _wait_for_space(self, exc: OSError, folder: Path) -> bool:
-        """A write into `folder` failed for lack of space: close the gate, say so once, and
-        wait RETRY_S; False when it is not to be tried again (time is up, or the run is
-        stopping), the run then stopped with what could not be saved."""
-        what = what_is_full(exc)
-        wait_s = self.job.limits.disk_wait_s
-        if self.space.gave_up:
-            return False
-        if self.space.failed():
-            self._shortage = "disk"
-            self.progress.note(
-                f"batchrun: the disk holding {folder} is {what}: no request starts until "
-                f"there is space; {len(self._buffer):,} answers are kept in memory meanwhile, "
-                f"and the run waits up to {wait_s:g} s (limits.disk_wait_s)."
-            )
-        left = self.space.left()
-        if left <= 0 or self.stop is not None:
-            self.space.give_up()
-            if self.stop is None:
-                self._full = (folder, what)
-                self._halt(self.disk_full_stop())
-            return False
-        await self._nap(min(RETRY_S, left))
-        return True
-
-    def disk_full_stop(self) -> DiskFull:
-        """The stop for a disk that stayed full, counting the answers not saved now."""
-        folder, what = self._full
-        return DiskFull(
-            f"The disk holding {folder} stayed {what} for {self.job.limits.disk_wait_s:g} s: "
-            f"{len(self._buffer):,} answers could not be saved and will be asked again; free "
-            f"some space and run the same command to resume (every other answer is committed)."
-        )
-
-    async def _wait_for_store(self, exc: S3Error, what: str) -> bool:
-        """A write to S3 (a `what`: "commit" or "upload") failed. Where the failure passes,
-        close the gate, say so once, and wait a growing backoff: True, to try again. False
-        when it is not to be tried again (S3 refused it, time is up, or the run is
-        stopping): the run then stopped, unless it already had, saying what was not saved.
-        A merge and the lease's renewals wait on their own (see `batchrun.checkpoint.folder`);
-        while S3 is out of reach, the renewals fail, and the first commit after renews the
-        lease before anything is written."""
-        wait_s = self.job.limits.storage_wait_s
-        if exc.transient and not self.space.gave_up:
-            if self.space.failed(wait_s):
-                self._shortage = "store"
-                self._store_tries = 0
-                self.progress.note(
-                    f"batchrun: S3 cannot be reached ({exc.why}): no request starts until it "
-                    f"answers; {len(self._buffer):,} answers are kept in memory meanwhile, and "
-                    f"the run waits up to {wait_s:g} s (limits.storage_wait_s)."
-                )
-            left = self.space.left()
-            if left > 0 and self.stop is None:
-                await self._nap(min(store_backoff(self._store_tries), left))
-                self._store_tries += 1
-                return True
-        self.space.give_up()
-        if self._store_failure is None:
-            self._store_failure = (exc, exc.transient, what)
-        if self.stop is None:
-            self._halt(self.store_stop())
-        return False
-
-    def store_stop(self, written: bool | None = None) -> StoreFailed:
-        """The stop for S3 out of reach past storage_wait_s, or refusing a write, counting
-        the answers not committed now; with `written` (the run's end: whether the output
-        was written), where the rows committed so far are."""
-        assert self._store_failure is not None
-        _, waited, what = self._store_failure
-        where = None if written is None else self._output_words(written)
-        return StoreFailed(
-            store_sentence(self.store_cause(), len(self._buffer), where, waited, what)
-        )
-
-    def store_cause(self) -> str:
-        """What S3 did that stopped the run, in a few words."""
-        assert self._store_failure is not None
-        exc, waited, what = self._store_failure
-        where = self.checkpoint.remote_url if what == "commit" else self.job.output_url
-        return store_cause(exc, waited, what, self.job.limits.storage_wait_s, where or "")
-
-    def _output_words(self, written: bool) -> str:
-        return output_words(self.job, written, self.not_uploaded)
-
-    def settle_stop(self, written: bool) -> None:
-        """Once the run ended: make the stop's sentence say what is so now. A stop on S3
-        counts the answers not committed and says where the output is; any other stop
-        that left answers uncommitted (S3 was out of reach when it came) says how many."""
-        stop, lost = self.stop, len(self._buffer)
-        if isinstance(stop, StoreFailed) and self._store_failure is not None:
-            self.stop = self.store_stop(written)
-        elif stop is not None and lost and not isinstance(stop, DiskFull):
-            if self.checkpoint.lease_lost is not None:
-                why = "a run that lost its lease writes nothing more"
-            elif self._store_failure is not None:
-                why = self._store_failure[0].why
-            else:
-                why = "the commit failed"
-            self.stop = with_uncommitted(stop, lost, why)
-
-    async def publish_output(self) -> bool:
-        """Upload the written output to S3 (nothing for a local one), waiting S3 out as a
-        commit does; False, with `not_uploaded` set, when it could not be uploaded."""
-        remote = self.job.output_remote
-        if remote is None:
-            return True
-        while True:
-            try:
-                await asyncio.to_thread(sink.upload, self.job.output_path, remote)
-            except S3Error as exc:
-                if await self._wait_for_store(exc, "upload"):
-                    continue
-                self.not_uploaded = remote.url
-                return False
-            if self.space.succeeded():
-                self.progress.note("batchrun: S3 answers again: the output is uploaded.")
-            return True
-
-    async def write_output(self, write: Callable[[], sink.Written]) -> sink.Written | None:
-        """Write the output; on a full disk, wait for space as a commit does (unless the
-        run already gave up on it). None when it could not be written."""
-        while True:
-            try:
-                written = await asyncio.to_thread(write)
-            except OSError as exc:
-                if not disk_full(exc):
-                    raise
-                folder = self.job.output_path.parent
-                if not await self._wait_for_space(exc, folder):
-                    self.progress.note(
-                        f"batchrun: the output {self.job.output_path} could not be written "
-                        f"(the disk is {what_is_full(exc)}); every answer it would hold is "
-                        f"committed: run the same command once there is space to write it."
-                    )
-                    return None
-                continue
-            self.space.succeeded()
-            return written
 
     def _redact(self, text: str) -> str:
         for key in self.keys:

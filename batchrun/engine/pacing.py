@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Protocol
 
 from ..protocol import ratelimit
 
@@ -54,6 +55,64 @@ MIN_FACTOR = 0.01
 PROBE_PER_MINUTE = 0.02  # how fast the pace creeps up, per quiet minute, towards the limits
 # A reset header asking for longer than this is not trusted further (quota logic handles outages).
 MAX_HEADER_HOLD_S = 60.0
+
+
+class LanePacer(Protocol):
+    """What a lane needs of a pacer: `Pacer` on one machine, a Ray worker's
+    `batchrun.ray.desk.LeasedPacer` in a cluster."""
+
+    async def acquire(self, tokens: int = 0) -> None:
+        """Wait until one request estimated at `tokens` tokens may start."""
+
+    @property
+    def ready_at(self) -> float:
+        """The earliest time the next start may happen (before those already waiting)."""
+
+    @property
+    def requests_per_second(self) -> float:
+        """The pace now, in requests a second."""
+
+    @property
+    def allowed_rps(self) -> float | None:
+        """What got through at the last 429 storm, a second; None before one."""
+
+    def close(self) -> None:
+        """Let every waiter through at once (the run is stopping)."""
+
+    def recover(self, sent_at: float | None = None) -> None:
+        """One success, of a request started at `sent_at`."""
+
+    def reconcile(self, estimated: int, actual: int) -> None:
+        """A request's real token usage, once known."""
+
+    def cool_down(self, seconds: float, sent_at: float | None = None) -> None:
+        """A 429 for a request started at `sent_at`: pause every start for `seconds`."""
+
+    def follow_headers(
+        self, headers: Mapping[str, str], in_flight: int, in_flight_tokens: int
+    ) -> None:
+        """Hold starts while the gateway's rate-limit headers say its budget is spent."""
+
+    def settle(self) -> None:
+        """The run ends: a 429 storm it ended in sets its figures."""
+
+
+def header_holds(
+    headers: Mapping[str, str], in_flight: int, in_flight_tokens: int
+) -> Iterator[float]:
+    """How long to hold starts, for each of the gateway's budgets nearly spent.
+
+    `x-ratelimit-remaining-*` is what was left when this answer was made; the requests
+    still in flight may use that much again, so starts stop once it is no more than
+    them, until `x-ratelimit-reset-*` says the window refills. This avoids the 429.
+    """
+    for kind, using in zip(ratelimit.KINDS, (in_flight, in_flight_tokens), strict=True):
+        remaining = ratelimit.remaining(headers, kind)
+        if remaining is None or remaining > using:
+            continue
+        reset = ratelimit.reset_after(headers, kind)
+        if reset:
+            yield min(reset, MAX_HEADER_HOLD_S)
 
 
 class _Meter:
@@ -216,19 +275,10 @@ class Pacer:
     def follow_headers(
         self, headers: Mapping[str, str], in_flight: int, in_flight_tokens: int
     ) -> None:
-        """Hold starts until the gateway's reset when its remaining budget is nearly spent.
-
-        `x-ratelimit-remaining-*` is what was left when this answer was made; the requests
-        still in flight may use that much again, so starts stop once it is no more than
-        them, until `x-ratelimit-reset-*` says the window refills. This avoids the 429.
-        """
-        for kind, using in zip(ratelimit.KINDS, (in_flight, in_flight_tokens), strict=True):
-            remaining = ratelimit.remaining(headers, kind)
-            if remaining is None or remaining > using:
-                continue
-            reset = ratelimit.reset_after(headers, kind)
-            if reset:
-                self.hold(self._clock() + min(reset, MAX_HEADER_HOLD_S))
+        """Hold starts until the gateway's reset when its remaining budget is nearly spent
+        (see `header_holds`)."""
+        for seconds in header_holds(headers, in_flight, in_flight_tokens):
+            self.hold(self._clock() + seconds)
 
     def recover(self, sent_at: float | None = None) -> None:
         """One success, of a request started at `sent_at`: counted for its cycle (an answer

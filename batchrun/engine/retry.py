@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .pacing import Clock, Sleep
@@ -31,6 +32,11 @@ class RetryPolicy:
         backoff = rng.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
         return max(backoff, retry_after or 0.0)
 
+    def gives_up(self, tries: int, retried_s: float) -> bool:
+        """Whether a row stops being retried: `tries` of its own attempts made (see
+        `batchrun.engine.attempt`), or `retried_s` spent since its first."""
+        return tries >= self.max_attempts or retried_s > self.max_retry_s
+
 
 class QuotaGate:
     """The pause while an exhausted quota is probed (run-wide with one endpoint, the
@@ -49,12 +55,21 @@ class QuotaGate:
     """
 
     def __init__(
-        self, wait_s: float, clock: Clock, sleep: Sleep, *, hand_off: bool = False
+        self,
+        wait_s: float,
+        clock: Clock,
+        sleep: Sleep,
+        *,
+        hand_off: bool = False,
+        on_pause: Callable[[float], None] | None = None,
     ) -> None:
+        """`on_pause` hears until when each probe pauses the quota: a Ray worker tells the
+        desk, so that the other workers pause too."""
         self._wait_s = wait_s  # how long the quota may stay exhausted
         self._clock = clock
         self._sleep = sleep
         self._hand_off = hand_off  # rows go elsewhere while it is paused (see above)
+        self._on_pause = on_pause
         self._paused = False  # the quota is being probed (a stop wakes waiters, not this)
         self._prober: object | None = None  # the row whose request is the probe
         self._deadline = 0.0  # when waiting stops
@@ -110,12 +125,10 @@ class QuotaGate:
             return False
         wait = min(self._next_wait, left)
         self._next_wait = min(self._next_wait * 2, QUOTA_MAX_PROBE_S)
-        self._pausing(now + wait)
+        if self._on_pause is not None:
+            self._on_pause(now + wait)
         if self._hand_off:
             self._prober, self._probe_at = None, now + wait
             return True
         await self._sleep(wait)
         return True
-
-    def _pausing(self, until: float) -> None:
-        """The quota is paused until `until` (the next probe): a hook for a cluster's gate."""

@@ -33,7 +33,8 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from ..engine.pacing import Clock, Pacer, Sleep
+from ..engine.lanes import LaneState
+from ..engine.pacing import Clock, Pacer, Sleep, header_holds
 from ..errors import (
     BadKey,
     BatchrunError,
@@ -301,10 +302,10 @@ class Desk:
         seen = {
             tally.lanes.get(endpoint, {}).get("state") for _, tally in self._tallies.values()
         } - {None}
-        for state in ("serving", "paused", "open", "out"):
-            if state in seen:
-                return state
-        return "serving"
+        for state in LaneState:
+            if state.value in seen:
+                return state.value
+        return LaneState.SERVING.value
 
     def settle(self) -> None:
         """The end of the run: a storm it ended in sets its figures."""
@@ -326,22 +327,27 @@ class DeskLink(Protocol):
     def allow(self, want: float) -> float: ...  # blocking: the budget asks rarely
 
 
-class LeasedPacer(Pacer):
-    """A worker's pacer: starts only at times leased from the desk (see the module
-    docstring). Pauses it learns (its own 429s, headers, the desk's syncs) hold it here at
-    once, and go to the desk for the others."""
+class LeasedPacer:
+    """A worker's pacer (a `batchrun.engine.pacing.LanePacer`): starts only at times leased
+    from the desk (see the module docstring). Pauses it learns (its own 429s, headers, the
+    desk's syncs) hold it here at once, and go to the desk for the others. The pace itself,
+    and what got through a 429 storm, are the desk's: here the pace is the job's."""
 
     def __init__(
         self,
         link: DeskLink,
         requests_per_minute: float,
-        tokens_per_minute: float | None = None,
         *,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        super().__init__(requests_per_minute, tokens_per_minute, clock=clock, sleep=sleep)
         self._link = link
+        self._clock = clock  # wall-clock seconds, as the desk's
+        self._sleep = sleep
+        self._lock = asyncio.Lock()  # FIFO queue of waiting starts; the head waits holding it
+        self._closed = False  # the run is stopping: starts are no longer paced
+        self._paused_until = clock()  # no start before this (a pause, here or the desk's)
+        self._rps = requests_per_minute / 60  # the job's pace, for choosing among lanes
         self._starts: deque[float] = deque()  # leased start times, earliest first
         self._successes: list[float] = []  # start times of successes not yet reported
         self._token_delta = 0  # real minus estimated tokens, not yet reported
@@ -389,6 +395,23 @@ class LeasedPacer(Pacer):
         if not starts:  # the desk has a stop this worker learns at its next sync
             await self._sleep(EMPTY_LEASE_WAIT_S)
 
+    @property
+    def ready_at(self) -> float:
+        """No start before the pause ends; when after it is the desk's to say."""
+        return self._paused_until
+
+    @property
+    def requests_per_second(self) -> float:
+        return self._rps
+
+    @property
+    def allowed_rps(self) -> float | None:
+        """The desk measures what got through a storm, over the cluster."""
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+
     def learn_pause(self, until: float) -> None:
         """The desk says no start before `until` (another worker's 429 or hold)."""
         self._paused_until = max(self._paused_until, until)
@@ -401,6 +424,12 @@ class LeasedPacer(Pacer):
         if until > self._paused_until:
             self._paused_until = until
             self._link.hold(until)
+
+    def follow_headers(
+        self, headers: Mapping[str, str], in_flight: int, in_flight_tokens: int
+    ) -> None:
+        for seconds in header_holds(headers, in_flight, in_flight_tokens):
+            self.hold(self._clock() + seconds)
 
     def recover(self, sent_at: float | None = None) -> None:
         self._successes.append(self._clock() if sent_at is None else sent_at)

@@ -1,11 +1,11 @@
 """The Ray engine: one job run by many workers, with one rate limit and one checkpoint.
 
 `batchrun run JOB --engine ray` (or `[engine] kind = "ray"`) splits the input into shards of
-positions. Each worker is a Ray actor running batchrun's own async engine
-(`batchrun.engine.local`) on one shard at a time: the same requests, retries, classification and
-commits as a local run, nothing reimplemented. What the workers share lives in a named actor
-holding a `batchrun.ray.desk.Desk`: the pace of each endpoint (leased in slices), the stop, the
-pauses, the budget and the checkpoint's commit numbers.
+positions. Each worker is a Ray actor (`batchrun.ray.worker`) running batchrun's own async
+engine (`batchrun.engine.local`) on one shard at a time: the same requests, retries,
+classification and commits as a local run, nothing reimplemented. What the workers share
+lives in a named actor holding a `batchrun.ray.desk.Desk`: the pace of each endpoint (leased
+in slices), the stop, the pauses, the budget and the checkpoint's commit numbers.
 
 Exactly once comes from the commit, as on one machine. Every worker commits segments into
 the job's checkpoint folder with the usual atomic protocol, each under a number the desk
@@ -25,33 +25,25 @@ goes out the way its own node does, unless the job names a proxy.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import dataclasses
-import functools
 import logging
 import math
 import os
-import random
-import resource
-import shutil
-import tempfile
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint.folder import Checkpoint, checkpoint_dir
-from ..config.job import Job, default_cache
-from ..config.pricing import SharedBudget
+from ..config.job import Job
 from ..core import sizes
 from ..core.messages import first_line
 from ..core.progress import Progress
 from ..engine import lifecycle
+from ..engine.commits import output_words, store_cause, store_sentence, with_uncommitted
 from ..engine.interrupts import RouteInterrupts, block_on
 from ..engine.lifecycle import (
     Answered,
@@ -59,20 +51,13 @@ from ..engine.lifecycle import (
     RunSummary,
     allowed_rpm,
     concurrency_of,
-    endpoints,
-    with_concurrency,
-    write_job_output,
 )
-from ..engine.local import _Engine, lane_figures
-from ..engine.retry import QuotaGate
-from ..engine.stops import output_words, store_cause, store_sentence, with_uncommitted
 from ..errors import BatchrunError, ClusterLost, Interrupted, StoreFailed, UserError
-from ..rows.plan import Plan, RunOptions, plan_run
+from ..rows.plan import RunOptions
 from ..rows.sink import Written, upload_waiting
-from ..storage.nofile import fitting_concurrency
-from ..storage.space import store_backoff
-from ..storage.store import Remote, S3Error
-from .desk import SYNC_S, Desk, LeasedPacer, Tally, stop_from
+from ..storage.store import S3Error
+from .desk import SYNC_S, Desk, stop_from
+from .worker import ChatStage, ShardDone, ShardWorker, _pull_for_shard, require_ray
 
 try:
     import ray
@@ -86,400 +71,16 @@ SHARDS_PER_WORKER = 4  # shards are small enough that a slow or restarted worker
 MAX_SHARD_ATTEMPTS = 5  # a shard whose workers keep dying stops the run
 RESTART_WAIT_S = 300.0  # how long a worker Ray restarts may take to come back
 PULL_S = 2.0  # with the checkpoint on S3, how often the driver pulls the workers' segments
-QUOTA_HOLD_MARGIN_S = 1.0  # others wait this much past a quota probe's next try
 INTERRUPTED = "Interrupted: finished rows are saved; run the same command to resume."
 LOOPBACK = "127.0.0.1"  # where a local Ray instance listens (see `on_loopback`)
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is loopback
 
 
-def require_ray() -> Any:
-    if ray is None:
-        raise UserError(
-            "The Ray engine needs Ray: pip install 'batchrun[ray]' (or run with --engine local)."
-        )
-    return ray
-
-
-# -- the worker -----------------------------------------------------------------------------
-
-
-class _ActorLink:
-    """A worker's way to the desk actor for one endpoint's pace (see
-    `batchrun.ray.desk.DeskLink`), and for the budget."""
-
-    def __init__(self, desk: Any, worker: str, endpoint: str) -> None:
-        self._desk = desk
-        self._worker = worker
-        self._endpoint = endpoint
-
-    def lease(self, want: int, tokens_each: int, successes: list[float], token_delta: int) -> Any:
-        return self._desk.lease.remote(
-            self._endpoint, self._worker, want, tokens_each, successes, token_delta
-        )
-
-    def cool_down(self, seconds: float, sent_at: float | None) -> None:
-        self._desk.cool_down.remote(self._endpoint, seconds, sent_at)
-
-    def hold(self, until: float) -> None:
-        self._desk.hold.remote(self._endpoint, until)
-
-    def allow(self, want: float) -> float:
-        return float(ray.get(self._desk.allow.remote(want)))
-
-
-class _SharedQuotaGate(QuotaGate):
-    """The quota gate of one worker, whose probing pauses every other worker too."""
-
-    def __init__(
-        self, wait_s: float, clock: Any, sleep: Any, link: _ActorLink, *, hand_off: bool
-    ) -> None:
-        super().__init__(wait_s, clock, sleep, hand_off=hand_off)
-        self._link = link
-
-    def _pausing(self, until: float) -> None:
-        self._link.hold(until + QUOTA_HOLD_MARGIN_S)
-
-
-class _ShardEngine(_Engine):
-    """The engine on one shard, its stops handed on to every other worker."""
-
-    desk: Any = None
-    from_desk = False  # the stop came from the desk (another worker, the driver)
-
-    def _halt(self, error: BatchrunError) -> None:
-        first = self.stop is None
-        super()._halt(error)
-        if first and not self.from_desk and self.desk is not None:
-            self.desk.halt.remote(type(error).__name__, str(error))
-
-    def store_stop(self, written: bool | None = None) -> StoreFailed:
-        """The cause alone: the driver counts the answers every worker could not commit
-        (`Tally.uncommitted`) and says where the output is."""
-        return StoreFailed(self.store_cause())
-
-    def halt_from_desk(self, kind: str, message: str) -> None:
-        if self.stop is None:
-            self.from_desk = True
-            self._halt(stop_from(kind, message))
-
-    def tally(self) -> Tally:
-        ok, failed = self.counts.ok, self.counts.failed
-        pacers = [lane.pacer for lane in self.pool.lanes]
-        now = self.clock()
-        return Tally(
-            settled_ok=self.final_ok - ok,
-            settled_failed=self.final_failed - failed,
-            ok=ok,
-            failed=failed,
-            tokens=self.progress.tokens,
-            spend=self.progress.spend,
-            rate_limited=self.rate_limited,
-            remapped=self.counts.remapped,
-            requests=sum(p.requests for p in pacers if isinstance(p, LeasedPacer)),
-            uncommitted=len(self._buffer),
-            lanes={lane.name: lane_figures(lane, now) for lane in self.pool.lanes},
-        )
-
-
-@dataclass
-class ShardDone:
-    """What a worker hands back for a shard."""
-
-    shard: int
-    tally: dict[str, Any]
-    stop: tuple[str, str] | None
-    pid: int
-    peak_rss_mb: float
-
-
-class ShardWorker:
-    """A Ray actor that runs shards of one job (see the module docstring)."""
-
-    def __init__(
-        self,
-        job: Job,
-        options: RunOptions,
-        total: int,
-        folder: str,
-        desk_name: str,
-        urls: Mapping[str, str],
-        concurrency: int,
-        remote: Remote | None = None,
-    ) -> None:
-        # Copies of S3 files go to this node's cache: the driver's default is in its
-        # user's home, which another node may not have ([storage] cache is kept as given).
-        cache = job.cache if job.storage.cache else default_cache(os.environ)
-        self.job = dataclasses.replace(with_concurrency(job, concurrency), cache=cache)
-        self.options = options
-        self.total = total
-        # A checkpoint on S3: this worker commits there and keeps a copy of its own, pulled
-        # before each shard (the rows committed in its range by workers before it).
-        self.remote = remote
-        self.folder = Path(folder) if remote is None else Path(tempfile.mkdtemp(prefix="batchrun-"))
-        self.desk = ray.get_actor(desk_name)  # by name: a handle as an argument is kept
-        self.urls = dict(urls)
-        self.name = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def release(self) -> None:
-        """Remove this worker's copy of an S3 checkpoint (the run is over)."""
-        if self.remote is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-    def run_shard(self, shard: int, start: int, end: int) -> ShardDone:
-        # On an event loop of its own, in a thread of its own: Ray may run actor methods
-        # inside a loop, and the budget's rare blocking call to the desk must not stall it.
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batchrun") as pool:
-            return pool.submit(asyncio.run, self._run(shard, start, end)).result()
-
-    async def _run(self, shard: int, start: int, end: int) -> ShardDone:
-        desk = self.desk
-        plan = plan_run(self.job, self.options, total=self.total)
-        checkpoint = Checkpoint(self.folder, self.remote).attach(functools.partial(_number, desk))
-        _pull_for_shard(checkpoint, self.job.limits.storage_wait_s)
-        # This node's open-files limit, as a local run fits its concurrency to its own.
-        job = self.job
-        fits, crowded = fitting_concurrency(
-            concurrency_of(job), len(checkpoint.segments()), sim=False
-        )
-        if crowded is not None:
-            log.warning("%s", crowded)
-            job = with_concurrency(job, fits)
-        engine = await run_on_desk(
-            job,
-            self.options,
-            plan,
-            checkpoint,
-            desk,
-            self.name,
-            self.urls,
-            shard,
-            (start, end),
-        )
-        stop = engine.stop
-        if stop is not None and engine.from_desk:
-            stop = None  # another's: the driver has it from the desk
-        return ShardDone(
-            shard=shard,
-            tally=asdict(engine.tally()),
-            stop=(type(stop).__name__, str(stop)) if stop is not None else None,
-            pid=os.getpid(),
-            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        )
-
-
-_WORKER_PULL = (
-    "A worker",
-    "check that every node reaches S3 with the job's credentials, then run the same "
-    "command to resume",
-)
 _DRIVER_PULL = (
     "The driver",
     "every answer the workers gave is committed, but the output was not rewritten: run the "
     "same command once S3 answers to write it",
 )
-
-
-def _number(desk: Any) -> int:
-    """A commit number from the desk, for a worker's checkpoint; while the driver's lease
-    on S3 is not sure, an S3Error that the worker's engine waits out as an outage."""
-    number = int(ray.get(desk.commit_number.remote()))
-    if number < 0:
-        raise S3Error(
-            "the run's lease on S3 is not confirmed (the driver cannot reach S3, or lost it)",
-            transient=True,
-        )
-    return number
-
-
-def _pull_for_shard(
-    checkpoint: Checkpoint, wait_s: float, said: tuple[str, str] = _WORKER_PULL
-) -> None:
-    """Bring a worker's copy of an S3 checkpoint up to date before a shard (what is settled
-    in its range is known only then), or the driver's before it writes the output. S3 out
-    of reach is waited out for `wait_s`; then, or when S3 refuses, one sentence: who could
-    not read it, and what follows (`said`)."""
-    since = time.monotonic()
-    tries = 0
-    while True:
-        try:
-            checkpoint.refresh()
-            return
-        except OSError as exc:
-            left = since + wait_s - time.monotonic()
-            passing = isinstance(exc, S3Error) and exc.transient
-            if not passing or left <= 0:
-                waited = f" for {wait_s:g} s (limits.storage_wait_s)" if passing else ""
-                who, then = said
-                raise StoreFailed(
-                    f"{who} could not read the checkpoint {checkpoint.remote_url}{waited} "
-                    f"({first_line(exc)}): {then}."
-                ) from None
-            time.sleep(min(store_backoff(tries), left))
-            tries += 1
-
-
-async def run_on_desk(
-    job: Job,
-    options: RunOptions,
-    plan: Plan,
-    checkpoint: Checkpoint,
-    desk: Any,
-    name: str,
-    urls: Mapping[str, str],
-    shard: int,
-    span: tuple[int, int | None],
-) -> _ShardEngine:
-    """batchrun's engine on the rows at positions `span`, each endpoint paced by the desk
-    and the whole run stopped and budgeted by it, syncing with it every SYNC_S until it
-    ends; returns the engine, ended."""
-    keys = job.keys(os.environ)
-    routes = job.routes(os.environ)  # this node's proxy and CA variables, as its key
-    links = {e.name: _ActorLink(desk, name, e.name) for e in job.endpoints}
-    pacers = {
-        e.name: LeasedPacer(links[e.name], e.requests_per_minute, e.tokens_per_minute)
-        for e in job.endpoints
-    }
-    engine = _ShardEngine(
-        job,
-        plan,
-        checkpoint,
-        urls,
-        keys,
-        routes=routes,
-        sleep=asyncio.sleep,
-        clock=time.time,
-        rng=random.Random(),
-        pacers=pacers,
-        budget=None,
-    )
-    engine.desk = desk
-    engine.shard = span
-    if job.cost.budget_usd:
-        engine.budget = SharedBudget(links[job.endpoints[0].name].allow, job.cost.budget_usd, 0.0)
-    for lane in engine.pool.lanes:
-        lane.quota = _SharedQuotaGate(
-            job.limits.quota_wait_s,
-            time.time,
-            engine._nap,
-            links[lane.name],
-            hand_off=not engine.pool.single,
-        )
-    engine.progress = Progress(plan.total, 0, quiet=True)
-    attempt = uuid.uuid4().hex
-    finished = asyncio.Event()
-
-    async def sync() -> None:
-        while True:
-            state = await desk.sync.remote(shard, attempt, asdict(engine.tally()))
-            if state.stop is not None:
-                engine.halt_from_desk(*state.stop)
-            for endpoint, pacer in pacers.items():
-                pacer.learn_pause(state.paused_until.get(endpoint, 0.0))
-            if finished.is_set():
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), SYNC_S)
-
-    syncing = asyncio.create_task(sync())
-    try:
-        await engine.execute(options)
-    finally:
-        finished.set()
-        await syncing
-        if isinstance(engine.budget, SharedBudget):
-            desk.give_back.remote(engine.budget.unspent())
-    return engine
-
-
-# -- the Ray Data stage -----------------------------------------------------------------------
-
-
-class ChatStage:
-    """batchrun as one stage of a Ray Data pipeline, between its own read and write::
-
-        ds = ray.data.read_parquet("s3://bucket/reviews/")
-        ds = ds.map_batches(
-            batchrun.ray.ChatStage,
-            fn_constructor_kwargs={"job": "label.toml"},
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=4),
-            num_cpus=0.25,
-        )
-        ds.write_parquet("s3://bucket/labeled/")
-
-    (or `batchrun.ray.run(job, dataset=ds)`, which does the same). Each batch in is the same
-    batch out with the job's result columns added (failed rows have status "failed"; a
-    run-wide stop, such as a bad key or the budget, fails the pipeline with its message).
-    The pool's actors share one desk (`batchrun.ray.desk.Desk`, named after the job, created
-    by the first actor): one rate limit, one budget, one stop for the whole pool. Each
-    batch is run by batchrun's engine on a scratch checkpoint of its own: a batch that Ray
-    runs again (a task retry) is asked again, as with any Ray Data stage; for exactly once
-    over a whole table, run the job itself on Ray (`--engine ray`).
-    """
-
-    def __init__(self, job: Job | str | os.PathLike[str], desk: str | None = None) -> None:
-        require_ray()
-        from ..config.job import load_job
-
-        self.job = job if isinstance(job, Job) else load_job(Path(job), environ=os.environ)
-        self.desk = open_desk(self.job, desk)
-        self.name = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._sim = contextlib.ExitStack()
-        self.urls = self._sim.enter_context(endpoints(self.job))
-
-    async def __call__(self, batch: Any) -> Any:
-        # On an event loop of its own (see ShardWorker.run_shard).
-        return await asyncio.to_thread(self._answer, batch)
-
-    def _answer(self, batch: Any) -> Any:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from ..protocol.result import INPUT_ROW
-
-        table = batch if isinstance(batch, pa.Table) else pa.Table.from_pandas(batch)
-        with tempfile.TemporaryDirectory(prefix="batchrun-stage-") as scratch:
-            source = Path(scratch) / "batch.parquet"
-            pq.write_table(table, source)
-            job = dataclasses.replace(  # the job's own input and output are not this batch's
-                self.job,
-                input_path=str(source),
-                output_path=Path(scratch) / "answers.parquet",
-                output_url=None,
-            )
-            options = RunOptions(quiet=True)
-            plan = plan_run(job, options)
-            checkpoint = Checkpoint(checkpoint_dir(job.output_path)).open()
-            try:
-                engine = asyncio.run(
-                    run_on_desk(
-                        job,
-                        options,
-                        plan,
-                        checkpoint,
-                        self.desk,
-                        self.name,
-                        self.urls,
-                        uuid.uuid4().int & 0x7FFF_FFFF_FFFF,
-                        (0, None),
-                    )
-                )
-                if engine.stop is not None:
-                    raise engine.stop
-                write_job_output(job, plan, checkpoint, options)
-            finally:
-                checkpoint.close()
-            answered = pq.read_table(job.output_path)
-        if job.input.id_column is None and INPUT_ROW in answered.column_names:
-            answered = answered.drop_columns([INPUT_ROW])  # a position within the batch
-        return answered
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self._sim.close()
 
 
 def open_desk(job: Job, name: str | None = None) -> Any:
@@ -1054,7 +655,7 @@ def _settled(
     lost_lease: bool = False,
 ) -> BatchrunError | None:
     """The run's stop, its sentence saying what is so once the run ended. A worker's stop
-    on S3 gives only its cause (`_ShardEngine.store_stop`): the answers no worker could
+    on S3 gives only its cause (`Commits.store_stop` with `cause_only`): the answers no worker could
     commit (summed over their tallies) and where the output is are added here. A run
     that did not stop but whose output could not be uploaded stops on that."""
     lost = int(figures.get("uncommitted", 0))
