@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..core.completion import Usage
 from ..protocol.outcome import Action, Outcome
 from ..protocol.wire import Reply
-from ..rows.asking import Item
+from ..rows.request import Item
 from .lanes import Lane
 
 # The outcomes that count against a row's max_attempts (see the module docstring).

@@ -20,8 +20,8 @@ from pathlib import Path
 from ..checkpoint.folder import Checkpoint
 from ..config.job import Job
 from ..core import sizes
-from ..core.columns import RowResult
 from ..errors import BatchrunError, DiskFull, StoreFailed
+from ..protocol.result import RowResult
 from ..rows import sink
 from ..storage.space import RETRY_S, SpaceGate, disk_full, store_backoff, what_is_full
 from ..storage.store import S3Error

@@ -359,7 +359,7 @@ class ChatStage:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from ..core.columns import INPUT_ROW
+        from ..protocol.result import INPUT_ROW
 
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_pandas(batch)
         with tempfile.TemporaryDirectory(prefix="batchrun-stage-") as scratch:
