@@ -44,10 +44,11 @@ PURPOSE = "batch"  # the purpose of a batch input file
 LINE_URL = "/v1/chat/completions"  # the endpoint every line of a batch goes to
 PAGE_SIZE = 100  # objects asked for per listing page (the most /batches gives)
 MISSING_FILE_WAIT_S = 60.0  # how long a file the provider cannot find yet is asked for again
+MISSING_FILE_RETRY_S = 2.0  # ... asking every this many seconds
 _DOWNLOAD_CHUNK = 1024 * 1024
 _BACKOFF_BASE_S = 1.0  # the first backoff is drawn from [0, this]
 _BACKOFF_CAP_S = 30.0  # no backoff is drawn from a wider range than [0, this]
-_PASSING_STATUSES = frozenset((408, 409, 429)) | frozenset(range(500, 600))
+_PASSING_STATUSES = frozenset((408, 429)) | frozenset(range(500, 600))
 _PASSING_FAILURES = frozenset(("timeout", "connection"))  # TransportFailure kinds
 
 T = TypeVar("T")
@@ -210,7 +211,8 @@ class _Retrying:
         if self._first is None:
             self._first = now
         self.failures += 1
-        delay = self._rng.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**self.failures))
+        ceiling = _BACKOFF_BASE_S * 2 ** (self.failures - 1)
+        delay = self._rng.uniform(0, min(_BACKOFF_CAP_S, ceiling))
         delay = max(delay, retry_after or 0.0)
         left = self._first + self._max_retry_s - now
         return None if left <= 0 else min(delay, left)
@@ -222,7 +224,7 @@ class _Retrying:
         if self._missing_since is None:
             self._missing_since = now
         left = self._missing_since + MISSING_FILE_WAIT_S - now
-        return None if left <= 0 else min(1.0 + self.failures, left)
+        return None if left <= 0 else min(MISSING_FILE_RETRY_S, left)
 
 
 class BatchClient:
@@ -259,10 +261,10 @@ class BatchClient:
         }
         if key is not None:
             self._headers["Authorization"] = f"Bearer {key.reveal()}"
-        # Each call's whole time limit; a download's is its read's, per chunk: a 200 MB file
-        # may take longer than any one request should.
+        # Each call's whole time limit; an upload's or a download's is its socket's, per
+        # read: a 200 MB file may take longer than any one request should.
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 30))
-        self._download_timeout = aiohttp.ClientTimeout(
+        self._transfer_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=min(timeout_s, 30), sock_read=timeout_s
         )
         self._max_retry_s = max_retry_s
@@ -308,7 +310,12 @@ class BatchClient:
             return document.get("filename") == filename
 
         answer = await self._json(
-            f"upload {filename}", "POST", "/files", form=form, made_before=sent_before
+            f"upload {filename}",
+            "POST",
+            "/files",
+            form=form,
+            made_before=sent_before,
+            timeout=self._transfer_timeout,
         )
         return FileInfo.of(answer.document)
 
@@ -393,7 +400,7 @@ class BatchClient:
             f"/files/{file_id}/content",
             save,
             file_wait=True,
-            timeout=self._download_timeout,
+            timeout=self._transfer_timeout,
         )
 
     async def delete_file(self, file_id: str) -> None:
@@ -424,12 +431,13 @@ class BatchClient:
             if after is not None:
                 query["after"] = after
             answer = await self._json(what, "GET", path, params=query)
-            data = answer.document.get("data") or []
+            page = answer.document if isinstance(answer.document, dict) else {}
+            data = page.get("data") or []
             for document in data:
                 yield document
-            if not data or not answer.document.get("has_more"):
+            if not data or not page.get("has_more"):
                 return
-            after = answer.document.get("last_id") or data[-1]["id"]
+            after = page.get("last_id") or data[-1]["id"]
 
     async def _json(
         self,
@@ -443,6 +451,7 @@ class BatchClient:
         file_wait: bool = False,
         tolerate: frozenset[int] | set[int] = frozenset(),
         made_before: Callable[[], Awaitable[Mapping[str, Any] | None]] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> _Answer:
         """One call whose answer is a JSON document (see `_send`); `made_before`, for a call
         that creates something, finds the document of what a failed attempt may have
@@ -462,6 +471,8 @@ class BatchClient:
             options["headers"] = {"Content-Type": "application/json"}
         if params is not None:
             options["params"] = params
+        if timeout is not None:
+            options["timeout"] = timeout
         return await self._send(
             what,
             method,
