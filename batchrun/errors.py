@@ -14,6 +14,8 @@
     │   ├── SystematicFailure     the first rows all failed the same way (bad model, parameter)
     │   ├── DiskFull              the disk stayed full (or over quota) for disk_wait_s
     │   ├── StoreFailed           S3 stayed out of reach for storage_wait_s, or refused a write
+    │   ├── BatchApiFailed        a Files and Batches API refused a request (a 4xx other than
+    │   │                         the key's), or stayed out of reach for max_retry_s
     │   └── ClusterLost           Ray lost what the run needs: its desk, or workers that kept
     │                             dying or did not come back
     └── Interrupted               exit 130: Ctrl-C or SIGTERM; committed progress is kept
@@ -90,6 +92,16 @@ class DiskFull(RunStopped):
 class StoreFailed(RunStopped):
     """S3 (the checkpoint's or the output's) stayed out of reach past storage_wait_s, or
     refused a write (access denied, no such bucket)."""
+
+
+class BatchApiFailed(RunStopped):
+    """A batch endpoint's Files and Batches API refused a request (a 4xx other than the
+    key's), or stayed out of reach past max_retry_s; batches already submitted run on."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status of the refusal; None when out of reach
+        self.code = code  # the provider's error code (e.g. "batch_not_found"), if it gave one
 
 
 class ClusterLost(RunStopped):

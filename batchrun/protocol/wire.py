@@ -4,7 +4,7 @@ Why aiohttp and not httpx: measured on this machine against one loopback server
 (`benchmarks/transports.py`, figures in docs/design.md), httpx's connection pool rescans every
 connection per request and falls far behind at hundreds of requests in flight; aiohttp kept
 up with the floor. aiohttp never retries on its own, so the engine's retry layer is the only
-one. Every aiohttp and socket error is translated here, in `_translated`, into a
+one. Every aiohttp and socket error is translated here, in `translated`, into a
 `TransportFailure`; nothing above this module sees aiohttp's exceptions.
 
 The connection's route (`batchrun.core.network.Route`) is fixed when the wire opens, so a request
@@ -96,62 +96,20 @@ class Wire:
             total=timeout_s, sock_connect=min(timeout_s, 30), sock_read=idle_timeout_s
         )
         # What each request passes besides its body (precomputed: nothing for a direct
-        # route). Through an HTTP(S) proxy the headers go with each request, not as the
-        # session's: aiohttp copies a session's headers into a CONNECT and turns their
-        # Authorization into Proxy-Authorization, which would hand the key to the proxy.
+        # route; the headers and the proxy's login through an HTTP(S) proxy, see
+        # `open_session`).
         self._plain_extra: dict[str, Any] = {}
         self._stream_extra: dict[str, Any] = {"timeout": self._stream_timeout}
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Wire:
-        proxy = self.route.proxy
-        options: dict[str, Any] = {"headers": self._headers}
-        if proxy is not None and proxy.scheme not in SOCKS:
-            options = self._through_http_proxy(proxy)
-        self._session = aiohttp.ClientSession(
-            connector=self._connector(),
-            timeout=self._timeout,
-            auto_decompress=True,
-            trust_env=False,  # the route is chosen from the job's variables, not here
-            **options,
+        self._session, extra = open_session(
+            self.url, self.route, self._headers, self._pool_size, self._timeout
         )
+        if extra:
+            self._plain_extra = extra
+            self._stream_extra = {**extra, "timeout": self._stream_timeout}
         return self
-
-    def _connector(self) -> aiohttp.TCPConnector:
-        """The pool: a plain one, or aiohttp-socks' through a SOCKS5 proxy; verifying TLS
-        against the route's trust (a plain-http gateway builds no context)."""
-        proxy = self.route.proxy
-        tls = self.url.startswith("https:") or (proxy is not None and proxy.scheme == "https")
-        context: ssl.SSLContext | bool = self.route.ssl_context() if tls else True
-        pool: dict[str, Any] = {"limit": self._pool_size, "limit_per_host": self._pool_size}
-        if proxy is None or proxy.scheme not in SOCKS:
-            return aiohttp.TCPConnector(ttl_dns_cache=300, ssl=context, **pool)
-        return ProxyConnector(
-            proxy.host,
-            proxy.port,
-            ProxyType.SOCKS5,
-            username=proxy.user or None,
-            password=proxy.reveal_password() or None,
-            rdns=proxy.scheme == "socks5h",  # socks5h: the proxy resolves the name
-            ssl=context,
-            **pool,
-        )
-
-    def _through_http_proxy(self, proxy: ProxyURL) -> dict[str, Any]:
-        """The session's options through an HTTP(S) proxy, and each request's extras: the
-        headers, and the proxy's login on the CONNECT (https) or on each request (http)."""
-        per_request: dict[str, Any] = {"headers": self._headers, "proxy_headers": None}
-        if proxy.has_credentials:
-            login = f"{proxy.user}:{proxy.reveal_password()}".encode()
-            auth = {"Proxy-Authorization": f"Basic {base64.b64encode(login).decode()}"}
-            if self.url.startswith("https:"):
-                per_request["proxy_headers"] = auth  # on the CONNECT only
-            else:
-                per_request["headers"] = {**self._headers, **auth}  # each request is the proxy's
-        self._plain_extra = per_request
-        self._stream_extra = {**per_request, "timeout": self._stream_timeout}
-        # Never the URL with the login: aiohttp names its proxy in some messages.
-        return {"proxy": proxy.shown}
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -166,7 +124,7 @@ class Wire:
         data = orjson.dumps(body)
         streaming = body.get("stream") is True
         started = time.monotonic()
-        with _translated(self.route.proxy):
+        with translated(self.route.proxy):
             # Headers and the plain timeout are the session's where the route allows it:
             # passing them again per request costs a merge and a timeout object each time.
             extra = self._stream_extra if streaming else self._plain_extra
@@ -179,6 +137,70 @@ class Wire:
                     raise _proxy_refused(self.route.proxy)
                 payload = await _read_capped(resp)
                 return Reply(resp.status, resp.headers, payload, time.monotonic() - started)
+
+
+def open_session(
+    url: str,
+    route: Route,
+    headers: Mapping[str, str],
+    pool_size: int,
+    timeout: aiohttp.ClientTimeout,
+) -> tuple[aiohttp.ClientSession, dict[str, Any]]:
+    """A session to the gateway serving `url` along `route`, sending `headers`, and what each
+    request passes besides its body (nothing for a direct or SOCKS5 route). Through an
+    HTTP(S) proxy the headers go with each request, not as the session's: aiohttp copies a
+    session's headers into a CONNECT and turns their Authorization into
+    Proxy-Authorization, which would hand the key to the proxy."""
+    proxy = route.proxy
+    options: dict[str, Any] = {"headers": headers}
+    per_request: dict[str, Any] = {}
+    if proxy is not None and proxy.scheme not in SOCKS:
+        per_request = _through_http_proxy(url, proxy, headers)
+        # Never the URL with the login: aiohttp names its proxy in some messages.
+        options = {"proxy": proxy.shown}
+    session = aiohttp.ClientSession(
+        connector=_connector(url, route, pool_size),
+        timeout=timeout,
+        auto_decompress=True,
+        trust_env=False,  # the route is chosen from the job's variables, not here
+        **options,
+    )
+    return session, per_request
+
+
+def _connector(url: str, route: Route, pool_size: int) -> aiohttp.TCPConnector:
+    """The pool: a plain one, or aiohttp-socks' through a SOCKS5 proxy; verifying TLS
+    against the route's trust (a plain-http gateway builds no context)."""
+    proxy = route.proxy
+    tls = url.startswith("https:") or (proxy is not None and proxy.scheme == "https")
+    context: ssl.SSLContext | bool = route.ssl_context() if tls else True
+    pool: dict[str, Any] = {"limit": pool_size, "limit_per_host": pool_size}
+    if proxy is None or proxy.scheme not in SOCKS:
+        return aiohttp.TCPConnector(ttl_dns_cache=300, ssl=context, **pool)
+    return ProxyConnector(
+        proxy.host,
+        proxy.port,
+        ProxyType.SOCKS5,
+        username=proxy.user or None,
+        password=proxy.reveal_password() or None,
+        rdns=proxy.scheme == "socks5h",  # socks5h: the proxy resolves the name
+        ssl=context,
+        **pool,
+    )
+
+
+def _through_http_proxy(url: str, proxy: ProxyURL, headers: Mapping[str, str]) -> dict[str, Any]:
+    """Each request's extras through an HTTP(S) proxy: the headers, and the proxy's login on
+    the CONNECT (https) or on each request (http)."""
+    per_request: dict[str, Any] = {"headers": headers, "proxy_headers": None}
+    if proxy.has_credentials:
+        login = f"{proxy.user}:{proxy.reveal_password()}".encode()
+        auth = {"Proxy-Authorization": f"Basic {base64.b64encode(login).decode()}"}
+        if url.startswith("https:"):
+            per_request["proxy_headers"] = auth  # on the CONNECT only
+        else:
+            per_request["headers"] = {**headers, **auth}  # each request is the proxy's
+    return per_request
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
@@ -251,7 +273,7 @@ def _proxy_refused(proxy: ProxyURL | None) -> TransportFailure:
 
 
 @contextmanager
-def _translated(proxy: ProxyURL | None) -> Iterator[None]:
+def translated(proxy: ProxyURL | None) -> Iterator[None]:
     """Map aiohttp's, aiohttp-socks' and the socket's exceptions to TransportFailure, in
     this one place. No message repeats a proxy's URL: only its host and port are named."""
     try:
