@@ -57,7 +57,7 @@ from ..config.job import Endpoint
 from ..config.pricing import Budget, job_pricer
 from ..core.tokens import TokenCounter, counter_for
 from ..errors import BatchrunError, BudgetReached, Interrupted, RunStopped
-from ..protocol.batches import BatchAPI, BatchInfo, BatchState
+from ..protocol.batches import BatchClient, BatchInfo, BatchState
 from ..protocol.result import RowResult
 from ..rows import sink
 from ..rows.plan import RunOptions
@@ -68,9 +68,6 @@ from .pacing import Sleep
 
 log = logging.getLogger("batchrun")
 
-ENDED = frozenset(
-    {BatchState.COMPLETED, BatchState.FAILED, BatchState.EXPIRED, BatchState.CANCELLED}
-)
 TOKEN_LIMIT = "token_limit_exceeded"
 MAX_REFUSALS = 5  # token_limit_exceeded this often with nothing else running: the file is too big
 CANCEL_POLL_S = 5.0  # how often cancel-batches looks at the batches it cancelled
@@ -170,7 +167,7 @@ class BatchLane:
                 with contextlib.suppress(BatchrunError):  # the batches handed over, if ended
                     await self._poll(api)
 
-    async def _rounds(self, api: BatchAPI, options: RunOptions) -> None:
+    async def _rounds(self, api: BatchClient, options: RunOptions) -> None:
         ledger = self.ledger
         assert ledger is not None
         await self._adopt(api)
@@ -272,12 +269,14 @@ class BatchLane:
 
     # -- the rounds -----------------------------------------------------------------------
 
-    def _api(self) -> BatchAPI:
+    def _api(self) -> BatchClient:
         opened = self.opened
         name = self.endpoint.name
-        return BatchAPI(
+        return BatchClient(
             opened.urls[name],
             opened.keys.get(name),
+            name=name,
+            key_env=self.endpoint.api_key_env,
             headers=self.endpoint.headers,
             route=opened.routes[name],
             timeout_s=self.job.limits.request_timeout_s,
@@ -285,7 +284,7 @@ class BatchLane:
             sleep=self._nap,
         )
 
-    async def _adopt(self, api: BatchAPI) -> None:
+    async def _adopt(self, api: BatchClient) -> None:
         """Intents a kill left without an id: find at the provider what they created, and
         adopt it (or create it, where nothing was)."""
         assert self.ledger is not None
@@ -293,7 +292,7 @@ class BatchLane:
             if intent.batch_id is None and intent.handed_over_at is None:
                 await self._launch(api, intent, recovering=True)
 
-    async def _launch(self, api: BatchAPI, intent: Intent, *, recovering: bool) -> None:
+    async def _launch(self, api: BatchClient, intent: Intent, *, recovering: bool) -> None:
         """Upload the intent's file and create its batch, each id committed as it comes;
         `recovering`: a kill may have come after a call and before its record."""
         ledger = self.ledger
@@ -305,8 +304,10 @@ class BatchLane:
             ledger.record(intent, file_id=found.id, uploaded_at=self.clock())
         if intent.batch_id is None:
             batch: BatchInfo | None = None
-            if recovering or intent.refused:
-                batch = await api.find_batch(METADATA_KEY, intent.key, skip=intent.refused)
+            if recovering:
+                # The newest batch of the key: one refused before is taken again, and is
+                # recreated once its refusal is seen (`_poll`).
+                batch = await api.find_batch(METADATA_KEY, intent.key)
             if batch is None:
                 assert intent.file_id is not None
                 batch = await api.create_batch(
@@ -321,17 +322,17 @@ class BatchLane:
         changes: dict[str, Any] = {
             "batch_id": batch.id,
             "status": batch.status,
-            "counts": dict(batch.counts),
+            "counts": dataclasses.asdict(batch.request_counts),
             "output_file_id": batch.output_file_id,
             "error_file_id": batch.error_file_id,
         }
         if submitted:
             changes["submitted_at"] = self.clock()
-        if batch.state in ENDED and intent.finished_at is None:
+        if batch.state.ended and intent.finished_at is None:
             changes["finished_at"] = self.clock()
         self.ledger.record(intent, **changes)
 
-    async def _poll(self, api: BatchAPI) -> None:
+    async def _poll(self, api: BatchClient) -> None:
         """Ask after every batch not ended; collect the ended ones; recreate the ones the
         provider refused for its enqueued-token limit, once there is room."""
         assert self.ledger is not None
@@ -359,7 +360,7 @@ class BatchLane:
             if intent.finished_at is not None:
                 await self._collect(api, intent)
 
-    async def _collect(self, api: BatchAPI, intent: Intent) -> None:
+    async def _collect(self, api: BatchClient, intent: Intent) -> None:
         """Download an ended batch's output and error files and commit their answers."""
         ledger = self.ledger
         assert ledger is not None
@@ -438,7 +439,7 @@ class BatchLane:
 
     # -- submitting -----------------------------------------------------------------------
 
-    async def _submit(self, api: BatchAPI, options: RunOptions) -> None:
+    async def _submit(self, api: BatchClient, options: RunOptions) -> None:
         """Files for the rows pending, while there is room (see the module docstring);
         batches the provider refused for its token limit are created again first."""
         ledger = self.ledger
@@ -602,7 +603,7 @@ class BatchLane:
             return False
         return self.clock() >= min(i.submitted_at or 0.0 for i in running) + deadline
 
-    async def _hand_over(self, api: BatchAPI) -> None:
+    async def _hand_over(self, api: BatchClient) -> None:
         """The deadline: cancel the batches still running (what they finished is collected
         when they end) and hand their rows to the direct lanes; without direct endpoints,
         the run stops and the batches keep running."""
@@ -619,7 +620,7 @@ class BatchLane:
                 intent, cancel_requested_at=self.clock(), handed_over_at=self.clock()
             )
 
-    async def _cancel_all(self, api: BatchAPI) -> None:
+    async def _cancel_all(self, api: BatchClient) -> None:
         """`batchrun cancel-batches`: cancel every batch still running, then collect each
         as the provider ends it (what it finished is committed; its other rows stay
         pending)."""
