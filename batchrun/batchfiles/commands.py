@@ -136,6 +136,7 @@ class ImportSummary:
     already: int = 0  # lines for a row settled for this request before this import
     cost: float | None = None  # of the rows imported; None when the model has no price
     already_cost: float = 0.0  # of the answers among `already`: paid for, and not used
+    tokens: int = 0  # the tokens of the rows imported
     rows: int = 0  # rows of the job
     rows_ok: int = 0  # rows whose result for the current request is ok, after the import
     rows_failed: int = 0  # ... is a failure
@@ -646,6 +647,7 @@ class _Importer:
         self, key: str, row: _Row, outcome: Outcome, usage: Usage | None, *, estimated: bool
     ) -> None:
         cost = self.pricer.cost(usage) if usage is not None else None
+        self.summary.tokens += usage.total_tokens if usage is not None else 0
         if cost is not None:
             cost *= self.price_factor
             self.summary.cost = (self.summary.cost or 0.0) + cost

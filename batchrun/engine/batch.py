@@ -381,12 +381,14 @@ class BatchLane:
         figures.pending.update(summary.pending)
         figures.already += summary.already
         figures.cost += summary.cost or 0.0
+        figures.tokens += summary.tokens
         figures.already_cost += summary.already_cost
         progress = self.opened.progress
         progress.ok += summary.ok
         progress.failed += summary.failed
         progress.done += summary.ok + summary.failed
         progress.spend += (summary.cost or 0.0) + summary.already_cost
+        progress.tokens += summary.tokens
         if self.budget is not None:
             self.budget.settle(intent.reserved_usd, (summary.cost or 0.0) + summary.already_cost)
         collected = {
