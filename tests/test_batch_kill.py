@@ -178,3 +178,44 @@ def test_a_run_killed_at_a_step_of_the_lane_and_run_again_answers_every_row_once
     assert sum(i.collected["ok"] for i in intents) == ROWS  # each answer collected once
     held = Ledger(checkpoint_dir(ws.output)).rows_of(intents)
     assert sorted(held[ROW_KEY].to_list()) == INPUT_IDS
+
+
+def test_a_file_sent_again_is_its_own_intent_and_a_kill_after_its_upload_adopts_its_own_batch(
+    ws: Workspace,
+) -> None:
+    """Every line answered with a 5xx: the same rows go out again in a new file, attempt
+    after attempt. Killed with the second file stored and its answer withheld, the rerun
+    must find that file and create its batch, not take the first file's batch for it."""
+    attempts, rows = 3, 10
+    config = SimConfig(batch_delay_s=0.1, batch_line_faults={"server_error": 1.0})
+    with start_in_thread(config) as sim:
+        ws.write_input(reviews(rows))
+        job = ws.job(
+            sim.base_url,
+            input={"id_column": "id"},
+            limits={"max_attempts": attempts},
+            endpoint={"kind": "batch", "batch_rows": BATCH_ROWS, "poll_s": 0.1},
+        )
+        reached = sim.hold("uploaded", after=1)
+        with running(ws, job) as proc:
+            wait_for(proc, "the second upload", reached.is_set)
+            proc.kill()
+            proc.wait()
+        sim.release()
+
+        result = ws.run("run", str(job), "-q")
+        assert result.code == 0, result.err
+        assert ws.read_output()["status"].to_list() == ["failed"] * rows
+
+        server = sim.batch_ledger
+        assert server is not None
+        intents = Ledger(checkpoint_dir(ws.output)).intents()
+        assert len(intents) == attempts  # one a try
+        assert server.filenames_uploaded_twice() == []
+        assert sorted(u.filename for u in server.uploads) == sorted(i.filename for i in intents)
+        assert sorted(b.batch_id for b in server.batches) == sorted(i.batch_id for i in intents)
+        assert Counter(b.metadata[METADATA_KEY] for b in server.batches) == {
+            i.key: 1 for i in intents
+        }
+        sent = Counter(cid for b in server.batches for cid in b.custom_ids)
+        assert set(sent.values()) == {attempts}  # each row sent once a try
