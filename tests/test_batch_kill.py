@@ -17,11 +17,12 @@ in progress), kills the run, lets the simulator go on, and runs the job again in
 While importing: the lane collects the ended batches one after another (download, commit
 the answers, record the collection), and only the downloads touch the provider, so the one
 point a server can hold inside collecting is a download. Holding the second one kills the
-run with one batch's answers committed and recorded, the other's output half-written in a
-hidden temporary of the ledger: the rerun must neither take that half file for the answers
-nor collect the first batch again. (Between a commit and its record nothing reaches the
-provider; that importing the same answers twice commits nothing new is `import-batch`'s,
-tested with it.)
+run with one batch's answers committed and recorded, the other's output partly received
+(into a hidden temporary of the ledger, never under the answers' name): the rerun must
+neither take a part of a file for the answers nor collect the first batch again. (Between a
+commit and its record nothing reaches the provider; that importing the same answers twice
+commits nothing new is the importer's, tested through `import-batch` in
+tests/test_batchfiles.py.)
 
 After the rerun: every row `ok` exactly once, committed once; at the simulator, no file
 uploaded twice, no row in two batches, each intent's batch created once; in the
