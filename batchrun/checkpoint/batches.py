@@ -10,8 +10,9 @@ A checkpoint's `batches/` folder holds, for each **intent** (one Batch input fil
 | `<key>.json` | the intent's record (ids, the provider's status, what collecting did): |
 | | written last (the commit point), then replaced after each provider call |
 
-The **key** is a hash of the file's custom_ids (row key and request fingerprint each): the
-same rows asking the same requests give the same key. It names the file at the provider
+The **key** is a hash of the file's custom_ids (row key and request fingerprint each) and
+of its rows' highest attempt: a file of the same rows sent again (their batch left them
+pending) has a key of its own, as it has a batch of its own. It names the file at the provider
 (`batchrun-<key>.jsonl`) and goes into the batch's metadata, so that a run killed between a
 provider call and the record of its id finds what it created by listing the provider's
 files and batches, and adopts it instead of creating it again (`batchrun.engine.batch`).
@@ -26,10 +27,8 @@ uploaded, and `Ledger` removes it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,15 +90,6 @@ class Intent:
         """Not collected yet (live, or handed over with a batch whose answers may still
         come)."""
         return self.collected_at is None
-
-
-def intent_key(custom_ids: Iterator[str] | list[str]) -> str:
-    """The key of a file holding these custom_ids, in order."""
-    digest = hashlib.sha256()
-    for cid in custom_ids:
-        digest.update(cid.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:KEY_CHARS]
 
 
 class Ledger:

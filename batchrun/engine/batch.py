@@ -52,7 +52,15 @@ from ..batchfiles.commands import (
     custom_id,
     pending_requests,
 )
-from ..checkpoint.batches import ATTEMPT, METADATA_KEY, POSITION, ROW_KEY, Intent, Ledger
+from ..checkpoint.batches import (
+    ATTEMPT,
+    KEY_CHARS,
+    METADATA_KEY,
+    POSITION,
+    ROW_KEY,
+    Intent,
+    Ledger,
+)
 from ..config.job import Endpoint
 from ..config.pricing import Budget, job_pricer
 from ..core.tokens import TokenCounter, counter_for
@@ -554,8 +562,11 @@ class BatchLane:
                 rows = rows.join(earlier, on=ROW_KEY, how="left").with_columns(
                     (pl.col(ATTEMPT).fill_null(0) + 1).cast(pl.Int32)
                 )
+                # The same rows sent again (their batch left them pending) make a new key:
+                # each of them is on a later attempt, so the highest attempt is higher.
+                digest.update(f"attempt {rows.get_column(ATTEMPT).max()!s}\n".encode())
                 intent = Intent(
-                    key=digest.hexdigest()[:24],
+                    key=digest.hexdigest()[:KEY_CHARS],
                     endpoint=endpoint.name,
                     rows=len(keys),
                     bytes=size,

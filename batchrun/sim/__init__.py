@@ -16,7 +16,8 @@ Modules, in the order a request meets them: `server` (aiohttp handlers), `limits
 The Files and Batches API (/v1/files, /v1/batches) has its own: `batch_api` (handlers),
 `batch_files` (uploads checked line by line, kept on disk), `batches` (each batch's moves
 and the task answering its lines), `batch_lines` (a line's answer, as chat would give it)
-and `ledger` (what was uploaded, batched and cancelled: `SimServer.batch_ledger`).
+and `ledger` (what was uploaded, batched and cancelled: `SimServer.batch_ledger`); `holds`
+lets a test stop the API at a step (`SimServer.hold`), to kill its client there.
 """
 
 from .cli import add_sim_arguments, config_from_args

@@ -24,9 +24,12 @@ from .batch_files import INPUT_PURPOSE, BadFile, FileStore
 from .batches import COMPLETION_WINDOW, ENDED, BatchDesk
 from .config import SimConfig
 from .faults import ErrorReply, fault_reply, invalid_request, key_refusal
+from .holds import Holds
 from .ledger import BatchLedger, Cancel, Upload
 
 UPLOAD_CHUNK_BYTES = 1024 * 1024
+# How much of a file a download held at the `content` point sends before it waits.
+HELD_CONTENT_BYTES = 100
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
@@ -43,15 +46,18 @@ class BatchApi:
         self,
         config: SimConfig,
         ledger: BatchLedger | None,
+        holds: Holds,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
         self._ledger = ledger
+        # Where tests make a request wait (`batchrun.sim.holds`).
+        self._holds = holds
         self._clock = clock
         # The folder holding every file's bytes; removed by close().
         self._folder = Path(tempfile.mkdtemp(prefix="batchrun-sim-"))
         self._files = FileStore(self._folder, config.seed, config.file_visible_after_s, clock)
-        self._desk = BatchDesk(config, self._files, ledger, clock)
+        self._desk = BatchDesk(config, self._files, ledger, holds, clock)
         # How many polls have been answered with a 5xx, to rotate the status codes.
         self._poll_errors: Counter[str] = Counter()
 
@@ -77,6 +83,7 @@ class BatchApi:
             return refusal
         if not request.content_type.startswith("multipart/"):
             return _invalid("Uploads must be multipart/form-data with 'purpose' and 'file'.")
+        await self._holds.at("upload")
         purpose: str | None = None
         stored = None
         try:
@@ -102,6 +109,7 @@ class BatchApi:
         if self._ledger is not None:
             upload = Upload(stored.id, stored.filename, stored.custom_ids, self._clock())
             self._ledger.uploaded(upload)
+        await self._holds.at("uploaded")
         return _json(stored.to_json())
 
     async def list_files(self, request: web.Request) -> web.StreamResponse:
@@ -136,7 +144,23 @@ class BatchApi:
         stored = self._files.get(request.match_info["file_id"])
         if stored is None:
             return _file_not_found(request.match_info["file_id"])
+        if self._holds.armed("content"):
+            return await self._stalled_content(request, stored.path)
         return web.FileResponse(stored.path, headers={"Content-Type": "application/octet-stream"})
+
+    async def _stalled_content(self, request: web.Request, path: Path) -> web.StreamResponse:
+        """A download while the `content` point is armed: its first bytes, the point, the
+        rest."""
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = path.stat().st_size
+        await response.prepare(request)
+        with path.open("rb") as handle:
+            await response.write(handle.read(HELD_CONTENT_BYTES))
+            await self._holds.at("content")
+            while chunk := handle.read(UPLOAD_CHUNK_BYTES):
+                await response.write(chunk)
+        await response.write_eof()
+        return response
 
     async def delete_file(self, request: web.Request) -> web.StreamResponse:
         refusal = self._refusal(request)
@@ -168,6 +192,7 @@ class BatchApi:
                 f"File {stored.id} has purpose {stored.purpose!r}, not 'batch'.", "input_file_id"
             )
         batch = self._desk.create(stored, body.get("metadata"))
+        await self._holds.at("created")
         return _json(batch.to_json(self._desk.shown_status(batch)))
 
     async def get_batch(self, request: web.Request) -> web.StreamResponse:

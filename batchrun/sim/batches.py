@@ -31,6 +31,7 @@ import orjson
 from .batch_files import LINE_URL, FileStore, StoredFile
 from .batch_lines import LineAnswerer
 from .config import SimConfig
+from .holds import Holds
 from .ledger import BatchEntry, BatchLedger
 from .text import stable_hash
 
@@ -137,11 +138,14 @@ class BatchDesk:
         config: SimConfig,
         files: FileStore,
         ledger: BatchLedger | None,
+        holds: Holds,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
         self._files = files
         self._ledger = ledger
+        # Where tests make a batch wait (`batchrun.sim.holds`).
+        self._holds = holds
         self._clock = clock
         self._answerer = LineAnswerer(config)
         # Every batch, in the order it was created.
@@ -244,6 +248,7 @@ class BatchDesk:
                 return
             if batch.status == "validating":
                 self._move(batch, "in_progress")
+                await self._holds.at("answering")
             await self._answer(batch, _nonblank(lines), outputs)
             await self._end(batch, outputs)
         except asyncio.CancelledError:

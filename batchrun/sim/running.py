@@ -14,6 +14,7 @@ from aiohttp import web
 from batchrun.core.tokens import counter_for
 
 from .config import SimConfig
+from .holds import Holds
 from .ledger import BatchLedger
 from .records import RequestLog, RequestRecord
 from .server import build_app
@@ -40,6 +41,7 @@ async def _serve(
     config: SimConfig,
     log: RequestLog | None,
     ledger: BatchLedger | None,
+    holds: Holds | None,
     host: str,
     port: int,
     on_listening: Callable[[int], None],
@@ -48,7 +50,7 @@ async def _serve(
     """Serves until `stop` is set; calls `on_listening` with the bound port once listening."""
     counter_for(WARM_MODEL)
     runner = web.AppRunner(
-        build_app(config, log, ledger=ledger),
+        build_app(config, log, ledger=ledger, holds=holds),
         access_log=None,
         handle_signals=False,
         handler_cancellation=True,
@@ -77,6 +79,8 @@ class SimServer:
         # Every file uploaded, batch created and cancel asked for, unless recording was
         # turned off; None then.
         self.batch_ledger = BatchLedger() if record else None
+        # The points of the Files and Batches API a test has armed (`hold`).
+        self._holds = Holds()
         # The server's loop and its stop signal, set once the thread runs.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -110,6 +114,15 @@ class SimServer:
             self._loop.call_soon_threadsafe(self._stop_event.set)
         self._thread.join(timeout=STOP_TIMEOUT_S)
 
+    def hold(self, point: str, after: int = 0) -> threading.Event:
+        """Make the Files and Batches API wait at `point` on its pass `after` from now (see
+        `batchrun.sim.holds`), until `release`; the event is set when it is reached."""
+        return self._holds.hold(point, after)
+
+    def release(self) -> None:
+        """Let go of whatever waits at a hold point, and disarm the others."""
+        self._holds.release()
+
     def __enter__(self) -> SimServer:
         return self
 
@@ -135,6 +148,7 @@ class SimServer:
                 self.config,
                 self._log,
                 self.batch_ledger,
+                self._holds,
                 self.host,
                 self.port,
                 self._ready.set_result,
@@ -173,7 +187,7 @@ async def _serve_until_signalled(config: SimConfig, host: str, port: int) -> Non
         print(f"batchrun sim listening on {base_url_for(host, bound)}", flush=True)
 
     try:
-        await _serve(config, None, None, host, port, announce, stop)
+        await _serve(config, None, None, None, host, port, announce, stop)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

@@ -38,6 +38,7 @@ from .faults import (
     too_many_in_flight,
 )
 from .gateway_limits import NOMINAL_RPM, InFlight, QuotaWindow, RequestRate
+from .holds import Holds
 from .latency import Latency
 from .ledger import BatchLedger
 from .records import RequestLog, RequestRecord, redacted_headers
@@ -295,11 +296,13 @@ def build_app(
     log: RequestLog | None,
     clock: Callable[[], float] = time.monotonic,
     ledger: BatchLedger | None = None,
+    holds: Holds | None = None,
 ) -> web.Application:
     """The simulator as an aiohttp application, at /v1/... and without the /v1 prefix: chat
-    completions, the model list, and the Files and Batches API (noted in `ledger`)."""
+    completions, the model list, and the Files and Batches API (noted in `ledger`, stopped
+    where `holds` are armed)."""
     handlers = SimHandlers(config, log, clock)
-    batch_api = BatchApi(config, ledger)
+    batch_api = BatchApi(config, ledger, holds or Holds())
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/chat/completions", handlers.chat)
