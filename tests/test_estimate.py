@@ -45,6 +45,29 @@ def test_estimate_in_the_terminal_says_what_is_exact(ws: Workspace, sim: SimServ
     assert "(estimated, estimate)" in result.out and "unknown: no price" in result.out
 
 
+def test_estimate_of_a_batch_job_prices_the_batch_and_gives_its_window(ws: Workspace) -> None:
+    ws.write_input(reviews(5))
+    endpoints = [
+        {"name": "batch", "base_url": "sim", "kind": "batch"},
+        {"name": "direct", "base_url": "sim"},
+    ]
+    job = str(ws.job(endpoints=endpoints, limits={"deadline_s": 600}))
+    result = ws.run("estimate", job, "--json")
+    assert result.code == 0, result.err
+    est = json.loads(result.out)
+    costs = {c["name"]: c for c in est["by_endpoint"]}
+    assert costs["batch"]["batch"] and not costs["direct"]["batch"]
+    for figure in ("cost_min_usd", "cost_max_usd"):  # the batch price: half the list price
+        assert costs["batch"][figure] == pytest.approx(costs["direct"][figure] * 0.5)
+    assert est["cost_min_usd"] == costs["batch"]["cost_min_usd"]
+    assert est["cost_max_usd"] == costs["direct"]["cost_max_usd"]
+    assert est["minutes_at_limits"] is None
+    assert (est["completion_window"], est["deadline_s"]) == ("24h", 600)
+    text = ws.run("estimate", job).out
+    assert "within the completion window (24h)" in text and "600 s after" in text
+    assert "(as gpt-4o-mini, at the batch price)" in text and "time at the limits" not in text
+
+
 def test_estimate_rejects_what_run_rejects(ws: Workspace, sim: SimServer) -> None:
     ws.write_input(reviews(3))
     result = ws.run("estimate", str(ws.job(sim.base_url, prompt={"user": "{nope}"})))
