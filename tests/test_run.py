@@ -296,6 +296,7 @@ def test_batch_demo_job_through_the_installed_command(tmp_path: Path) -> None:
     frame = pl.read_parquet(out)
     assert frame.height == 300 and set(frame["status"]) == {"ok"}
     assert frame["review_id"].n_unique() == 300
+    assert f"{frame['total_tokens'].sum():,} tokens" in proc.stdout  # each answer counted once
     by_endpoint = Counter(frame["endpoint"])
     assert set(by_endpoint) == {"sim-batch", "sim-direct"}, by_endpoint
     assert by_endpoint["sim-batch"] > 250
