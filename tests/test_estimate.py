@@ -7,7 +7,8 @@ import json
 import polars as pl
 import pytest
 
-from batchrun.sim import SimServer
+from batchrun.checkpoint.folder import checkpoint_dir
+from batchrun.sim import SimConfig, SimServer, start_in_thread
 
 from .conftest import Workspace, reviews
 
@@ -45,6 +46,29 @@ def test_estimate_in_the_terminal_says_what_is_exact(ws: Workspace, sim: SimServ
     assert "(estimated, estimate)" in result.out and "unknown: no price" in result.out
 
 
+def test_estimate_of_a_batch_job_prices_the_batch_and_gives_its_window(ws: Workspace) -> None:
+    ws.write_input(reviews(5))
+    endpoints = [
+        {"name": "batch", "base_url": "sim", "kind": "batch"},
+        {"name": "direct", "base_url": "sim"},
+    ]
+    job = str(ws.job(endpoints=endpoints, limits={"deadline_s": 600}))
+    result = ws.run("estimate", job, "--json")
+    assert result.code == 0, result.err
+    est = json.loads(result.out)
+    costs = {c["name"]: c for c in est["by_endpoint"]}
+    assert costs["batch"]["batch"] and not costs["direct"]["batch"]
+    for figure in ("cost_min_usd", "cost_max_usd"):  # the batch price: half the list price
+        assert costs["batch"][figure] == pytest.approx(costs["direct"][figure] * 0.5)
+    assert est["cost_min_usd"] == costs["batch"]["cost_min_usd"]
+    assert est["cost_max_usd"] == costs["direct"]["cost_max_usd"]
+    assert est["minutes_at_limits"] is None
+    assert (est["completion_window"], est["deadline_s"]) == ("24h", 600)
+    text = ws.run("estimate", job).out
+    assert "within the completion window (24h)" in text and "600 s after" in text
+    assert "(as gpt-4o-mini, at the batch price)" in text and "time at the limits" not in text
+
+
 def test_estimate_rejects_what_run_rejects(ws: Workspace, sim: SimServer) -> None:
     ws.write_input(reviews(3))
     result = ws.run("estimate", str(ws.job(sim.base_url, prompt={"user": "{nope}"})))
@@ -66,3 +90,29 @@ def test_status_during_and_after_runs(ws: Workspace, sim: SimServer) -> None:
     changed = json.loads(ws.run("status", job, "--json", "--set", "request.seed=3").out)
     assert (changed["pending"], changed["changed"]) == (4, 4)
     assert len(sim.requests) == 4
+
+
+def test_status_shows_the_batches_in_flight_and_removes_nothing(ws: Workspace) -> None:
+    ws.write_input(reviews(10))
+    with start_in_thread(SimConfig(batch_delay_s=60)) as sim:
+        batch = {"kind": "batch", "batch_rows": 4, "poll_s": 0.5}
+        job = str(ws.job(sim.base_url, endpoint=batch))
+        detached = ws.run("run", job, "-q", "--detach")
+        assert detached.code == 0, detached.err
+        ledger = checkpoint_dir(ws.output) / "batches"
+        # What a run holding the lock may be writing: a file's lines before its record.
+        unrecorded = [ledger / "0123456789abcdef01234567.jsonl", ledger / ".lines.1.tmp"]
+        for path in unrecorded:
+            path.write_text("{}\n")
+        status = json.loads(ws.run("status", job, "--json").out)
+        text = ws.run("status", job).out
+    assert all(path.exists() for path in unrecorded)
+    assert (status["done"], status["pending"]) == (0, 10)
+    batches = status["batches"]
+    assert [b["rows"] for b in batches] == [4, 4, 2]
+    assert {b["status"] for b in batches} == {"validating"} and not any(
+        b["handed_over"] for b in batches
+    )
+    assert {b["batch_id"] for b in batches} == {b.batch_id for b in sim.batch_ledger.batches}
+    assert "batches  3 in flight, 10 rows" in text
+    assert all(f"{b['batch_id']}  validating  {b['rows']} rows" in text for b in batches)

@@ -241,3 +241,11 @@ def test_batch_settings_are_refused_in_one_sentence(
         load_job(write(tmp_path, MINIMAL + extra))
     assert message in str(caught.value)
     assert caught.value.exit_code == 2 and str(caught.value).count("\n") == 0
+
+
+def test_a_batch_endpoint_refuses_a_checkpoint_on_s3(tmp_path: Path) -> None:
+    text = MINIMAL.replace('"../out/o.parquet"', '"s3://bucket/o.parquet"')
+    with pytest.raises(JobError) as caught:
+        load_job(write(tmp_path, text + '[endpoint]\nkind = "batch"\n'))
+    assert "does not follow it to S3" in str(caught.value)
+    assert caught.value.exit_code == 2 and str(caught.value).count("\n") == 0

@@ -18,6 +18,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.checkpoint.batches import Intent, Ledger
 from batchrun.checkpoint.folder import Checkpoint, checkpoint_dir
 from batchrun.checkpoint.segments import segment_name, write_segment
 from batchrun.checkpoint.walk import WINDOW, merge_segments
@@ -29,6 +30,7 @@ from batchrun.report import figures as report_module
 from batchrun.report.figures import (
     HISTOGRAM_BINS,
     TOKEN_KINDS,
+    BatchLaneFigures,
     Bin,
     Bucket,
     ErrorClass,
@@ -315,6 +317,67 @@ def test_nothing_run_yet_is_a_report_not_an_error(ws: Workspace) -> None:
     data = json.loads(json.dumps(report_json(report)))
     assert data["rows"] == {"committed": 0, "ok": 0, "failed": 0}
     assert data["latency_s"] is None and data["throughput"]["buckets"] == []
+
+
+def test_the_batch_lane_figures_come_from_its_ledger(ws: Workspace) -> None:
+    ws.write_input(reviews(9))
+    job = load_job(ws.job("sim"))
+    ledger = Ledger(checkpoint_dir(ws.output))
+    t0 = 1_700_000_000.0
+
+    def intent(key: str, rows: int, **fields: object) -> Intent:
+        return ledger.record(Intent(key, "openai-batch", rows, 100, 50, 0.0, t0), **fields)
+
+    collected = {"failed": 0, "pending": {}, "already": 0, "late_cost": 0.0}
+    intent(  # answered, one line left pending for a server error
+        "a",
+        4,
+        batch_id="batch_a",
+        submitted_at=t0,
+        finished_at=t0 + 60,
+        collected_at=t0 + 61,
+        collected={**collected, "ok": 3, "pending": {"server_error": 1}, "cost": 0.25},
+    )
+    intent(  # refused once for the token limit, then handed over, then answered: paid twice
+        "b",
+        2,
+        batch_id="batch_b",
+        refused=["batch_r"],
+        submitted_at=t0 + 10,
+        finished_at=t0 + 310,
+        handed_over_at=t0 + 200,
+        collected_at=t0 + 311,
+        collected={**collected, "ok": 0, "already": 2, "cost": 0.0, "late_cost": 0.1},
+    )
+    intent("c", 3, batch_id="batch_c", status="in_progress", submitted_at=t0 + 20)
+    report = build_report(job)
+    assert report.batch_lane == BatchLaneFigures(
+        endpoint="openai-batch",
+        files=3,
+        batches=4,
+        rows=9,
+        ok=3,
+        failed=0,
+        pending=(("server_error", 1),),
+        in_flight_files=1,
+        in_flight_rows=3,
+        handed_over_rows=2,
+        answer_p50_s=180.0,
+        answer_max_s=300.0,
+        cost_usd=0.25,
+        paid_twice_usd=0.1,
+    )
+    text = render_text(report)  # nothing committed yet, and still the lane's figures
+    assert "Nothing has run yet" in text and "\nBatch lane at openai-batch\n" in text
+    assert "3 rows, 1 files" in text and "$0.100000" in text and "server_error" in text
+    page = render_html(report)
+    assert "Batch lane at openai-batch" in page and not parse(page).problems
+    lane = json.loads(json.dumps(report_json(report)))["batch_lane"]
+    assert lane["in_flight"] == {"files": 1, "rows": 3} and lane["pending"] == {"server_error": 1}
+    assert lane["submission_to_answer_s"] == {"p50": 180.0, "max": 300.0}
+    doc = report_module.__doc__ or ""
+    keys = {*lane, *lane["in_flight"], *lane["submission_to_answer_s"]}
+    assert not [k for k in keys if f'"{k}"' not in doc]
 
 
 # -- the streaming passes against the figures computed in memory ------------------------------

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -269,6 +271,57 @@ def test_demo_job_through_the_installed_command(tmp_path: Path) -> None:
     assert set(labels) <= {"positive", "negative", "neutral"} and len(labels) == 3
     assert "300 ok, 0 failed, 0 pending" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_batch_demo_job_through_the_installed_command(tmp_path: Path) -> None:
+    """jobs/batch-demo.toml: the batch lane at half price, the lines it leaves sent direct."""
+    out = tmp_path / "batch-demo.parquet"
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+
+    def batchrun(*argv: str) -> subprocess.CompletedProcess[str]:
+        job = str(REPO / "jobs" / "batch-demo.toml")
+        return subprocess.run(
+            [sys.executable, "-m", "batchrun.cli", *argv, job, "--set", f"output.path={out}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    started = time.monotonic()
+    proc = batchrun("run")
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 60
+    assert "300 ok, 0 failed, 0 pending" in proc.stdout and "Traceback" not in proc.stderr
+    frame = pl.read_parquet(out)
+    assert frame.height == 300 and set(frame["status"]) == {"ok"}
+    assert frame["review_id"].n_unique() == 300
+    assert f"{frame['total_tokens'].sum():,} tokens" in proc.stdout  # each answer counted once
+    by_endpoint = Counter(frame["endpoint"])
+    assert set(by_endpoint) == {"sim-batch", "sim-direct"}, by_endpoint
+    assert by_endpoint["sim-batch"] > 250
+    # A batch answer costs half its direct price (gpt-4o-mini's list price, cached input too).
+    price = {"input": 0.15, "cached": 0.075, "output": 0.6}
+    list_price = (
+        (pl.col("prompt_tokens") - pl.col("cached_tokens")) * price["input"]
+        + pl.col("cached_tokens") * price["cached"]
+        + pl.col("completion_tokens") * price["output"]
+    ) / 1e6
+    share = frame.select(pl.col("endpoint"), (pl.col("cost_usd") / list_price).alias("share"))
+    for endpoint, factor in (("sim-batch", 0.5), ("sim-direct", 1.0)):
+        shares = share.filter(pl.col("endpoint") == endpoint)["share"]
+        assert shares.min() == pytest.approx(factor) and shares.max() == pytest.approx(factor)
+    report = batchrun("report", "--json")
+    assert report.returncode == 0, report.stderr
+    lane = json.loads(report.stdout)["batch_lane"]
+    assert (lane["files"], lane["rows"], lane["in_flight"]) == (3, 300, {"files": 0, "rows": 0})
+    assert lane["ok"] == by_endpoint["sim-batch"]
+    assert lane["pending"] == {"server_error": by_endpoint["sim-direct"]}
+    assert lane["cost_usd"] == pytest.approx(
+        frame.filter(pl.col("endpoint") == "sim-batch")["cost_usd"].sum()
+    )
+    status = batchrun("status", "--json")
+    assert json.loads(status.stdout)["batches"] == []
 
 
 @pytest.mark.parametrize("command", [["--help"], ["run", "--help"], ["sim", "--help"]])

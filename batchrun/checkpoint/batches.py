@@ -98,13 +98,9 @@ class Ledger:
 
     def __init__(self, checkpoint_folder: Path) -> None:
         self.folder = checkpoint_folder / LEDGER
-        self._intents: dict[str, Intent] = {}
+        self._intents = {intent.key: intent for intent in read_intents(checkpoint_folder)}
         if not self.folder.is_dir():
             return
-        for path in sorted(self.folder.glob("*.json")):
-            intent = _load(path)
-            if intent is not None:
-                self._intents[intent.key] = intent
         for path in self.folder.iterdir():  # what a kill left before an intent's record
             key = path.name.split(".", 1)[0]
             if key not in self._intents or path.name.startswith("."):
@@ -195,6 +191,17 @@ class Ledger:
         ):
             path.unlink(missing_ok=True)
         fsync_dir(self.folder)
+
+
+def read_intents(checkpoint_folder: Path) -> list[Intent]:
+    """Every intent's record, oldest first, read as `status` and `report` read a checkpoint:
+    without its lock, beside a run that may hold it, so nothing is removed (records are
+    replaced atomically: each is read whole, old or new)."""
+    folder = checkpoint_folder / LEDGER
+    if not folder.is_dir():
+        return []
+    found = (_load(path) for path in sorted(folder.glob("*.json")))
+    return sorted((i for i in found if i is not None), key=lambda i: (i.created_at, i.key))
 
 
 def _load(path: Path) -> Intent | None:

@@ -332,7 +332,8 @@ class _JobModel(_Section):
         return self
 
     def _one_batch_lane(self) -> None:
-        """At most one batch endpoint, in a local run; a deadline only beside one."""
+        """At most one batch endpoint, in a local run with a local checkpoint; a deadline
+        only beside one."""
         batch = [e for e in self.endpoints or [self.endpoint] if e.kind == "batch"]
         if len(batch) > 1:
             raise ValueError(
@@ -344,6 +345,13 @@ class _JobModel(_Section):
             raise ValueError(
                 'an endpoint with kind = "batch" needs [engine] kind = "local": the batch '
                 "lane runs in one process, which submits, polls and collects its batches"
+            )
+        if batch and self.output.path.startswith(S3_SCHEME):
+            raise ValueError(
+                'an endpoint with kind = "batch" needs a local [output] path: the batch '
+                "lane's ledger of files and batches stays in this machine's copy of the "
+                "checkpoint and does not follow it to S3, so a run elsewhere could submit "
+                "the same rows again"
             )
         if self.limits.deadline_s is not None and not batch:
             raise ValueError(

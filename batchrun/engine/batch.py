@@ -258,8 +258,9 @@ class BatchLane:
             endpoints.update(direct.endpoints)
             ran += direct.ran
             remapped += direct.remapped
-            tokens += direct.tokens
-            spend += direct.spend
+            # The direct engine's tokens and spend are the run's progress, to which the
+            # batches' collects added theirs.
+            tokens, spend = direct.tokens, direct.spend
         if self.direct is not None:
             # The direct engine walked the checkpoint after the batches' commits: its
             # standing counts them.

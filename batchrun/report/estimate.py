@@ -5,6 +5,10 @@ committed result is for the same request are left out, as a resume would leave t
 Prompt tokens are exact for OpenAI models (tiktoken, batches encoded on several threads)
 and an estimate otherwise. Output tokens are a range: at most `max_tokens` × `n` a row, and,
 when the checkpoint holds finished rows, their mean as the expected figure.
+
+A job with a batch endpoint sends its rows there first, at the batch price: the expected
+cost is the batch endpoint's, and the time is the completion window the provider promises
+(the rate limits do not pace a batch), or the deadline when one hands the rest over sooner.
 """
 
 from __future__ import annotations
@@ -46,10 +50,15 @@ class Estimate:
     cost_min_usd: float | None  # prompt tokens only (no cache discount)
     cost_expected_usd: float | None
     cost_max_usd: float | None
-    minutes_at_limits: float  # the time the rate limits imply (latency aside)
+    # The time the rate limits imply (latency aside); None with a batch endpoint, whose
+    # time is its completion window.
+    minutes_at_limits: float | None
     # With [[endpoints]]: the cost if every row went to each one; the figures above span
-    # them (the lowest minimum, the highest maximum; expected at the first).
+    # them (the lowest minimum, the highest maximum; expected at the batch endpoint, else
+    # at the first).
     by_endpoint: tuple[EndpointCost, ...] = ()
+    completion_window: str | None = None  # the batch endpoint's, when the job has one
+    deadline_s: float | None = None  # [limits] deadline_s: the batches' rows go direct then
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +73,7 @@ class EndpointCost:
     cost_min_usd: float | None
     cost_expected_usd: float | None
     cost_max_usd: float | None
+    batch: bool = False  # a batch endpoint: its prices are the batch prices
 
 
 def estimate(job: Job, limit: int | None = None) -> Estimate:
@@ -92,14 +102,20 @@ def estimate(job: Job, limit: int | None = None) -> Estimate:
                 cost_expected = base + output_expected * price.output / 1e6 * pricer.factor
             if output_max is not None:
                 cost_max = base + output_max * price.output / 1e6 * pricer.factor
-        costs.append(EndpointCost(endpoint.name, pricer.model, cost_min, cost_expected, cost_max))
+        costs.append(
+            EndpointCost(
+                endpoint.name, pricer.model, cost_min, cost_expected, cost_max, endpoint.is_batch
+            )
+        )
     price = job_pricer(job).price
-    tokens_for_pace = prompt_tokens + (output_expected or output_max or 0)
-    # Every endpoint at its limits at once.
-    minutes = to_send / sum(e.requests_per_minute for e in job.endpoints)
-    if all(e.tokens_per_minute for e in job.endpoints):
-        tpm = sum(e.tokens_per_minute or 0 for e in job.endpoints)
-        minutes = max(minutes, tokens_for_pace / tpm)
+    batch = job.batch_endpoint
+    # The endpoint that takes the most: the batch one, where there is one, else the first.
+    takes_most = next((c for c in costs if c.batch), costs[0])
+    minutes = (
+        None
+        if batch is not None
+        else _minutes(job, to_send, prompt_tokens, output_expected or output_max or 0)
+    )
     return Estimate(
         model=str(job.request["model"]),
         rows=plan.total,
@@ -117,11 +133,22 @@ def estimate(job: Job, limit: int | None = None) -> Estimate:
             else None
         ),
         cost_min_usd=_span([c.cost_min_usd for c in costs], min),
-        cost_expected_usd=costs[0].cost_expected_usd,  # at the first: it takes the most
+        cost_expected_usd=takes_most.cost_expected_usd,
         cost_max_usd=_span([c.cost_max_usd for c in costs], max),
         minutes_at_limits=minutes,
         by_endpoint=tuple(costs) if job.pooled else (),
+        completion_window=batch.completion_window if batch is not None else None,
+        deadline_s=job.limits.deadline_s,
     )
+
+
+def _minutes(job: Job, to_send: int, prompt_tokens: int, output_tokens: int) -> float:
+    """The minutes the rows take with every endpoint at its limits at once."""
+    minutes = to_send / sum(e.requests_per_minute for e in job.endpoints)
+    if all(e.tokens_per_minute for e in job.endpoints):
+        tpm = sum(e.tokens_per_minute or 0 for e in job.endpoints)
+        minutes = max(minutes, (prompt_tokens + output_tokens) / tpm)
+    return minutes
 
 
 def _span(values: list[float | None], pick: Any) -> float | None:
@@ -226,9 +253,19 @@ def render_estimate(est: Estimate) -> str:
         if cost.cost_min_usd is None:
             shown = f"unknown: no price for {cost.model} (set [cost.prices])"
         else:
-            shown = f"{usd(cost.cost_min_usd)} to {usd(cost.cost_max_usd)} (as {cost.model})"
+            how = f"as {cost.model}, at the batch price" if cost.batch else f"as {cost.model}"
+            shown = f"{usd(cost.cost_min_usd)} to {usd(cost.cost_max_usd)} ({how})"
         lines.append((f"  at {cost.name}", shown))
-    lines.append(("time at the limits", f"{est.minutes_at_limits:,.1f} min (latency aside)"))
+    if est.minutes_at_limits is not None:
+        lines.append(("time at the limits", f"{est.minutes_at_limits:,.1f} min (latency aside)"))
+    else:
+        time = f"within the completion window ({est.completion_window})"
+        if est.deadline_s is not None:
+            time += (
+                f"; what is not answered {est.deadline_s:,g} s after the first submission "
+                f"goes direct (deadline_s)"
+            )
+        lines.append(("time", time))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
 

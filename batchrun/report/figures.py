@@ -55,14 +55,25 @@ percentiles are exact. The terminal rendering is `batchrun.report.text`; the HTM
   by kind: the output's error values, and `quota_exhausted`, `bad_key`), "rate_limited",
   "allowed_rpm", "requests_per_minute", "circuit_opened", "out", "state"}` (`state`:
   serving, paused, open or out when that run ended; `out`: why)
+- `"batch_lane"`: null unless the job's batch endpoint has submitted a file; else, from its
+  ledger (`batchrun.checkpoint.batches`), `{"endpoint", "files", "batches" (created at the
+  provider, those refused for its enqueued-token limit included), "rows" (in every file, a
+  row sent again counted again), "ok", "failed", "pending": {why: lines a batch left
+  unanswered}, "in_flight": {"files", "rows"} (not collected yet), "handed_over_rows" (sent
+  direct at the deadline), "submission_to_answer_s": {"p50", "max"} (from a batch's
+  creation to its end, over the ended ones; null before one), "cost_usd", "paid_twice_usd"
+  (answers a batch gave after their rows were handed over and answered direct)}`
 """
 
 from __future__ import annotations
 
+import statistics
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint.batches import Intent, read_intents
 from ..checkpoint.folder import checkpoint_dir
 from ..checkpoint.notes import ENDPOINTS_NOTE, GATEWAY_NOTE, load_note
 from ..checkpoint.remote import refresh_copy
@@ -134,6 +145,26 @@ class EndpointFigures:
 
 
 @dataclass(frozen=True)
+class BatchLaneFigures:
+    """What the batch lane's files and batches did, from its ledger."""
+
+    endpoint: str
+    files: int
+    batches: int  # created at the provider, refused ones included
+    rows: int  # in every file: a row sent in two files counts twice
+    ok: int
+    failed: int
+    pending: tuple[tuple[str, int], ...]  # lines a batch left unanswered, by why, most first
+    in_flight_files: int  # not collected yet
+    in_flight_rows: int
+    handed_over_rows: int  # sent direct at the deadline
+    answer_p50_s: float | None  # from a batch's creation to its end, over the ended ones
+    answer_max_s: float | None
+    cost_usd: float
+    paid_twice_usd: float  # answers that came after their rows were answered direct
+
+
+@dataclass(frozen=True)
 class Report:
     """Every figure of the report; built by `build_report`, shown by the renderers."""
 
@@ -173,6 +204,7 @@ class Report:
     rate_limited: int = 0
     configured_rpm: float | None = None
     endpoints: tuple[EndpointFigures, ...] = ()  # with [[endpoints]]
+    batch_lane: BatchLaneFigures | None = None  # once a batch endpoint submitted a file
 
 
 # -- building -------------------------------------------------------------------------------
@@ -180,9 +212,9 @@ class Report:
 
 def build_report(job: Job) -> Report:
     """The report of the job's checkpoint as it is now (during a run too)."""
-    head = _heading(job)
     folder = checkpoint_dir(job.output_path)
     refresh_copy(folder, job.checkpoint_remote)
+    head = replace(_heading(job), batch_lane=_batch_lane(read_intents(folder)))
     if not current_segments(folder):
         return head
     # First, for it may realign the checkpoint's positions to the input it reads beside.
@@ -227,6 +259,41 @@ def _endpoints(job: Job, found: Tally, note: dict[str, Any]) -> tuple[EndpointFi
             )
         )
     return tuple(figures)
+
+
+def _batch_lane(intents: list[Intent]) -> BatchLaneFigures | None:
+    """The batch lane's figures from its ledger's intents; None when it has none."""
+    if not intents:
+        return None
+    pending: Counter[str] = Counter()
+    for intent in intents:
+        pending.update(intent.collected.get("pending") or {})
+    waits = [
+        i.finished_at - i.submitted_at
+        for i in intents
+        if i.finished_at is not None and i.submitted_at is not None
+    ]
+    in_flight = [i for i in intents if i.open]
+
+    def collected(name: str) -> float:
+        return sum(i.collected.get(name) or 0 for i in intents)
+
+    return BatchLaneFigures(
+        endpoint=intents[-1].endpoint,
+        files=len(intents),
+        batches=sum((i.batch_id is not None) + len(i.refused) for i in intents),
+        rows=sum(i.rows for i in intents),
+        ok=int(collected("ok")),
+        failed=int(collected("failed")),
+        pending=tuple(sorted(pending.items(), key=lambda p: (-p[1], p[0]))),
+        in_flight_files=len(in_flight),
+        in_flight_rows=sum(i.rows for i in in_flight),
+        handed_over_rows=sum(i.rows for i in intents if i.handed_over_at is not None),
+        answer_p50_s=statistics.median(waits) if waits else None,
+        answer_max_s=max(waits) if waits else None,
+        cost_usd=_money(collected("cost")),
+        paid_twice_usd=_money(collected("late_cost")),
+    )
 
 
 def _heading(job: Job) -> Report:
@@ -351,6 +418,26 @@ def report_json(report: Report) -> dict[str, Any]:
             "requests_per_minute": report.configured_rpm,
         },
         "endpoints": [{**vars_of(e), "errors": dict(e.errors)} for e in report.endpoints],
+        "batch_lane": _batch_lane_json(report.batch_lane) if report.batch_lane else None,
+    }
+
+
+def _batch_lane_json(lane: BatchLaneFigures) -> dict[str, Any]:
+    return {
+        "endpoint": lane.endpoint,
+        "files": lane.files,
+        "batches": lane.batches,
+        "rows": lane.rows,
+        "ok": lane.ok,
+        "failed": lane.failed,
+        "pending": dict(lane.pending),
+        "in_flight": {"files": lane.in_flight_files, "rows": lane.in_flight_rows},
+        "handed_over_rows": lane.handed_over_rows,
+        "submission_to_answer_s": None
+        if lane.answer_p50_s is None
+        else {"p50": lane.answer_p50_s, "max": lane.answer_max_s},
+        "cost_usd": lane.cost_usd,
+        "paid_twice_usd": lane.paid_twice_usd,
     }
 
 

@@ -9,7 +9,17 @@ from collections.abc import Collection, Sequence
 
 from .evaluation import Evaluation, percent
 from .figures import EndpointFigures, Report
-from .text import nothing_yet, one_line, period, secs, summary_lines, tables, usd, when
+from .text import (
+    batch_lane_tables,
+    nothing_yet,
+    one_line,
+    period,
+    secs,
+    summary_lines,
+    tables,
+    usd,
+    when,
+)
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2328;
@@ -45,6 +55,8 @@ def render_html(report: Report) -> str:
     ]
     if not report.committed:
         parts.append(f"<p>{_e(nothing_yet(report))}</p>")
+        for heading, header, body, right in batch_lane_tables(report):
+            parts += [f"<h2>{_e(heading)}</h2>", _html_table(header, body, right)]
     else:
         parts += _html_body(report)
     return head + "<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n"

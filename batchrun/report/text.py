@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 
 from .evaluation import Evaluation, interval
-from .figures import TOKEN_KINDS, EndpointFigures, Report
+from .figures import TOKEN_KINDS, BatchLaneFigures, EndpointFigures, Report
 
 # -- wording, shared with the page ------------------------------------------------------------
 
@@ -174,7 +174,60 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]], set[in
     ]
     if report.evaluation is not None:
         tables = evaluation_tables(report.evaluation) + tables
+    return [table for table in tables if table[2]] + batch_lane_tables(report)
+
+
+def batch_lane_tables(report: Report) -> list[tuple[str, list[str], list[list[str]], set[int]]]:
+    """The batch lane's tables (none without one): its files and batches, and the lines its
+    batches left pending."""
+    lane = report.batch_lane
+    if lane is None:
+        return []
+    tables = [
+        (
+            f"Batch lane at {lane.endpoint}",
+            [
+                "files",
+                "batches",
+                "rows",
+                "ok",
+                "failed",
+                "in flight",
+                "handed over",
+                "to answer p50",
+                "max",
+                "cost",
+                "paid twice",
+            ],
+            [_batch_lane_row(lane)],
+            set(range(11)),
+        ),
+        (
+            "Batch lines left pending",
+            ["why", "lines"],
+            [[why, f"{n:,}"] for why, n in lane.pending],
+            {1},
+        ),
+    ]
     return [table for table in tables if table[2]]
+
+
+def _batch_lane_row(lane: BatchLaneFigures) -> list[str]:
+    return [
+        f"{lane.files:,}",
+        f"{lane.batches:,}",
+        f"{lane.rows:,}",
+        f"{lane.ok:,}",
+        f"{lane.failed:,}",
+        f"{lane.in_flight_rows:,} rows, {lane.in_flight_files:,} files"
+        if lane.in_flight_files
+        else "-",
+        f"{lane.handed_over_rows:,}",
+        secs(lane.answer_p50_s),
+        secs(lane.answer_max_s),
+        usd(lane.cost_usd),
+        usd(lane.paid_twice_usd),
+    ]
 
 
 def _last_run(e: EndpointFigures) -> list[str]:
@@ -268,11 +321,14 @@ def render_text(report: Report) -> str:
     """The report as plain-text tables for the terminal."""
     title = f"batchrun report: {report.job} ({report.output})"
     if not report.committed:
-        return f"{title}\n\n{nothing_yet(report)}\n"
-    width = max(len(label) for label, _ in summary_lines(report))
-    lines = [title, ""]
-    lines += [f"{label.ljust(width)}  {value}" for label, value in summary_lines(report)]
-    for heading, header, rows, right in tables(report):
+        lines = [title, "", nothing_yet(report)]
+        shown = batch_lane_tables(report)
+    else:
+        width = max(len(label) for label, _ in summary_lines(report))
+        lines = [title, ""]
+        lines += [f"{label.ljust(width)}  {value}" for label, value in summary_lines(report)]
+        shown = tables(report)
+    for heading, header, rows, right in shown:
         lines += ["", heading, *("  " + line for line in text_table(header, rows, right))]
     return "\n".join(lines) + "\n"
 
