@@ -202,7 +202,8 @@ async def run(
     allowed_rpm = note_gateway(job, checkpoint.folder, answered)
     note_endpoints(job, checkpoint.folder, answered.endpoints)
     rows_written = written.rows if written is not None else None
-    check_complete(job, plan, answerer.stop, rows_written)
+    if not (options.detach or options.cancel_batches):  # these leave rows to a later run
+        check_complete(job, plan, answerer.stop, rows_written)
     # What the output holds is the standing, whatever the answerer had counted when the
     # run stopped (the one checking finished rows may not have reached them all).
     ok, failed = (written.ok, written.failed) if written else (answered.ok, answered.failed)
