@@ -622,6 +622,10 @@ class BatchLane:
             self.ledger.record(
                 intent, cancel_requested_at=self.clock(), handed_over_at=self.clock()
             )
+            if intent.batch_id is None:  # a file with no batch (refused): nothing will come
+                self.ledger.record(intent, collected_at=self.clock(), collected={"cancelled": True})
+                if self.budget is not None:
+                    self.budget.settle(intent.reserved_usd, 0.0)
         # What the cancelled batches finished is theirs: a few polls for them to end, so
         # that it is collected before the direct lanes take the rest. A batch still
         # cancelling after that is collected when it ends (its answers then come second).
