@@ -204,6 +204,53 @@ def test_answers_of_a_cancelled_batch_after_its_rows_went_direct_are_paid_twice_
     assert_never_twice(server)
 
 
+def test_at_the_deadline_a_file_the_provider_refused_is_handed_over_whole(
+    ws: Workspace, started: Callable[..., SimServer]
+) -> None:
+    # The provider takes one file of ten lines at once, the lane's cap two: when the
+    # deadline comes, the second file has no batch; its rows go direct, and it is done with.
+    server = started(batch_delay_s=0.05, batch_line_ms=100, batch_enqueued_tokens=500)
+    ws.write_input(reviews(20))
+    job = ws.job(
+        endpoints=[batch(server, batch_enqueued_tokens=1000, poll_s=0.2), direct(server)],
+        limits={"deadline_s": 0.5},
+    )
+    result = ws.run("run", str(job))
+    assert result.code == 0, result.err
+    out = assert_answered_once(ws, 20)
+    running, refused = intents(ws)
+    assert refused.refused and refused.batch_id is None
+    assert refused.collected == {"cancelled": True}
+    assert running.collected["ok"] == out.filter(pl.col("endpoint") == "batch").height
+    assert Ledger(checkpoint(ws)).open() == []
+    assert_never_twice(server, ("completed", "cancelled"))
+
+
+def test_without_a_direct_endpoint_the_deadline_stops_the_run_and_the_batch_keeps_running(
+    ws: Workspace, started: Callable[..., SimServer]
+) -> None:
+    server = started(batch_delay_s=0.05, batch_line_ms=100)
+    ws.write_input(reviews(20))
+    job = ws.job(endpoints=[batch(server, batch_rows=20)], limits={"deadline_s": 0.5})
+    result = ws.run("run", str(job))
+    assert result.code == 3, result.err
+    assert result.err.strip() == (
+        "batchrun: The deadline (0.5 s, limits.deadline_s) passed with no direct endpoint to "
+        "take the rows left: 20 rows are in 1 batches still running at batch (they are paid "
+        "for); run the same command to collect them, or `batchrun cancel-batches` to cancel "
+        "them."
+    )
+    assert ledger_of(server).cancels == []
+    (intent,) = intents(ws)
+    assert intent.live
+
+    wait_for(lambda: ledger_of(server).batches[0].status == "completed")
+    again = ws.run("run", str(job))
+    assert again.code == 0, again.err
+    assert set(assert_answered_once(ws, 20)["endpoint"]) == {"batch"}
+    assert_never_twice(server)
+
+
 # -- detach, Ctrl-C, cancel-batches -------------------------------------------------------
 
 
