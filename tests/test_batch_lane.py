@@ -281,7 +281,7 @@ def test_detach_submits_and_exits_then_run_collects(
 def test_ctrl_c_while_waiting_leaves_the_batches_running_and_run_collects(
     ws: Workspace, started: Callable[..., SimServer]
 ) -> None:
-    server = started(batch_delay_s=0.05, batch_line_ms=200)
+    server = started(batch_delay_s=0.05, batch_line_ms=300)
     ws.write_input(reviews(20))
     job = ws.job(endpoints=[batch(server)])
     env = {**os.environ, "BATCHRUN_TEST_KEY": FAKE_KEY}
@@ -317,7 +317,7 @@ def test_ctrl_c_while_waiting_leaves_the_batches_running_and_run_collects(
 def test_cancel_batches_collects_the_finished_lines_and_a_later_run_answers_the_rest(
     ws: Workspace, started: Callable[..., SimServer]
 ) -> None:
-    server = started(batch_delay_s=0.05, batch_line_ms=100)
+    server = started(batch_delay_s=0.05, batch_line_ms=150)
     ws.write_input(reviews(20))
     job = ws.job(endpoints=[batch(server, batch_rows=20)])
     assert ws.run("run", str(job), "--detach").code == 0
