@@ -78,6 +78,7 @@ log = logging.getLogger("batchrun")
 
 TOKEN_LIMIT = "token_limit_exceeded"
 MAX_REFUSALS = 5  # token_limit_exceeded this often with nothing else running: the file is too big
+HAND_OVER_POLLS = 3  # looks at the batches the deadline cancelled before the direct lanes go
 CANCEL_POLL_S = 5.0  # how often cancel-batches looks at the batches it cancelled
 
 
@@ -618,9 +619,9 @@ class BatchLane:
         return self.clock() >= min(i.submitted_at or 0.0 for i in running) + deadline
 
     async def _hand_over(self, api: BatchClient) -> None:
-        """The deadline: cancel the batches still running (what they finished is collected
-        when they end) and hand their rows to the direct lanes; without direct endpoints,
-        the run stops and the batches keep running."""
+        """The deadline: cancel the batches still running, collect what they finished if
+        they end within a few polls, and hand their other rows to the direct lanes; without
+        direct endpoints, the run stops and the batches keep running."""
         assert self.ledger is not None
         if self._make_direct is None:
             self.stop = DeadlinePassed("The deadline passed.")  # settled at the end
@@ -633,6 +634,18 @@ class BatchLane:
             self.ledger.record(
                 intent, cancel_requested_at=self.clock(), handed_over_at=self.clock()
             )
+            if intent.batch_id is None:  # a file with no batch (refused): nothing will come
+                self.ledger.record(intent, collected_at=self.clock(), collected={"cancelled": True})
+                if self.budget is not None:
+                    self.budget.settle(intent.reserved_usd, 0.0)
+        # What the cancelled batches finished is theirs: a few polls for them to end, so
+        # that it is collected before the direct lanes take the rest. A batch still
+        # cancelling after that is collected when it ends (its answers then come second).
+        for _ in range(HAND_OVER_POLLS):
+            if self.stop is not None or not any(i.batch_id for i in self.ledger.open()):
+                break
+            await self._nap(self.endpoint.poll_s)
+            await self._poll(api)
 
     async def _cancel_all(self, api: BatchClient) -> None:
         """`batchrun cancel-batches`: cancel every batch still running, then collect each

@@ -202,7 +202,10 @@ async def run(
     allowed_rpm = note_gateway(job, checkpoint.folder, answered)
     note_endpoints(job, checkpoint.folder, answered.endpoints)
     rows_written = written.rows if written is not None else None
-    if not (answered.batches or {}).get("rows"):  # --detach leaves rows in batches running
+    # A detached run, cancel-batches and a run with rows in batches still running leave rows
+    # to a later run without a stop: the output holds what is committed so far.
+    leaves_rows = options.detach or options.cancel_batches or (answered.batches or {}).get("rows")
+    if not leaves_rows:
         check_complete(job, plan, answerer.stop, rows_written)
     # What the output holds is the standing, whatever the answerer had counted when the
     # run stopped (the one checking finished rows may not have reached them all).
