@@ -85,13 +85,13 @@ def test_merges_never_span_a_commit_number_whose_segment_is_not_in_place(
     for i in range(7):
         writer.commit([result(i)])
     try:
-        due = holder._due()
+        due = holder.merger.due()
         assert (
             due is not None
             and [p.name for p in due]
             == [f"seg-{n:012d}-{n:012d}.parquet" for n in (4, 5, 6, 7)][:FANOUT]
         )
-        holder._merge(due)
+        holder.merger.merge(due)
         late = Checkpoint(tmp_path / "ck").attach(lambda: 3)
         late.commit([result(99)])
         names = [p.name for p in current_segments(tmp_path / "ck")]
