@@ -278,6 +278,34 @@ def test_detach_submits_and_exits_then_run_collects(
     assert_never_twice(server)
 
 
+def test_rows_in_batches_still_running_are_sent_no_other_way(
+    ws: Workspace, started: Callable[..., SimServer], tmp_path: Path
+) -> None:
+    """While batches run, a run of the job without its batch endpoint is refused before
+    anything is sent, and export-batch writes only the rows no batch holds."""
+    server = started(batch_delay_s=30)
+    ws.write_input(reviews(ROWS))
+    job = ws.job(endpoints=[batch(server, batch_rows=20)], limits={"max_attempts": 1})
+    assert ws.run("run", str(job), "--detach", "--limit", "20").code == 0
+    held = sum(i.rows for i in intents(ws))
+    assert held == 20
+
+    without = ws.job(endpoints=[direct(server)], file="direct.toml")
+    refused = ws.run("run", str(without))
+    assert refused.code == 2, refused.err
+    assert (
+        f"{held} rows of this job are in 1 batch(es) still running at endpoint 'batch', and a "
+        f"run without that endpoint would pay for them twice" in refused.err
+    )
+    assert server.requests == []  # nothing sent directly
+
+    exported = ws.run("export-batch", str(job), str(tmp_path / "files"))
+    assert exported.code == 0, exported.err
+    lines = (tmp_path / "files" / "batch-0001.jsonl").read_text().splitlines()
+    assert len(lines) == ROWS - held
+    assert f"{held} rows in the batch lane's batches still running" in exported.out
+
+
 def test_ctrl_c_while_waiting_leaves_the_batches_running_and_run_collects(
     ws: Workspace, started: Callable[..., SimServer]
 ) -> None:

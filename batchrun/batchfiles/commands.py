@@ -64,6 +64,7 @@ from typing import Any, NamedTuple
 import orjson
 import polars as pl
 
+from ..checkpoint.batches import Ledger
 from ..checkpoint.folder import Checkpoint, checkpoint_dir
 from ..checkpoint.walk import FAILED_MARK
 from ..config.job import Endpoint, Job
@@ -116,6 +117,7 @@ class ExportSummary:
     exported: int = 0  # rows written as requests
     done: int = 0  # rows already settled for their current request
     unsendable: int = 0  # rows that cannot become a request: left to `run`
+    in_batches: int = 0  # rows in the batch lane's batches still running: not exported
     files: list[BatchFile] = field(default_factory=list)
 
 
@@ -179,7 +181,11 @@ def export_batch(
             for path in earlier:
                 path.unlink()
             folder.mkdir(parents=True, exist_ok=True)
-            pending = _pending_lines(plan, checkpoint, options, summary, job.model_at(at))
+            # Rows in the batch lane's batches still running are written into no file.
+            held = Ledger(checkpoint.folder).held_positions()
+            summary.in_batches = held.len()
+            model = job.model_at(at)
+            pending = _pending_lines(plan, checkpoint, options, summary, model, held)
             with contextlib.closing(pending) as lines:
                 summary.files = write_batch_files(
                     lines, folder, max_requests=max_requests, max_bytes=max_bytes
@@ -190,11 +196,16 @@ def export_batch(
 
 
 def _pending_lines(
-    plan: Plan, checkpoint: Checkpoint, options: RunOptions, summary: ExportSummary, model: str
+    plan: Plan,
+    checkpoint: Checkpoint,
+    options: RunOptions,
+    summary: ExportSummary,
+    model: str,
+    held: pl.Series | None = None,
 ) -> Generator[tuple[str, bytes], None, None]:
-    """(row key, Batch line) of every row a run would send now, asking for `model`; counts
-    the others."""
-    requests = pending_requests(plan, checkpoint, options, model)
+    """(row key, Batch line) of every row a run would send now, asking for `model`, but
+    those at the positions in `held`; counts the others."""
+    requests = pending_requests(plan, checkpoint, options, model, held)
     with contextlib.closing(requests):
         for pending in requests:
             if isinstance(pending, Pending):
@@ -342,6 +353,11 @@ def _writing(folder: Path) -> Iterator[None]:
 def render_export(summary: ExportSummary, job: str, folder: Path) -> str:
     """What was written, and what to do next (`job`: the job and its --set options)."""
     left = [f"{summary.done:,} rows already done"]
+    if summary.in_batches:
+        left.append(
+            f"{summary.in_batches:,} rows in the batch lane's batches still running, which "
+            f"`batchrun run` collects"
+        )
     if summary.unsendable:
         left.append(
             f"{summary.unsendable:,} rows that cannot become a request (an empty prompt) left "

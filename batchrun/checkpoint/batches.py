@@ -35,6 +35,7 @@ from typing import Any
 
 import polars as pl
 
+from ..errors import UserError
 from ..storage.files import atomic_file, fsync_dir
 
 LEDGER = "batches"  # the folder in the checkpoint
@@ -202,6 +203,21 @@ def read_intents(checkpoint_folder: Path) -> list[Intent]:
         return []
     found = (_load(path) for path in sorted(folder.glob("*.json")))
     return sorted((i for i in found if i is not None), key=lambda i: (i.created_at, i.key))
+
+
+def refuse_if_running(checkpoint_folder: Path, why: str) -> None:
+    """A UserError when rows of the job are in batches still running: sending them another
+    way (`why`: a run without the batch endpoint, an export) would pay for them twice."""
+    live = [i for i in read_intents(checkpoint_folder) if i.live and i.batch_id is not None]
+    if not live:
+        return
+    rows = sum(i.rows for i in live)
+    raise UserError(
+        f"{rows:,} rows of this job are in {len(live)} batch(es) still running at endpoint "
+        f"{live[0].endpoint!r}, and {why} would pay for them twice: put that endpoint (kind = "
+        f'"batch") back into the job and run it to collect them, or cancel them with '
+        f"`batchrun cancel-batches`."
+    )
 
 
 def _load(path: Path) -> Intent | None:

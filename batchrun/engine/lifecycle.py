@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..checkpoint.batches import refuse_if_running
 from ..checkpoint.folder import Checkpoint, checkpoint_dir
 from ..checkpoint.notes import ENDPOINTS_NOTE, GATEWAY_NOTE, save_note
 from ..config.job import Job
@@ -242,6 +243,12 @@ def open_run(
     checkpoint = Checkpoint(checkpoint_dir(job.output_path), job.checkpoint_remote).open(
         fresh=options.fresh
     )
+    if job.batch_endpoint is None:
+        try:
+            refuse_if_running(checkpoint.folder, "a run without that endpoint")
+        except BaseException:
+            checkpoint.close()
+            raise
     sink.remove_temporaries(job.output_path)
     return plan, keys, checkpoint
 
