@@ -660,6 +660,12 @@ def test_a_lost_desk_stops_the_run_with_exit_3_in_one_sentence() -> None:
     actor = Gone.remote()  # type: ignore[attr-defined]
     assert _desk_call(ray, actor.totals) == {}
     ray.kill(actor)
+    # The kill goes through the GCS: a call made before it lands is still answered (seen
+    # on a busy machine), so the call waits until the actor is dead, as a lost node's is.
+    deadline = time.monotonic() + 60
+    while ray._private.state.actors(actor._actor_id.hex())["State"] != "DEAD":
+        assert time.monotonic() < deadline, "the killed actor did not die"
+        time.sleep(0.05)
     with pytest.raises(ClusterLost) as caught:
         _desk_call(ray, actor.totals)
     assert caught.value.exit_code == 3
