@@ -591,7 +591,9 @@ def test_s3_out_of_reach_under_ray_is_waited_out_or_told_truly(ws: Workspace, ou
                 seen["segments"] = set(checkpoint.names(SEGMENT_GLOB))
                 proxy.set("pass")
             elif outage == "passing":
-                time.sleep(8)
+                # Long enough that every worker's commits fail and are tried again (after 1,
+                # then 2 s more), far short of storage_wait_s: back in time either way.
+                time.sleep(4)
                 proxy.set("pass")
 
         storage: dict[str, Any] = {
