@@ -136,7 +136,7 @@ def test_a_ray_run_with_everything_on_s3_gives_the_local_run_s_output(
 
     from batchrun.storage.store import Remote, S3Spec, put_whole
 
-    rows = 1800
+    rows = 900
     ws.write_input(reviews(rows))
     local = ws.job(sim.base_url, output={"path": "out/local.parquet"})
     assert ws.run("run", str(local), "--quiet").code == 0
@@ -155,7 +155,7 @@ def test_a_ray_run_with_everything_on_s3_gives_the_local_run_s_output(
             input={"path": f"s3://{prefix}/input.parquet"},
             output={"path": f"s3://{prefix}/out/result.parquet"},
             storage=storage,
-            engine={"shard_rows": 300, "workers": 3},
+            engine={"shard_rows": 150, "workers": 3},  # two shards a worker
             limits={"commit_interval_s": 0.1},
         )
         summary = ray_run(job)
