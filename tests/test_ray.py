@@ -34,6 +34,7 @@ from batchrun.sim import SimConfig, SimServer, start_in_thread
 from .conftest import (
     ENV,
     FAKE_KEY,
+    Listener,
     Workspace,
     beyond_loopback,
     busiest,
@@ -135,7 +136,7 @@ def test_a_ray_run_with_everything_on_s3_gives_the_local_run_s_output(
 
     from batchrun.storage.store import Remote, S3Spec, put_whole
 
-    rows = 1800
+    rows = 900
     ws.write_input(reviews(rows))
     local = ws.job(sim.base_url, output={"path": "out/local.parquet"})
     assert ws.run("run", str(local), "--quiet").code == 0
@@ -154,7 +155,7 @@ def test_a_ray_run_with_everything_on_s3_gives_the_local_run_s_output(
             input={"path": f"s3://{prefix}/input.parquet"},
             output={"path": f"s3://{prefix}/out/result.parquet"},
             storage=storage,
-            engine={"shard_rows": 300, "workers": 3},
+            engine={"shard_rows": 150, "workers": 3},  # two shards a worker
             limits={"commit_interval_s": 0.1},
         )
         summary = ray_run(job)
@@ -406,40 +407,6 @@ def test_a_multi_endpoint_job_holds_each_endpoint_s_own_limit_across_the_cluster
 RUN = [sys.executable, "-m", "batchrun.cli", "run"]  # `batchrun run`, in a process of its own
 
 
-def test_a_local_ray_instance_listens_on_loopback_only(ws: Workspace) -> None:
-    """`batchrun run JOB --engine ray` with no address starts Ray for the run: while its
-    workers answer, no process of the run (the batchrun driver, the GCS, the raylet, the
-    agents, the desk and the workers) listens on anything but loopback, TCP or UDP."""
-    ws.write_input(reviews(240))
-    with start_in_thread(SimConfig(latency_ms=100)) as server:
-        job = ray_job(ws, server.base_url, limits={"concurrency": 4})
-        run = subprocess.Popen(
-            [*RUN, str(job), "--engine", "ray", "--quiet"],
-            env=ray_cli_env(),
-            cwd=ws.root,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        seen: dict[tuple[int, str, int], Any] = {}  # every listener of any sample
-        mid_run = False  # a sample was taken while the workers were up
-        while run.poll() is None:
-            tree = process_tree(run.pid)
-            names = " ".join(p.name() + " " + " ".join(p.cmdline()) for p in _alive(tree))
-            found = listeners(tree)
-            if "ShardWorker" in names and "raylet" in names and "gcs_server" in names:
-                mid_run = True
-            seen.update(((s.pid, s.ip, s.port), s) for s in found)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                run.wait(timeout=0.2)
-        out, _ = run.communicate()
-    assert run.returncode == 0, out
-    assert "240 ok, 0 failed, 0 pending" in out
-    assert mid_run, "no sample caught the run's Ray processes"
-    assert seen, "no listening socket was seen at all"
-    wide = [s for s in seen.values() if not s.on_loopback]
-    assert wide == [], f"listening beyond loopback: {wide}"
-
-
 def test_the_tests_own_ray_instance_listens_on_loopback_only() -> None:
     assert beyond_loopback(process_tree(os.getpid())) == []
 
@@ -498,12 +465,34 @@ def test_batchrun_run_honours_engine_ray_and_engine_local_overrides_it(
     assert pl.read_parquet(local.output_path).select(SAME).equals(out.select(SAME))
 
 
+def census(run: subprocess.Popen[str]) -> tuple[dict[tuple[int, str, int], Listener], bool]:
+    """Every listening socket of the run's process tree, sampled until the run ends, and
+    whether a sample was taken while its workers were up (with the raylet and the GCS)."""
+    seen: dict[tuple[int, str, int], Listener] = {}
+    mid_run = False
+    while run.poll() is None:
+        tree = process_tree(run.pid)
+        names = " ".join(p.name() + " " + " ".join(p.cmdline()) for p in _alive(tree))
+        found = listeners(tree)
+        if "ShardWorker" in names and "raylet" in names and "gcs_server" in names:
+            mid_run = True
+        seen.update(((s.pid, s.ip, s.port), s) for s in found)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            run.wait(timeout=0.2)
+    return seen, mid_run
+
+
 def test_ctrl_c_stops_a_ray_run_of_the_command_which_the_same_command_resumes(
     ws: Workspace,
 ) -> None:
     """`batchrun run --engine ray` hears Ctrl-C on its event loop while the Ray driver runs
     on a worker thread: exit 130, the committed rows kept, and the same command asks only
-    the others."""
+    the others.
+
+    The command, with no address, starts Ray for the run: while the resume's workers
+    answer, no process of it (the batchrun driver, the GCS, the raylet, the agents, the
+    desk and the workers) listens on anything but loopback, TCP or UDP. (The census rides
+    on the resume: each run of the command costs a Ray start.)"""
     ws.write_input(reviews(400))
     with start_in_thread(SimConfig(latency_ms=100)) as server:
         limits = {"concurrency": 8, "commit_interval_s": 0.2}
@@ -522,16 +511,27 @@ def test_ctrl_c_stops_a_ray_run_of_the_command_which_the_same_command_resumes(
         first.send_signal(signal.SIGINT)
         _, err = first.communicate(timeout=120)
         asked = len(server.requests)
-        second = subprocess.run(
-            command, env=ray_cli_env(), cwd=ws.root, capture_output=True, text=True, timeout=120
+        second = subprocess.Popen(
+            command,
+            env=ray_cli_env(),
+            cwd=ws.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        seen, mid_run = census(second)
+        out, second_err = second.communicate(timeout=120)
         records = server.requests
     assert first.returncode == 130, err
     assert b"Interrupted: finished rows are saved" in err
-    assert second.returncode == 0, second.stderr
-    assert "400 ok, 0 failed, 0 pending" in second.stdout
+    assert second.returncode == 0, second_err
+    assert "400 ok, 0 failed, 0 pending" in out
     assert asked < 400
     assert sorted(row_of(r) for r in records) == list(range(400))  # each row asked once
+    assert mid_run, "no sample caught the run's Ray processes"
+    assert seen, "no listening socket was seen at all"
+    wide = [s for s in seen.values() if not s.on_loopback]
+    assert wide == [], f"listening beyond loopback: {wide}"
 
 
 @pytest.mark.parametrize("outage", ["passing", "for-good", "taken-over"])
@@ -591,7 +591,9 @@ def test_s3_out_of_reach_under_ray_is_waited_out_or_told_truly(ws: Workspace, ou
                 seen["segments"] = set(checkpoint.names(SEGMENT_GLOB))
                 proxy.set("pass")
             elif outage == "passing":
-                time.sleep(8)
+                # Long enough that every worker's commits fail and are tried again (after 1,
+                # then 2 s more), far short of storage_wait_s: back in time either way.
+                time.sleep(4)
                 proxy.set("pass")
 
         storage: dict[str, Any] = {
@@ -660,6 +662,12 @@ def test_a_lost_desk_stops_the_run_with_exit_3_in_one_sentence() -> None:
     actor = Gone.remote()  # type: ignore[attr-defined]
     assert _desk_call(ray, actor.totals) == {}
     ray.kill(actor)
+    # The kill goes through the GCS: a call made before it lands is still answered (seen
+    # on a busy machine), so the call waits until the actor is dead, as a lost node's is.
+    deadline = time.monotonic() + 60
+    while ray._private.state.actors(actor._actor_id.hex())["State"] != "DEAD":
+        assert time.monotonic() < deadline, "the killed actor did not die"
+        time.sleep(0.05)
     with pytest.raises(ClusterLost) as caught:
         _desk_call(ray, actor.totals)
     assert caught.value.exit_code == 3

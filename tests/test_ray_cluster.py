@@ -298,14 +298,14 @@ def test_a_driver_killed_and_run_again_ends_with_every_row_once(
             command, env=env, cwd=ws.root, capture_output=True, text=True, timeout=WAIT_S
         )
         records = server.requests
+        assert second.returncode == 0, second.stderr
+        assert f"{ROWS:,} ok, 0 failed, 0 pending" in second.stdout
         if storage == "s3":
             import pyarrow.parquet as pq
 
             with remote.fs.open_input_file(f"{prefix}/out/result.parquet") as handle:
                 ws.output.parent.mkdir(parents=True, exist_ok=True)
                 pq.write_table(pq.read_table(handle), ws.output)  # for check_output
-    assert second.returncode == 0, second.stderr
-    assert f"{ROWS:,} ok, 0 failed, 0 pending" in second.stdout
     check_output(ws)
     # No row committed at the kill was asked again by the second run.
     again = [row_of(r) for r in records if r.t >= restarted_at and row_of(r) in committed]

@@ -388,6 +388,15 @@ def test_local_errors_and_missing_objects_go_through_as_they_are() -> None:
         raise FileNotFoundError("gone")
 
 
+def test_an_object_gone_between_pyarrow_s_look_and_its_read_is_missing_too() -> None:
+    """A pull lists again when a segment it listed is missing (a merge elsewhere removed
+    it); pyarrow says so in words when the object went after its HEAD, before its GET."""
+    gone = "AWS Error RESOURCE_NOT_FOUND during GetObject operation: "
+    with pytest.raises(FileNotFoundError) as caught, store.s3_errors("S3 download of s3://b/x"):
+        raise OSError(gone)
+    assert str(caught.value).endswith("S3 download of s3://b/x failed: " + gone.strip())
+
+
 def test_an_s3_error_names_no_secret(prefix: str) -> None:
     """What a failure says is the store's answer and the object's URL, never a credential."""
     fs = store.S3Settings.from_env(

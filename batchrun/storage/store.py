@@ -34,6 +34,7 @@ waits out the first kind for `limits.storage_wait_s` and stops at once on the se
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import functools
 import os
@@ -81,6 +82,9 @@ TRANSIENT_NAMES = frozenset(
         "REQUEST_LIMIT_EXCEEDED",
     }
 )
+# An object not there, as pyarrow says it when the object went between its look at it (a
+# HEAD, which alone gives FileNotFoundError) and its read (a GET): a merge elsewhere removed it.
+MISSING_NAMES = frozenset({"RESOURCE_NOT_FOUND", "NO_SUCH_KEY"})
 _AWS_NAME = re.compile(r"AWS Error ([A-Z_]+)")
 _HTTP_STATUS = re.compile(r"HTTP (?:status|response) (?:code )?(\d{3})")
 
@@ -104,7 +108,8 @@ def s3_errors(what: str) -> Iterator[None]:
     """Where the S3 layer's errors become batchrun's: a pyarrow OSError or a botocore error
     raised inside is raised again as an `S3Error` saying `what` failed, and whether that
     passes. FileNotFoundError (an object not there) and the errors of local files (which
-    carry an errno) go through as they are."""
+    carry an errno) go through as they are; an object pyarrow found gone only when it read
+    it is FileNotFoundError too."""
     try:
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:  # the pyarrow-only path: no botocore error can come
@@ -132,6 +137,8 @@ def s3_errors(what: str) -> Iterator[None]:
             raise  # this machine's (a local file), not the store's: pyarrow's have no errno
         text = str(exc)
         name = _AWS_NAME.search(text)
+        if name and name[1] in MISSING_NAMES:
+            raise FileNotFoundError(errno.ENOENT, f"{what} failed: {_brief(text)}") from exc
         said = _HTTP_STATUS.search(text)
         http = int(said[1]) if said else 0
         transient = bool(
