@@ -2,7 +2,7 @@
 
     from peak import measure
     result = measure([sys.executable, "-m", "batchrun.cli", "status", "job.toml"])
-    result.peak_mb, result.seconds, result.code
+    result.peak_mb, result.seconds, result.cpu_s, result.code
 
 Linux carries a process's peak RSS across `exec`: a child forked (or vforked) from a process
 holding 1.4 GB reports at least 1.4 GB in `wait4`'s `ru_maxrss`, whatever the program it runs
@@ -28,6 +28,7 @@ class Measured:
     code: int  # the command's exit code (negative: the signal that ended it)
     seconds: float  # wall time, from start to exit
     peak_mb: float  # the command's peak resident memory
+    cpu_s: float  # its user and system CPU time
     stdout: str
     stderr: str
 
@@ -58,7 +59,9 @@ def finish(proc: subprocess.Popen[str], report: str, timeout: float | None = Non
             figures = json.load(handle)
     finally:
         os.unlink(report)
-    return Measured(figures["code"], figures["seconds"], figures["peak_mb"], out, err)
+    return Measured(
+        figures["code"], figures["seconds"], figures["peak_mb"], figures["cpu_s"], out, err
+    )
 
 
 def measure(
@@ -85,6 +88,7 @@ def _launch(report: str, argv: list[str]) -> int:
         "code": code,
         "seconds": time.monotonic() - started,
         "peak_mb": usage.ru_maxrss / 1024,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
     }
     with open(report, "w") as handle:
         json.dump(figures, handle)

@@ -243,3 +243,32 @@ def test_bomb_quick_holds_the_cap_in_a_few_hundred_megabytes() -> None:
         assert (code, rows, total, requests) == (0, 6, 6, 18)  # 3 attempts a row
         assert seconds > 0 and PLAUSIBLE_MB[0] < peak < 400
     assert "checks: 2 of 2 passed" in proc.stdout
+
+
+@pytest.mark.timeout(200)
+def test_batch_lane_quick_submits_and_collects_every_row_once() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "batch_lane.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=BENCHMARKS,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    rows, files, lines = figures(rf"{N} rows in {N} files of {N} lines at most", out)
+    assert (rows, files, lines) == (10_000, 5, 2_000)
+    for step in ("run --detach", "run"):
+        seconds, cpu, peak = figures(
+            rf"  {re.escape(step)}: {N} s \({N} s of CPU\), peak {N} MB", out
+        )
+        assert seconds > 0 and cpu > 0 and PLAUSIBLE_MB[0] < peak < 400, step
+    answered_s, answering_cpu, sim_cpu, sim_peak = figures(
+        rf"  simulator: every batch completed {N} s after the submit \({N} s of CPU\); "
+        rf"{N} s of CPU in all, peak {N} MB",
+        out,
+    )
+    assert answered_s >= 0 and 0 <= answering_cpu <= sim_cpu
+    assert PLAUSIBLE_MB[0] < sim_peak < PLAUSIBLE_MB[1]
+    # Every row once, ok, from the batch endpoint; no files left in the ledger.
+    assert "checks: 4 of 4 passed" in out

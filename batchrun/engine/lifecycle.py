@@ -203,11 +203,8 @@ async def run(
     allowed_rpm = note_gateway(job, checkpoint.folder, answered)
     note_endpoints(job, checkpoint.folder, answered.endpoints)
     rows_written = written.rows if written is not None else None
-    # A detached run, cancel-batches and a run with rows in batches still running leave rows
-    # to a later run without a stop: the output holds what is committed so far.
-    leaves_rows = options.detach or options.cancel_batches or (answered.batches or {}).get("rows")
-    if not leaves_rows:
-        check_complete(job, plan, answerer.stop, rows_written)
+    if not (options.detach or options.cancel_batches):  # these leave rows to a later run
+        check_complete(job, plan, answerer.stop, rows_written, answered.batches)
     # What the output holds is the standing, whatever the answerer had counted when the
     # run stopped (the one checking finished rows may not have reached them all).
     ok, failed = (written.ok, written.failed) if written else (answered.ok, answered.failed)
@@ -296,10 +293,17 @@ def endpoints(job: Job) -> Iterator[dict[str, str]]:
 
 
 def check_complete(
-    job: Job, plan: Plan, stop: BatchrunError | None, rows_written: int | None
+    job: Job,
+    plan: Plan,
+    stop: BatchrunError | None,
+    rows_written: int | None,
+    in_batches: Mapping[str, int] | None = None,
 ) -> None:
     """A run that did not stop has a committed result for every row, so the output must
-    hold them all: say so loudly rather than exit 0 over a short file."""
+    hold them all: say so loudly rather than exit 0 over a short file. Rows left in
+    batches still running (`--detach`) have none yet, by design."""
+    if in_batches and in_batches.get("rows"):
+        return
     if stop is None and rows_written != plan.total:
         raise BatchrunError(
             f"The output {job.output_url or job.output_path} has {rows_written} rows where "
