@@ -149,7 +149,7 @@ def on_loopback() -> Iterator[None]:
     Windows), where the node's address is loopback. The driver reads that setting once,
     when `ray` is imported, hence its constant set here too; the processes Ray spawns
     inherit the variable. Both are restored once Ray is up: nothing else in this process
-    changes. `tests/test_ray.py` lists the sockets of a run to hold this.
+    changes. `tests/ray/test_ray.py` lists the sockets of a run to hold this.
     """
     from ray._private import ray_constants
 

@@ -8,7 +8,7 @@ make a new fixture on purpose (it replaces the folder), from the repository's ro
     .venv/bin/python tests/data/make_release_checkpoint.py
 
 It takes some 15 seconds: the last step is a two-worker Ray run on a local instance on
-127.0.0.1 (as `tests/test_ray.py`). Everything is answered by the embedded simulator
+127.0.0.1 (as `tests/ray/test_ray.py`). Everything is answered by the embedded simulator
 (`base_url = "sim"`), whose answers follow the prompt. The job has two named endpoints
 (`[[endpoints]]`, so results carry the `endpoint` column), a `[parse]` with retry_invalid
 and an `[eval]`. Its paths are relative to the job file, so the folder works wherever it is.
