@@ -289,10 +289,11 @@ def store_cause(exc: S3Error, waited: bool, what: str, wait_s: float, where: str
 
 
 def with_uncommitted(stop: BatchrunError, lost: int, why: str) -> BatchrunError:
-    """`stop`, its sentence saying too that `lost` answers could not be committed."""
+    """`stop`, its sentence saying too that up to `lost` answers could not be committed
+    (up to: a commit whose answer S3 never gave may have landed; the next run finds it)."""
     return type(stop)(
-        f"{stop} But {lost:,} answers could not be committed ({why}): they will be asked "
-        f"(and paid for) again when the run resumes."
+        f"{stop} But up to {lost:,} answers could not be committed ({why}): those will be "
+        f"asked (and paid for) again when the run resumes."
     )
 
 
@@ -300,9 +301,11 @@ def store_sentence(cause: str, lost: int, where: str | None, waited: bool, what:
     """The sentence of a stop on S3: its `cause`, the `lost` answers not committed, `where`
     the rows committed so far are (None: not known yet), and what to do."""
     if lost:
+        # Up to: a commit whose answer S3 never gave may have landed (the next run finds
+        # it, and asks its rows nothing).
         kept = (
-            f"{lost:,} answers could not be committed and will be asked (and paid for) "
-            f"again when the run resumes"
+            f"up to {lost:,} answers could not be committed; those will be asked (and paid "
+            f"for) again when the run resumes"
         )
     else:
         kept = "every answer of this run is committed"

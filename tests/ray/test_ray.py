@@ -643,9 +643,10 @@ def test_s3_out_of_reach_under_ray_is_waited_out_or_told_truly(ws: Workspace, ou
     sentence = str(stop)
     assert "S3 could not be reached for 3 s" in sentence
     assert "every answer" not in sentence
-    count = re.search(r"([\d,]+) answers could not be committed", sentence)
+    count = re.search(r"up to ([\d,]+) answers could not be committed", sentence)
     assert count is not None, sentence
-    assert int(count[1].replace(",", "")) == len(set(asked) - set(held))
+    # Up to: a commit S3 took but never answered (the proxy cut it) is counted, and held.
+    assert int(count[1].replace(",", "")) >= len(set(asked) - set(held)) > 0
 
 
 def test_a_lost_desk_stops_the_run_with_exit_3_in_one_sentence() -> None:
