@@ -8,6 +8,7 @@ is handed); everything below receives a `Job`.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import math
 import os
@@ -58,8 +59,30 @@ class _Section(BaseModel):
 
 
 class InputSpec(_Section):
+    """`[input]`: where the rows are, and how their text is read."""
+
     path: str
     id_column: str | None = None
+    encoding: str = "utf-8"  # a CSV's: any codec Python knows ("gb18030", "utf-16", ...)
+    separator: str | None = None  # a CSV's field separator; None: "," (a tab for .tsv, .txt)
+    sheet: str | None = None  # an .xlsx workbook's sheet; None: the first
+
+    @model_validator(mode="after")
+    def _readable(self) -> InputSpec:
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(
+                f'encoding must be an encoding Python knows, such as "utf-8", "gb18030", '
+                f'"gbk" or "utf-16" (got {self.encoding!r})'
+            ) from None
+        sep = self.separator
+        if sep is not None and (len(sep) != 1 or not sep.isascii() or sep in '"\r\n'):
+            raise ValueError(
+                f"separator must be one ASCII character other than a quote or a line end, "
+                f'such as "," or "\\t" (got {sep!r})'
+            )
+        return self
 
 
 class PromptSpec(_Section):
