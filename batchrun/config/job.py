@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..core.network import DIRECT as DIRECT_ROUTE
 from ..core.network import ProxyURL, Route, pem_problem, route_for
@@ -67,22 +74,27 @@ class InputSpec(_Section):
     separator: str | None = None  # a CSV's field separator; None: "," (a tab for .tsv, .txt)
     sheet: str | None = None  # an .xlsx workbook's sheet; None: the first
 
-    @model_validator(mode="after")
-    def _readable(self) -> InputSpec:
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
         try:
-            codecs.lookup(self.encoding)
+            codecs.lookup(encoding)
         except LookupError:
             raise ValueError(
-                f'encoding must be an encoding Python knows, such as "utf-8", "gb18030", '
-                f'"gbk" or "utf-16" (got {self.encoding!r})'
+                f'must be an encoding Python knows, such as "utf-8", "gb18030", "gbk" or '
+                f'"utf-16" (got {encoding!r})'
             ) from None
-        sep = self.separator
+        return encoding
+
+    @field_validator("separator")
+    @classmethod
+    def _one_character(cls, sep: str | None) -> str | None:
         if sep is not None and (len(sep) != 1 or not sep.isascii() or sep in '"\r\n'):
             raise ValueError(
-                f"separator must be one ASCII character other than a quote or a line end, "
-                f'such as "," or "\\t" (got {sep!r})'
+                f"must be one ASCII character other than a quote or a line end, such as "
+                f'"," or "\\t" (got {sep!r})'
             )
-        return self
+        return sep
 
 
 class PromptSpec(_Section):
