@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import codecs
 import glob
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -75,13 +75,20 @@ class Source:
                 raise_if_empty=False,
                 separator=self.separator,
             )
-        if self.kind in _TEXT:
-            return readers.scan_encoded_csv(self.files, self.encoding, self.separator)
+        reader = self._reader()
+        if reader is not None:
+            return reader.scan()
         if self.kind == "jsonl":
             return pl.scan_ndjson(paths, schema=self.schema, infer_schema_length=None)
-        if self.kind == "xlsx":
-            return readers.scan_excel(self.files, self.sheet)
         return pl.scan_parquet(paths)
+
+    def _reader(self) -> readers.Reader | None:
+        """How Python reads this input, where polars does not read it itself."""
+        if self.kind in _TEXT and self.encoding not in _UTF8:
+            return readers.encoded_csv(self.files, self.encoding, self.separator)
+        if self.kind == "xlsx":
+            return readers.excel(self.files, self.sheet)
+        return None
 
     def keyed(self, limit: int | None = None) -> pl.LazyFrame:
         """The input with its position and its row key (the id as text) as extra columns."""
@@ -106,8 +113,11 @@ class Source:
         if end is not None:
             limit = end if limit is None else min(limit, end)
         with _reading(self):
+            reader = self._reader()
             if self.kind == "parquet":
                 yield from self._parquet_batches(columns, size, limit, start)
+            elif reader is not None:
+                yield from self._read_batches(reader, columns, size, limit, start)
             else:
                 frame = self.keyed(limit).select(POSITION, ROW_KEY, *columns)
                 if start:
@@ -168,6 +178,22 @@ class Source:
             finally:
                 reader.close()
 
+    def _read_batches(
+        self,
+        reader: readers.Reader,
+        columns: Sequence[str],
+        size: int,
+        limit: int | None,
+        start: int,
+    ) -> Generator[pl.DataFrame, None, None]:
+        """A Python-read input's rows at positions `start` to `limit`, in batches of `size`."""
+        wanted = list(dict.fromkeys([*columns, *([self.id_column] if self.id_column else [])]))
+        key = pl.col(self.id_column) if self.id_column else pl.col(POSITION)
+        for batch in _rechunked(_numbered(reader.pieces(wanted), start, limit), size):
+            yield batch.with_columns(key.cast(pl.String).alias(ROW_KEY)).select(
+                POSITION, ROW_KEY, *columns
+            )
+
     def check(self, limit: int | None = None) -> int:
         """Read the whole input once: count rows, reject bad text and duplicate ids."""
         frame = self.scan() if limit is None else self.scan().head(limit)
@@ -222,6 +248,41 @@ class Source:
                 f"The id column {self.id_column!r} has duplicates ({value!r} appears {count} "
                 f"times): ids must be unique, or remove id_column to use row positions."
             )
+
+
+def _numbered(
+    pieces: Iterator[pl.DataFrame], start: int, limit: int | None
+) -> Iterator[pl.DataFrame]:
+    """The rows of `pieces` at positions `start` to `limit` (None: the end), each with its
+    position."""
+    position = 0  # of the next piece's first row
+    for piece in pieces:
+        first, end = max(position, start), position + piece.height
+        if limit is not None:
+            end = min(end, limit)
+        if end > first:
+            rows = piece.slice(first - position, end - first)
+            yield rows.with_columns(pl.int_range(first, end, dtype=pl.UInt32).alias(POSITION))
+        position += piece.height
+        if limit is not None and position >= limit:
+            return
+
+
+def _rechunked(frames: Iterator[pl.DataFrame], size: int) -> Iterator[pl.DataFrame]:
+    """`frames` as frames of `size` rows, the last one shorter."""
+    held: list[pl.DataFrame] = []  # rows taken and not yet handed out, in order
+    count = 0  # how many
+    for frame in frames:
+        held.append(frame)
+        count += frame.height
+        if count >= size:
+            rows = pl.concat(held)
+            whole = rows.height - rows.height % size
+            for at in range(0, whole, size):
+                yield rows.slice(at, size)
+            held, count = [rows.slice(whole)], rows.height - whole
+    if count:
+        yield pl.concat(held)
 
 
 def open_job_input(job: Job) -> Source:
