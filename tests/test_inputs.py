@@ -177,6 +177,27 @@ def test_estimate_and_status_read_each_kind(ws: Workspace, sim: SimServer, kind:
     assert len(sim.requests) == 10  # estimate and status sent nothing
 
 
+def test_json_lines_parts_have_every_key_of_every_line(ws: Workspace, sim: SimServer) -> None:
+    """A key first seen on a late line, or only in the second part, is a column; an id that
+    is a number in one part and text in the other is text."""
+    frame = chinese_reviews(300)
+    lines = [{"id": i, "text": t} for i, t in enumerate(frame["text"])]
+    lines[-1]["note"] = "late"
+    (ws.root / "parts").mkdir()
+    with open(ws.root / "parts" / "a.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    with open(ws.root / "parts" / "b.jsonl", "w", encoding="utf-8") as handle:
+        late = {"id": "x1", "text": frame["text"][0], "stars": 5}
+        handle.write(json.dumps(late, ensure_ascii=False) + "\n")
+    job = ws.job(sim.base_url, input={"path": "parts", "id_column": "id"})
+    assert ws.run("run", str(job), "-q").code == 0
+    out = ws.read_output()
+    assert out["id"].to_list() == [str(i) for i in range(300)] + ["x1"]
+    assert out["note"].to_list() == [None] * 299 + ["late", None]
+    assert out["stars"].to_list() == [None] * 300 + [5]
+    assert out["response"].to_list() == [*labels(300), "positive"]
+
+
 def test_a_gb18030_csv_without_its_encoding_stops_naming_it(ws: Workspace, sim: SimServer) -> None:
     frame = chinese_reviews(200)
     (ws.root / "reviews.csv").write_bytes(frame.write_csv().encode("gb18030"))

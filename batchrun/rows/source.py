@@ -328,7 +328,7 @@ def open_source(
         raise not_utf8(source, "a UTF-16 byte order mark")  # polars would read it as garbage
     with _reading(source):
         if kind == "jsonl":
-            source = replace(source, schema=dict(source.scan().collect_schema()))
+            source = replace(source, schema=_lines_schema(source.files))
         columns = tuple(source.scan().collect_schema().names())
     if id_column is not None and id_column not in columns:
         raise InputError(
@@ -336,6 +336,15 @@ def open_source(
             f"fix input.id_column."
         )
     return replace(source, columns=columns)
+
+
+def _lines_schema(files: Sequence[Path]) -> dict[str, pl.DataType]:
+    """The columns and types of JSON Lines files: every key of every line of every file
+    (polars infers a glob's from its first file alone), each with the type that holds all
+    its values (a number in one file and text in another is text)."""
+    each = [pl.scan_ndjson(path, infer_schema_length=None).collect_schema() for path in files]
+    empty = [pl.DataFrame(schema=schema) for schema in each]
+    return dict(pl.concat(empty, how="diagonal_relaxed").schema)
 
 
 def _starts_utf16(path: Path) -> bool:
