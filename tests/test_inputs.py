@@ -1,10 +1,11 @@
 """Inputs as people have them: a GB18030 CSV, Excel's "Unicode text" export (UTF-16, tabs),
 JSON Lines with nested fields (gzipped too) and an Excel sheet, through the command.
 
-Each kind is run, estimated and looked at with `status`; each is killed mid-run and resumed,
-and the output must hold every row once with its own answer (the simulator labels a review
-by its words, so a row given another row's answer shows), and the prompt text the gateway
-got must be the row's text exactly.
+Each kind is run, estimated and looked at with `status`, exported as Batch files, imported
+and evaluated (`report` with `[eval]`); each is killed mid-run and resumed, and the output
+must hold every row once with its own answer (the simulator labels a review by its words, so
+a row given another row's answer shows), and the prompt text the gateway got must be the
+row's text exactly.
 
 Tests `batchrun.rows.source`, `batchrun.rows.readers` and `batchrun.rows.encodings`.
 """
@@ -28,6 +29,7 @@ from batchrun.sim import SimServer
 
 from .conftest import Workspace, latest_results
 from .simproc import SimProcess
+from .test_batchfiles import answer, exported
 from .test_chaos import KEY_ENV, start_run
 
 ROWS = 40
@@ -37,9 +39,10 @@ BAD = '质量太差，已经退货，很失望 "第{i}条"'
 
 
 def chinese_reviews(n: int) -> pl.DataFrame:
-    """n Chinese reviews with ids, every other one positive, with commas and quotes."""
+    """n Chinese reviews with ids, every other one positive, with commas and quotes, and
+    their gold labels."""
     texts = [(GOOD if i % 2 == 0 else BAD).format(i=i) for i in range(n)]
-    return pl.DataFrame({"id": [f"{i:05d}" for i in range(n)], "text": texts})
+    return pl.DataFrame({"id": [f"{i:05d}" for i in range(n)], "text": texts, "gold": labels(n)})
 
 
 def labels(n: int) -> list[str]:
@@ -61,7 +64,12 @@ def write_unicode_text(ws: Workspace, frame: pl.DataFrame) -> tuple[str, dict[st
 
 def nested_lines(frame: pl.DataFrame) -> list[dict[str, Any]]:
     return [
-        {"id": row["id"], "review": {"text": row["text"], "stars": 5 - i % 2 * 4}, "tags": ["zh"]}
+        {
+            "id": row["id"],
+            "review": {"text": row["text"], "stars": 5 - i % 2 * 4},
+            "tags": ["zh"],
+            "gold": row["gold"],
+        }
         for i, row in enumerate(frame.iter_rows(named=True))
     ]
 
@@ -76,6 +84,7 @@ def message_lines(frame: pl.DataFrame) -> list[dict[str, Any]]:
     return [
         {
             "id": row["id"],
+            "gold": row["gold"],
             "messages": [
                 {"role": "system", "content": SYSTEM},
                 {"role": "user", "content": f"Review: {row['text']}"},
@@ -175,6 +184,26 @@ def test_estimate_and_status_read_each_kind(ws: Workspace, sim: SimServer, kind:
     assert re.search(r"done\s+10\n", status.out), status.out
     assert re.search(rf"pending\s+{ROWS - 10}\n", status.out), status.out
     assert len(sim.requests) == 10  # estimate and status sent nothing
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_batch_files_and_the_evaluation_read_each_kind(
+    ws: Workspace, sim: SimServer, kind: str
+) -> None:
+    parse = {"format": "label", "labels": ["positive", "negative", "neutral"]}
+    grade = {"expected_column": "gold", "scorer": "label"}
+    job = prepare(ws, kind, sim.base_url, ROWS, parse=parse, eval=grade)
+    folder = ws.root / "batches"
+    result = ws.run("export-batch", str(job), str(folder))
+    assert result.code == 0, result.err
+    sent = sorted(line["body"]["messages"][-1]["content"] for line in exported(folder))
+    assert sent == sorted(expected_prompts(kind, chinese_reviews(ROWS)))
+    output, errors = answer(folder, sim.base_url)
+    result = ws.run("import-batch", str(job), str(output), str(errors))
+    assert result.code == 0, result.err
+    assert f"imported {ROWS} ok and 0 failed" in result.out
+    report = json.loads(ws.run("report", str(job), "--json").out)["evaluation"]
+    assert (report["accuracy"]["scored"], report["accuracy"]["correct"]) == (ROWS, ROWS)
 
 
 def test_json_lines_parts_have_every_key_of_every_line(ws: Workspace, sim: SimServer) -> None:
