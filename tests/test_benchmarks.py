@@ -272,3 +272,21 @@ def test_batch_lane_quick_submits_and_collects_every_row_once() -> None:
     assert PLAUSIBLE_MB[0] < sim_peak < PLAUSIBLE_MB[1]
     # Every row once, ok, from the batch endpoint; no files left in the ledger.
     assert "checks: 4 of 4 passed" in out
+
+
+def test_inputs_quick_reads_every_kind_and_counts_every_row() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "inputs.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=BENCHMARKS,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    kinds = ("UTF-8 CSV", "GB18030 CSV", "JSON Lines, nested", "JSON Lines, gzipped", "Excel sheet")
+    for kind in kinds:
+        row = next(line for line in proc.stdout.splitlines() if line.startswith(f"| {kind} |"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[1] == "2,000", row
+        check_peak, estimate_peak = float(cells[4]), float(cells[6])
+        assert PLAUSIBLE_MB[0] < check_peak < 400 and PLAUSIBLE_MB[0] < estimate_peak < 400, row

@@ -8,6 +8,7 @@ is handed); everything below receives a `Job`.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import math
 import os
@@ -20,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..core.network import DIRECT as DIRECT_ROUTE
 from ..core.network import ProxyURL, Route, pem_problem, route_for
@@ -58,8 +66,35 @@ class _Section(BaseModel):
 
 
 class InputSpec(_Section):
+    """`[input]`: where the rows are, and how their text is read."""
+
     path: str
     id_column: str | None = None
+    encoding: str = "utf-8"  # a CSV's: any codec Python knows ("gb18030", "utf-16", ...)
+    separator: str | None = None  # a CSV's field separator; None: "," (a tab for .tsv, .txt)
+    sheet: str | None = None  # an .xlsx workbook's sheet; None: the first
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(
+                f'must be an encoding Python knows, such as "utf-8", "gb18030", "gbk" or '
+                f'"utf-16" (got {encoding!r})'
+            ) from None
+        return encoding
+
+    @field_validator("separator")
+    @classmethod
+    def _one_character(cls, sep: str | None) -> str | None:
+        if sep is not None and (len(sep) != 1 or not sep.isascii() or sep in '"\r\n'):
+            raise ValueError(
+                f"must be one ASCII character other than a quote or a line end, such as "
+                f'"," or "\\t" (got {sep!r})'
+            )
+        return sep
 
 
 class PromptSpec(_Section):

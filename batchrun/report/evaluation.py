@@ -32,7 +32,7 @@ from ..rows.anchor import settle_positions
 from ..rows.parse import PARSE_ERROR, PARSED
 from ..rows.plan import check_eval_columns
 from ..rows.scoring import SCORE, Annotator, job_annotator
-from ..rows.source import POSITION, ROW_KEY, Source, open_source
+from ..rows.source import POSITION, ROW_KEY, Source, open_job_input
 
 UNPARSED = "(unparsed)"
 ERROR_KINDS = 5  # parse errors shown, the most frequent first
@@ -119,7 +119,7 @@ def _count(job: Job, folder: Path, annotator: Annotator) -> _Tally:
     wanted = list(dict.fromkeys([job.eval.expected_column, *job.eval.group_by])) if job.eval else []
     if not wanted:
         return reading(folder, lambda segments: _count_results(segments, annotator, job))
-    source = open_source(job.local_input(), job.input.id_column)
+    source = open_job_input(job)
     check_eval_columns(job, source.columns)
     settle_positions(folder, source, job.checkpoint_remote)
     return reading(

@@ -21,7 +21,7 @@ from ..protocol.result import POSITION as RESULT_POSITION
 from . import render
 from .render import Renderer, completion_ceiling
 from .scoring import Annotator, job_annotator
-from .source import POSITION, Source, open_source
+from .source import POSITION, Source, open_job_input
 
 PRIOR = "__batchrun_prior"  # a row's latest committed fingerprint, marked when it failed
 
@@ -56,7 +56,7 @@ def plan_run(job: Job, options: RunOptions, *, total: int | None = None) -> Plan
     With `total` (a Ray worker's plan: the driver checked the input), the rows are not
     read again."""
     _check_budget(job)
-    source = open_source(job.local_input(), job.input.id_column)
+    source = open_job_input(job)
     n = job.request.get("n", 1)
     response_format = job.request.get("response_format")
     json_mode = isinstance(response_format, Mapping) and response_format.get("type") in (

@@ -550,7 +550,7 @@ def pull(remote: Remote, folder: str | os.PathLike[str], pattern: str) -> bool:
 
 
 def stage_input(remote: Remote, cache: str | os.PathLike[str], what: str = "input") -> str:
-    """An S3 input (one object, or a prefix of .parquet and .csv parts) as local files in
+    """An S3 input (one object, or a prefix of parts) as local files in
     `cache`: the path of the copy (the file, or the folder of parts). Each part is
     downloaded when its copy is missing or differs in size or modification time from the
     object, so a job's later runs and commands read the copy. Why a copy and not remote

@@ -129,6 +129,23 @@ def test_a_ray_run_gives_the_local_run_s_output_row_for_row(ws: Workspace, sim: 
     assert len(sim.requests) == before
 
 
+def test_ray_workers_read_a_gb18030_csv_as_the_local_run_does(
+    ws: Workspace, sim: SimServer
+) -> None:
+    frame = reviews(1200).with_columns(pl.col("text") + "，物流很快 𠮷")
+    (ws.root / "reviews.csv").write_bytes(frame.write_csv().encode("gb18030"))
+    reading = {"path": "reviews.csv", "encoding": "gb18030"}
+    local = ws.job(sim.base_url, input=reading, output={"path": "out/local.parquet"})
+    assert ws.run("run", str(local), "--quiet").code == 0
+    job = ray_job(ws, sim.base_url, input=reading, engine={"shard_rows": 300})
+    summary = ray_run(job)
+    assert (summary.ok, summary.failed, summary.ran) == (1200, 0, 1200)
+    a = pl.read_parquet(ws.root / "out" / "local.parquet").select(SAME)
+    b = ws.read_output().select(SAME)
+    assert b.equals(a)  # row for row, in input order
+    assert b["text"].to_list() == frame["text"].to_list()
+
+
 def test_a_ray_run_with_everything_on_s3_gives_the_local_run_s_output(
     ws: Workspace, sim: SimServer
 ) -> None:

@@ -31,7 +31,7 @@ def result(position: int, fingerprint: str = "f") -> RowResult:
     )
 
 
-@pytest.mark.parametrize("kind", ["parquet", "csv"])
+@pytest.mark.parametrize("kind", ["parquet", "csv", "gb18030 csv", "xlsx"])
 @pytest.mark.parametrize(("start", "end"), [(0, 95), (7, 40), (30, 31), (33, 95), (90, None)])
 def test_a_shard_reads_exactly_its_range_of_the_input(
     tmp_path: Path, kind: str, start: int, end: int | None
@@ -41,9 +41,16 @@ def test_a_shard_reads_exactly_its_range_of_the_input(
         pq.write_table(frame.head(50).to_arrow(), tmp_path / "a.parquet", row_group_size=16)
         pq.write_table(frame.tail(45).to_arrow(), tmp_path / "b.parquet", row_group_size=16)
         source = open_source(str(tmp_path / "*.parquet"), "id")
-    else:
+    elif kind == "csv":
         frame.write_csv(tmp_path / "in.csv")
         source = open_source(str(tmp_path / "in.csv"), "id")
+    elif kind == "gb18030 csv":  # two files, read by pyarrow in pieces of ~10 rows
+        (tmp_path / "a.csv").write_bytes(frame.head(50).write_csv().encode("gb18030"))
+        (tmp_path / "b.csv").write_bytes(frame.tail(45).write_csv().encode("gb18030"))
+        source = open_source(str(tmp_path / "*.csv"), "id", encoding="gb18030")
+    else:
+        frame.write_excel(tmp_path / "in.xlsx")
+        source = open_source(str(tmp_path / "in.xlsx"), "id")
     got = pl.concat(list(source.batches(["text"], 10, start=start, end=end)))
     stop = 95 if end is None else end
     assert got[POSITION].to_list() == list(range(start, stop))
