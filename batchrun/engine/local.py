@@ -71,7 +71,6 @@ from ..rows.source import Source
 from ..storage.nofile import fitting_concurrency
 from . import lifecycle
 from .attempt import Attempts
-from .batch import batch_lanes
 from .commits import Commits
 from .interrupts import RouteInterrupts
 from .lanes import Lane, SharedLanes, build_pool
@@ -120,6 +119,8 @@ async def run(
     direct = functools.partial(direct_lanes, sleep=sleep, clock=clock, rng=rng or random.Random())
     make: MakeAnswerer = direct
     if job.batch_endpoint is not None:
+        from .batch import batch_lanes  # imported only for a job that has a batch endpoint
+
         make = functools.partial(batch_lanes, detach=options.detach, direct=direct)
     return await lifecycle.run(job, options, environ, make, interrupts=interrupts)
 
