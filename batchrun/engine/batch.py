@@ -66,7 +66,7 @@ from ..config.pricing import Budget, job_pricer
 from ..core.tokens import TokenCounter, counter_for
 from ..errors import BatchrunError, BudgetReached, Interrupted, RunStopped
 from ..protocol.batches import BatchClient, BatchInfo, BatchState
-from ..protocol.result import RowResult
+from ..protocol.result import RowResult, unsendable_result
 from ..rows import sink
 from ..rows.plan import RunOptions
 from ..rows.render import Rendered
@@ -718,16 +718,7 @@ def _next(intents: Generator[Intent, None, None]) -> Intent | None:
 
 def _unsendable(rendered: Rendered) -> RowResult:
     key, position, fp, _, invalid = rendered
-    return RowResult(
-        row_key=key,
-        position=position,
-        fingerprint=fp,
-        status="failed",
-        attempts=0,
-        finished_at=time.time(),
-        error="invalid_request",
-        error_message=invalid,
-    )
+    return unsendable_result(key, position, fp, invalid or "")
 
 
 def batch_lanes(

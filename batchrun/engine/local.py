@@ -61,6 +61,7 @@ from ..protocol.result import (
     failure_result,
     plus_cost,
     success_result,
+    unsendable_result,
 )
 from ..protocol.wire import TransportFailure
 from ..rows import sink
@@ -556,17 +557,7 @@ class _Engine:
         """A pending row's request, or None when it cannot be sent (its failure recorded)."""
         key, position, fp, payload, invalid = rendered
         if invalid is not None:
-            result = RowResult(
-                row_key=key,
-                position=position,
-                fingerprint=fp,
-                status="failed",
-                attempts=0,
-                finished_at=time.time(),
-                error="invalid_request",
-                error_message=invalid,
-            )
-            self._record(result)
+            self._record(unsendable_result(key, position, fp, invalid))
             return None
         body = self.renderer.body(payload)
         prompt_tokens = self.counter.chat(body["messages"]) if self._count_prompts else 0

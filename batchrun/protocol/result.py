@@ -176,6 +176,21 @@ def success_result(
     )
 
 
+def unsendable_result(key: str, position: int, fingerprint: str, why: str) -> RowResult:
+    """The `failed` result of a row that cannot become a request (`why`: an empty prompt),
+    recorded without anything sent, whichever lane would have taken it."""
+    return RowResult(
+        row_key=key,
+        position=position,
+        fingerprint=fingerprint,
+        status="failed",
+        attempts=0,
+        finished_at=time.time(),
+        error="invalid_request",
+        error_message=why,
+    )
+
+
 def failure_result(
     key: str,
     position: int,
