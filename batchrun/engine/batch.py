@@ -33,7 +33,6 @@ import functools
 import hashlib
 import logging
 import os
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Mapping
@@ -72,7 +71,6 @@ from ..rows.plan import RunOptions
 from ..rows.render import Rendered
 from ..rows.sink import upload_waiting
 from .lifecycle import Answered, OpenRun
-from .pacing import Sleep
 
 log = logging.getLogger("batchrun")
 
@@ -113,7 +111,6 @@ class BatchLane:
         *,
         detach: bool,
         direct: Callable[[OpenRun], Any] | None,
-        sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
         job = opened.job
@@ -125,8 +122,7 @@ class BatchLane:
         self.detach = detach
         self._make_direct = direct if job.direct_endpoints else None
         self.direct: Any = None  # the direct lanes' engine, once they answer
-        self.sleep = sleep
-        self.clock = clock
+        self.clock = clock  # wall time: a batch's times outlive the process
         self.stop: BatchrunError | None = None
         self.not_uploaded: str | None = None
         self.figures = LaneFigures()
@@ -721,15 +717,7 @@ def _unsendable(rendered: Rendered) -> RowResult:
     return unsendable_result(key, position, fp, invalid or "")
 
 
-def batch_lanes(
-    opened: OpenRun,
-    *,
-    detach: bool,
-    direct: Callable[[OpenRun], Any],
-    sleep: Sleep = asyncio.sleep,
-    clock: Callable[[], float] = time.time,
-    rng: random.Random | None = None,
-) -> BatchLane:
-    """The answerer of a job with a batch endpoint."""
-    del rng  # the lane draws nothing at random
-    return BatchLane(opened, detach=detach, direct=direct, sleep=sleep, clock=clock)
+def batch_lanes(opened: OpenRun, *, detach: bool, direct: Callable[[OpenRun], Any]) -> BatchLane:
+    """The answerer of a job with a batch endpoint; `direct` makes the direct lanes' engine
+    for the rows it leaves."""
+    return BatchLane(opened, detach=detach, direct=direct)
