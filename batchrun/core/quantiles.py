@@ -127,15 +127,17 @@ class Quantiles:
         ranks: set[int] = set()
         for q in self.quantiles:
             index, _, top = self._index(q)
-            ranks.add(index - self.nulls)
+            ranks.add(index)
             if index != top:
-                ranks.add(index + 1 - self.nulls)
+                ranks.add(index + 1)
         return ranks
 
     def _index(self, q: float) -> tuple[int, float, int]:
-        """polars' `quantile_idx`: nulls sort first, and count in the index."""
-        float_index = (float(self.count) - 1.0) * q + float(self.nulls)
-        index = min(int(float_index), self.count + self.nulls - 1)
+        """polars' (from 2.2) `quantile_idx`, among the values alone: the rank below the
+        quantile, the quantile's fractional rank, and the rank above. (Before 2.2 polars
+        counted the nulls in the index, which changed the fraction's last bits.)"""
+        float_index = (float(self.count) - 1.0) * q
+        index = min(int(float_index), self.count - 1)
         return index, float_index, math.ceil(float_index)
 
     def result(self) -> tuple[float, ...] | None:
@@ -146,11 +148,11 @@ class Quantiles:
         values = []
         for q in self.quantiles:
             index, float_index, top = self._index(q)
-            lower = self._found[index - self.nulls]
+            lower = self._found[index]
             if index == top:
                 values.append(lower)
                 continue
-            upper = self._found[index + 1 - self.nulls]
+            upper = self._found[index + 1]
             values.append(
                 lower if lower == upper else (float_index - index) * (upper - lower) + lower
             )
