@@ -204,7 +204,7 @@ async def run(
     note_endpoints(job, checkpoint.folder, answered.endpoints)
     rows_written = written.rows if written is not None else None
     if not (options.detach or options.cancel_batches):  # these leave rows to a later run
-        check_complete(job, plan, answerer.stop, rows_written, answered.batches)
+        check_complete(job, plan, answerer.stop, rows_written)
     # What the output holds is the standing, whatever the answerer had counted when the
     # run stopped (the one checking finished rows may not have reached them all).
     ok, failed = (written.ok, written.failed) if written else (answered.ok, answered.failed)
@@ -293,17 +293,11 @@ def endpoints(job: Job) -> Iterator[dict[str, str]]:
 
 
 def check_complete(
-    job: Job,
-    plan: Plan,
-    stop: BatchrunError | None,
-    rows_written: int | None,
-    in_batches: Mapping[str, int] | None = None,
+    job: Job, plan: Plan, stop: BatchrunError | None, rows_written: int | None
 ) -> None:
     """A run that did not stop has a committed result for every row, so the output must
-    hold them all: say so loudly rather than exit 0 over a short file. Rows left in
-    batches still running (`--detach`) have none yet, by design."""
-    if in_batches and in_batches.get("rows"):
-        return
+    hold them all: say so loudly rather than exit 0 over a short file. (A detached run and
+    cancel-batches leave rows to a later run by design: `run` does not ask this of them.)"""
     if stop is None and rows_written != plan.total:
         raise BatchrunError(
             f"The output {job.output_url or job.output_path} has {rows_written} rows where "
